@@ -1,0 +1,161 @@
+// Package adapters defines the broker-neutral source contract that every broker adapter
+// (adapters/kafka, adapters/rabbitmq, adapters/rocketmq) implements, and that the ack gate
+// (package ackgate) consumes.
+//
+// The contract is deliberately small, after Benthos' input: a Source hands out Deliveries
+// with Read; every Delivery is settled exactly once with Delivery.Settle; the adapter
+// translates the settlement to its broker (Kafka: mark the offset done and commit the
+// contiguous prefix; RabbitMQ: basic.ack; RocketMQ: CONSUME_SUCCESS). Adapters make no
+// decisions about retries, dead letters or duplicates: the ack gate decides, the adapter
+// only translates. An adapter never acknowledges a message to its broker unless Settle(nil)
+// was called for it.
+//
+// Lifecycle: the ack gate calls Read in a loop until it decides to stop (its context is
+// cancelled). It then stops calling Read, waits for in-flight deliveries to settle (bounded
+// by the shutdown timeout), and calls Close, which flushes pending acknowledgements and
+// releases the connection. Deliveries handed out but never settled are not acknowledged, so
+// the broker redelivers them later.
+package adapters
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync/atomic"
+	"time"
+)
+
+// Errors shared by all adapters. Callers classify with errors.Is.
+var (
+	// ErrClosed is returned by Read after Close, and by Close when called again.
+	ErrClosed = errors.New("source closed")
+
+	// ErrNotDone is the settlement error for a delivery that was not completed (shutdown,
+	// fencing, a retry the broker should perform). The adapter must not acknowledge it.
+	ErrNotDone = errors.New("delivery not done")
+
+	// ErrNoDeadLetter is returned by DeadLetter when no dead-letter target is configured.
+	ErrNoDeadLetter = errors.New("no dead-letter target configured")
+)
+
+// Header is one original message header or property, in broker order. Keys may repeat.
+type Header struct {
+	Key   string
+	Value string
+}
+
+// Delivery is one message handed from an adapter to the ack gate.
+//
+// All fields are set by the adapter before Read returns and are read-only afterwards.
+type Delivery struct {
+	// ID is the deduplication key (SPEC "Message ID"); never empty.
+	ID string
+	// Payload is the message body, pushed to the app unchanged.
+	Payload []byte
+	// Headers are the original headers/properties; the ack gate decides which to forward.
+	Headers []Header
+	// ContentType is the message's content type when the broker carries one, else "".
+	ContentType string
+	// Source is the CloudEvents source, e.g. "kafka://orders".
+	Source string
+	// Time is the broker timestamp; zero when unknown.
+	Time time.Time
+	// Key is the ordering key (Kafka key, RocketMQ keys); "" when the message has none.
+	Key string
+	// Lane names the broker's unit of order (Kafka topic/partition, RocketMQ message queue).
+	// Deliveries of one lane are handed out in broker order. "" means the broker promises no
+	// order (RabbitMQ with prefetch > 1), so the gate may process the delivery concurrently.
+	Lane string
+	// HasCoordinates reports whether Partition and Offset are meaningful.
+	HasCoordinates bool
+	// Partition and Offset are the broker coordinates (Kafka partition/offset, RocketMQ queue
+	// id/queue offset), forwarded as ce-partition and ce-offset.
+	Partition int32
+	Offset    int64
+	// DeliveryCount is the broker's own count of earlier deliveries of this message, when it
+	// keeps one (RabbitMQ quorum x-delivery-count, RocketMQ reconsume times); 0 otherwise.
+	DeliveryCount int
+	// Redelivered is the broker's hint that this message may have been delivered before.
+	Redelivered bool
+
+	// Ack is set by the adapter and invoked exactly once through Settle.
+	Ack func(err error)
+
+	settled atomic.Bool
+}
+
+// Settle reports the ack gate's decision to the adapter: nil means done (acknowledge to the
+// broker), any error means not done (do not acknowledge; the broker redelivers). Only the
+// first call has an effect; later calls are ignored, so a late completion can never
+// acknowledge twice. Settle must not block on the network: adapters record the decision
+// and acknowledge asynchronously (Kafka) or quickly (RabbitMQ basic.ack).
+func (d *Delivery) Settle(err error) {
+	if !d.settled.CompareAndSwap(false, true) {
+		return
+	}
+	if d.Ack != nil {
+		d.Ack(err)
+	}
+}
+
+// Settled reports whether Settle has been called.
+func (d *Delivery) Settled() bool { return d.settled.Load() }
+
+// Failure describes why a delivery is being dead-lettered; adapters copy it into headers or
+// properties of the dead-letter copy (see FailureHeaders).
+type Failure struct {
+	// Reason is a short machine-readable cause: "permanent", "max_attempts", "dropped_by_app".
+	Reason string
+	// Status is the app's last HTTP status, 0 when there was none (timeout, refused).
+	Status int
+	// Error is the last error text.
+	Error string
+	// Attempts is the number of pushes made.
+	Attempts int
+	// Time is when the decision was made.
+	Time time.Time
+}
+
+// Source is what an adapter implements.
+type Source interface {
+	// Read blocks until the next delivery is available, ctx is done (returns ctx.Err()), or
+	// the source is closed (returns ErrClosed). Connection loss is handled inside the
+	// adapter (re-dial with backoff); Read keeps blocking meanwhile and Ready reports the
+	// problem. Read is called from one goroutine at a time. Deliveries of one Lane are
+	// returned in broker order.
+	Read(ctx context.Context) (*Delivery, error)
+
+	// DeadLetter writes d to the configured dead-letter target and returns nil only once the
+	// broker confirmed the write. The ack gate then settles d with nil. It returns
+	// ErrNoDeadLetter when no target is configured. Safe for concurrent use.
+	DeadLetter(ctx context.Context, d *Delivery, f Failure) error
+
+	// Ready reports nil when the adapter is connected to its broker and consuming, else an
+	// error describing why not. It must not block for long (cache the answer).
+	Ready() error
+
+	// Close stops consumption, acknowledges what was settled as done, and releases the
+	// connection. Deliveries not settled by then are not acknowledged. Close blocks until
+	// done or ctx ends; it is safe to call more than once.
+	Close(ctx context.Context) error
+}
+
+// FailureHeaders returns the headers every adapter attaches to a dead-letter copy: the
+// original coordinates and the last failure. Adapters add broker-specific ones beside them.
+func FailureHeaders(d *Delivery, f Failure) []Header {
+	h := []Header{
+		{"mqsidecar-dlq-reason", f.Reason},
+		{"mqsidecar-dlq-status", strconv.Itoa(f.Status)},
+		{"mqsidecar-dlq-error", f.Error},
+		{"mqsidecar-dlq-attempts", strconv.Itoa(f.Attempts)},
+		{"mqsidecar-dlq-time", f.Time.UTC().Format(time.RFC3339Nano)},
+		{"mqsidecar-dlq-source", d.Source},
+		{"mqsidecar-dlq-id", d.ID},
+	}
+	if d.HasCoordinates {
+		h = append(h,
+			Header{"mqsidecar-dlq-partition", strconv.FormatInt(int64(d.Partition), 10)},
+			Header{"mqsidecar-dlq-offset", strconv.FormatInt(d.Offset, 10)})
+	}
+	return h
+}

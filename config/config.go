@@ -1,0 +1,237 @@
+// Package config is the only package that knows about files, environment variables and
+// flags. It decodes them once (viper), validates the result, and hands plain structs to the
+// rest of the program; ackgate, dedup and the adapters never import viper.
+//
+// Contract: Load either returns a Config that passed Validate, or an error whose text names
+// every offending key and what is wrong with it ("delivery.max_inflight: must be at least 1,
+// got 0"). Unknown keys are errors, so a typo never silently falls back to a default.
+// Every key can be overridden by an environment variable MQSIDECAR_<KEY>, nested keys joined
+// by "_" (MQSIDECAR_APP_URL, MQSIDECAR_SOURCE_KAFKA_BROKERS=a:9092,b:9092).
+package config
+
+import (
+	"log/slog"
+	"time"
+)
+
+// Config is the whole sidecar configuration (SPEC "Configuration").
+type Config struct {
+	Source          Source        `mapstructure:"source"`
+	App             App           `mapstructure:"app"`
+	Delivery        Delivery      `mapstructure:"delivery"`
+	Dedup           Dedup         `mapstructure:"dedup"`
+	Admin           Admin         `mapstructure:"admin"`
+	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
+	// DrainDelay is how long the sidecar keeps consuming after SIGTERM with readiness
+	// already false, so that Kubernetes endpoints update before the drain starts.
+	DrainDelay time.Duration `mapstructure:"drain_delay"`
+	Log        Log           `mapstructure:"log"`
+}
+
+// Source selects and configures the broker adapter.
+type Source struct {
+	Kind     string   `mapstructure:"kind"` // kafka | rocketmq | rabbitmq
+	Kafka    Kafka    `mapstructure:"kafka"`
+	RocketMQ RocketMQ `mapstructure:"rocketmq"`
+	RabbitMQ RabbitMQ `mapstructure:"rabbitmq"`
+}
+
+// Kafka configures adapters/kafka.
+type Kafka struct {
+	Brokers []string `mapstructure:"brokers"`
+	Group   string   `mapstructure:"group"`
+	Topics  []string `mapstructure:"topics"`
+	// MessageID is "header:<name>" or "key"; "" means coordinates topic/partition/offset.
+	// When the named header or key is absent, the coordinates are used.
+	MessageID   string `mapstructure:"message_id"`
+	StartOffset string `mapstructure:"start_offset"` // earliest | latest
+	// GroupInstanceID enables static membership (KIP-345), e.g. the pod name.
+	GroupInstanceID string        `mapstructure:"group_instance_id"`
+	CommitInterval  time.Duration `mapstructure:"commit_interval"`
+	// ClientID is sent to the brokers; defaults to "mqsidecar".
+	ClientID string    `mapstructure:"client_id"`
+	SASL     KafkaSASL `mapstructure:"sasl"`
+	TLS      TLS       `mapstructure:"tls"`
+}
+
+// KafkaSASL configures SASL authentication. Mechanism "" disables it.
+type KafkaSASL struct {
+	Mechanism    string `mapstructure:"mechanism"` // PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+	Username     string `mapstructure:"username"`
+	Password     Secret `mapstructure:"password"`
+	PasswordFile string `mapstructure:"password_file"` // read at load time, overrides Password
+}
+
+// TLS configures client TLS for a broker connection.
+type TLS struct {
+	Enabled            bool   `mapstructure:"enabled"`
+	CAFile             string `mapstructure:"ca_file"`
+	CertFile           string `mapstructure:"cert_file"`
+	KeyFile            string `mapstructure:"key_file"`
+	ServerName         string `mapstructure:"server_name"`
+	InsecureSkipVerify bool   `mapstructure:"insecure_skip_verify"`
+}
+
+// RocketMQ configures adapters/rocketmq.
+type RocketMQ struct {
+	Nameservers []string `mapstructure:"nameservers"`
+	Group       string   `mapstructure:"group"`
+	Topic       string   `mapstructure:"topic"`
+	Tags        string   `mapstructure:"tags"`
+	// MessageID is "uniq_key", "keys" or "property:<name>".
+	MessageID string `mapstructure:"message_id"`
+	Mode      string `mapstructure:"mode"` // concurrent | orderly
+	// DeadLetterMode "topic" publishes to delivery.dead_letter.target; "broker" lets the
+	// broker move the message to its %DLQ% topic for the group.
+	DeadLetterMode string `mapstructure:"dead_letter_mode"`
+	Namespace      string `mapstructure:"namespace"`
+	AccessKey      string `mapstructure:"access_key"`
+	SecretKey      Secret `mapstructure:"secret_key"`
+	SecretKeyFile  string `mapstructure:"secret_key_file"`
+	// SuspendTime is how long an orderly queue pauses before a retry.
+	SuspendTime time.Duration `mapstructure:"suspend_time"`
+}
+
+// RabbitMQ configures adapters/rabbitmq.
+type RabbitMQ struct {
+	// URL is the AMQP URL; it may carry a password, so it is a Secret.
+	URL      Secret `mapstructure:"url"`
+	URLFile  string `mapstructure:"url_file"` // read at load time, overrides URL
+	Queue    string `mapstructure:"queue"`
+	Prefetch int    `mapstructure:"prefetch"`
+	// MessageID is "message_id" (the AMQP property) or "header:<name>".
+	MessageID string `mapstructure:"message_id"`
+	// Declare declares the queue (durable) when true; by default the queue is only checked
+	// passively and a missing queue is a clear error.
+	Declare bool `mapstructure:"declare"`
+	// DeadLetterMode "publish" publishes to delivery.dead_letter.target with confirms;
+	// "nack" rejects without requeue into the queue's own dead-letter exchange.
+	DeadLetterMode string `mapstructure:"dead_letter_mode"`
+	TLS            TLS    `mapstructure:"tls"`
+}
+
+// App is the local application the sidecar pushes to.
+type App struct {
+	URL     string        `mapstructure:"url"`
+	Timeout time.Duration `mapstructure:"timeout"`
+	// HealthURL, when set, gates consumption: nothing is fetched until it answers 2xx.
+	HealthURL string `mapstructure:"health_url"`
+	// EventType is the ce-type header value.
+	EventType string `mapstructure:"event_type"`
+	// MaxBodyBytes bounds how much of the app's answer is read.
+	MaxResponseBytes int64 `mapstructure:"max_response_bytes"`
+}
+
+// Delivery configures the ack gate.
+type Delivery struct {
+	Ordering             string     `mapstructure:"ordering"` // partition | key | none
+	MaxInflight          int        `mapstructure:"max_inflight"`
+	MaxAttempts          int        `mapstructure:"max_attempts"` // 0 = unlimited
+	DropAfterMaxAttempts bool       `mapstructure:"drop_after_max_attempts"`
+	Backoff              Backoff    `mapstructure:"backoff"`
+	DeadLetter           DeadLetter `mapstructure:"dead_letter"`
+	// MaxMessageBytes refuses (dead-letters, or retries with a clear log) payloads larger
+	// than this; 0 = no limit.
+	MaxMessageBytes int `mapstructure:"max_message_bytes"`
+}
+
+// Backoff is exponential backoff with full jitter between retries.
+type Backoff struct {
+	Initial    time.Duration `mapstructure:"initial"`
+	Max        time.Duration `mapstructure:"max"`
+	Multiplier float64       `mapstructure:"multiplier"`
+}
+
+// DeadLetter names where failed messages go: a Kafka/RocketMQ topic or a RabbitMQ
+// exchange[/routing-key]. "" means none.
+type DeadLetter struct {
+	Target string `mapstructure:"target"`
+}
+
+// Dedup configures the bbolt deduplication store.
+type Dedup struct {
+	Enabled bool          `mapstructure:"enabled"`
+	Path    string        `mapstructure:"path"`
+	TTL     time.Duration `mapstructure:"ttl"`
+	// MaxEntries bounds the number of recorded IDs; the oldest are forgotten first.
+	// 0 = bounded by TTL only.
+	MaxEntries int `mapstructure:"max_entries"`
+}
+
+// Admin is the /healthz /readyz /metrics listener.
+type Admin struct {
+	Listen string `mapstructure:"listen"`
+}
+
+// Log configures log/slog.
+type Log struct {
+	Level  string `mapstructure:"level"`  // debug | info | warn | error
+	Format string `mapstructure:"format"` // json | text
+}
+
+// Secret is a string that never prints: fmt, slog and JSON see "<redacted>".
+type Secret string
+
+// String implements fmt.Stringer.
+func (s Secret) String() string {
+	if s == "" {
+		return ""
+	}
+	return "<redacted>"
+}
+
+// GoString implements fmt.GoStringer, so %#v redacts too.
+func (s Secret) GoString() string { return s.String() }
+
+// LogValue implements slog.LogValuer.
+func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
+
+// MarshalText implements encoding.TextMarshaler, so JSON and YAML output redact.
+func (s Secret) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// Reveal returns the secret value, for the one place that must use it.
+func (s Secret) Reveal() string { return string(s) }
+
+// Defaults returns the configuration used for every key not set elsewhere (SPEC values).
+func Defaults() Config {
+	return Config{
+		Source: Source{
+			Kind: "kafka",
+			Kafka: Kafka{
+				StartOffset:    "earliest",
+				CommitInterval: time.Second,
+				ClientID:       "mqsidecar",
+			},
+			RocketMQ: RocketMQ{
+				Tags:           "*",
+				MessageID:      "uniq_key",
+				Mode:           "concurrent",
+				SuspendTime:    time.Second,
+				DeadLetterMode: "topic",
+			},
+			RabbitMQ: RabbitMQ{
+				Prefetch:       64,
+				MessageID:      "message_id",
+				DeadLetterMode: "publish",
+			},
+		},
+		App: App{
+			Timeout:          10 * time.Second,
+			EventType:        "mqsidecar.message",
+			MaxResponseBytes: 1 << 20,
+		},
+		Delivery: Delivery{
+			Ordering:    "partition",
+			MaxInflight: 64,
+			Backoff:     Backoff{Initial: 100 * time.Millisecond, Max: 30 * time.Second, Multiplier: 2},
+		},
+		Dedup: Dedup{
+			Enabled: true,
+			Path:    "./data/dedup.db",
+			TTL:     168 * time.Hour,
+		},
+		Admin:           Admin{Listen: "127.0.0.1:9464"},
+		ShutdownTimeout: 30 * time.Second,
+		Log:             Log{Level: "info", Format: "json"},
+	}
+}
