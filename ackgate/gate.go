@@ -1,0 +1,561 @@
+// Package ackgate is the delivery engine and the only place the SPEC's guarantees live. It
+// reads deliveries from an adapters.Source, pushes each to the app over HTTP, classifies the
+// answer, retries, dead-letters, and finally settles the delivery so the adapter can
+// acknowledge it to the broker.
+//
+// The order of effects for one message (G1, G2):
+//
+//  1. admission: a permit of max_inflight is taken; a second copy of an ID already admitted
+//     waits behind the first (two copies are never pushed concurrently); an ID the store
+//     knows as completed is settled at once without a push;
+//  2. the ID is recorded "in flight" in the store (fsynced by group commit) before its
+//     first push, so a crash after the push makes the redelivery carry ce-redelivered;
+//  3. push, retry with backoff, or dead-letter (broker-confirmed) as the answer says;
+//  4. on success the ID is recorded "completed" (fsynced), and only then the delivery is
+//     settled (acknowledged to the broker);
+//  5. the permit is returned.
+//
+// Ordering (G3): deliveries are processed in lanes. Within a lane pushes are strictly
+// sequential in admission order; lanes run concurrently. Ordering "partition" uses the
+// adapter's Lane (a Kafka partition), "key" the Lane plus the message key (a message without
+// a key keeps its partition's order), "none" gives every delivery its own lane. A lane moves
+// to its next message once the app answered 2xx; recording and settlement follow
+// asynchronously, so the fsync is not on the lane's critical path.
+//
+// Shutdown (G5): when Run's context is cancelled the gate stops reading, lets pushes that
+// are on the wire finish (bounded by DrainTimeout), abandons everything else (settled with
+// adapters.ErrNotDone, so the broker redelivers it), and returns once every admitted
+// delivery is settled.
+package ackgate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mqsidecar/mqsidecar/adapters"
+	"github.com/mqsidecar/mqsidecar/dedup"
+	"github.com/mqsidecar/mqsidecar/metrics"
+)
+
+// Ordering selects how deliveries are grouped into sequential lanes.
+type Ordering string
+
+// Ordering modes (SPEC G3).
+const (
+	OrderPartition Ordering = "partition"
+	OrderKey       Ordering = "key"
+	OrderNone      Ordering = "none"
+)
+
+// Backoff is exponential backoff with full jitter.
+type Backoff struct {
+	Initial    time.Duration
+	Max        time.Duration
+	Multiplier float64
+}
+
+// Delay returns the wait before retry number n (1 = the first retry): a uniformly random
+// duration in [0, min(Max, Initial*Multiplier^(n-1))] ("full jitter"), so that many
+// sidecars retrying one struggling app spread out instead of arriving in waves.
+func (b Backoff) Delay(n int) time.Duration {
+	ceil := float64(b.Initial)
+	for i := 1; i < n && ceil < float64(b.Max); i++ {
+		ceil *= b.Multiplier
+	}
+	if ceil > float64(b.Max) {
+		ceil = float64(b.Max)
+	}
+	if ceil <= 0 {
+		return 0
+	}
+	return time.Duration(rand.Int64N(int64(ceil) + 1))
+}
+
+// Options configures a Gate.
+type Options struct {
+	Push        PushOptions
+	Ordering    Ordering
+	MaxInflight int
+	// MaxAttempts is the number of pushes after which a message is dead-lettered (or
+	// dropped when DropAfterMaxAttempts); 0 = unlimited.
+	MaxAttempts          int
+	DropAfterMaxAttempts bool
+	Backoff              Backoff
+	// DeadLetter reports whether the source has a dead-letter target.
+	DeadLetter bool
+	// DrainTimeout bounds how long pushes on the wire may take to finish at shutdown.
+	DrainTimeout time.Duration
+	Logger       *slog.Logger
+	Metrics      *metrics.Metrics
+}
+
+// Store is what the gate needs of the dedup store (*dedup.Store implements it). A nil Store
+// disables deduplication; in-flight duplicates are still never pushed concurrently.
+type Store interface {
+	Get(id string) (dedup.Entry, error)
+	Put(id string, e dedup.Entry, done func(error))
+}
+
+// ErrStore wraps a dedup store failure; Run returns it and the process should exit without
+// acknowledging anything further (nothing is lost: unacknowledged messages are redelivered).
+var ErrStore = errors.New("dedup store failed")
+
+// Gate is the delivery engine. Create it with New and call Run once.
+type Gate struct {
+	opts   Options
+	src    adapters.Source
+	store  Store
+	pusher *Pusher
+	log    *slog.Logger
+	m      *metrics.Metrics
+
+	permits  chan struct{}
+	inflight sync.WaitGroup // one per admitted delivery, done when settled
+
+	// stopping is closed when the drain starts: no new push starts, waits end.
+	stopping chan struct{}
+	// hardCtx is cancelled when the drain timeout expires: pushes on the wire are cut.
+	hardCtx    context.Context
+	hardCancel context.CancelFunc
+
+	mu     sync.Mutex
+	lanes  map[string]*lane
+	active map[string][]*item // ID → copies admitted after the one being processed
+	fatal  error
+
+	parked    atomic.Int64
+	appDown   atomic.Bool
+	inflightN atomic.Int64
+}
+
+type lane struct {
+	queue   []*item
+	running bool
+}
+
+// item is one admitted delivery and what the gate knows of it.
+type item struct {
+	d           *adapters.Delivery
+	prior       dedup.Entry // store state at admission
+	baseAttempt int         // pushes made before this admission (persisted, or the broker's count)
+	redelivered bool
+	marked      chan error // receives the result of the durable in-flight record
+	pushes      int        // pushes made by this admission
+}
+
+// New returns a Gate reading from src. store may be nil (dedup disabled).
+func New(src adapters.Source, store Store, opts Options) *Gate {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = metrics.New()
+	}
+	if opts.MaxInflight < 1 {
+		opts.MaxInflight = 1
+	}
+	if opts.Push.Conns == 0 {
+		opts.Push.Conns = opts.MaxInflight
+	}
+	hardCtx, hardCancel := context.WithCancel(context.Background())
+	g := &Gate{
+		opts: opts, src: src, store: store, log: opts.Logger, m: opts.Metrics,
+		permits:    make(chan struct{}, opts.MaxInflight),
+		stopping:   make(chan struct{}),
+		hardCtx:    hardCtx,
+		hardCancel: hardCancel,
+		lanes:      map[string]*lane{},
+		active:     map[string][]*item{},
+	}
+	g.pusher = NewPusher(opts.Push, g.m.InvalidHeaders.Inc)
+	return g
+}
+
+// Run reads and delivers until ctx is cancelled or a fatal error occurs (the source failed,
+// or the store failed), then drains as described in the package doc. It returns nil after a
+// clean drain, or the fatal error. Run does not close the source or the store.
+func (g *Gate) Run(ctx context.Context) error {
+	defer g.pusher.Close()
+	readErr := g.readLoop(ctx)
+	g.drain()
+	g.mu.Lock()
+	fatal := g.fatal
+	g.mu.Unlock()
+	if fatal != nil {
+		return fatal
+	}
+	return readErr
+}
+
+func (g *Gate) readLoop(ctx context.Context) error {
+	// A store failure stops reading as a shutdown does.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-g.stopping:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for {
+		select {
+		case g.permits <- struct{}{}:
+		case <-ctx.Done():
+			return nil
+		}
+		d, err := g.src.Read(ctx)
+		if err != nil {
+			<-g.permits
+			if ctx.Err() != nil || errors.Is(err, adapters.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("read: %w", err)
+		}
+		g.m.Received.Inc()
+		g.admit(d)
+	}
+}
+
+// drain implements the shutdown described in the package doc.
+func (g *Gate) drain() {
+	g.stop(nil)
+	done := make(chan struct{})
+	go func() { g.inflight.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(g.opts.DrainTimeout):
+		g.log.Warn("drain timeout: cancelling pushes still on the wire", "timeout", g.opts.DrainTimeout, "inflight", g.inflightN.Load())
+		g.hardCancel()
+		<-done
+	}
+	g.hardCancel()
+}
+
+// stop begins the drain once; err, when non-nil, is recorded as the fatal cause.
+func (g *Gate) stop(err error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if err != nil && g.fatal == nil {
+		g.fatal = err
+	}
+	select {
+	case <-g.stopping:
+	default:
+		close(g.stopping)
+	}
+}
+
+func (g *Gate) isStopping() bool {
+	select {
+	case <-g.stopping:
+		return true
+	default:
+		return false
+	}
+}
+
+// admit takes ownership of d (a permit is already held). Called from the read loop only.
+func (g *Gate) admit(d *adapters.Delivery) {
+	g.inflight.Add(1)
+	g.m.Inflight.Set(float64(g.inflightN.Add(1)))
+	it := &item{d: d, marked: make(chan error, 1)}
+	g.mu.Lock()
+	if waiting, ok := g.active[d.ID]; ok {
+		// Another copy is being processed: this one waits, and is looked at again once
+		// that copy is settled (it will most likely be a recorded duplicate by then).
+		g.active[d.ID] = append(waiting, it)
+		g.mu.Unlock()
+		return
+	}
+	g.active[d.ID] = nil
+	g.mu.Unlock()
+	g.begin(it)
+}
+
+// begin consults the store and hands it to its lane. The ID is marked active by the caller.
+func (g *Gate) begin(it *item) {
+	d := it.d
+	it.baseAttempt = d.DeliveryCount
+	it.redelivered = d.Redelivered || d.DeliveryCount > 0
+	if g.store != nil {
+		e, err := g.store.Get(d.ID)
+		if err != nil {
+			g.storeFailed(it, fmt.Errorf("%w: get %q: %v", ErrStore, d.ID, err))
+			return
+		}
+		if e.State == dedup.Completed {
+			g.m.Deduplicated.Inc()
+			g.settle(it, nil)
+			return
+		}
+		it.prior = e
+		it.baseAttempt = max(it.baseAttempt, e.Attempts)
+		it.redelivered = it.redelivered || e.State == dedup.InFlight
+		// Recorded as if the first push had started: a crash before the push only makes
+		// the redelivery over-cautious (ce-redelivered), never silent.
+		g.store.Put(d.ID, dedup.Entry{State: dedup.InFlight, Attempts: it.baseAttempt + 1}, func(err error) {
+			it.marked <- err
+		})
+	} else {
+		it.marked <- nil
+	}
+	g.enqueue(it)
+}
+
+func (g *Gate) laneKey(d *adapters.Delivery) string {
+	switch {
+	case d.Lane == "" || g.opts.Ordering == OrderNone:
+		return ""
+	case g.opts.Ordering == OrderKey && d.Key != "":
+		return d.Lane + "\x00" + d.Key
+	default:
+		return d.Lane
+	}
+}
+
+func (g *Gate) enqueue(it *item) {
+	key := g.laneKey(it.d)
+	if key == "" {
+		go g.process(it)
+		return
+	}
+	g.mu.Lock()
+	l := g.lanes[key]
+	if l == nil {
+		l = &lane{}
+		g.lanes[key] = l
+	}
+	l.queue = append(l.queue, it)
+	start := !l.running
+	l.running = true
+	g.mu.Unlock()
+	if start {
+		go g.runLane(key, l)
+	}
+}
+
+// runLane processes a lane's queue in order and exits when it is empty, so idle keys cost
+// nothing.
+func (g *Gate) runLane(key string, l *lane) {
+	for {
+		g.mu.Lock()
+		if len(l.queue) == 0 {
+			l.running = false
+			delete(g.lanes, key)
+			g.mu.Unlock()
+			return
+		}
+		it := l.queue[0]
+		l.queue[0] = nil
+		l.queue = l.queue[1:]
+		g.mu.Unlock()
+		g.process(it)
+	}
+}
+
+// process pushes it until it is done, dead-lettered, dropped or abandoned. It returns once
+// the lane may move on: after the app's 2xx, before the completion is durable.
+func (g *Gate) process(it *item) {
+	select {
+	case err := <-it.marked:
+		if err != nil {
+			g.storeFailed(it, fmt.Errorf("%w: record in-flight %q: %v", ErrStore, it.d.ID, err))
+			return
+		}
+	case <-g.hardCtx.Done():
+		g.abandon(it)
+		return
+	}
+	for {
+		if g.isStopping() {
+			g.abandon(it)
+			return
+		}
+		it.pushes++
+		attempt := it.baseAttempt + it.pushes
+		if it.pushes > 1 && g.store != nil {
+			// Persist the count so a restart continues it; not waited for: losing it in a
+			// crash only makes ce-deliveryattempt count from an earlier value.
+			g.store.Put(it.d.ID, dedup.Entry{State: dedup.InFlight, Attempts: attempt}, func(error) {})
+		}
+		res := g.pusher.Push(g.hardCtx, it.d, attempt, it.redelivered || it.pushes > 1)
+		g.m.Delivery(res.Verdict.String(), res.Duration.Seconds())
+		g.noteApp(res)
+		switch res.Verdict {
+		case Success:
+			g.complete(it, outcomeDelivered)
+			return
+		case Drop:
+			if g.opts.DeadLetter {
+				g.deadLetter(it, failure("dropped_by_app", res, attempt))
+			} else {
+				g.complete(it, outcomeDropped)
+			}
+			return
+		case Permanent:
+			if g.opts.DeadLetter {
+				g.deadLetter(it, failure("permanent", res, attempt))
+				return
+			}
+		}
+		if g.opts.MaxAttempts > 0 && attempt >= g.opts.MaxAttempts {
+			if g.opts.DeadLetter {
+				g.deadLetter(it, failure("max_attempts", res, attempt))
+			} else { // config validation guarantees DropAfterMaxAttempts here
+				g.log.Warn("dropping message after max attempts", "id", it.d.ID, "attempts", attempt, "error", errText(res.Err))
+				g.complete(it, outcomeDropped)
+			}
+			return
+		}
+		wait := g.opts.Backoff.Delay(it.pushes)
+		if res.RetryAfter > wait {
+			wait = res.RetryAfter
+		}
+		g.m.Retried.Inc()
+		g.log.Debug("push failed, retrying", "id", it.d.ID, "attempt", attempt, "status", res.Status, "error", errText(res.Err), "wait", wait)
+		if !g.park(wait) {
+			g.abandon(it)
+			return
+		}
+	}
+}
+
+// park waits d, counted as a parked lane; false when the gate is stopping.
+func (g *Gate) park(d time.Duration) bool {
+	g.m.ParkedLanes.Set(float64(g.parked.Add(1)))
+	defer func() { g.m.ParkedLanes.Set(float64(g.parked.Add(-1))) }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-g.stopping:
+		return false
+	}
+}
+
+// noteApp logs app availability changes once, not per message.
+func (g *Gate) noteApp(res Result) {
+	down := res.Status == 0 && res.Verdict == Retry
+	if down && !g.appDown.Swap(true) {
+		g.log.Warn("app unreachable; messages wait unacknowledged", "url", g.opts.Push.URL, "error", errText(res.Err))
+		g.m.AppReady.Set(0)
+	} else if !down && res.Status != 0 && g.appDown.Swap(false) {
+		g.log.Info("app reachable again", "url", g.opts.Push.URL)
+		g.m.AppReady.Set(1)
+	}
+}
+
+// deadLetter writes it to the dead-letter target, retrying until the broker confirms or the
+// gate stops; only then is it completed. The original is never acknowledged without it.
+func (g *Gate) deadLetter(it *item, f adapters.Failure) {
+	for n := 1; ; n++ {
+		ctx, cancel := context.WithTimeout(g.hardCtx, 30*time.Second)
+		err := g.src.DeadLetter(ctx, it.d, f)
+		cancel()
+		if err == nil {
+			g.complete(it, outcomeDeadLettered)
+			return
+		}
+		g.m.Error("dead_letter")
+		g.log.Warn("dead-letter write failed; retrying", "id", it.d.ID, "attempt", n, "error", err)
+		if !g.park(g.opts.Backoff.Delay(n)) {
+			g.abandon(it)
+			return
+		}
+	}
+}
+
+type outcome int
+
+const (
+	outcomeDelivered outcome = iota
+	outcomeDeadLettered
+	outcomeDropped
+)
+
+// complete records the ID as completed (durably) and then settles the delivery. It does not
+// wait: the settle happens on the store's commit.
+func (g *Gate) complete(it *item, o outcome) {
+	switch o {
+	case outcomeDeadLettered:
+		g.m.DeadLettered.Inc()
+	case outcomeDropped:
+		g.m.Dropped.Inc()
+	}
+	if g.store == nil {
+		g.settle(it, nil)
+		return
+	}
+	g.store.Put(it.d.ID, dedup.Entry{State: dedup.Completed, Attempts: it.baseAttempt + it.pushes}, func(err error) {
+		if err != nil {
+			g.storeFailed(it, fmt.Errorf("%w: record completed %q: %v", ErrStore, it.d.ID, err))
+			return
+		}
+		g.settle(it, nil)
+	})
+}
+
+// abandon leaves it unacknowledged for the broker to redeliver. If it was never pushed,
+// the in-flight record is rolled back so the redelivery is not flagged as seen.
+func (g *Gate) abandon(it *item) {
+	g.m.Abandoned.Inc()
+	if g.store != nil && it.pushes == 0 && it.prior.State != dedup.Completed {
+		g.store.Put(it.d.ID, it.prior, func(error) {})
+	}
+	g.settle(it, adapters.ErrNotDone)
+}
+
+func (g *Gate) storeFailed(it *item, err error) {
+	g.m.Error("store")
+	g.log.Error("dedup store failed; stopping without acknowledging", "error", err)
+	g.stop(err)
+	g.settle(it, adapters.ErrNotDone)
+}
+
+// settle reports the decision to the adapter, returns the permit, and hands the ID to the
+// next waiting copy, if any. It may run on the store's writer goroutine, so it must not
+// block: the next copy is started on its own goroutine.
+func (g *Gate) settle(it *item, err error) {
+	if err == nil {
+		g.m.Acked.Inc()
+	}
+	it.d.Settle(err)
+	g.mu.Lock()
+	var next *item
+	if waiting := g.active[it.d.ID]; len(waiting) > 0 {
+		next = waiting[0]
+		g.active[it.d.ID] = waiting[1:]
+	} else {
+		delete(g.active, it.d.ID)
+	}
+	g.mu.Unlock()
+	if next != nil {
+		if g.isStopping() {
+			go g.abandon(next)
+		} else {
+			go g.begin(next)
+		}
+	}
+	g.m.Inflight.Set(float64(g.inflightN.Add(-1)))
+	<-g.permits
+	g.inflight.Done()
+}
+
+func failure(reason string, res Result, attempts int) adapters.Failure {
+	return adapters.Failure{Reason: reason, Status: res.Status, Error: errText(res.Err), Attempts: attempts, Time: time.Now()}
+}
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}

@@ -1,0 +1,611 @@
+// Package kafka is the Kafka adapter (franz-go): a consumer-group member that hands records
+// to the ack gate and commits only what the gate settled as done.
+//
+// Commit contract: for each partition the adapter remembers the offsets it handed out, in
+// order. An offset is committed only when it and every offset handed out before it in that
+// partition were settled with nil (the contiguous completed prefix). Commits happen every
+// commit_interval, on revoke (after waiting briefly for in-flight records of the revoked
+// partitions), and on Close.
+//
+// Fencing: each assignment of a partition gets its own state. When a partition is revoked
+// or lost, its state is dropped; settlements of records handed out under it are ignored, so
+// a late completion can never commit an offset for a partition this member no longer owns
+// (the new owner starts from the last commit, and dedup or ce-redelivered covers the rest).
+//
+// Rebalances are blocked from a poll until its records are buffered (BlockRebalanceOnPoll +
+// AllowRebalance right after), so buffered records always belong to the current assignment.
+// Read interleaves buffered records of different partitions round-robin, so one partition's
+// large fetch does not starve the others' lanes in the gate.
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+	"github.com/twmb/franz-go/pkg/sasl/plain"
+	"github.com/twmb/franz-go/pkg/sasl/scram"
+
+	"github.com/mqsidecar/mqsidecar/adapters"
+	"github.com/mqsidecar/mqsidecar/config"
+	"github.com/mqsidecar/mqsidecar/metrics"
+)
+
+// revokeWait bounds how long a revoke waits for in-flight records of the revoked partitions
+// to settle before committing; it must stay well inside the group's rebalance timeout.
+const revokeWait = 5 * time.Second
+
+// Option configures a Source.
+type Option func(*Source)
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(s *Source) { s.log = l } }
+
+// WithMetrics sets the metrics the adapter reports consumer lag and errors to.
+func WithMetrics(m *metrics.Metrics) Option { return func(s *Source) { s.m = m } }
+
+// WithClientOptions appends raw franz-go options (tests: shorter session timeouts).
+func WithClientOptions(opts ...kgo.Opt) Option {
+	return func(s *Source) { s.extra = append(s.extra, opts...) }
+}
+
+type topicPartition struct {
+	topic     string
+	partition int32
+}
+
+// pending is one handed-out record awaiting settlement.
+type pending struct {
+	offset  int64
+	epoch   int32
+	done    bool // settled with nil
+	settled bool // settled either way
+}
+
+// partState is one assignment of one partition. Guarded by Source.mu.
+type partState struct {
+	tp       topicPartition
+	buffered []*kgo.Record // polled, not yet handed out
+	inRR     bool          // listed in Source.rr
+	pending  []pending     // handed out, in offset order; pending[0] has sequence headSeq
+	headSeq  uint64
+	nextSeq  uint64
+	commit   kgo.EpochOffset // next offset to commit (contiguous done prefix), Offset -1 = none yet
+	dirty    bool            // commit advanced since the last successful commit
+	hwm      int64
+}
+
+// Source is the Kafka adapter. Create it with New.
+type Source struct {
+	cfg   config.Kafka
+	dlq   string
+	log   *slog.Logger
+	m     *metrics.Metrics
+	extra []kgo.Opt
+	cl    *kgo.Client
+
+	mu    sync.Mutex
+	parts map[topicPartition]*partState
+	rr    []*partState // partitions with buffered records, served round-robin
+	rrPos int
+
+	ready     atomic.Pointer[error]
+	fetchErr  atomic.Bool // a fetch error was logged and not yet followed by success
+	stop      chan struct{}
+	loopDone  chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New creates the consumer. It does not wait for the brokers: a broker that is down at
+// start is retried by the client while Ready reports the problem.
+func New(cfg config.Kafka, deadLetterTopic string, opts ...Option) (*Source, error) {
+	s := &Source{
+		cfg: cfg, dlq: deadLetterTopic, log: slog.Default(),
+		parts: map[topicPartition]*partState{},
+		stop:  make(chan struct{}), loopDone: make(chan struct{}),
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	if s.m == nil {
+		s.m = metrics.New()
+	}
+	s.log = s.log.With("source", "kafka")
+	notReady := errors.New("kafka: not connected yet")
+	s.ready.Store(&notReady)
+
+	kopts := []kgo.Opt{
+		kgo.SeedBrokers(cfg.Brokers...),
+		kgo.ClientID(cfg.ClientID),
+		kgo.ConsumerGroup(cfg.Group),
+		kgo.ConsumeTopics(cfg.Topics...),
+		kgo.DisableAutoCommit(),
+		kgo.BlockRebalanceOnPoll(),
+		kgo.OnPartitionsAssigned(s.assigned),
+		kgo.OnPartitionsRevoked(s.revoked),
+		kgo.OnPartitionsLost(s.lost),
+		// Bound what the client buffers ahead of the gate (G4).
+		kgo.FetchMaxBytes(8 << 20),
+		kgo.FetchMaxPartitionBytes(1 << 20),
+		kgo.WithLogger(kgoLogger{s.log}),
+	}
+	if cfg.StartOffset == "latest" {
+		kopts = append(kopts, kgo.ConsumeResetOffset(kgo.NewOffset().AtEnd()))
+	} else {
+		kopts = append(kopts, kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	}
+	if cfg.GroupInstanceID != "" {
+		kopts = append(kopts, kgo.InstanceID(cfg.GroupInstanceID))
+	}
+	switch strings.ToUpper(cfg.SASL.Mechanism) {
+	case "":
+	case "PLAIN":
+		kopts = append(kopts, kgo.SASL(plain.Auth{User: cfg.SASL.Username, Pass: cfg.SASL.Password.Reveal()}.AsMechanism()))
+	case "SCRAM-SHA-256":
+		kopts = append(kopts, kgo.SASL(scram.Auth{User: cfg.SASL.Username, Pass: cfg.SASL.Password.Reveal()}.AsSha256Mechanism()))
+	case "SCRAM-SHA-512":
+		kopts = append(kopts, kgo.SASL(scram.Auth{User: cfg.SASL.Username, Pass: cfg.SASL.Password.Reveal()}.AsSha512Mechanism()))
+	default:
+		return nil, fmt.Errorf("kafka: unsupported sasl mechanism %q", cfg.SASL.Mechanism)
+	}
+	tlsCfg, err := cfg.TLS.ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kafka: %w", err)
+	}
+	if tlsCfg != nil {
+		kopts = append(kopts, kgo.DialTLSConfig(tlsCfg))
+	}
+	kopts = append(kopts, s.extra...)
+	cl, err := kgo.NewClient(kopts...)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: create client: %w", err)
+	}
+	s.cl = cl
+	go s.loop()
+	return s, nil
+}
+
+// Read implements adapters.Source.
+func (s *Source) Read(ctx context.Context) (*adapters.Delivery, error) {
+	for {
+		if d := s.next(); d != nil {
+			return d, nil
+		}
+		select {
+		case <-s.stop:
+			return nil, adapters.ErrClosed
+		default:
+		}
+		fetches := s.cl.PollFetches(ctx)
+		if fetches.IsClientClosed() {
+			return nil, adapters.ErrClosed
+		}
+		if err := ctx.Err(); err != nil {
+			s.cl.AllowRebalance()
+			return nil, err
+		}
+		s.buffer(fetches)
+		s.cl.AllowRebalance()
+	}
+}
+
+// buffer stores polled records in their partition's current state. Rebalances are blocked
+// while it runs, so every record belongs to the current assignment.
+func (s *Source) buffer(fetches kgo.Fetches) {
+	var fetchErr error
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fetches.EachTopic(func(t kgo.FetchTopic) {
+		for i := range t.Partitions {
+			p := &t.Partitions[i]
+			if p.Err != nil {
+				if !errors.Is(p.Err, context.Canceled) {
+					fetchErr = fmt.Errorf("kafka: fetch %s/%d: %w", t.Topic, p.Partition, p.Err)
+				}
+				continue
+			}
+			ps := s.parts[topicPartition{t.Topic, p.Partition}]
+			if ps == nil {
+				continue // not ours (revoked before the poll returned)
+			}
+			ps.hwm = p.HighWatermark
+			if len(p.Records) == 0 {
+				continue
+			}
+			ps.buffered = append(ps.buffered, p.Records...)
+			if !ps.inRR {
+				ps.inRR = true
+				s.rr = append(s.rr, ps)
+			}
+		}
+	})
+	if fetchErr != nil {
+		s.m.Error("broker")
+		if !s.fetchErr.Swap(true) {
+			s.log.Warn("fetch failing; the client keeps retrying", "error", fetchErr)
+		}
+	} else if s.fetchErr.Swap(false) {
+		s.log.Info("fetch recovered")
+	}
+}
+
+// next hands out the next buffered record, round-robin across partitions.
+func (s *Source) next() *adapters.Delivery {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.rr) > 0 {
+		if s.rrPos >= len(s.rr) {
+			s.rrPos = 0
+		}
+		ps := s.rr[s.rrPos]
+		if s.parts[ps.tp] != ps || len(ps.buffered) == 0 {
+			ps.inRR = false
+			ps.buffered = nil
+			s.rr = append(s.rr[:s.rrPos], s.rr[s.rrPos+1:]...)
+			continue
+		}
+		r := ps.buffered[0]
+		ps.buffered[0] = nil
+		ps.buffered = ps.buffered[1:]
+		s.rrPos++
+		seq := ps.nextSeq
+		ps.nextSeq++
+		ps.pending = append(ps.pending, pending{offset: r.Offset, epoch: r.LeaderEpoch})
+		d := s.delivery(r)
+		d.Ack = func(err error) { s.settled(ps, seq, err) }
+		return d
+	}
+	return nil
+}
+
+func (s *Source) delivery(r *kgo.Record) *adapters.Delivery {
+	d := &adapters.Delivery{
+		Payload:        r.Value,
+		Source:         "kafka://" + r.Topic,
+		Time:           r.Timestamp,
+		Key:            string(r.Key),
+		Lane:           r.Topic + "/" + strconv.FormatInt(int64(r.Partition), 10),
+		HasCoordinates: true,
+		Partition:      r.Partition,
+		Offset:         r.Offset,
+	}
+	if len(r.Headers) > 0 {
+		d.Headers = make([]adapters.Header, 0, len(r.Headers))
+		for _, h := range r.Headers {
+			d.Headers = append(d.Headers, adapters.Header{Key: h.Key, Value: string(h.Value)})
+			if strings.EqualFold(h.Key, "content-type") {
+				d.ContentType = string(h.Value)
+			}
+		}
+	}
+	d.ID = messageID(s.cfg.MessageID, r)
+	return d
+}
+
+// messageID applies the configured rule, falling back to the record's coordinates (which
+// still dedup redeliveries, though not producer duplicates).
+func messageID(rule string, r *kgo.Record) string {
+	switch {
+	case rule == "key":
+		if len(r.Key) > 0 {
+			return string(r.Key)
+		}
+	case strings.HasPrefix(rule, "header:"):
+		name := strings.TrimPrefix(rule, "header:")
+		for _, h := range r.Headers {
+			if h.Key == name && len(h.Value) > 0 {
+				return string(h.Value)
+			}
+		}
+	}
+	return r.Topic + "/" + strconv.FormatInt(int64(r.Partition), 10) + "/" + strconv.FormatInt(r.Offset, 10)
+}
+
+// settled records the gate's decision for record seq of ps.
+func (s *Source) settled(ps *partState, seq uint64, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.parts[ps.tp] != ps {
+		return // fenced: the partition was revoked or lost since this record was handed out
+	}
+	p := &ps.pending[seq-ps.headSeq]
+	p.settled = true
+	if err != nil {
+		return // not done: the offset stays uncommitted and is redelivered after a restart
+	}
+	p.done = true
+	n := 0
+	for n < len(ps.pending) && ps.pending[n].done {
+		n++
+	}
+	if n == 0 {
+		return
+	}
+	last := ps.pending[n-1]
+	ps.commit = kgo.EpochOffset{Epoch: last.epoch, Offset: last.offset + 1}
+	ps.dirty = true
+	ps.pending = ps.pending[n:]
+	ps.headSeq += uint64(n)
+}
+
+func (s *Source) assigned(_ context.Context, _ *kgo.Client, assigned map[string][]int32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for topic, parts := range assigned {
+		for _, p := range parts {
+			tp := topicPartition{topic, p}
+			s.parts[tp] = &partState{tp: tp, commit: kgo.EpochOffset{Epoch: -1, Offset: -1}}
+			n++
+		}
+	}
+	s.log.Info("partitions assigned", "count", n, "partitions", fmtParts(assigned))
+}
+
+// revoked waits briefly for in-flight records of the revoked partitions, commits their
+// completed prefix, and fences them.
+func (s *Source) revoked(ctx context.Context, cl *kgo.Client, revoked map[string][]int32) {
+	deadline := time.Now().Add(revokeWait)
+	for time.Now().Before(deadline) && s.inflight(revoked) > 0 {
+		select {
+		case <-ctx.Done():
+			deadline = time.Now()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	s.commit(ctx, revoked)
+	s.mu.Lock()
+	left := 0
+	for topic, parts := range revoked {
+		for _, p := range parts {
+			tp := topicPartition{topic, p}
+			if ps := s.parts[tp]; ps != nil {
+				left += len(ps.pending)
+				delete(s.parts, tp)
+			}
+		}
+	}
+	s.mu.Unlock()
+	if len(revoked) > 0 {
+		s.log.Info("partitions revoked", "partitions", fmtParts(revoked), "unfinished_fenced", left)
+	}
+}
+
+// lost fences partitions without committing: another member may own them already.
+func (s *Source) lost(_ context.Context, _ *kgo.Client, lost map[string][]int32) {
+	s.mu.Lock()
+	for topic, parts := range lost {
+		for _, p := range parts {
+			delete(s.parts, topicPartition{topic, p})
+		}
+	}
+	s.mu.Unlock()
+	s.log.Warn("partitions lost; their in-flight records will not be committed", "partitions", fmtParts(lost))
+}
+
+// inflight counts handed-out records of the given partitions not settled yet.
+func (s *Source) inflight(which map[string][]int32) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for topic, parts := range which {
+		for _, p := range parts {
+			if ps := s.parts[topicPartition{topic, p}]; ps != nil {
+				for _, pe := range ps.pending {
+					if !pe.settled {
+						n++
+					}
+				}
+			}
+		}
+	}
+	return n
+}
+
+// commit synchronously commits the completed prefix of the given partitions (all when nil).
+func (s *Source) commit(ctx context.Context, only map[string][]int32) {
+	s.mu.Lock()
+	offsets := map[string]map[int32]kgo.EpochOffset{}
+	var committed []*partState
+	for tp, ps := range s.parts {
+		if !ps.dirty || (only != nil && !contains(only[tp.topic], tp.partition)) {
+			continue
+		}
+		if offsets[tp.topic] == nil {
+			offsets[tp.topic] = map[int32]kgo.EpochOffset{}
+		}
+		offsets[tp.topic][tp.partition] = ps.commit
+		ps.dirty = false
+		committed = append(committed, ps)
+	}
+	s.mu.Unlock()
+	if len(offsets) == 0 {
+		return
+	}
+	var failed error
+	s.cl.CommitOffsetsSync(ctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
+		if err != nil {
+			failed = err
+			return
+		}
+		for _, t := range resp.Topics {
+			for _, p := range t.Partitions {
+				if e := kerr.ErrorForCode(p.ErrorCode); e != nil && failed == nil {
+					failed = fmt.Errorf("%s/%d: %w", t.Topic, p.Partition, e)
+				}
+			}
+		}
+	})
+	if failed != nil {
+		s.m.Error("commit")
+		s.log.Warn("commit failed; will retry", "error", failed)
+		s.mu.Lock()
+		for _, ps := range committed {
+			if s.parts[ps.tp] == ps {
+				ps.dirty = true
+			}
+		}
+		s.mu.Unlock()
+	}
+}
+
+// loop commits on an interval, refreshes readiness and lag until Close.
+func (s *Source) loop() {
+	defer close(s.loopDone)
+	commitT := time.NewTicker(s.cfg.CommitInterval)
+	defer commitT.Stop()
+	pingT := time.NewTicker(5 * time.Second)
+	defer pingT.Stop()
+	s.ping()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-commitT.C:
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			s.commit(ctx, nil)
+			cancel()
+			s.reportLag()
+		case <-pingT.C:
+			s.ping()
+		}
+	}
+}
+
+func (s *Source) ping() {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	err := s.cl.Ping(ctx)
+	if err != nil {
+		err = fmt.Errorf("kafka: brokers unreachable: %w", err)
+	}
+	prev := s.ready.Swap(&err)
+	switch {
+	case err != nil && *prev == nil:
+		s.log.Warn("broker connection lost", "error", err)
+	case err == nil && *prev != nil:
+		s.log.Info("broker connected", "brokers", s.cfg.Brokers)
+	}
+	if err == nil {
+		s.m.SourceReady.Set(1)
+	} else {
+		s.m.SourceReady.Set(0)
+	}
+}
+
+func (s *Source) reportLag() {
+	s.mu.Lock()
+	lag := map[string]int64{}
+	for tp, ps := range s.parts {
+		pos := ps.commit.Offset
+		if len(ps.pending) > 0 {
+			pos = ps.pending[0].offset
+		}
+		if pos >= 0 && ps.hwm > pos {
+			lag[tp.topic] += ps.hwm - pos
+		} else {
+			lag[tp.topic] += 0
+		}
+	}
+	s.mu.Unlock()
+	for topic, n := range lag {
+		s.m.ConsumerLag.WithLabelValues(topic).Set(float64(n))
+	}
+}
+
+// Ready implements adapters.Source.
+func (s *Source) Ready() error { return *s.ready.Load() }
+
+// DeadLetter implements adapters.Source: a synchronous produce to the dead-letter topic,
+// acknowledged by the brokers (acks=all) before it returns.
+func (s *Source) DeadLetter(ctx context.Context, d *adapters.Delivery, f adapters.Failure) error {
+	if s.dlq == "" {
+		return adapters.ErrNoDeadLetter
+	}
+	rec := &kgo.Record{Topic: s.dlq, Value: d.Payload}
+	if d.Key != "" {
+		rec.Key = []byte(d.Key)
+	}
+	for _, h := range d.Headers {
+		rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: h.Key, Value: []byte(h.Value)})
+	}
+	for _, h := range adapters.FailureHeaders(d, f) {
+		rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: h.Key, Value: []byte(h.Value)})
+	}
+	if err := s.cl.ProduceSync(ctx, rec).FirstErr(); err != nil {
+		return fmt.Errorf("kafka: dead-letter to %s: %w", s.dlq, err)
+	}
+	return nil
+}
+
+// Close implements adapters.Source: it commits the completed prefix of every partition and
+// leaves the group (a static member keeps its partitions until the session times out, so a
+// restart takes them back without a rebalance).
+func (s *Source) Close(ctx context.Context) error {
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		<-s.loopDone
+		s.commit(ctx, nil)
+		done := make(chan struct{})
+		go func() { s.cl.Close(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			s.closeErr = fmt.Errorf("kafka: close: %w", ctx.Err())
+		}
+		s.log.Info("kafka source closed")
+	})
+	return s.closeErr
+}
+
+func contains(ps []int32, p int32) bool {
+	for _, x := range ps {
+		if x == p {
+			return true
+		}
+	}
+	return false
+}
+
+func fmtParts(m map[string][]int32) string {
+	var b strings.Builder
+	for topic, parts := range m {
+		if b.Len() > 0 {
+			b.WriteByte(' ')
+		}
+		fmt.Fprintf(&b, "%s%v", topic, parts)
+	}
+	return b.String()
+}
+
+// kgoLogger routes franz-go's logs through slog. The client logs every step of a rebalance
+// at info; we keep its warnings and errors at info level and everything at debug.
+type kgoLogger struct{ l *slog.Logger }
+
+func (k kgoLogger) Level() kgo.LogLevel {
+	if k.l.Enabled(context.Background(), slog.LevelDebug) {
+		return kgo.LogLevelDebug
+	}
+	return kgo.LogLevelWarn
+}
+
+func (k kgoLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
+	lvl := slog.LevelDebug
+	switch level {
+	case kgo.LogLevelError:
+		lvl = slog.LevelError
+	case kgo.LogLevelWarn:
+		lvl = slog.LevelWarn
+	}
+	k.l.Log(context.Background(), lvl, "franz-go: "+msg, keyvals...)
+}

@@ -1,0 +1,82 @@
+// Package admin serves the operator endpoints: /healthz (liveness: the process serves
+// HTTP), /readyz (readiness: every check passes — broker connected, app healthy, not
+// shutting down) and /metrics (Prometheus). It binds in Start, so a bad or busy listen
+// address is reported before anything connects to a broker.
+package admin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Check reports nil when its part of the sidecar is ready, else why not.
+type Check func() error
+
+// Server is the admin HTTP server.
+type Server struct {
+	srv *http.Server
+	ln  net.Listener
+	log *slog.Logger
+}
+
+// New returns a server for listen (host:port) exposing reg and ready.
+func New(listen string, reg *prometheus.Registry, ready Check, log *slog.Logger) *Server {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := ready(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	return &Server{
+		srv: &http.Server{Addr: listen, Handler: mux, ReadHeaderTimeout: 5 * time.Second},
+		log: log,
+	}
+}
+
+// Start binds the listener and serves in the background.
+func (s *Server) Start() error {
+	ln, err := net.Listen("tcp", s.srv.Addr)
+	if err != nil {
+		return fmt.Errorf("admin: listen %s: %w", s.srv.Addr, err)
+	}
+	s.ln = ln
+	go func() {
+		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("admin server stopped", "error", err)
+		}
+	}()
+	s.log.Info("admin endpoints listening", "addr", ln.Addr().String())
+	return nil
+}
+
+// Addr is the bound address (useful with port 0).
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// Shutdown stops the server, waiting for active requests until ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }
+
+// All combines checks: the first failing one is reported.
+func All(checks ...Check) Check {
+	return func() error {
+		for _, c := range checks {
+			if err := c(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}

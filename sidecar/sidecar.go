@@ -1,0 +1,240 @@
+// Package sidecar composes one running mqsidecar from a validated configuration: the dedup
+// store, the admin endpoints, the broker adapter and the ack gate, in that order, and takes
+// them down in reverse. It is what `mqsidecar run` and `mqsidecar demo` both execute, so the
+// demo exercises exactly the production path.
+//
+// Shutdown (SPEC G5): when ctx is cancelled, readiness turns false at once; the sidecar keeps
+// consuming for drain_delay (so Kubernetes endpoints update), then the gate stops reading and
+// drains within shutdown_timeout; the adapter commits what completed; the store is closed.
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/mqsidecar/mqsidecar/ackgate"
+	"github.com/mqsidecar/mqsidecar/adapters"
+	"github.com/mqsidecar/mqsidecar/admin"
+	"github.com/mqsidecar/mqsidecar/config"
+	"github.com/mqsidecar/mqsidecar/dedup"
+	"github.com/mqsidecar/mqsidecar/metrics"
+)
+
+// Sidecar is one composed instance. Create it with New, then call Run once.
+type Sidecar struct {
+	cfg     config.Config
+	log     *slog.Logger
+	Metrics *metrics.Metrics
+
+	admin    *admin.Server
+	store    *dedup.Store
+	draining atomic.Bool
+	appOK    atomic.Pointer[error]
+	src      atomic.Pointer[adapters.Source]
+}
+
+// New opens the dedup store and binds the admin listener, so that a locked store or a busy
+// port fails before any broker is contacted.
+func New(cfg config.Config, log *slog.Logger) (*Sidecar, error) {
+	s := &Sidecar{cfg: cfg, log: log, Metrics: metrics.New()}
+	pending := errors.New("app health not checked yet")
+	s.appOK.Store(&pending)
+	if cfg.Dedup.Enabled {
+		st, err := dedup.Open(cfg.Dedup.Path, dedup.Options{TTL: cfg.Dedup.TTL, MaxEntries: cfg.Dedup.MaxEntries, Logger: log})
+		if err != nil {
+			return nil, err
+		}
+		s.store = st
+	}
+	if cfg.Admin.Listen != "" {
+		s.admin = admin.New(cfg.Admin.Listen, s.Metrics.Registry, s.ready, log)
+		if err := s.admin.Start(); err != nil {
+			s.closeStore()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// AdminAddr is the bound admin address, "" when disabled.
+func (s *Sidecar) AdminAddr() string {
+	if s.admin == nil {
+		return ""
+	}
+	return s.admin.Addr()
+}
+
+func (s *Sidecar) ready() error {
+	if s.draining.Load() {
+		return errors.New("shutting down")
+	}
+	src := s.src.Load()
+	if src == nil {
+		return errors.New("not consuming yet")
+	}
+	if err := (*src).Ready(); err != nil {
+		return err
+	}
+	return *s.appOK.Load()
+}
+
+// Run consumes until ctx is cancelled, then drains (package doc). It returns nil after a
+// clean shutdown.
+func (s *Sidecar) Run(ctx context.Context) error {
+	defer s.closeAll()
+	appCtx, stopHealth := context.WithCancel(context.Background())
+	defer stopHealth()
+	if err := s.watchApp(ctx, appCtx); err != nil {
+		return nil // ctx ended while waiting for the app: nothing was consumed
+	}
+	src, err := newSource(s.cfg, s.log, s.Metrics)
+	if err != nil {
+		return err
+	}
+	s.src.Store(&src)
+
+	gateCtx, stopGate := context.WithCancel(context.Background())
+	defer stopGate()
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-gateCtx.Done():
+			return
+		}
+		s.draining.Store(true)
+		s.log.Info("shutdown requested; readiness is now false", "drain_delay", s.cfg.DrainDelay, "shutdown_timeout", s.cfg.ShutdownTimeout)
+		t := time.NewTimer(s.cfg.DrainDelay)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-gateCtx.Done():
+		}
+		stopGate()
+	}()
+
+	d := s.cfg.Delivery
+	gate := ackgate.New(src, s.gateStore(), ackgate.Options{
+		Push: ackgate.PushOptions{
+			URL: s.cfg.App.URL, Timeout: s.cfg.App.Timeout, EventType: s.cfg.App.EventType,
+			MaxResponseBytes: s.cfg.App.MaxResponseBytes, MaxMessageBytes: d.MaxMessageBytes,
+		},
+		Ordering:             ackgate.Ordering(d.Ordering),
+		MaxInflight:          d.MaxInflight,
+		MaxAttempts:          d.MaxAttempts,
+		DropAfterMaxAttempts: d.DropAfterMaxAttempts,
+		Backoff:              ackgate.Backoff{Initial: d.Backoff.Initial, Max: d.Backoff.Max, Multiplier: d.Backoff.Multiplier},
+		DeadLetter:           s.cfg.HasDeadLetter(),
+		DrainTimeout:         s.cfg.ShutdownTimeout,
+		Logger:               s.log,
+		Metrics:              s.Metrics,
+	})
+	s.log.Info("consuming", "kind", s.cfg.Source.Kind, "app", s.cfg.App.URL, "ordering", d.Ordering, "max_inflight", d.MaxInflight, "dedup", s.cfg.Dedup.Enabled)
+	runErr := gate.Run(gateCtx)
+	stopGate()
+
+	closeCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := src.Close(closeCtx); err != nil {
+		s.log.Error("closing the source", "error", err)
+		if runErr == nil {
+			runErr = err
+		}
+	}
+	if runErr != nil {
+		return runErr
+	}
+	s.log.Info("stopped cleanly")
+	return nil
+}
+
+// gateStore returns the store as the gate's interface; a nil *dedup.Store must become a nil
+// interface, not a typed nil.
+func (s *Sidecar) gateStore() ackgate.Store {
+	if s.store == nil {
+		return nil
+	}
+	return s.store
+}
+
+// watchApp waits until the app's health URL answers 2xx (when configured), then keeps
+// checking it for readiness in the background until appCtx ends. It returns ctx's error if
+// ctx ends first.
+func (s *Sidecar) watchApp(ctx, appCtx context.Context) error {
+	if s.cfg.App.HealthURL == "" {
+		var ok error
+		s.appOK.Store(&ok)
+		s.Metrics.AppReady.Set(1)
+		return nil
+	}
+	client := &http.Client{Timeout: 2 * time.Second}
+	check := func() error {
+		resp, err := client.Get(s.cfg.App.HealthURL)
+		if err != nil {
+			return fmt.Errorf("app health: %w", err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode < 200 || resp.StatusCode > 299 {
+			return fmt.Errorf("app health: %s answered %d", s.cfg.App.HealthURL, resp.StatusCode)
+		}
+		return nil
+	}
+	update := func(err error) {
+		prev := s.appOK.Swap(&err)
+		switch {
+		case err != nil && *prev == nil:
+			s.log.Warn("app not healthy", "error", err)
+			s.Metrics.AppReady.Set(0)
+		case err == nil && *prev != nil:
+			s.log.Info("app healthy", "health_url", s.cfg.App.HealthURL)
+			s.Metrics.AppReady.Set(1)
+		}
+	}
+	s.log.Info("waiting for the app to be healthy before consuming", "health_url", s.cfg.App.HealthURL)
+	for delay := 100 * time.Millisecond; ; delay = min(delay*2, 2*time.Second) {
+		err := check()
+		update(err)
+		if err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+	}
+	go func() {
+		t := time.NewTicker(5 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-appCtx.Done():
+				return
+			case <-t.C:
+				update(check())
+			}
+		}
+	}()
+	return nil
+}
+
+func (s *Sidecar) closeStore() {
+	if s.store != nil {
+		if err := s.store.Close(); err != nil {
+			s.log.Error("closing the dedup store", "error", err)
+		}
+	}
+}
+
+func (s *Sidecar) closeAll() {
+	s.closeStore()
+	if s.admin != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = s.admin.Shutdown(ctx)
+	}
+}
