@@ -7,6 +7,13 @@
 // got 0"). Unknown keys are errors, so a typo never silently falls back to a default.
 // Every key can be overridden by an environment variable MQSIDECAR_<KEY>, nested keys joined
 // by "_" (MQSIDECAR_APP_URL, MQSIDECAR_SOURCE_KAFKA_BROKERS=a:9092,b:9092).
+//
+// The set of keys is derived from the mapstructure tags of Config by reflection (Keys), so a
+// field added here is loadable, overridable from the environment and known to the
+// unknown-key check without further work; a field needs a type the loader converts
+// (string, Secret, []string, bool, int, int64, float64, time.Duration) and a line in
+// example.yaml and testdata/full.yaml, which the tests require to show every key.
+// example.yaml is the documented, fully commented example configuration.
 package config
 
 import (
@@ -62,7 +69,9 @@ type KafkaSASL struct {
 	PasswordFile string `mapstructure:"password_file"` // read at load time, overrides Password
 }
 
-// TLS configures client TLS for a broker connection.
+// TLS configures client TLS for a broker connection. Files named here must exist (checked
+// by Validate); cert_file and key_file go together. For Kafka, the other keys require
+// enabled: true (setting ca_file alone does not switch TLS on, it is an error).
 type TLS struct {
 	Enabled            bool   `mapstructure:"enabled"`
 	CAFile             string `mapstructure:"ca_file"`
@@ -107,7 +116,9 @@ type RabbitMQ struct {
 	// DeadLetterMode "publish" publishes to delivery.dead_letter.target with confirms;
 	// "nack" rejects without requeue into the queue's own dead-letter exchange.
 	DeadLetterMode string `mapstructure:"dead_letter_mode"`
-	TLS            TLS    `mapstructure:"tls"`
+	// TLS refines the TLS of an amqps:// URL. The AMQP client uses TLS exactly when the URL
+	// scheme is amqps, so TLS options next to an amqp:// URL are a validation error.
+	TLS TLS `mapstructure:"tls"`
 }
 
 // App is the local application the sidecar pushes to.
@@ -118,7 +129,7 @@ type App struct {
 	HealthURL string `mapstructure:"health_url"`
 	// EventType is the ce-type header value.
 	EventType string `mapstructure:"event_type"`
-	// MaxBodyBytes bounds how much of the app's answer is read.
+	// MaxResponseBytes bounds how much of the app's answer is read.
 	MaxResponseBytes int64 `mapstructure:"max_response_bytes"`
 }
 
