@@ -1,0 +1,110 @@
+// Package rabbitmq is the RabbitMQ source adapter (AMQP 0-9-1, github.com/rabbitmq/amqp091-go).
+// It implements adapters.Source: it consumes one queue with manual acknowledgements and
+// translates the ack gate's decisions into basic.ack / basic.nack.
+//
+// # Acknowledgements
+//
+//   - Settle(nil) → basic.ack, on the channel that delivered the message, and nowhere else.
+//   - Settle(err) → basic.nack(requeue=true): the message goes back to its queue at once and
+//     is redelivered (Redelivered set; x-delivery-count counted on quorum queues). Leaving
+//     it unacknowledged instead would pin a prefetch slot until the channel closes. The ack
+//     gate uses not-done for shutdown and for retries it wants the broker to perform, so it
+//     is the gate's job not to spin on it.
+//   - Settle never blocks on the network: it queues the decision for a per-channel writer
+//     goroutine. Close flushes that queue before closing the channel, so every decision made
+//     before Close reaches the broker (the broker handles frames of one channel in order).
+//   - Every channel is a generation. A delivery remembers its channel; when that channel or
+//     its connection is gone, the broker has already requeued the message, and a later Settle
+//     is dropped (counted as EventStaleSettle). Delivery tags are never carried over to a new
+//     channel, so a delivery is never acknowledged twice or on the wrong channel.
+//   - A delivery settled after Close returned is dropped the same way.
+//
+// # Order and lanes
+//
+// RabbitMQ hands out up to prefetch (basic.qos) unacknowledged messages per consumer and,
+// with more than one in flight, promises no processing order, so Lane is "" and the ack gate
+// may work concurrently. With prefetch 1 the broker only sends the next message after the
+// previous one was settled, so Lane is the source ("rabbitmq://<vhost>/<queue>") and the
+// gate keeps queue order. Requeued messages (not-done, connection loss) may come back later
+// than messages behind them; strict order also needs a single active consumer.
+//
+// # Message ID
+//
+// message_id: "message_id" (default) uses the AMQP message-id property; "header:<name>"
+// uses a header. When it is absent or empty, the delivery gets a random, unique ID
+// ("rabbitmq-generated:<hex>"), a warning is logged at most once per minute and
+// EventMissingID is counted. A content hash was rejected on purpose: two legitimately
+// identical messages ("add 1 item") would be merged and the second one silently acked, which
+// breaks the no-loss guarantee. The price of a generated ID is that redeliveries of such a
+// message are not recognised by dedup; they are still flagged ce-redelivered through the
+// broker's redelivered flag. Producers should set message_id.
+//
+// # Delivery fields
+//
+//   - ID: see above. Payload: the body. ContentType: the content-type property.
+//   - Source: "rabbitmq://<vhost>/<queue>" with the vhost path-escaped (the default vhost
+//     "/" becomes "%2F", as in AMQP URIs). Time: the timestamp property when set.
+//   - Redelivered: the broker's redelivered flag, or a positive x-delivery-count.
+//   - DeliveryCount: the x-delivery-count header (quorum queues), else 0.
+//   - Headers: the application headers (amqp.Table) sorted by name, values stringified
+//     (numbers in decimal, booleans "true"/"false", timestamps RFC 3339, byte arrays as text
+//     when valid UTF-8 else base64, nested tables and arrays as JSON), followed by the
+//     standard properties that are set, as amqp-correlation-id, amqp-reply-to, amqp-type,
+//     amqp-app-id, amqp-user-id, amqp-message-id, amqp-content-encoding, amqp-priority,
+//     amqp-expiration, and the routing as amqp-exchange and amqp-routing-key.
+//   - Key, Partition, Offset: unused (HasCoordinates false).
+//
+// # Dead letters
+//
+// dead_letter_mode "publish" (default): DeadLetter publishes a persistent copy to the target
+// "exchange[/routing-key]" ("/key" means the default exchange; without "/" the routing key
+// is the queue name), mandatory, on a dedicated connection in confirm mode, and returns nil
+// only after the broker confirmed it; a nack, a return (unroutable), a closed channel or a
+// timeout is an error and nothing is acknowledged. The copy keeps the body, the application
+// headers and the properties (except expiration, which could expire the copy, and user_id,
+// which RabbitMQ checks against the publishing user), plus adapters.FailureHeaders and
+// mqsidecar-dlq-queue, mqsidecar-dlq-exchange, mqsidecar-dlq-routing-key. The ack gate then
+// settles the original with nil. If the channel dies between the confirm and that ack, the
+// original is redelivered and may be dead-lettered twice; consumers of the dead-letter queue
+// can dedup by mqsidecar-dlq-id.
+//
+// dead_letter_mode "nack": DeadLetter rejects the delivery (basic.nack, requeue=false) on its
+// own channel, so the queue's dead-letter exchange (x-dead-letter-exchange argument or
+// policy) receives it with RabbitMQ's x-death header; failure details cannot be attached. A
+// synchronous round trip on the same channel (basic.qos) proves the broker processed the
+// nack before DeadLetter returns nil. The later Settle(nil) is a no-op. In this mode
+// dead-lettering is always enabled and the target string is ignored. Beware: a queue without
+// a dead-letter exchange discards rejected messages.
+//
+// A dead letter is refused with ErrStaleDelivery when the delivery's channel is already gone
+// (the message was requeued and will come back), so no copy is written for a message that
+// can no longer be acknowledged.
+//
+// # Queue
+//
+// By default the queue is only checked (passive declare on a throwaway channel) and a
+// missing queue is a clear error in Ready and the log; the source keeps retrying, so
+// creating the queue later is enough. With declare: true a missing queue is declared
+// durable (an existing one is used as it is, whatever its type or arguments).
+//
+// # Connection recovery
+//
+// One goroutine owns the connection: it dials (with the URL's credentials, TLS when the
+// scheme is amqps), opens a channel, sets basic.qos, checks the queue and consumes. When the
+// connection or channel closes, or the broker cancels the consumer (queue deleted, node
+// failover), it logs once, reports the cause through Ready, and re-dials with exponential
+// backoff (with jitter, capped). Read keeps blocking meanwhile. amqp091's own automatic
+// recovery is not used, so that a delivery tag can never outlive its channel. Close and
+// cancel notification channels are buffered and drained by a watcher goroutine per
+// connection, so the library never blocks on them.
+//
+// The URL is a secret: it is never logged and never part of an error; logs name the host,
+// port, vhost and user only.
+//
+// # Lifecycle
+//
+// New validates the configuration and starts connecting in the background; it never blocks
+// on the network. Close cancels the consumer, flushes queued acknowledgements (bounded by
+// its ctx), closes channel and connections; unsettled deliveries return to the queue. Close
+// is idempotent (later calls return adapters.ErrClosed) and leaves no goroutine behind.
+package rabbitmq
