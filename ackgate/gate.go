@@ -30,6 +30,8 @@ package ackgate
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -142,6 +144,7 @@ type lane struct {
 // item is one admitted delivery and what the gate knows of it.
 type item struct {
 	d           *adapters.Delivery
+	key         string      // dedup key: the ID, hashed when too long for the store
 	prior       dedup.Entry // store state at admission
 	baseAttempt int         // pushes made before this admission (persisted, or the broker's count)
 	redelivered bool
@@ -265,16 +268,16 @@ func (g *Gate) isStopping() bool {
 func (g *Gate) admit(d *adapters.Delivery) {
 	g.inflight.Add(1)
 	g.m.Inflight.Set(float64(g.inflightN.Add(1)))
-	it := &item{d: d, marked: make(chan error, 1)}
+	it := &item{d: d, key: storeKey(d.ID), marked: make(chan error, 1)}
 	g.mu.Lock()
-	if waiting, ok := g.active[d.ID]; ok {
+	if waiting, ok := g.active[it.key]; ok {
 		// Another copy is being processed: this one waits, and is looked at again once
 		// that copy is settled (it will most likely be a recorded duplicate by then).
-		g.active[d.ID] = append(waiting, it)
+		g.active[it.key] = append(waiting, it)
 		g.mu.Unlock()
 		return
 	}
-	g.active[d.ID] = nil
+	g.active[it.key] = nil
 	g.mu.Unlock()
 	g.begin(it)
 }
@@ -285,7 +288,7 @@ func (g *Gate) begin(it *item) {
 	it.baseAttempt = d.DeliveryCount
 	it.redelivered = d.Redelivered || d.DeliveryCount > 0
 	if g.store != nil {
-		e, err := g.store.Get(d.ID)
+		e, err := g.store.Get(it.key)
 		if err != nil {
 			g.storeFailed(it, fmt.Errorf("%w: get %q: %v", ErrStore, d.ID, err))
 			return
@@ -300,7 +303,7 @@ func (g *Gate) begin(it *item) {
 		it.redelivered = it.redelivered || e.State == dedup.InFlight
 		// Recorded as if the first push had started: a crash before the push only makes
 		// the redelivery over-cautious (ce-redelivered), never silent.
-		g.store.Put(d.ID, dedup.Entry{State: dedup.InFlight, Attempts: it.baseAttempt + 1}, func(err error) {
+		g.store.Put(it.key, dedup.Entry{State: dedup.InFlight, Attempts: it.baseAttempt + 1}, func(err error) {
 			it.marked <- err
 		})
 	} else {
@@ -383,7 +386,7 @@ func (g *Gate) process(it *item) {
 		if it.pushes > 1 && g.store != nil {
 			// Persist the count so a restart continues it; not waited for: losing it in a
 			// crash only makes ce-deliveryattempt count from an earlier value.
-			g.store.Put(it.d.ID, dedup.Entry{State: dedup.InFlight, Attempts: attempt}, func(error) {})
+			g.store.Put(it.key, dedup.Entry{State: dedup.InFlight, Attempts: attempt}, func(error) {})
 		}
 		res := g.pusher.Push(g.hardCtx, it.d, attempt, it.redelivered || it.pushes > 1)
 		g.m.Delivery(res.Verdict.String(), res.Duration.Seconds())
@@ -494,7 +497,7 @@ func (g *Gate) complete(it *item, o outcome) {
 		g.settle(it, nil)
 		return
 	}
-	g.store.Put(it.d.ID, dedup.Entry{State: dedup.Completed, Attempts: it.baseAttempt + it.pushes}, func(err error) {
+	g.store.Put(it.key, dedup.Entry{State: dedup.Completed, Attempts: it.baseAttempt + it.pushes}, func(err error) {
 		if err != nil {
 			g.storeFailed(it, fmt.Errorf("%w: record completed %q: %v", ErrStore, it.d.ID, err))
 			return
@@ -508,7 +511,7 @@ func (g *Gate) complete(it *item, o outcome) {
 func (g *Gate) abandon(it *item) {
 	g.m.Abandoned.Inc()
 	if g.store != nil && it.pushes == 0 && it.prior.State != dedup.Completed {
-		g.store.Put(it.d.ID, it.prior, func(error) {})
+		g.store.Put(it.key, it.prior, func(error) {})
 	}
 	g.settle(it, adapters.ErrNotDone)
 }
@@ -530,11 +533,11 @@ func (g *Gate) settle(it *item, err error) {
 	it.d.Settle(err)
 	g.mu.Lock()
 	var next *item
-	if waiting := g.active[it.d.ID]; len(waiting) > 0 {
+	if waiting := g.active[it.key]; len(waiting) > 0 {
 		next = waiting[0]
-		g.active[it.d.ID] = waiting[1:]
+		g.active[it.key] = waiting[1:]
 	} else {
-		delete(g.active, it.d.ID)
+		delete(g.active, it.key)
 	}
 	g.mu.Unlock()
 	if next != nil {
@@ -547,6 +550,18 @@ func (g *Gate) settle(it *item, err error) {
 	g.m.Inflight.Set(float64(g.inflightN.Add(-1)))
 	<-g.permits
 	g.inflight.Done()
+}
+
+// maxKeyLen bounds dedup keys: longer IDs (a header can hold anything) are stored by hash,
+// which keeps the store small and never rejects a message for its ID's length.
+const maxKeyLen = 128
+
+func storeKey(id string) string {
+	if len(id) <= maxKeyLen {
+		return id
+	}
+	sum := sha256.Sum256([]byte(id))
+	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
 func failure(reason string, res Result, attempts int) adapters.Failure {

@@ -249,8 +249,8 @@ func (p *Pusher) setHeaders(h http.Header, d *adapters.Delivery, attempt int, re
 	}
 	// CloudEvents binary mode; set after forwarding so nothing can override them.
 	h["ce-specversion"] = []string{"1.0"}
-	h["ce-id"] = []string{d.ID}
-	h["ce-source"] = []string{d.Source}
+	h["ce-id"] = []string{headerSafe(d.ID)}
+	h["ce-source"] = []string{headerSafe(d.Source)}
 	h["ce-type"] = []string{p.opts.EventType}
 	if !d.Time.IsZero() {
 		h["ce-time"] = []string{d.Time.UTC().Format(time.RFC3339Nano)}
@@ -271,6 +271,24 @@ func (p *Pusher) setHeaders(h http.Header, d *adapters.Delivery, attempt int, re
 		ct = "application/octet-stream"
 	}
 	h.Set("Content-Type", ct)
+}
+
+// headerSafe percent-encodes the bytes that cannot appear in a header value, so an ID with
+// control characters still reaches the app (recognisably) instead of failing every push.
+func headerSafe(s string) string {
+	if validHeaderValue(s) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 && c != '\t' || c == 0x7f || c == '%' {
+			fmt.Fprintf(&b, "%%%02X", c)
+			continue
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
 }
 
 // validHeaderName reports whether s is an RFC 9110 token.
