@@ -1,0 +1,30 @@
+// Package injector is the Kubernetes mutating admission webhook that adds the mqsidecar
+// container to pods annotated mqsidecar.io/inject: "true" (the `mqsidecar inject` command).
+//
+// Contract:
+//   - Handler answers every well-formed admission.k8s.io/v1 AdmissionReview. It allows the
+//     object unchanged unless it is a Pod (or a StatefulSet) being created whose pod template
+//     opted in with mqsidecar.io/inject; then it returns a JSON patch (RFC 6902) that adds the
+//     sidecar. Other kinds, other operations, unannotated pods and pods that already carry the
+//     sidecar are allowed without a patch, so the webhook is idempotent.
+//   - A pod that opted in but whose mqsidecar.io/* annotations are invalid is denied, with a
+//     message that names every bad annotation and what is wrong with it. This is deliberate:
+//     admitting it without the sidecar would start an application that silently consumes
+//     nothing, the exact opposite of what its owner asked for. Problems that do not change
+//     what gets injected are returned as admission warnings instead.
+//   - Anything that is not the pod owner's fault (an undecodable object, a bug) never denies:
+//     the object is allowed unchanged with a warning and an error log line, or the request
+//     fails with HTTP 500 and the webhook's failurePolicy (Ignore by default) decides.
+//   - The webhook never calls the Kubernetes API: it only transforms the object it is given.
+//     It therefore needs no RBAC and has no side effects (sideEffects: None, dry-run safe).
+//
+// By default the sidecar is a native sidecar (an init container with restartPolicy: Always,
+// Kubernetes >= 1.29) with a startup probe; mqsidecar.io/sidecar-mode: container injects a
+// regular container for older clusters. The dedup store lives on an emptyDir, or on a
+// per-pod PersistentVolumeClaim for StatefulSets: when a StatefulSet is created, the webhook
+// adds a volumeClaimTemplate named mqsidecar-dedup, and the StatefulSet controller then adds
+// that volume to each pod, which the pod mutation mounts instead of an emptyDir.
+//
+// CertReloader serves the webhook's TLS certificate and picks up a rotated key pair
+// (cert-manager, a re-rendered Secret) without a restart.
+package injector
