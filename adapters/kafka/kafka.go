@@ -98,6 +98,9 @@ type Source struct {
 	rr    []*partState // partitions with buffered records, served round-robin
 	rrPos int
 
+	// closing skips the revoke wait: at Close the gate has drained, so nothing unsettled
+	// will settle any more.
+	closing   atomic.Bool
 	ready     atomic.Pointer[error]
 	fetchErr  atomic.Bool // a fetch error was logged and not yet followed by success
 	stop      chan struct{}
@@ -356,7 +359,7 @@ func (s *Source) assigned(_ context.Context, _ *kgo.Client, assigned map[string]
 // completed prefix, and fences them.
 func (s *Source) revoked(ctx context.Context, cl *kgo.Client, revoked map[string][]int32) {
 	deadline := time.Now().Add(revokeWait)
-	for time.Now().Before(deadline) && s.inflight(revoked) > 0 {
+	for !s.closing.Load() && time.Now().Before(deadline) && s.inflight(revoked) > 0 {
 		select {
 		case <-ctx.Done():
 			deadline = time.Now()
@@ -552,7 +555,10 @@ func (s *Source) DeadLetter(ctx context.Context, d *adapters.Delivery, f adapter
 // leaves the group (a static member keeps its partitions until the session times out, so a
 // restart takes them back without a rebalance).
 func (s *Source) Close(ctx context.Context) error {
+	err := adapters.ErrClosed
 	s.closeOnce.Do(func() {
+		err = nil
+		s.closing.Store(true)
 		close(s.stop)
 		<-s.loopDone
 		s.commit(ctx, nil)
@@ -563,9 +569,30 @@ func (s *Source) Close(ctx context.Context) error {
 		case <-ctx.Done():
 			s.closeErr = fmt.Errorf("kafka: close: %w", ctx.Err())
 		}
+		closed := fmt.Errorf("kafka: %w", adapters.ErrClosed)
+		s.ready.Store(&closed)
 		s.log.Info("kafka source closed")
 	})
+	if err != nil {
+		return err
+	}
 	return s.closeErr
+}
+
+// kill abandons the source as kill -9 would: every partition is fenced so nothing more is
+// committed, then the client is closed. For tests of unclean stops.
+func (s *Source) kill() {
+	s.mu.Lock()
+	clear(s.parts)
+	s.mu.Unlock()
+	s.closing.Store(true)
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		<-s.loopDone
+		s.cl.Close()
+		closed := fmt.Errorf("kafka: %w", adapters.ErrClosed)
+		s.ready.Store(&closed)
+	})
 }
 
 func contains(ps []int32, p int32) bool {

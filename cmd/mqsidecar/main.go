@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -45,7 +46,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintln(stderr, "mqsidecar:", err)
+	if msg := err.Error(); strings.Contains(msg, "\n") {
+		fmt.Fprintf(stderr, "mqsidecar: error:\n%s\n", msg)
+	} else {
+		fmt.Fprintln(stderr, "mqsidecar:", msg)
+	}
 	var ue usageError
 	if errors.As(err, &ue) {
 		return 2

@@ -1,0 +1,24 @@
+//go:build e2e
+
+package kafka
+
+import (
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/mqsidecar/mqsidecar/adapters/adaptertest"
+)
+
+// TestConformanceE2E runs the shared adapter suite against a real Kafka
+// (MQSIDECAR_E2E_KAFKA=host:port, started by e2e/harness/kafka.sh).
+func TestConformanceE2E(t *testing.T) {
+	addr := os.Getenv("MQSIDECAR_E2E_KAFKA")
+	if addr == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("MQSIDECAR_E2E_KAFKA is not set: the Kafka broker did not start (see e2e/harness/kafka.sh)")
+		}
+		t.Skip("MQSIDECAR_E2E_KAFKA not set; start one with e2e/harness/kafka.sh start")
+	}
+	adaptertest.Run(t, harness(strings.Split(addr, ",")))
+}

@@ -1,0 +1,234 @@
+package kafka
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/mqsidecar/mqsidecar/adapters"
+	"github.com/mqsidecar/mqsidecar/adapters/adaptertest"
+)
+
+func newCluster(t *testing.T) []string {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c.ListenAddrs()
+}
+
+// TestConformanceKfake runs the shared adapter suite on the in-process fake; the same suite
+// runs against a real Kafka in TestConformanceE2E.
+func TestConformanceKfake(t *testing.T) {
+	adaptertest.Run(t, harness(newCluster(t)))
+}
+
+func TestMessageIDRules(t *testing.T) {
+	r := &kgo.Record{Topic: "t", Partition: 2, Offset: 7, Key: []byte("k"), Headers: []kgo.RecordHeader{{Key: "id", Value: []byte("h1")}}}
+	for rule, want := range map[string]string{"": "t/2/7", "key": "k", "header:id": "h1", "header:other": "t/2/7"} {
+		if got := messageID(rule, r); got != want {
+			t.Errorf("rule %q: %q, want %q", rule, got, want)
+		}
+	}
+	if got := messageID("key", &kgo.Record{Topic: "t", Offset: 1}); got != "t/0/1" {
+		t.Errorf("empty key falls back to coordinates, got %q", got)
+	}
+}
+
+// committed returns the group's committed offset for topic partition 0..n-1.
+func committed(t *testing.T, brokers []string, group, topic string) map[int32]int64 {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	offs, err := kadm.NewClient(cl).FetchOffsets(context.Background(), group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[int32]int64{}
+	offs.Each(func(o kadm.OffsetResponse) {
+		if o.Topic == topic {
+			out[o.Partition] = o.At
+		}
+	})
+	return out
+}
+
+func produceN(t *testing.T, brokers []string, topic string, partitions, perPartition int) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	var recs []*kgo.Record
+	for p := 0; p < partitions; p++ {
+		for i := 0; i < perPartition; i++ {
+			id := fmt.Sprintf("p%d-%d", p, i)
+			recs = append(recs, &kgo.Record{Topic: topic, Partition: int32(p), Value: []byte(id), Headers: []kgo.RecordHeader{{Key: "message-id", Value: []byte(id)}}})
+		}
+	}
+	if err := cl.ProduceSync(context.Background(), recs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func createTopic(t *testing.T, brokers []string, topic string, partitions int32) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	resp, err := kadm.NewClient(cl).CreateTopics(context.Background(), partitions, 1, nil, topic)
+	if err == nil {
+		err = resp.Error()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readN(t *testing.T, s *Source, n int) []*adapters.Delivery {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out := make([]*adapters.Delivery, 0, n)
+	for len(out) < n {
+		d, err := s.Read(ctx)
+		if err != nil {
+			t.Fatalf("read %d/%d: %v", len(out), n, err)
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestCommitsOnlyTheContiguousPrefix settles out of order and checks the committed offset
+// never passes an unsettled record.
+func TestCommitsOnlyTheContiguousPrefix(t *testing.T) {
+	brokers := newCluster(t)
+	createTopic(t, brokers, "prefix", 1)
+	produceN(t, brokers, "prefix", 1, 10)
+	s, err := New(testConfig(brokers, "prefix"), "", WithLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	ds := readN(t, s, 10)
+	for _, i := range []int{0, 1, 2, 4, 5, 6} { // 3 is still in flight
+		ds[i].Settle(nil)
+	}
+	waitFor(t, "commit of offset 3", func() bool { return committed(t, brokers, "g-prefix", "prefix")[0] == 3 })
+	time.Sleep(300 * time.Millisecond) // several commit intervals: it must stay at 3
+	if got := committed(t, brokers, "g-prefix", "prefix")[0]; got != 3 {
+		t.Fatalf("committed %d past the unsettled offset 3", got)
+	}
+	ds[3].Settle(nil)
+	waitFor(t, "commit of offset 7", func() bool { return committed(t, brokers, "g-prefix", "prefix")[0] == 7 })
+	ds[7].Settle(adapters.ErrNotDone)
+	ds[8].Settle(nil)
+	ds[9].Settle(nil)
+	if err := s.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := committed(t, brokers, "g-prefix", "prefix")[0]; got != 7 {
+		t.Fatalf("after close committed %d, want 7 (offset 7 was not done)", got)
+	}
+}
+
+// TestRevokedPartitionsAreFenced: records handed out before a rebalance that settle after
+// their partition moved to another member must not be committed by the old owner.
+func TestRevokedPartitionsAreFenced(t *testing.T) {
+	brokers := newCluster(t)
+	createTopic(t, brokers, "fence", 2)
+	produceN(t, brokers, "fence", 2, 5)
+	cfg := testConfig(brokers, "fence")
+	a, err := New(cfg, "", WithLogger(testLogger(t)), WithClientOptions(fastGroup...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(context.Background())
+	held := readN(t, a, 10) // a owns both partitions and holds every record unsettled
+
+	b, err := New(cfg, "", WithLogger(testLogger(t)), WithClientOptions(fastGroup...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(context.Background())
+	// b joining revokes one partition from a: a waits revokeWait for its in-flight records,
+	// then gives the partition up; b must then receive that partition's records again.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	go func() {
+		for ctx.Err() == nil { // keep a polling so it takes part in the rebalance
+			if _, err := a.Read(ctx); err != nil {
+				return
+			}
+		}
+	}()
+	got := readN(t, b, 5)
+	moved := got[0].Partition
+	for _, d := range held {
+		d.Settle(nil) // late: the moved partition's settlements must be ignored
+	}
+	time.Sleep(500 * time.Millisecond) // several commit intervals of a
+	if off, ok := committed(t, brokers, cfg.Group, "fence")[moved]; ok && off > 0 {
+		t.Fatalf("old owner committed offset %d for revoked partition %d", off, moved)
+	}
+	for _, d := range got {
+		d.Settle(nil)
+	}
+	waitFor(t, "new owner's commit", func() bool { return committed(t, brokers, cfg.Group, "fence")[moved] == 5 })
+}
+
+// TestStaticMembershipRejoinsQuickly: with group_instance_id a restarted member gets its
+// partitions back without waiting for the session timeout.
+func TestStaticMembershipRejoinsQuickly(t *testing.T) {
+	brokers := newCluster(t)
+	createTopic(t, brokers, "static", 2)
+	produceN(t, brokers, "static", 2, 3)
+	cfg := testConfig(brokers, "static")
+	cfg.GroupInstanceID = "pod-0"
+	long := append(append([]kgo.Opt(nil), fastGroup...), kgo.SessionTimeout(45*time.Second))
+	a, err := New(cfg, "", WithLogger(testLogger(t)), WithClientOptions(long...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range readN(t, a, 3) {
+		d.Settle(nil)
+	}
+	if err := a.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	b, err := New(cfg, "", WithLogger(testLogger(t)), WithClientOptions(long...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(context.Background())
+	readN(t, b, 3) // the three not settled before
+	if d := time.Since(start); d > 20*time.Second {
+		t.Fatalf("restarted static member took %v to consume (session timeout is 45s)", d)
+	}
+}
