@@ -25,7 +25,8 @@
 //   - ack: deliveries settled with nil are not redelivered to a new source after Close.
 //   - not-done: deliveries settled with ErrNotDone are redelivered to a new source, with the
 //     broker's redelivery hint when Features.Redelivered says it has one.
-//   - mixed (Features.SelectiveAck): within one stream, exactly the not-done ones return.
+//   - mixed (Features.SelectiveAck, no MaxUnsettled): within one stream, exactly the
+//     not-done ones return.
 //   - dead-letter (Features.DeadLetter): the copy arrives at the target with the payload,
 //     the original headers and every adapters.FailureHeaders header; the original, settled
 //     with nil afterwards, is not redelivered; a source without a target answers
@@ -40,6 +41,11 @@
 //   - order (Features.Ordered): deliveries of one Lane arrive in produce order.
 //   - settle-twice: only the first Settle counts (nil then ErrNotDone stays acknowledged,
 //     ErrNotDone then nil is redelivered).
+//
+// Cases hold at most Features.MaxUnsettled deliveries unsettled at once (a RabbitMQ source
+// with prefetch 1 hands out nothing more until one is settled). A broker may redeliver a
+// not-done delivery to the same source at once (RabbitMQ requeues it); the suite settles
+// such second copies with ErrNotDone again.
 //
 // "Not redelivered" is proven positively where possible: after the checked deliveries the
 // case produces a marker message and reads until the marker arrives, failing on any
@@ -90,6 +96,10 @@ type Features struct {
 	Redelivered bool
 	// Keys: Delivery.Key carries Message.Key.
 	Keys bool
+	// MaxUnsettled is how many unsettled deliveries the source hands out at most (RabbitMQ
+	// prefetch, one per lane for strictly serial modes); 0 means at least 6. Cases never
+	// hold more than this many unsettled at once, and the mixed case needs 0.
+	MaxUnsettled int
 	// Timeout bounds how long the suite waits for a message (also for redeliveries, which
 	// may need a broker-side timeout to pass); default 30s.
 	Timeout time.Duration
@@ -216,6 +226,14 @@ func (c *tcase) msgs(prefix string, n int, key string) []Message {
 	return out
 }
 
+// hold returns how many unsettled deliveries a case may keep at once, at most n.
+func (c *tcase) hold(n int) int {
+	if m := c.s.h.Features.MaxUnsettled; m > 0 && m < n {
+		return m
+	}
+	return n
+}
+
 func (c *tcase) open() adapters.Source {
 	c.t.Helper()
 	return c.openDL("")
@@ -258,8 +276,10 @@ func (c *tcase) read(src adapters.Source) *adapters.Delivery {
 	return d
 }
 
-// readIDs reads until every ID in want arrived, and returns the deliveries by ID (the last
-// copy of an ID wins; copies are settled by settle). Unknown IDs fail the test.
+// readIDs reads until every ID in want arrived, and returns the first delivery of each ID,
+// after passing it to settle (when not nil). A second copy of an ID (a broker that
+// redelivers a not-done delivery at once, as RabbitMQ does) is settled with ErrNotDone.
+// Unknown IDs fail the test.
 func (c *tcase) readIDs(src adapters.Source, want []string, settle func(*adapters.Delivery)) map[string]*adapters.Delivery {
 	c.t.Helper()
 	got := make(map[string]*adapters.Delivery, len(want))
@@ -271,6 +291,10 @@ func (c *tcase) readIDs(src adapters.Source, want []string, settle func(*adapter
 		d := c.read(src)
 		if !slices.Contains(want, d.ID) {
 			c.t.Fatalf("%s: unexpected delivery %q while waiting for %v", c.s.h.Name, d.ID, keys(missing))
+		}
+		if got[d.ID] != nil {
+			d.Settle(adapters.ErrNotDone)
+			continue
 		}
 		delete(missing, d.ID)
 		got[d.ID] = d
@@ -378,10 +402,13 @@ func (s *suite) fields(t *testing.T, c *tcase) {
 	ms := c.msgs("fields", 3, "k1")
 	ms[0].Headers = append(ms[0].Headers, adapters.Header{Key: "traceparent", Value: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"})
 	s.h.Produce(t, c.dest, ms...)
-	src := c.open()
-	got := c.readIDs(src, ids(ms), nil)
+	byID := map[string]Message{}
 	for _, m := range ms {
-		d := got[m.ID]
+		byID[m.ID] = m
+	}
+	src := c.open()
+	c.readIDs(src, ids(ms), func(d *adapters.Delivery) {
+		m := byID[d.ID]
 		if string(d.Payload) != string(m.Payload) {
 			t.Errorf("%s: %q payload = %q, want %q", s.h.Name, m.ID, d.Payload, m.Payload)
 		}
@@ -400,7 +427,10 @@ func (s *suite) fields(t *testing.T, c *tcase) {
 			t.Errorf("%s: first delivery of %q has Redelivered=%v DeliveryCount=%d", s.h.Name, m.ID, d.Redelivered, d.DeliveryCount)
 		}
 		d.Settle(nil)
-	}
+		if !d.Settled() {
+			t.Errorf("%s: %q not Settled() after Settle", s.h.Name, m.ID)
+		}
+	})
 	c.close(src)
 }
 
@@ -419,7 +449,7 @@ func (s *suite) ack(t *testing.T, c *tcase) {
 
 // not-done: settled with ErrNotDone → redelivered to the next source, with the hint.
 func (s *suite) notDone(t *testing.T, c *tcase) {
-	ms := c.msgs("notdone", 3, "k1")
+	ms := c.msgs("notdone", c.hold(3), "k1")
 	s.h.Produce(t, c.dest, ms...)
 	src := c.open()
 	c.readIDs(src, ids(ms), func(d *adapters.Delivery) { d.Settle(adapters.ErrNotDone) })
@@ -441,6 +471,9 @@ func (s *suite) notDone(t *testing.T, c *tcase) {
 func (s *suite) mixed(t *testing.T, c *tcase) {
 	if !s.h.Features.SelectiveAck {
 		t.Skipf("%s acknowledges contiguous prefixes only (Features.SelectiveAck unset)", s.h.Name)
+	}
+	if s.h.Features.MaxUnsettled > 0 {
+		t.Skipf("%s hands out at most %d unsettled deliveries; a not-done one may block the rest", s.h.Name, s.h.Features.MaxUnsettled)
 	}
 	ms := c.msgs("mixed", 6, "k1")
 	s.h.Produce(t, c.dest, ms...)
@@ -472,7 +505,7 @@ func (s *suite) deadLetter(t *testing.T, c *tcase) {
 		t.Fatalf("%s: Features.DeadLetter needs Setup to return a target and ReadDeadLetters", s.h.Name)
 	}
 	// Without a target, DeadLetter refuses with ErrNoDeadLetter.
-	ms := c.msgs("dl", 2, "k1")
+	ms := c.msgs("dl", 1, "k1")
 	ms[0].Headers = append(ms[0].Headers, adapters.Header{Key: "x-original", Value: "kept"})
 	s.h.Produce(t, c.dest, ms...)
 	plain := c.open()
@@ -486,8 +519,7 @@ func (s *suite) deadLetter(t *testing.T, c *tcase) {
 	c.close(plain)
 
 	src := c.openDL(c.deadLetter)
-	got := c.readIDs(src, ids(ms), nil)
-	victim := got[ms[0].ID]
+	victim := c.readIDs(src, ids(ms), nil)[ms[0].ID]
 	f := adapters.Failure{
 		Reason:   "permanent",
 		Status:   422,
@@ -499,7 +531,6 @@ func (s *suite) deadLetter(t *testing.T, c *tcase) {
 		t.Fatalf("%s: DeadLetter: %v", s.h.Name, err)
 	}
 	victim.Settle(nil)
-	got[ms[1].ID].Settle(nil)
 
 	dls := s.h.ReadDeadLetters(t, c.deadLetter, 1)
 	if len(dls) != 1 {
@@ -529,7 +560,7 @@ func (s *suite) deadLetter(t *testing.T, c *tcase) {
 // close-inflight: Close with unsettled deliveries is bounded; they come back; a late
 // settle after Close does nothing.
 func (s *suite) closeInflight(t *testing.T, c *tcase) {
-	ms := c.msgs("inflight", 5, "k1")
+	ms := c.msgs("inflight", 2+c.hold(3), "k1")
 	s.h.Produce(t, c.dest, ms...)
 	src := c.open()
 	var settled, unsettled []*adapters.Delivery
@@ -631,7 +662,7 @@ func (s *suite) uncleanStop(t *testing.T, c *tcase) {
 	if s.h.Kill == nil {
 		t.Skipf("%s harness has no Kill hook", s.h.Name)
 	}
-	ms := c.msgs("unclean", 5, "k1")
+	ms := c.msgs("unclean", c.hold(5), "k1")
 	s.h.Produce(t, c.dest, ms...)
 	src := c.open()
 	got := c.readIDs(src, ids(ms), nil)
@@ -686,11 +717,16 @@ func (s *suite) settleTwice(t *testing.T, c *tcase) {
 	ms := c.msgs("twice", 2, "k1")
 	s.h.Produce(t, c.dest, ms...)
 	src := c.open()
-	got := c.readIDs(src, ids(ms), nil)
-	a, b := got[ms[0].ID], got[ms[1].ID]
+	// The first read (the first produced, on ordered brokers) is settled done first, so
+	// prefix-committing brokers acknowledge exactly it.
+	a := c.read(src)
 	a.Settle(nil)
 	a.Settle(nil)
 	a.Settle(adapters.ErrNotDone)
+	b := c.read(src)
+	if b.ID == a.ID {
+		t.Fatalf("%s: %q delivered again after Settle(nil)", s.h.Name, a.ID)
+	}
 	b.Settle(adapters.ErrNotDone)
 	b.Settle(nil)
 	if !a.Settled() || !b.Settled() {
