@@ -1,0 +1,835 @@
+// Package rocketmq is the RocketMQ adapter (github.com/apache/rocketmq-client-go/v2): a
+// clustering push consumer whose callbacks are bridged to the pull-based adapters.Source.
+//
+// # Bridge
+//
+// The client calls a consume callback with a batch of messages (the adapter sets the batch
+// size to 1, see below) and expects a verdict when the callback returns. The callback hands
+// each message to Read as a Delivery and blocks until every delivery of the batch is settled
+// (or the source closes), then returns: CONSUME_SUCCESS only when all were settled with nil.
+// At most max-inflight callbacks run at once (the client's consume goroutines), which is
+// the adapter's backpressure: a slow gate slows pulling.
+//
+// Concurrent mode (mode: concurrent, Lane ""): a delivery settled with an error makes the
+// callback return RECONSUME_LATER, and the client sends the message back to the group's
+// %RETRY% topic; the broker redelivers it after delay level 3 + reconsume times, with
+// DeliveryCount = reconsume times. The batch size is 1 because the v2 client ignores
+// ConsumeConcurrentlyContext.AckIndex: RECONSUME_LATER re-sends the whole batch, which would
+// re-send messages the gate already completed.
+//
+// Orderly mode (mode: orderly, Lane "<topic>/<broker>/<queue id>"): the client locks each
+// message queue and calls the callback for one queue at a time, in queue order. A delivery
+// settled with an error returns SUSPEND_CURRENT_QUEUE_A_MOMENT with the context's suspend
+// time set to suspend_time (the client's default is -1 ms: an immediate, CPU-burning retry
+// loop); the same message is handed out again after the pause, DeliveryCount counting up.
+//
+// # Retries and max_attempts
+//
+// The ack gate owns retries and dead-lettering (it retries in-process and dead-letters
+// after delivery.max_attempts). The broker must therefore never dead-letter behind the
+// gate's back: the client's MaxReconsumeTimes is set to 2^30 ("never"; the client's -1
+// would mean 16 in concurrent mode), so a message that the gate keeps settling as not done
+// (shutdowns, fencing) keeps coming back instead of silently landing in %DLQ%<group>.
+//
+// # Dead letters
+//
+// dead_letter_mode "topic" with delivery.dead_letter.target set: DeadLetter publishes the
+// payload to the target through a synchronous producer, with the user properties, KEYS,
+// TAGS and UNIQ_KEY of the original and adapters.FailureHeaders (plus
+// mqsidecar-dlq-group and mqsidecar-dlq-broker) as properties, and returns nil only for
+// SEND_OK. Properties with empty values are omitted (RocketMQ cannot carry them).
+//
+// dead_letter_mode "broker": the dead-letter write and the acknowledgement are one broker
+// operation, the consumer send-back with delay level -1, which stores the message in the
+// group's %DLQ% topic and only then lets the client advance past it. DeadLetter therefore
+// does no I/O: it marks the delivery and returns nil, and the gate's Settle(nil) that
+// follows makes the callback return that verdict (concurrent: RECONSUME_LATER with
+// DelayLevelWhenNextConsume = -1; orderly: SUSPEND with the message's reconsume times
+// beyond MaxReconsumeTimes, which the client sends back with delay level -1). If the
+// send-back fails, the client keeps the message and calls the callback again; the adapter
+// recognises the marked message (by broker, topic, queue and offset, for 10 minutes) and
+// answers with the same verdict without handing it out again. The remaining gap: if the
+// process dies after the gate recorded the ID as done but before the send-back reached the
+// broker, the redelivered message is a recorded duplicate for the gate and is acknowledged
+// without a %DLQ% copy. Use "topic" mode where every dead letter must be confirmed before
+// the ID is recorded.
+//
+// # Message ID
+//
+// message_id "uniq_key" (default): the UNIQ_KEY property the producer client generates (or
+// the producer set), which survives retries and the %RETRY% round trip. "keys": the first
+// of the message's KEYS. "property:<name>": that user property. When the chosen field is
+// absent the ID falls back, in this order, to UNIQ_KEY, to ORIGIN_MESSAGE_ID (set by the
+// broker on retry copies), and to the broker's offset message ID of the stored message
+// (broker address + commit log offset), which dedups redeliveries of that stored message
+// but not producer duplicates.
+//
+// # Shutdown
+//
+// Close: Read returns ErrClosed at once and nothing more is handed out. Deliveries not
+// settled by then are settled with ErrNotDone by the adapter (a later Settle from the gate
+// is ignored). In concurrent mode their callbacks return RECONSUME_LATER while the client
+// still runs, so they are sent back to the retry topic and the queue offsets can advance
+// past the completed ones; messages never handed out, and orderly queues, are held until
+// after the consumer's Shutdown (which marks the process queues dropped and persists the
+// offsets of what completed), so the client discards their verdict and they are redelivered
+// from the queue. The client's Shutdown does not wait for running callbacks; Close does,
+// bounded by its context.
+//
+// # Client state that is global to the process
+//
+// The client keys its instances by InstanceName: two consumers with one name share a client
+// and cannot both register a group, so every Source gets a unique instance name. Its logger
+// (rlog) is global too: the adapter installs one bridge to log/slog per process, which logs
+// through the logger of the most recently created Source. Client info lines are logged at
+// debug (they are internal state); warnings and errors keep their level; message bodies in
+// log fields are never logged. Ready reports a pull failure seen in the client's log within
+// the last readyErrorWindow, which is process-wide as well.
+//
+// Known client limitations (apache/rocketmq-client-go): every consumer start creates
+// statistics goroutines that sleep until the next minute/hour/day boundary before they
+// notice Shutdown (issue #1147), so each restart of a Source leaves up to 10 sleeping
+// goroutines that exit by themselves; other client goroutines exit within ~10 s of Close.
+// A pull result that arrives exactly while Shutdown closes a process queue can panic the
+// client (issue #1051); Close pauses pulling first to make that window small.
+package rocketmq
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	rmq "github.com/apache/rocketmq-client-go/v2"
+	"github.com/apache/rocketmq-client-go/v2/consumer"
+	"github.com/apache/rocketmq-client-go/v2/primitive"
+	"github.com/apache/rocketmq-client-go/v2/producer"
+
+	"github.com/mqsidecar/mqsidecar/adapters"
+	"github.com/mqsidecar/mqsidecar/config"
+	"github.com/mqsidecar/mqsidecar/metrics"
+)
+
+// Errors of this adapter. Callers classify with errors.Is.
+var (
+	// ErrUnknownDelivery is returned by DeadLetter in broker mode for a delivery this source
+	// did not hand out or whose callback already returned (after Close).
+	ErrUnknownDelivery = errors.New("rocketmq: delivery is not pending in this source")
+)
+
+const (
+	// maxReconsumeTimes is "never" for the broker: the gate decides when to dead-letter.
+	maxReconsumeTimes = 1 << 30
+	// defaultMaxInflight bounds concurrent callbacks when WithMaxInflight is not used.
+	defaultMaxInflight = 64
+	// dlqMarkTTL is how long a broker-mode dead-letter mark is remembered for a failed
+	// send-back that the client hands back to the callback (it retries every 5 s).
+	dlqMarkTTL = 10 * time.Minute
+	// readyErrorWindow: a pull failure logged by the client within this window makes Ready
+	// report an error.
+	readyErrorWindow = 15 * time.Second
+	// verdictGrace is how long Close waits between the last callback returning and the
+	// consumer's Shutdown (see Close).
+	verdictGrace = 250 * time.Millisecond
+	// healthInterval is how often readiness and consumer lag are refreshed.
+	healthInterval = 5 * time.Second
+)
+
+// clientConsumeTimeout is the client's ConsumeTimeout. The client uses it for three things:
+// a warning when a callback runs longer (logged at debug by the bridge: the gate owns
+// timeouts), an expiry sweep that sends messages older than it back to the retry topic
+// while they are still being processed (disabled: the adapter removes the
+// CONSUME_START_TIME property the sweep reads), and the first sleep of the sweep goroutine,
+// which outlives Close by up to this long. A variable so tests can shorten it.
+var clientConsumeTimeout = time.Minute
+
+// instanceSeq makes InstanceName unique per Source within the process.
+var instanceSeq atomic.Int64
+
+// Option configures a Source.
+type Option func(*options)
+
+type options struct {
+	log         *slog.Logger
+	m           *metrics.Metrics
+	maxInflight int
+}
+
+// WithLogger sets the logger (default slog.Default()); the client's own logs go through it
+// as well (see the package doc).
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// WithMetrics sets the metrics the adapter reports readiness, consumer lag and errors to.
+func WithMetrics(m *metrics.Metrics) Option { return func(o *options) { o.m = m } }
+
+// WithMaxInflight bounds how many messages are handed out and unsettled at once in
+// concurrent mode (the client's consume goroutines per topic; the retry topic has its own
+// pool of the same size). Use delivery.max_inflight. Default 64.
+func WithMaxInflight(n int) Option { return func(o *options) { o.maxInflight = n } }
+
+// pushConsumer is the part of the client's push consumer the Source uses (a seam for unit
+// tests without a broker).
+type pushConsumer interface {
+	Start() error
+	Shutdown() error
+	Suspend()
+	GetOffsetDiffMap() map[string]int64
+}
+
+// Source is the RocketMQ adapter. Create it with New.
+type Source struct {
+	cfg       config.RocketMQ
+	dlTarget  string
+	log       *slog.Logger
+	m         *metrics.Metrics
+	orderly   bool
+	brokerDLQ bool
+	suspend   time.Duration
+	instance  string
+
+	consumer pushConsumer
+	producer rmq.Producer // nil unless dead_letter_mode topic with a target
+
+	out      chan *adapters.Delivery // unbuffered: a callback hands a delivery to Read
+	closing  chan struct{}           // closed when Close (or kill) starts
+	released chan struct{}           // closed after the consumer's Shutdown
+	closed   atomic.Bool
+	stopHC   chan struct{} // stops the health goroutine
+	hcDone   chan struct{}
+
+	// mu guards the callback accounting below.
+	mu       sync.Mutex
+	entered  bool // false once released: late callbacks return at once
+	active   int  // callbacks running
+	holding  int  // callbacks waiting for released
+	changed  chan struct{}
+	pending  map[*adapters.Delivery]*inflight
+	dlqMarks map[string]time.Time // broker mode: coordinates → when marked
+
+	ready atomic.Pointer[error]
+}
+
+// inflight is one handed-out message awaiting settlement.
+type inflight struct {
+	msg    *primitive.MessageExt
+	d      *adapters.Delivery
+	result chan error // written once, by Delivery.Ack
+	dlq    atomic.Bool
+}
+
+// New creates and starts the push consumer (and the dead-letter producer when configured).
+// The topic must exist: the client fails to start on a topic without a route, and New
+// returns that error. deadLetterTarget is delivery.dead_letter.target ("" = none).
+func New(cfg config.RocketMQ, deadLetterTarget string, opts ...Option) (*Source, error) {
+	o := options{log: slog.Default(), maxInflight: defaultMaxInflight}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.maxInflight < 1 {
+		o.maxInflight = 1
+	}
+	if err := check(cfg, deadLetterTarget); err != nil {
+		return nil, err
+	}
+	if cfg.Tags == "" {
+		cfg.Tags = "*"
+	}
+	if cfg.MessageID == "" {
+		cfg.MessageID = "uniq_key"
+	}
+	if cfg.SuspendTime <= 0 {
+		cfg.SuspendTime = time.Second
+	}
+	creds, err := credentials(cfg)
+	if err != nil {
+		return nil, err
+	}
+	installLogBridge(o.log)
+
+	s := newSource(cfg, deadLetterTarget, o)
+	resolver := primitive.NewPassthroughResolver(cfg.Nameservers)
+	copts := []consumer.Option{
+		consumer.WithNsResolver(resolver),
+		consumer.WithGroupName(cfg.Group),
+		consumer.WithInstance(s.instance),
+		consumer.WithConsumerModel(consumer.Clustering),
+		consumer.WithConsumeFromWhere(consumer.ConsumeFromFirstOffset),
+		consumer.WithConsumerOrder(s.orderly),
+		consumer.WithConsumeMessageBatchMaxSize(1),
+		consumer.WithMaxReconsumeTimes(maxReconsumeTimes),
+		consumer.WithSuspendCurrentQueueTimeMillis(cfg.SuspendTime),
+		consumer.WithConsumeTimeout(clientConsumeTimeout),
+		consumer.WithConsumeGoroutineNums(o.maxInflight),
+		// Bounded prefetch (G4): at most this many messages / MiB cached per queue.
+		consumer.WithPullThresholdForQueue(int64(max(2*o.maxInflight, 64))),
+		consumer.WithPullThresholdSizeForQueue(32),
+	}
+	if cfg.Namespace != "" {
+		copts = append(copts, consumer.WithNamespace(cfg.Namespace))
+	}
+	if !creds.IsEmpty() {
+		copts = append(copts, consumer.WithCredentials(creds))
+	}
+	c, err := rmq.NewPushConsumer(copts...)
+	if err != nil {
+		return nil, fmt.Errorf("rocketmq: new consumer for group %q: %w", cfg.Group, err)
+	}
+	sel := consumer.MessageSelector{Type: consumer.TAG, Expression: cfg.Tags}
+	if err := c.Subscribe(cfg.Topic, sel, s.consume); err != nil {
+		_ = c.Shutdown()
+		return nil, fmt.Errorf("rocketmq: subscribe %q: %w", cfg.Topic, err)
+	}
+	s.consumer = c
+
+	if deadLetterTarget != "" && !s.brokerDLQ {
+		popts := []producer.Option{
+			producer.WithNsResolver(resolver),
+			producer.WithGroupName(cfg.Group + "-mqsidecar-dlq"),
+			producer.WithInstanceName(s.instance + "-dlq"),
+			producer.WithRetry(2),
+			producer.WithSendMsgTimeout(10 * time.Second),
+		}
+		if cfg.Namespace != "" {
+			popts = append(popts, producer.WithNamespace(cfg.Namespace))
+		}
+		if !creds.IsEmpty() {
+			popts = append(popts, producer.WithCredentials(creds))
+		}
+		p, err := rmq.NewProducer(popts...)
+		if err != nil {
+			_ = c.Shutdown()
+			return nil, fmt.Errorf("rocketmq: new dead-letter producer: %w", err)
+		}
+		if err := p.Start(); err != nil {
+			_ = c.Shutdown()
+			return nil, fmt.Errorf("rocketmq: start dead-letter producer: %w", err)
+		}
+		s.producer = p
+	}
+
+	if err := c.Start(); err != nil {
+		// Start shuts the consumer down itself when the topic has no route.
+		_ = c.Shutdown()
+		if s.producer != nil {
+			_ = s.producer.Shutdown()
+		}
+		return nil, fmt.Errorf("rocketmq: start consumer (group %q, topic %q, name servers %v): %w",
+			cfg.Group, cfg.Topic, cfg.Nameservers, err)
+	}
+	s.setReady(nil)
+	go s.health()
+	s.log.Info("rocketmq consumer started", "topic", cfg.Topic, "group", cfg.Group, "mode", cfg.Mode,
+		"tags", cfg.Tags, "nameservers", cfg.Nameservers, "instance", s.instance,
+		"dead_letter_mode", cfg.DeadLetterMode, "dead_letter_target", deadLetterTarget)
+	return s, nil
+}
+
+// newSource builds the Source state without a client (shared with unit tests).
+func newSource(cfg config.RocketMQ, deadLetterTarget string, o options) *Source {
+	s := &Source{
+		cfg:       cfg,
+		dlTarget:  deadLetterTarget,
+		log:       o.log.With("source", "rocketmq", "topic", cfg.Topic, "group", cfg.Group),
+		m:         o.m,
+		orderly:   cfg.Mode == "orderly",
+		brokerDLQ: cfg.DeadLetterMode == "broker",
+		suspend:   cfg.SuspendTime,
+		instance:  fmt.Sprintf("mqsidecar-%d-%d", os.Getpid(), instanceSeq.Add(1)),
+		out:       make(chan *adapters.Delivery),
+		closing:   make(chan struct{}),
+		released:  make(chan struct{}),
+		stopHC:    make(chan struct{}),
+		hcDone:    make(chan struct{}),
+		entered:   true,
+		changed:   make(chan struct{}),
+		pending:   make(map[*adapters.Delivery]*inflight),
+		dlqMarks:  make(map[string]time.Time),
+	}
+	notStarted := errors.New("rocketmq: consumer not started")
+	s.ready.Store(&notStarted)
+	return s
+}
+
+// check validates what the adapter relies on; config.Validate reports the same problems
+// with key names, this guards direct callers.
+func check(cfg config.RocketMQ, dl string) error {
+	var errs []error
+	if len(cfg.Nameservers) == 0 {
+		errs = append(errs, errors.New("nameservers: at least one name server address is required"))
+	}
+	if cfg.Group == "" {
+		errs = append(errs, errors.New("group: required"))
+	}
+	if cfg.Topic == "" {
+		errs = append(errs, errors.New("topic: required"))
+	}
+	switch cfg.Mode {
+	case "", "concurrent", "orderly":
+	default:
+		errs = append(errs, fmt.Errorf("mode: must be concurrent or orderly, got %q", cfg.Mode))
+	}
+	switch cfg.DeadLetterMode {
+	case "", "topic":
+	case "broker":
+		if dl != "" {
+			errs = append(errs, fmt.Errorf("dead_letter_mode broker sends to %%DLQ%%%s; a dead-letter target %q makes no sense with it", cfg.Group, dl))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("dead_letter_mode: must be topic or broker, got %q", cfg.DeadLetterMode))
+	}
+	if _, _, err := parseMessageID(cfg.MessageID); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("rocketmq: invalid configuration: %w", err)
+	}
+	return nil
+}
+
+// credentials returns the ACL credentials; a secret_key_file not yet read by config.Load is
+// read here.
+func credentials(cfg config.RocketMQ) (primitive.Credentials, error) {
+	if cfg.AccessKey == "" {
+		return primitive.Credentials{}, nil
+	}
+	secret := cfg.SecretKey.Reveal()
+	if secret == "" && cfg.SecretKeyFile != "" {
+		b, err := os.ReadFile(cfg.SecretKeyFile)
+		if err != nil {
+			return primitive.Credentials{}, fmt.Errorf("rocketmq: read secret_key_file: %w", err)
+		}
+		secret = strings.TrimSpace(string(b))
+	}
+	if secret == "" {
+		return primitive.Credentials{}, errors.New("rocketmq: access_key is set but the secret key is empty")
+	}
+	return primitive.Credentials{AccessKey: cfg.AccessKey, SecretKey: secret}, nil
+}
+
+// Read implements adapters.Source.
+func (s *Source) Read(ctx context.Context) (*adapters.Delivery, error) {
+	if s.closed.Load() {
+		return nil, adapters.ErrClosed
+	}
+	select {
+	case d := <-s.out:
+		return d, nil
+	case <-s.closing:
+		return nil, adapters.ErrClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// enter registers a running callback; false once the consumer was shut down.
+func (s *Source) enter() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.entered {
+		return false
+	}
+	s.active++
+	s.broadcastLocked()
+	return true
+}
+
+func (s *Source) leave() {
+	s.mu.Lock()
+	s.active--
+	s.broadcastLocked()
+	s.mu.Unlock()
+}
+
+// hold blocks a callback until the consumer was shut down (its verdict is then discarded by
+// the client, so the message stays unacknowledged in the queue).
+func (s *Source) hold() {
+	s.mu.Lock()
+	s.holding++
+	s.broadcastLocked()
+	s.mu.Unlock()
+	<-s.released
+	s.mu.Lock()
+	s.holding--
+	s.broadcastLocked()
+	s.mu.Unlock()
+}
+
+// broadcastLocked wakes everyone waiting for a change of active/holding. mu must be held.
+func (s *Source) broadcastLocked() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// waitCallbacks waits until cond(active, holding) holds or ctx ends.
+func (s *Source) waitCallbacks(ctx context.Context, cond func(active, holding int) bool) error {
+	for {
+		s.mu.Lock()
+		ok := cond(s.active, s.holding)
+		ch := s.changed
+		s.mu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// consume is the client's callback (one message per call; written for any batch size).
+func (s *Source) consume(ctx context.Context, msgs ...*primitive.MessageExt) (consumer.ConsumeResult, error) {
+	if !s.enter() {
+		return s.notDone(ctx), nil
+	}
+	defer s.leave()
+	if !s.orderly {
+		// Keeps the client's expiry sweep from sending a message back to the retry topic
+		// while the gate is still working on it (see clientConsumeTimeout).
+		for _, m := range msgs {
+			m.RemoveProperty(primitive.PropertyConsumeStartTime)
+		}
+	}
+	// A broker-mode dead letter whose send-back failed comes back to the callback: repeat
+	// the verdict without handing it out again.
+	if s.brokerDLQ && s.allMarked(msgs) {
+		return s.deadLetterVerdict(ctx, msgs), nil
+	}
+
+	infs := make([]*inflight, 0, len(msgs))
+	for _, m := range msgs {
+		inf := s.newInflight(m)
+		select {
+		case s.out <- inf.d:
+			infs = append(infs, inf)
+		case <-s.closing:
+			s.forget(inf)
+			for _, inf := range infs {
+				inf.d.Settle(adapters.ErrNotDone)
+				<-inf.result
+				s.forget(inf)
+			}
+			if len(infs) == 0 || s.orderly {
+				// Never handed out (or orderly): keep it in the queue, untouched.
+				s.hold()
+			}
+			return s.notDone(ctx), nil
+		}
+	}
+
+	allDone, dlq := true, false
+	for _, inf := range infs {
+		var err error
+		select {
+		case err = <-inf.result:
+		case <-s.closing:
+			// Not settled by Close: not done. A later Settle from the gate is ignored.
+			inf.d.Settle(adapters.ErrNotDone)
+			err = <-inf.result
+		}
+		s.forget(inf)
+		if err != nil {
+			allDone = false
+		} else if inf.dlq.Load() {
+			dlq = true
+		}
+	}
+	switch {
+	case !allDone:
+		if s.orderly && isClosed(s.closing) {
+			s.hold()
+		}
+		return s.notDone(ctx), nil
+	case dlq:
+		return s.deadLetterVerdict(ctx, msgs), nil
+	default:
+		return consumer.ConsumeSuccess, nil
+	}
+}
+
+// notDone is the verdict for "not done": retry topic (concurrent) or a pause of the queue
+// (orderly).
+func (s *Source) notDone(ctx context.Context) consumer.ConsumeResult {
+	if s.orderly {
+		if octx, ok := primitive.GetOrderlyCtx(ctx); ok {
+			octx.SuspendCurrentQueueTimeMillis = int(s.suspend / time.Millisecond)
+		}
+		return consumer.SuspendCurrentQueueAMoment
+	}
+	return consumer.ConsumeRetryLater
+}
+
+// deadLetterVerdict makes the client send msgs back with delay level -1: the broker stores
+// them in %DLQ%<group> and the client then advances past them.
+func (s *Source) deadLetterVerdict(ctx context.Context, msgs []*primitive.MessageExt) consumer.ConsumeResult {
+	for _, m := range msgs {
+		// Orderly: the client dead-letters when reconsume times exceed the maximum. Both
+		// modes: should the send-back fail and the client fall back to publishing to the
+		// retry topic, the broker moves the copy to %DLQ% for the same reason.
+		m.ReconsumeTimes = maxReconsumeTimes + 1
+	}
+	if s.orderly {
+		if octx, ok := primitive.GetOrderlyCtx(ctx); ok {
+			octx.SuspendCurrentQueueTimeMillis = int(s.suspend / time.Millisecond)
+		}
+		return consumer.SuspendCurrentQueueAMoment
+	}
+	if cctx, ok := primitive.GetConcurrentlyCtx(ctx); ok {
+		cctx.DelayLevelWhenNextConsume = -1
+	}
+	return consumer.ConsumeRetryLater
+}
+
+func (s *Source) newInflight(m *primitive.MessageExt) *inflight {
+	inf := &inflight{msg: m, result: make(chan error, 1)}
+	d := s.delivery(m)
+	d.Ack = func(err error) { inf.result <- err }
+	inf.d = d
+	s.mu.Lock()
+	s.pending[d] = inf
+	s.mu.Unlock()
+	return inf
+}
+
+func (s *Source) forget(inf *inflight) {
+	s.mu.Lock()
+	delete(s.pending, inf.d)
+	s.mu.Unlock()
+}
+
+// markKey identifies one stored message for the broker-mode dead-letter marks.
+func markKey(m *primitive.MessageExt) string {
+	if q := m.Queue; q != nil {
+		// The queue's topic, not m.Topic: the client renames retry copies to their original
+		// topic, and a retry copy has coordinates of its own.
+		return fmt.Sprintf("%s/%s/%d/%d", q.BrokerName, q.Topic, q.QueueId, m.QueueOffset)
+	}
+	return fmt.Sprintf("%s/%s/%d", m.StoreHost, m.Topic, m.QueueOffset)
+}
+
+func (s *Source) allMarked(msgs []*primitive.MessageExt) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	for _, m := range msgs {
+		t, ok := s.dlqMarks[markKey(m)]
+		if !ok || now.Sub(t) > dlqMarkTTL {
+			return false
+		}
+	}
+	return true
+}
+
+// DeadLetter implements adapters.Source; see the package doc for the two modes.
+func (s *Source) DeadLetter(ctx context.Context, d *adapters.Delivery, f adapters.Failure) error {
+	if s.brokerDLQ {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		inf := s.pending[d]
+		if inf == nil {
+			return fmt.Errorf("rocketmq: dead-letter %q to %%DLQ%%%s: %w", d.ID, s.cfg.Group, ErrUnknownDelivery)
+		}
+		inf.dlq.Store(true)
+		now := time.Now()
+		for k, t := range s.dlqMarks {
+			if now.Sub(t) > dlqMarkTTL {
+				delete(s.dlqMarks, k)
+			}
+		}
+		s.dlqMarks[markKey(inf.msg)] = now
+		return nil
+	}
+	if s.producer == nil {
+		return adapters.ErrNoDeadLetter
+	}
+	if s.closed.Load() {
+		return fmt.Errorf("rocketmq: dead-letter %q: %w", d.ID, adapters.ErrClosed)
+	}
+	s.mu.Lock()
+	inf := s.pending[d]
+	s.mu.Unlock()
+	var orig *primitive.MessageExt
+	if inf != nil {
+		orig = inf.msg
+	}
+	msg := s.deadLetterMessage(d, orig, f)
+	res, err := s.producer.SendSync(ctx, msg)
+	if err != nil {
+		s.countError("dead_letter")
+		return fmt.Errorf("rocketmq: dead-letter %q to %q: %w", d.ID, s.dlTarget, err)
+	}
+	if res.Status != primitive.SendOK {
+		s.countError("dead_letter")
+		return fmt.Errorf("rocketmq: dead-letter %q to %q: broker answered %s, not SEND_OK", d.ID, s.dlTarget, sendStatus(res.Status))
+	}
+	return nil
+}
+
+func sendStatus(st primitive.SendStatus) string {
+	switch st {
+	case primitive.SendOK:
+		return "SEND_OK"
+	case primitive.SendFlushDiskTimeout:
+		return "FLUSH_DISK_TIMEOUT"
+	case primitive.SendFlushSlaveTimeout:
+		return "FLUSH_SLAVE_TIMEOUT"
+	case primitive.SendSlaveNotAvailable:
+		return "SLAVE_NOT_AVAILABLE"
+	default:
+		return fmt.Sprintf("status %d", st)
+	}
+}
+
+// Ready implements adapters.Source.
+func (s *Source) Ready() error { return *s.ready.Load() }
+
+func (s *Source) setReady(err error) {
+	prev := s.ready.Swap(&err)
+	switch {
+	case err != nil && *prev == nil && !errors.Is(err, adapters.ErrClosed):
+		s.log.Warn("rocketmq source not ready", "error", err)
+	case err == nil && *prev != nil && !errors.Is(*prev, adapters.ErrClosed):
+		s.log.Info("rocketmq source ready")
+	}
+	if s.m != nil {
+		if err == nil {
+			s.m.SourceReady.Set(1)
+		} else {
+			s.m.SourceReady.Set(0)
+		}
+	}
+}
+
+func (s *Source) countError(kind string) {
+	if s.m != nil {
+		s.m.Error(kind)
+	}
+}
+
+// health refreshes readiness and consumer lag until Close.
+func (s *Source) health() {
+	defer close(s.hcDone)
+	t := time.NewTicker(healthInterval)
+	defer t.Stop()
+	var seen time.Time
+	for {
+		select {
+		case <-s.stopHC:
+			return
+		case <-t.C:
+		}
+		when, msg := lastPullError()
+		if when.After(seen) {
+			seen = when
+			s.countError("broker")
+		}
+		if time.Since(when) < readyErrorWindow {
+			s.setReady(fmt.Errorf("rocketmq: pulling from the broker failed %s ago: %s", time.Since(when).Round(time.Second), msg))
+		} else {
+			s.setReady(nil)
+		}
+		if s.m != nil {
+			for topic, lag := range s.consumer.GetOffsetDiffMap() {
+				s.m.ConsumerLag.WithLabelValues(topic).Set(float64(lag))
+			}
+		}
+	}
+}
+
+// Close implements adapters.Source; see the package doc for what happens to unsettled
+// deliveries.
+func (s *Source) Close(ctx context.Context) error {
+	if !s.closed.CompareAndSwap(false, true) {
+		return adapters.ErrClosed
+	}
+	start := time.Now()
+	s.log.Info("rocketmq source closing")
+	closedErr := fmt.Errorf("rocketmq: %w", adapters.ErrClosed)
+	// Pause pulling first: fewer messages arrive while draining, and the client's
+	// pull-vs-shutdown race (issue #1051) gets a smaller window.
+	s.consumer.Suspend()
+	close(s.closing)
+	close(s.stopHC)
+	<-s.hcDone
+	s.setReady(closedErr)
+
+	// Every callback that can return (settled, or sent back as not done) does so while the
+	// client still runs; the rest hold until Shutdown.
+	var errs []error
+	if err := s.waitCallbacks(ctx, func(active, holding int) bool { return active == holding }); err != nil {
+		errs = append(errs, fmt.Errorf("rocketmq: close: waiting for callbacks: %w", err))
+	}
+	// The client records a verdict (offset update) in the goroutine that called the callback,
+	// just after it returned, and Shutdown persists offsets only once; a verdict recorded after
+	// that is lost (a duplicate later, never a loss). The client offers no way to observe
+	// that step, so give those goroutines a moment.
+	select {
+	case <-time.After(verdictGrace):
+	case <-ctx.Done():
+	}
+	if err := s.consumer.Shutdown(); err != nil {
+		errs = append(errs, fmt.Errorf("rocketmq: close: consumer shutdown: %w", err))
+	}
+	s.mu.Lock()
+	s.entered = false
+	s.mu.Unlock()
+	close(s.released)
+	if err := s.waitCallbacks(ctx, func(active, _ int) bool { return active == 0 }); err != nil {
+		errs = append(errs, fmt.Errorf("rocketmq: close: callbacks still running after shutdown: %w", err))
+	}
+	if s.producer != nil {
+		if err := s.producer.Shutdown(); err != nil {
+			errs = append(errs, fmt.Errorf("rocketmq: close: dead-letter producer shutdown: %w", err))
+		}
+	}
+	err := errors.Join(errs...)
+	if err != nil {
+		s.log.Warn("rocketmq source closed with errors", "error", err, "took", time.Since(start))
+	} else {
+		s.log.Info("rocketmq source closed", "took", time.Since(start))
+	}
+	return err
+}
+
+// kill abandons the source as kill -9 would, for tests: the consumer is shut down before any
+// callback returns, so nothing unsettled is sent back or acknowledged, and Close afterwards
+// only waits for the callbacks.
+func (s *Source) kill() {
+	if !s.closed.CompareAndSwap(false, true) {
+		return
+	}
+	close(s.stopHC)
+	<-s.hcDone
+	s.setReady(fmt.Errorf("rocketmq: %w", adapters.ErrClosed))
+	// As in Close: no rebalances triggered by the broker from here on, and in-flight client
+	// requests get a moment, because the client's Shutdown races with them (an
+	// unsynchronised flag, reported by the race detector).
+	s.consumer.Suspend()
+	time.Sleep(verdictGrace)
+	// Shutdown before waking the callbacks: their verdicts then meet dropped process queues
+	// and are discarded, as if the process had died.
+	_ = s.consumer.Shutdown()
+	s.mu.Lock()
+	s.entered = false
+	s.mu.Unlock()
+	close(s.closing)
+	close(s.released)
+	if s.producer != nil {
+		_ = s.producer.Shutdown()
+	}
+}
+
+func isClosed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
