@@ -366,7 +366,13 @@ func (in *Injector) container(s settings) corev1.Container {
 		c.RestartPolicy = ptr(corev1.ContainerRestartPolicyAlways)
 		// Up to 5 minutes to come up (broker connection, dedup store open) before the
 		// kubelet restarts it; main containers start once it succeeded.
-		c.StartupProbe = probe(in.opts.StartupProbePath, 2, 150)
+		path := in.opts.StartupProbePath
+		if s.appHealthPath != "" && path == "/readyz" {
+			// /readyz waits for the app's health URL, but the app's containers start only
+			// after this probe succeeded: probing /readyz would deadlock the pod.
+			path = "/healthz"
+		}
+		c.StartupProbe = probe(path, 2, 150)
 	}
 	return c
 }

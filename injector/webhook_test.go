@@ -155,6 +155,16 @@ var caseChecks = map[string]func(t *testing.T, r result){
 			t.Errorf("terminationGracePeriodSeconds = %d, a longer one must be kept (120)", got)
 		}
 	},
+	"pod-native-app-health": func(t *testing.T, r result) {
+		pod := injectedPod(t, r)
+		c, native := sidecar(t, pod)
+		wantEnv(t, c, "MQSIDECAR_APP_HEALTH_URL", "http://127.0.0.1:8080/healthz")
+		// The app starts only after the startup probe passed, and /readyz waits for the app.
+		if !native || c.StartupProbe.HTTPGet.Path != "/healthz" || c.ReadinessProbe.HTTPGet.Path != "/readyz" {
+			t.Errorf("with app health gating the native startup probe must use /healthz: startup %+v readiness %+v",
+				c.StartupProbe.HTTPGet, c.ReadinessProbe.HTTPGet)
+		}
+	},
 	"pod-unannotated":         unchanged(""),
 	"pod-inject-false":        unchanged(""),
 	"pod-already-injected":    unchanged(""),
@@ -293,8 +303,8 @@ func TestWebhookGolden(t *testing.T) {
 		}
 	}
 	// Metrics: every fixture counted once, by kind and result.
-	if got := counterSum(t, reg, "mqsidecar_injector_admissions_total", map[string]string{"kind": "Pod", "result": "injected"}); got != 5 {
-		t.Errorf("injected pods counted = %v, want 5", got)
+	if got := counterSum(t, reg, "mqsidecar_injector_admissions_total", map[string]string{"kind": "Pod", "result": "injected"}); got != 6 {
+		t.Errorf("injected pods counted = %v, want 6", got)
 	}
 	if got := counterSum(t, reg, "mqsidecar_injector_admissions_total", map[string]string{"kind": "Pod", "result": "denied"}); got != 5 {
 		t.Errorf("denied pods counted = %v, want 5", got)
