@@ -1,13 +1,12 @@
 package ackgate
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -72,8 +71,9 @@ type PushOptions struct {
 
 // Pusher performs the HTTP push of the SPEC's contract. It is safe for concurrent use.
 type Pusher struct {
-	opts   PushOptions
-	client *http.Client
+	opts PushOptions
+	pool *pool
+	err  error // a bad URL: every push fails permanently with it
 	// invalidHeader is called once per header not forwarded (for metrics).
 	invalidHeader func()
 }
@@ -86,28 +86,17 @@ func NewPusher(opts PushOptions, invalidHeader func()) *Pusher {
 	if invalidHeader == nil {
 		invalidHeader = func() {}
 	}
-	tr := &http.Transport{
-		Proxy:               nil, // the app is local: never route pushes through HTTP_PROXY
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:        opts.Conns,
-		MaxIdleConnsPerHost: opts.Conns,
-		IdleConnTimeout:     90 * time.Second,
-		DisableCompression:  true,
-		ForceAttemptHTTP2:   false,
-	}
-	return &Pusher{
-		opts: opts,
-		client: &http.Client{
-			Transport: tr,
-			// A redirect from a local app is a misconfiguration; surface it, don't follow it.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		},
-		invalidHeader: invalidHeader,
-	}
+	p := &Pusher{opts: opts, invalidHeader: invalidHeader}
+	p.pool, p.err = newPool(opts.URL, opts.Conns)
+	return p
 }
 
 // Close releases idle connections.
-func (p *Pusher) Close() { p.client.CloseIdleConnections() }
+func (p *Pusher) Close() {
+	if p.pool != nil {
+		p.pool.close()
+	}
+}
 
 // Push posts d to the app and classifies the answer. attempt is ce-deliveryattempt.
 func (p *Pusher) Push(ctx context.Context, d *adapters.Delivery, attempt int, redelivered bool) Result {
@@ -118,46 +107,31 @@ func (p *Pusher) Push(ctx context.Context, d *adapters.Delivery, attempt int, re
 }
 
 func (p *Pusher) push(ctx context.Context, d *adapters.Delivery, attempt int, redelivered bool) Result {
+	if p.err != nil {
+		return Result{Verdict: Permanent, Err: p.err}
+	}
 	if p.opts.MaxMessageBytes > 0 && len(d.Payload) > p.opts.MaxMessageBytes {
 		return Result{Verdict: Permanent, Err: fmt.Errorf("payload of %d bytes exceeds delivery.max_message_bytes (%d)", len(d.Payload), p.opts.MaxMessageBytes)}
 	}
-	ctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.opts.URL, bytes.NewReader(d.Payload))
-	if err != nil {
-		return Result{Verdict: Permanent, Err: fmt.Errorf("build request: %w", err)}
-	}
-	p.setHeaders(req.Header, d, attempt, redelivered)
-	resp, err := p.client.Do(req)
+	resp, err := p.pool.do(ctx, time.Now().Add(p.opts.Timeout), func(w *bufio.Writer) {
+		p.writeHeaders(w, d, attempt, redelivered)
+	}, d.Payload, p.opts.MaxResponseBytes)
 	if err != nil {
 		return Result{Verdict: Retry, Err: err}
 	}
-	defer resp.Body.Close()
-	body, readErr := io.ReadAll(io.LimitReader(resp.Body, p.opts.MaxResponseBytes+1))
-	if int64(len(body)) > p.opts.MaxResponseBytes {
-		body = nil // too large to be a Dapr answer; the connection is not reused
-	} else {
-		_, _ = io.Copy(io.Discard, resp.Body) // drain for keep-alive
-	}
-	return classify(resp, body, readErr)
+	return classify(resp)
 }
 
 // classify applies the SPEC's response rules.
-func classify(resp *http.Response, body []byte, readErr error) Result {
-	code := resp.StatusCode
+func classify(resp response) Result {
+	code, body := resp.status, resp.body
 	r := Result{Status: code}
 	switch {
 	case code >= 200 && code < 300:
-		if readErr != nil {
-			// The app said 2xx; a broken body read does not undo that, unless the body
-			// might have been a Dapr RETRY/DROP we failed to read.
-			r.Verdict = Success
-			return r
-		}
 		return daprAnswer(r, body)
 	case code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable:
 		r.Verdict = Retry
-		r.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+		r.RetryAfter = parseRetryAfter(resp.retryAfter, time.Now())
 	case code >= 500, code == http.StatusRequestTimeout:
 		r.Verdict = Retry
 	case code >= 400:
@@ -238,39 +212,46 @@ var reserved = map[string]bool{
 	"Upgrade": true, "Host": true, "Content-Length": true, "Content-Type": true, "Expect": true,
 }
 
-func (p *Pusher) setHeaders(h http.Header, d *adapters.Delivery, attempt int, redelivered bool) {
+// writeHeaders writes the forwarded message headers, then the CloudEvents binary-mode
+// headers (after, so nothing from the message can override them), as CRLF lines.
+func (p *Pusher) writeHeaders(w *bufio.Writer, d *adapters.Delivery, attempt int, redelivered bool) {
+	line := func(k, v string) {
+		w.WriteString(k)
+		w.WriteString(": ")
+		w.WriteString(v)
+		w.WriteString("\r\n")
+	}
 	for _, kv := range d.Headers {
 		name := http.CanonicalHeaderKey(kv.Key)
 		if reserved[name] || strings.HasPrefix(name, "Ce-") || !validHeaderName(kv.Key) || !validHeaderValue(kv.Value) {
 			p.invalidHeader()
 			continue
 		}
-		h.Add(name, kv.Value)
+		line(kv.Key, kv.Value)
 	}
-	// CloudEvents binary mode; set after forwarding so nothing can override them.
-	h["ce-specversion"] = []string{"1.0"}
-	h["ce-id"] = []string{headerSafe(d.ID)}
-	h["ce-source"] = []string{headerSafe(d.Source)}
-	h["ce-type"] = []string{p.opts.EventType}
+	line("ce-specversion", "1.0")
+	line("ce-id", headerSafe(d.ID))
+	line("ce-source", headerSafe(d.Source))
+	line("ce-type", p.opts.EventType)
 	if !d.Time.IsZero() {
-		h["ce-time"] = []string{d.Time.UTC().Format(time.RFC3339Nano)}
+		line("ce-time", d.Time.UTC().Format(time.RFC3339Nano))
 	}
 	if d.Key != "" && validHeaderValue(d.Key) {
-		h["ce-partitionkey"] = []string{d.Key}
+		line("ce-partitionkey", d.Key)
 	}
 	if d.HasCoordinates {
-		h["ce-partition"] = []string{strconv.FormatInt(int64(d.Partition), 10)}
-		h["ce-offset"] = []string{strconv.FormatInt(d.Offset, 10)}
+		line("ce-partition", strconv.FormatInt(int64(d.Partition), 10))
+		line("ce-offset", strconv.FormatInt(d.Offset, 10))
 	}
-	h["ce-deliveryattempt"] = []string{strconv.Itoa(attempt)}
+	line("ce-deliveryattempt", strconv.Itoa(attempt))
 	if redelivered {
-		h["ce-redelivered"] = []string{"true"}
+		line("ce-redelivered", "true")
 	}
 	ct := d.ContentType
 	if ct == "" || !validHeaderValue(ct) {
 		ct = "application/octet-stream"
 	}
-	h.Set("Content-Type", ct)
+	line("Content-Type", ct)
 }
 
 // headerSafe percent-encodes the bytes that cannot appear in a header value, so an ID with

@@ -137,9 +137,10 @@ func New(cfg config.Kafka, deadLetterTopic string, opts ...Option) (*Source, err
 		kgo.OnPartitionsAssigned(s.assigned),
 		kgo.OnPartitionsRevoked(s.revoked),
 		kgo.OnPartitionsLost(s.lost),
-		// Bound what the client buffers ahead of the gate (G4).
-		kgo.FetchMaxBytes(8 << 20),
-		kgo.FetchMaxPartitionBytes(1 << 20),
+		// Bound what the client buffers ahead of the gate (G4): one fetch response is
+		// thousands of small records, far more than max_inflight needs to stay busy.
+		kgo.FetchMaxBytes(1 << 20),
+		kgo.FetchMaxPartitionBytes(256 << 10),
 		kgo.WithLogger(kgoLogger{s.log}),
 	}
 	if cfg.StartOffset == "latest" {
@@ -189,6 +190,8 @@ func (s *Source) Read(ctx context.Context) (*adapters.Delivery, error) {
 			return nil, adapters.ErrClosed
 		default:
 		}
+		// The whole buffered fetch, not a capped number of records: a cap would return one
+		// partition's records only and leave the gate a single busy lane.
 		fetches := s.cl.PollFetches(ctx)
 		if fetches.IsClientClosed() {
 			return nil, adapters.ErrClosed

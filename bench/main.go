@@ -1,0 +1,457 @@
+// Command bench measures mqsidecar against a hand-written consumer loop (poll, POST each
+// record, commit) on the same embedded Kafka (kfake), the same instant app and the same
+// machine, alternating runs, and prints medians and ratios.
+//
+// Each run: produce the messages first, then start the consumer as a separate process (so
+// its peak RSS is its own), and measure from the first push the app receives to the moment
+// the group's committed offsets reach the end of every partition. Push-to-commit latency is
+// per message: the time from its push arriving at the app to the first observed commit
+// covering its offset (committed offsets are polled every few milliseconds).
+//
+// Usage: go run ./bench [-runs 5] [-messages 50000] [-scenario partition|key]
+package main
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+const (
+	topic      = "bench"
+	partitions = 8
+)
+
+type scenario struct {
+	name     string
+	ordering string
+	appDelay time.Duration
+	keys     int
+}
+
+var scenarios = map[string]scenario{
+	// Issue: 50k x ~100 B, 8 partitions, instant app, dedup on, ordering partition.
+	"partition": {name: "partition", ordering: "partition"},
+	// Issue: app with 5 ms latency, 200 keys, max_inflight 64; ordering key vs partition vs none.
+	"key": {name: "key", ordering: "key", appDelay: 5 * time.Millisecond, keys: 200},
+	// For investigations: the instant app without ordering constraints.
+	"none": {name: "none", ordering: "none"},
+}
+
+func main() {
+	mode := flag.String("mode", "", "internal: baseline (run the hand-written loop)")
+	runs := flag.Int("runs", 5, "runs per contender; medians are reported")
+	messages := flag.Int("messages", 50000, "messages per run")
+	scen := flag.String("scenario", "partition", "partition | key")
+	brokers := flag.String("brokers", "", "internal")
+	appURL := flag.String("app", "", "internal")
+	flag.Parse()
+	if *mode == "baseline" {
+		if err := baseline(strings.Split(*brokers, ","), *appURL); err != nil {
+			fmt.Fprintln(os.Stderr, "baseline:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	sc, ok := scenarios[*scen]
+	if !ok {
+		fmt.Fprintln(os.Stderr, "unknown scenario", *scen)
+		os.Exit(2)
+	}
+	if err := bench(sc, *runs, *messages); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// result is one run of one contender.
+type result struct {
+	rate     float64 // msg/s
+	p50, p99 time.Duration
+	rssMB    float64
+	order    int // per-key order violations seen by the app
+}
+
+type contender struct {
+	name string
+	cmd  func(brokers, appURL, dir string) *exec.Cmd
+}
+
+func bench(sc scenario, runs, n int) error {
+	dir, err := os.MkdirTemp("", "mqsidecar-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	bin := filepath.Join(dir, "mqsidecar")
+	build := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/mqsidecar")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("build mqsidecar: %w", err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	sidecar := func(ordering string) contender {
+		return contender{name: "mqsidecar (ordering: " + ordering + ")", cmd: func(brokers, appURL, rdir string) *exec.Cmd {
+			cfg := fmt.Sprintf(`source:
+  kind: kafka
+  kafka: {brokers: [%s], group: bench, topics: [%s], message_id: "header:message-id", commit_interval: 100ms}
+app: {url: %q}
+delivery: {ordering: %s, max_inflight: 64}
+dedup: {enabled: true, path: %q}
+admin: {listen: ""}
+log: {level: warn}
+`, brokers, topic, appURL, ordering, filepath.Join(rdir, "dedup.db"))
+			path := filepath.Join(rdir, "config.yaml")
+			if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+				panic(err)
+			}
+			return exec.Command(bin, "run", "--config", path)
+		}}
+	}
+	contenders := []contender{{name: "hand-written loop", cmd: func(brokers, appURL, _ string) *exec.Cmd {
+		return exec.Command(self, "-mode", "baseline", "-brokers", brokers, "-app", appURL)
+	}}}
+	if sc.name == "key" {
+		contenders = append(contenders, sidecar("key"), sidecar("partition"), sidecar("none"))
+	} else {
+		contenders = append(contenders, sidecar(sc.ordering))
+	}
+
+	fmt.Printf("mqsidecar bench, scenario %q: %d messages of ~100 B (16 KiB producer batches), %d partitions, app latency %v, dedup on, max_inflight 64, commit every 100ms; %d runs each, alternating; medians\n",
+		sc.name, n, partitions, sc.appDelay, runs)
+	results := make([][]result, len(contenders))
+	for r := 0; r < runs; r++ {
+		for i, c := range contenders {
+			res, err := runOnce(sc, c, n, dir)
+			if err != nil {
+				return fmt.Errorf("%s run %d: %w", c.name, r+1, err)
+			}
+			fmt.Printf("  run %d %-34s %9.0f msg/s  p50 %7.1f ms  p99 %7.1f ms  RSS %5.1f MB  order violations %d\n",
+				r+1, c.name, res.rate, ms(res.p50), ms(res.p99), res.rssMB, res.order)
+			results[i] = append(results[i], res)
+		}
+	}
+	fmt.Printf("\n%-34s %10s %10s %10s %12s %8s\n", "median of "+strconv.Itoa(runs), "msg/s", "p50 ms", "p99 ms", "peak RSS MB", "vs loop")
+	base := median(results[0], func(r result) float64 { return r.rate })
+	for i, c := range contenders {
+		rate := median(results[i], func(r result) float64 { return r.rate })
+		fmt.Printf("%-34s %10.0f %10.1f %10.1f %12.1f %7.2fx\n", c.name, rate,
+			median(results[i], func(r result) float64 { return ms(r.p50) }),
+			median(results[i], func(r result) float64 { return ms(r.p99) }),
+			median(results[i], func(r result) float64 { return r.rssMB }), rate/base)
+	}
+	return nil
+}
+
+func runOnce(sc scenario, c contender, n int, dir string) (result, error) {
+	kafka, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, topic))
+	if err != nil {
+		return result{}, err
+	}
+	defer kafka.Close()
+	brokers := strings.Join(kafka.ListenAddrs(), ",")
+	ends, err := produce(kafka.ListenAddrs(), n, sc.keys)
+	if err != nil {
+		return result{}, fmt.Errorf("produce: %w", err)
+	}
+	a := newApp(ends, sc.appDelay)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return result{}, err
+	}
+	srv := &http.Server{Handler: a}
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
+
+	rdir, err := os.MkdirTemp(dir, "run-")
+	if err != nil {
+		return result{}, err
+	}
+	cmd := c.cmd(brokers, "http://"+ln.Addr().String()+"/", rdir)
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if extra := os.Getenv("BENCH_CONSUMER_ENV"); extra != "" { // e.g. GODEBUG=gctrace=1
+		cmd.Env = append(os.Environ(), strings.Fields(extra)...)
+	}
+	if err := cmd.Start(); err != nil {
+		return result{}, err
+	}
+	defer func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() }()
+
+	// Poll committed offsets until every partition is fully committed.
+	cl, err := kgo.NewClient(kgo.SeedBrokers(kafka.ListenAddrs()...))
+	if err != nil {
+		return result{}, err
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	committed := make([]int64, partitions)
+	deadline := time.Now().Add(5 * time.Minute)
+	var rss float64
+	for {
+		if time.Now().After(deadline) {
+			return result{}, fmt.Errorf("not fully committed after 5 minutes; logs:\n%s", tail(logs.String()))
+		}
+		if cmd.ProcessState != nil {
+			return result{}, fmt.Errorf("consumer exited; logs:\n%s", tail(logs.String()))
+		}
+		offs, err := adm.FetchOffsets(context.Background(), "bench")
+		now := time.Now()
+		if err == nil {
+			offs.Each(func(o kadm.OffsetResponse) {
+				if o.Topic == topic && o.At > committed[o.Partition] {
+					a.committed(o.Partition, committed[o.Partition], o.At, now)
+					committed[o.Partition] = o.At
+				}
+			})
+		}
+		if rs := peakRSS(cmd.Process.Pid); rs > rss {
+			rss = rs
+		}
+		done := true
+		for p, end := range ends {
+			if committed[p] < end {
+				done = false
+			}
+		}
+		if done {
+			break
+		}
+		time.Sleep(3 * time.Millisecond)
+	}
+	res := a.result(n)
+	res.rssMB = rss
+	if os.Getenv("BENCH_DEBUG") != "" {
+		fmt.Println(tail(logs.String()))
+		b, _ := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/status")
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "Rss") || strings.HasPrefix(l, "VmHWM") {
+				fmt.Println("   ", l)
+			}
+		}
+	}
+	return res, nil
+}
+
+// produce writes n records round-robin over the partitions and returns each partition's end
+// offset.
+func produce(brokers []string, n, keys int) ([]int64, error) {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(topic),
+		kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.ProducerLinger(5*time.Millisecond),
+		// 16 KiB batches: the Java producer's default batch.size, what most topics hold.
+		kgo.ProducerBatchMaxBytes(16<<10))
+	if err != nil {
+		return nil, err
+	}
+	defer cl.Close()
+	ends := make([]int64, partitions)
+	payload := bytes.Repeat([]byte("x"), 100)
+	var wg sync.WaitGroup
+	var failed atomic.Value
+	for i := 0; i < n; i++ {
+		p := int32(i % partitions)
+		r := &kgo.Record{Partition: p, Value: payload, Headers: []kgo.RecordHeader{{Key: "message-id", Value: []byte("m-" + strconv.Itoa(i))}}}
+		if keys > 0 {
+			r.Key = []byte("key-" + strconv.Itoa(i%keys))
+		}
+		ends[p]++
+		wg.Add(1)
+		cl.Produce(context.Background(), r, func(_ *kgo.Record, err error) {
+			if err != nil {
+				failed.Store(err)
+			}
+			wg.Done()
+		})
+	}
+	wg.Wait()
+	if err, _ := failed.Load().(error); err != nil {
+		return nil, err
+	}
+	return ends, nil
+}
+
+// app answers 200 (after delay) and records when each partition/offset arrived.
+type app struct {
+	delay   time.Duration
+	mu      sync.Mutex
+	pushAt  [][]int64 // [partition][offset] unix nanos of the first push
+	commit  [][]int64
+	first   time.Time
+	last    time.Time
+	lastKey map[string]int64 // key → last offset pushed, for order checks
+	order   int
+}
+
+func newApp(ends []int64, delay time.Duration) *app {
+	a := &app{delay: delay, lastKey: map[string]int64{}}
+	for _, e := range ends {
+		a.pushAt = append(a.pushAt, make([]int64, e))
+		a.commit = append(a.commit, make([]int64, e))
+	}
+	return a
+}
+
+func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	_, _ = io.Copy(io.Discard, r.Body)
+	if a.delay > 0 {
+		time.Sleep(a.delay)
+	}
+	p, err1 := strconv.Atoi(r.Header.Get("ce-partition"))
+	off, err2 := strconv.ParseInt(r.Header.Get("ce-offset"), 10, 64)
+	now := time.Now()
+	if err1 == nil && err2 == nil && p < len(a.pushAt) && off < int64(len(a.pushAt[p])) {
+		a.mu.Lock()
+		if a.first.IsZero() {
+			a.first = now
+		}
+		if a.pushAt[p][off] == 0 {
+			a.pushAt[p][off] = now.UnixNano()
+		}
+		if k := r.Header.Get("ce-partitionkey"); k != "" {
+			lk := strconv.Itoa(p) + "/" + k
+			if last, ok := a.lastKey[lk]; ok && off < last {
+				a.order++
+			}
+			a.lastKey[lk] = off
+		}
+		a.mu.Unlock()
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+func (a *app) committed(p int32, from, to int64, at time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for o := from; o < to && o < int64(len(a.commit[p])); o++ {
+		a.commit[p][o] = at.UnixNano()
+	}
+	if at.After(a.last) {
+		a.last = at
+	}
+}
+
+func (a *app) result(n int) result {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var lat []time.Duration
+	for p := range a.pushAt {
+		for o, push := range a.pushAt[p] {
+			if push != 0 && a.commit[p][o] != 0 {
+				lat = append(lat, time.Duration(a.commit[p][o]-push))
+			}
+		}
+	}
+	slices.Sort(lat)
+	pct := func(q float64) time.Duration {
+		if len(lat) == 0 {
+			return 0
+		}
+		return lat[int(q*float64(len(lat)-1))]
+	}
+	return result{rate: float64(n) / a.last.Sub(a.first).Seconds(), p50: pct(0.5), p99: pct(0.99), order: a.order}
+}
+
+// baseline is the hand-written consumer the issue compares against: poll a batch, POST each
+// record in order, commit the batch synchronously, repeat.
+func baseline(brokers []string, appURL string) error {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumerGroup("bench"), kgo.ConsumeTopics(topic),
+		kgo.DisableAutoCommit(), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	hc := &http.Client{Timeout: 10 * time.Second}
+	ctx := context.Background()
+	for {
+		fs := cl.PollRecords(ctx, 500)
+		if fs.IsClientClosed() {
+			return nil
+		}
+		var ferr error
+		fs.EachError(func(_ string, _ int32, err error) { ferr = err })
+		if ferr != nil {
+			return ferr
+		}
+		recs := fs.Records()
+		for _, r := range recs {
+			for {
+				req, _ := http.NewRequest(http.MethodPost, appURL, bytes.NewReader(r.Value))
+				req.Header.Set("ce-partition", strconv.Itoa(int(r.Partition)))
+				req.Header.Set("ce-offset", strconv.FormatInt(r.Offset, 10))
+				if len(r.Key) > 0 {
+					req.Header.Set("ce-partitionkey", string(r.Key))
+				}
+				resp, err := hc.Do(req)
+				if err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode/100 == 2 {
+						break
+					}
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
+		if len(recs) > 0 {
+			if err := cl.CommitRecords(ctx, recs...); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// peakRSS reads VmHWM (peak resident set) of pid in MB; 0 when unavailable.
+func peakRSS(pid int) float64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmHWM:") {
+			f := strings.Fields(line)
+			if len(f) >= 2 {
+				kb, _ := strconv.ParseFloat(f[1], 64)
+				return kb / 1024
+			}
+		}
+	}
+	return 0
+}
+
+func median(rs []result, f func(result) float64) float64 {
+	v := make([]float64, len(rs))
+	for i, r := range rs {
+		v[i] = f(r)
+	}
+	slices.Sort(v)
+	return v[len(v)/2]
+}
+
+func ms(d time.Duration) float64 { return float64(d) / 1e6 }
+
+func tail(s string) string {
+	if len(s) > 4000 {
+		return s[len(s)-4000:]
+	}
+	return s
+}
