@@ -1,0 +1,430 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// kafkaEnv is a broker (kfake or real) seen from the test: a producer, an admin client and
+// what was produced where.
+type kafkaEnv struct {
+	t       testing.TB
+	brokers []string
+	topic   string
+	group   string
+	cl      *kgo.Client
+	adm     *kadm.Client
+
+	mu       sync.Mutex
+	produced []message
+	at       map[int32]map[int64]string // partition → offset → ID of the copy stored there
+}
+
+// newKafkaEnv connects to brokers. The producer places keyed records by key hash and
+// honours message.Partition when it is >= 0.
+func newKafkaEnv(t testing.TB, brokers []string, topic, group string) *kafkaEnv {
+	t.Helper()
+	cl, err := kgo.NewClient(
+		kgo.SeedBrokers(brokers...),
+		kgo.DefaultProduceTopic(topic),
+		kgo.RecordPartitioner(kgo.BasicConsistentPartitioner(func(string) func(*kgo.Record, int) int {
+			keyed := kgo.StickyKeyPartitioner(nil).ForTopic(topic)
+			return func(r *kgo.Record, n int) int {
+				if r.Partition >= 0 && len(r.Key) == 0 {
+					return int(r.Partition)
+				}
+				return keyed.Partition(r, n)
+			}
+		})),
+		kgo.ProducerLinger(5*time.Millisecond),
+		kgo.RetryTimeout(2*time.Minute),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return &kafkaEnv{t: t, brokers: brokers, topic: topic, group: group, cl: cl, adm: kadm.NewClient(cl), at: map[int32]map[int64]string{}}
+}
+
+// createTopic creates the topic with the given partitions (replication factor 1).
+func (k *kafkaEnv) createTopic(partitions int32) {
+	k.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	resp, err := k.adm.CreateTopics(ctx, partitions, 1, nil, k.topic)
+	if err == nil {
+		err = resp.Error()
+	}
+	if err != nil {
+		k.t.Fatalf("create topic %s: %v", k.topic, err)
+	}
+}
+
+// produce sends msgs in order and waits for the broker's acknowledgement of every record;
+// records of one partition keep their order (idempotent producer). The ID goes into the
+// message-id header.
+func (k *kafkaEnv) produce(ctx context.Context, msgs []message) error {
+	recs := make([]*kgo.Record, len(msgs))
+	for i, m := range msgs {
+		r := &kgo.Record{
+			Value:     fmt.Appendf(nil, `{"id":%q,"n":%d}`, m.ID, i),
+			Headers:   []kgo.RecordHeader{{Key: "message-id", Value: []byte(m.ID)}, {Key: "content-type", Value: []byte("application/json")}},
+			Partition: m.Partition,
+		}
+		if m.Key != "" {
+			r.Key = []byte(m.Key)
+		}
+		recs[i] = r
+	}
+	res := k.cl.ProduceSync(ctx, recs...)
+	if err := res.FirstErr(); err != nil {
+		return fmt.Errorf("produce to %s: %w", k.topic, err)
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.produced = append(k.produced, msgs...)
+	for _, pr := range res {
+		if k.at[pr.Record.Partition] == nil {
+			k.at[pr.Record.Partition] = map[int64]string{}
+		}
+		k.at[pr.Record.Partition][pr.Record.Offset] = string(pr.Record.Headers[0].Value)
+	}
+	return nil
+}
+
+// mustProduce is produce that fails the test.
+func (k *kafkaEnv) mustProduce(msgs ...message) {
+	k.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := k.produce(ctx, msgs); err != nil {
+		k.t.Fatal(err)
+	}
+}
+
+// produceInBackground produces msgs in batches from a goroutine; the returned function waits
+// for it and fails the test on error.
+func (k *kafkaEnv) produceInBackground(msgs []message, batch int) (wait func()) {
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		for len(msgs) > 0 {
+			n := min(batch, len(msgs))
+			if err := k.produce(ctx, msgs[:n]); err != nil {
+				done <- err
+				return
+			}
+			msgs = msgs[n:]
+		}
+		done <- nil
+	}()
+	return func() {
+		k.t.Helper()
+		if err := <-done; err != nil {
+			k.t.Fatal(err)
+		}
+	}
+}
+
+// producedSoFar returns a copy of what was produced.
+func (k *kafkaEnv) producedSoFar() []message {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return append([]message(nil), k.produced...)
+}
+
+// offsets returns the group's committed offsets and the topic's high watermarks by
+// partition (a partition without a commit is absent from committed).
+func (k *kafkaEnv) offsets() (committed, hwm map[int32]int64, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ends, err := k.adm.ListEndOffsets(ctx, k.topic)
+	if err != nil {
+		return nil, nil, fmt.Errorf("list end offsets: %w", err)
+	}
+	if err := ends.Error(); err != nil {
+		return nil, nil, fmt.Errorf("list end offsets: %w", err)
+	}
+	committed, hwm = map[int32]int64{}, map[int32]int64{}
+	fetched, err := k.adm.FetchOffsets(ctx, k.group)
+	if err == nil {
+		err = fetched.Error()
+	}
+	switch {
+	case errors.Is(err, kerr.GroupIDNotFound):
+		// No commit yet (kfake answers so for a group that never committed).
+	case err != nil:
+		return nil, nil, fmt.Errorf("fetch offsets of group %s: %w", k.group, err)
+	}
+	ends.Each(func(o kadm.ListedOffset) { hwm[o.Partition] = o.Offset })
+	fetched.Each(func(o kadm.OffsetResponse) {
+		if o.Topic == k.topic && o.At >= 0 {
+			committed[o.Partition] = o.At
+		}
+	})
+	return committed, hwm, nil
+}
+
+// lag returns HWM minus committed summed over partitions, and a per-partition description.
+func (k *kafkaEnv) lag() (int64, string, error) {
+	committed, hwm, err := k.offsets()
+	if err != nil {
+		return -1, "", err
+	}
+	var total int64
+	var parts []string
+	ps := make([]int32, 0, len(hwm))
+	for p := range hwm {
+		ps = append(ps, p)
+	}
+	sort.Slice(ps, func(i, j int) bool { return ps[i] < ps[j] })
+	for _, p := range ps {
+		c, ok := committed[p]
+		if !ok {
+			c = 0
+		}
+		total += hwm[p] - c
+		if hwm[p] != c {
+			parts = append(parts, fmt.Sprintf("p%d committed %d hwm %d", p, c, hwm[p]))
+		}
+	}
+	return total, strings.Join(parts, ", "), nil
+}
+
+// waitLagZero waits until the group committed everything.
+func (k *kafkaEnv) waitLagZero(timeout time.Duration, extra ...func() string) {
+	k.t.Helper()
+	waitFor(k.t, timeout, "group lag 0 (committed == high watermark on every partition)", func() (bool, string) {
+		lag, desc, err := k.lag()
+		if err != nil {
+			return false, err.Error()
+		}
+		return lag == 0, fmt.Sprintf("lag %d: %s", lag, desc)
+	}, extra...)
+}
+
+// coverage checks G1 on Kafka: every offset below a committed offset holds a copy of an ID
+// in ok (answered 2xx by the app). It returns a description of the first gaps.
+func (k *kafkaEnv) coverage(committed map[int32]int64, ok map[string]bool) []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var bad []string
+	for p, c := range committed {
+		for off := int64(0); off < c; off++ {
+			id, known := k.at[p][off]
+			switch {
+			case !known:
+				bad = append(bad, fmt.Sprintf("p%d offset %d committed but not produced by this test", p, off))
+			case !ok[id]:
+				bad = append(bad, fmt.Sprintf("p%d offset %d (%s) committed but never answered 2xx", p, off, id))
+			}
+			if len(bad) >= 5 {
+				return bad
+			}
+		}
+	}
+	return bad
+}
+
+// commitMonitor samples committed offsets every interval and checks coverage against the
+// app's 2xx set read after the offsets (the set only grows, so this never blames the
+// sidecar wrongly). stop returns the violations seen and the number of samples.
+func (k *kafkaEnv) commitMonitor(app *recApp, interval time.Duration) (stop func() (violations []string, samples int)) {
+	quit := make(chan struct{})
+	done := make(chan struct{})
+	var viol []string
+	n, errs := 0, 0
+	var lastErr error
+	go func() {
+		defer close(done)
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-t.C:
+			}
+			committed, _, err := k.offsets()
+			if err != nil {
+				errs++
+				lastErr = err
+				continue // broker restarting; the next sample checks again
+			}
+			n++
+			if bad := k.coverage(committed, app.okSet()); len(bad) > 0 && len(viol) < 20 {
+				viol = append(viol, bad...)
+			}
+		}
+	}()
+	return func() ([]string, int) {
+		close(quit)
+		<-done
+		if errs > 0 {
+			k.t.Logf("commit monitor: %d samples, %d failed to read offsets (last: %v)", n, errs, lastErr)
+		}
+		return viol, n
+	}
+}
+
+// groupMembers describes the group: its state and member IDs.
+func (k *kafkaEnv) groupMembers() (state string, members []string, assigned int, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	gs, err := k.adm.DescribeGroups(ctx, k.group)
+	if err != nil {
+		return "", nil, 0, err
+	}
+	g, ok := gs[k.group]
+	if !ok {
+		return "", nil, 0, fmt.Errorf("group %s not described", k.group)
+	}
+	if g.Err != nil {
+		return "", nil, 0, g.Err
+	}
+	for _, m := range g.Members {
+		members = append(members, m.MemberID)
+		if c, ok := m.Assigned.AsConsumer(); ok {
+			for _, t := range c.Topics {
+				assigned += len(t.Partitions)
+			}
+		}
+	}
+	return g.State, members, assigned, nil
+}
+
+// kafkaConfig is the sidecar config used by the Kafka tests.
+type kafkaConfig struct {
+	brokers        []string
+	topic, group   string
+	instanceID     string // "" = dynamic membership
+	appURL         string
+	dedupPath      string
+	commitInterval string
+	ordering       string
+	deliveryExtra  string // appended inside the delivery section (indented lines)
+	extra          string // appended verbatim (top-level YAML)
+}
+
+func (c kafkaConfig) yaml() string {
+	if c.commitInterval == "" {
+		c.commitInterval = "100ms"
+	}
+	if c.ordering == "" {
+		c.ordering = "partition"
+	}
+	return fmt.Sprintf(`# written by the e2e tests
+source:
+  kind: kafka
+  kafka:
+    brokers: [%s]
+    group: %s
+    topics: [%s]
+    message_id: "header:message-id"
+    group_instance_id: %q
+    commit_interval: %s
+app:
+  url: %s
+  timeout: 5s
+delivery:
+  ordering: %s
+  max_inflight: 64
+  backoff: {initial: 20ms, max: 500ms, multiplier: 2}
+%s
+dedup:
+  path: %s
+admin:
+  listen: 127.0.0.1:0
+shutdown_timeout: 10s
+log: {level: info, format: json}
+%s`, strings.Join(c.brokers, ", "), c.group, c.topic, c.instanceID, c.commitInterval, c.appURL, c.ordering, c.deliveryExtra, c.dedupPath, c.extra)
+}
+
+// killScenario is the kill -9 / restart run shared by the kfake and real-Kafka tests.
+type killScenario struct {
+	broker     string // for the table: "kfake" or "kafka"
+	brokers    []string
+	topic      string
+	group      string
+	partitions int32
+	create     bool // create the topic (real Kafka); kfake seeds it
+	messages   int  // unique IDs
+	keys       int
+	dupShare   float64
+	failPerK   int // first attempts failed per thousand IDs
+	kills      int
+	appDelay   time.Duration
+	timeout    time.Duration // for each wait on progress
+}
+
+// runKafkaKillRestart produces s.messages unique IDs (plus duplicates) while a sidecar
+// consumes them; kills it with SIGKILL at s.kills random points and restarts it; then
+// requires every ID delivered, no silent duplicates, per-key order, no concurrent pushes of
+// one ID, commits that never cover an unanswered message, group lag 0, and exit 0 on SIGTERM.
+func runKafkaKillRestart(t *testing.T, s killScenario) {
+	t0 := time.Now()
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 42))
+
+	k := newKafkaEnv(t, s.brokers, s.topic, s.group)
+	if s.create {
+		k.createTopic(s.partitions)
+	}
+	app := newRecApp(t, s.failPerK, s.appDelay)
+	msgs := workload(rng, s.topic, s.messages, s.keys, s.dupShare)
+	cfg := newSidecarConfig(t, "sidecar", kafkaConfig{
+		brokers: s.brokers, topic: s.topic, group: s.group, instanceID: s.group + "-0",
+		appURL: app.url(), dedupPath: filepath.Join(t.TempDir(), "dedup.db"),
+	}.yaml())
+
+	stopMon := k.commitMonitor(app, 250*time.Millisecond)
+	waitProduced := k.produceInBackground(msgs, 100)
+	p := cfg.start()
+	current := func() string { return p.label + " log tail:\n" + p.logTail(30) }
+
+	// Kill points: one random point in each of s.kills equal slices of 10%..85% of the IDs.
+	w := s.messages * 75 / 100 / max(1, s.kills)
+	for i := range s.kills {
+		at := s.messages/10 + i*w + rng.IntN(max(1, w))
+		select {
+		case <-app.deliveredReached(at):
+		case <-time.After(s.timeout):
+			p.fatalf("kill %d: %d IDs not delivered within %s (%s)", i+1, at, s.timeout, app.stats())
+		}
+		p.Kill9()
+		st := app.stats()
+		t.Logf("kill %d: SIGKILL after %d IDs delivered (%s)", i+1, at, st)
+		p = cfg.start()
+	}
+	waitProduced()
+	app.waitDelivered(t, s.messages, s.timeout, current)
+	k.waitLagZero(s.timeout, current)
+	p.Term(40 * time.Second)
+	if lag, desc, err := k.lag(); err != nil || lag != 0 {
+		t.Errorf("after SIGTERM: lag %d (%s) err %v, want 0", lag, desc, err)
+	}
+	viol, samples := stopMon()
+
+	pushes, conc := app.snapshot()
+	r := check(k.producedSoFar(), pushes, conc, true, true)
+	printTable(t, row{Broker: s.broker, Test: "kill-9 x" + fmt.Sprint(s.kills), Kills: s.kills, Order: true, Took: time.Since(t0), Report: r,
+		Comments: fmt.Sprintf("%d partitions, fail %d‰ first attempts, %d commit samples", s.partitions, s.failPerK, samples)})
+	r.requireClean(t)
+	if len(viol) > 0 {
+		t.Errorf("commits covered messages the app never answered 2xx (G1):\n%s", strings.Join(viol, "\n"))
+	}
+}
