@@ -215,8 +215,7 @@ func ctl(t *testing.T, args ...string) {
 		f := strings.Fields(prefix)
 		cmd = exec.Command(f[0], append(f[1:], args...)...)
 	} else {
-		_, file, _, _ := runtime.Caller(0)
-		script := filepath.Join(filepath.Dir(file), "..", "..", "e2e", "harness", "rabbitmq.sh")
+		script := filepath.Join(repoRoot(), "e2e", "harness", "rabbitmq.sh")
 		if _, err := os.Stat(script); err != nil {
 			msg := "no e2e/harness/rabbitmq.sh and no MQSIDECAR_E2E_RABBITMQCTL: cannot run rabbitmqctl"
 			if os.Getenv("CI") == "true" {
@@ -400,4 +399,10 @@ func vhost(t *testing.T) string {
 	u.Path = "/" + name
 	u.RawPath = ""
 	return u.String()
+}
+
+// repoRoot is the repository root (two levels above this package).
+func repoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
 }

@@ -5,6 +5,8 @@ package rabbitmq
 import (
 	"context"
 	"errors"
+	"os"
+	"os/exec"
 	"runtime"
 	"strings"
 	"sync"
@@ -93,6 +95,25 @@ func TestRecoveryBrokerClose(t *testing.T) {
 	})
 }
 
+// TestRecoveryBrokerRestart restarts the broker while messages flow (durable queue,
+// persistent messages). It disrupts every user of the broker, so it only runs when
+// MQSIDECAR_E2E_RABBITMQ_RESTART names the command that restarts it, e.g.
+// "e2e/harness/rabbitmq.sh restart" (run from the repository root) or with --hard for a
+// crash.
+func TestRecoveryBrokerRestart(t *testing.T) {
+	cmd := os.Getenv("MQSIDECAR_E2E_RABBITMQ_RESTART")
+	if cmd == "" {
+		t.Skip("MQSIDECAR_E2E_RABBITMQ_RESTART is not set (disruptive: restarts the shared broker)")
+	}
+	testRecovery(t, brokerURL(t), func(t *testing.T, ts *testSource) {
+		c := exec.Command("sh", "-c", cmd)
+		c.Dir = repoRoot()
+		if out, err := c.CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", cmd, err, out)
+		}
+	})
+}
+
 func testRecovery(t *testing.T, brokerURL string, disrupt func(*testing.T, *testSource)) {
 	a := newAdminURL(t, brokerURL)
 	q := uniqueName(t)
@@ -134,7 +155,7 @@ func testRecovery(t *testing.T, brokerURL string, disrupt func(*testing.T, *test
 		if !disrupted && len(seen) == 100 {
 			disrupted = true
 			disrupt(t, ts)
-			eventually(t, 20*time.Second, "connection lost and regained (Ready down then up)", func() bool {
+			eventually(t, 60*time.Second, "connection lost and regained (Ready down then up)", func() bool {
 				return ts.metrics.sawDownThenUp() && ts.Ready() == nil
 			})
 			// Settlements for the dead channel are dropped, not sent on the new one.

@@ -155,7 +155,8 @@ type Source struct {
 	runDone   chan struct{} // closed when the connection loop returned
 	killed    atomic.Bool   // tests: abandoned without Close, as by kill -9
 
-	ready atomic.Pointer[readyState]
+	ready   atomic.Pointer[readyState]
+	readyMu sync.Mutex // serializes setReady
 
 	mu  sync.Mutex // guards cur
 	cur *session   // the newest session; torn down by the loop or by Close
@@ -325,7 +326,17 @@ func (s *Source) Read(ctx context.Context) (*adapters.Delivery, error) {
 // Ready reports nil while connected and consuming, else the reason. It never blocks.
 func (s *Source) Ready() error { return s.ready.Load().err }
 
+// setReady records the state for Ready and the metrics. Serialized, and once Close began
+// it records ErrClosed whatever it is given, so a racing "connected" from the connection
+// loop never outlives Close.
 func (s *Source) setReady(err error) {
+	s.readyMu.Lock()
+	defer s.readyMu.Unlock()
+	select {
+	case <-s.closing:
+		err = adapters.ErrClosed
+	default:
+	}
 	s.ready.Store(&readyState{err: err})
 	s.metrics.SetConnected(err == nil)
 }
