@@ -779,3 +779,58 @@ func flagMap(args []string) map[string]string {
 	}
 	return m
 }
+
+// TestNotesRender renders NOTES.txt, which `helm template` never prints: a copy of the chart
+// carries it under another name, so template errors in it fail here and not at install time.
+func TestNotesRender(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "mqsidecar")
+	if err := os.CopyFS(dir, os.DirFS(chartDir)); err != nil {
+		t.Fatal(err)
+	}
+	// helm parses rendered templates as YAML: wrap the notes into a define and a JSON string.
+	notes, err := os.ReadFile(filepath.Join(dir, "templates", "NOTES.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range map[string]string{
+		"_notes.tpl":          `{{- define "test.notes" -}}` + string(notes) + `{{- end -}}`,
+		"notes-rendered.yaml": `notes: {{ include "test.notes" . | toJson }}` + "\n",
+		"NOTES.txt":           "",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, "templates", name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		args []string
+		want []string
+	}{
+		{nil, []string{"namespace " + namespace, "Sidecar mode: native (auto, Kubernetes v" + kubeVersion + ")",
+			"Failure policy: Ignore - while no injector replica answers, pods are created WITHOUT the sidecar.",
+			"logs deploy/" + injName, "metrics.podMonitor.enabled=true"}},
+		{[]string{"--set", "webhook.failurePolicy=Fail", "--set", "metrics.podMonitor.enabled=true", "--set", "sidecar.mode=container"},
+			[]string{"Failure policy: Fail\n", "Sidecar mode: container\n"}},
+	} {
+		args := append([]string{"template", release, dir, "--namespace", namespace, "--kube-version", kubeVersion,
+			"--show-only", "templates/notes-rendered.yaml"}, c.args...)
+		raw, err := runHelm(t, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var doc struct {
+			Notes string `json:"notes"`
+		}
+		if err := yaml.Unmarshal(raw, &doc); err != nil || doc.Notes == "" {
+			t.Fatalf("rendered notes: %v\n%s", err, raw)
+		}
+		out := doc.Notes
+		for _, w := range c.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("NOTES (%v) lacks %q:\n%s", c.args, w, out)
+			}
+		}
+		if strings.Contains(out, "podMonitor") == slices.Contains(c.args, "metrics.podMonitor.enabled=true") {
+			t.Errorf("NOTES (%v): the PodMonitor hint must appear exactly when it is disabled", c.args)
+		}
+	}
+}
