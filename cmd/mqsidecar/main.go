@@ -24,6 +24,7 @@ import (
 
 	"github.com/mqsidecar/mqsidecar/config"
 	"github.com/mqsidecar/mqsidecar/demo"
+	"github.com/mqsidecar/mqsidecar/injector"
 	"github.com/mqsidecar/mqsidecar/sidecar"
 )
 
@@ -81,14 +82,9 @@ func rootCommand(stdout, stderr io.Writer) *cobra.Command {
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(runCommand(stderr), demoCommand(stdout), configCommand(stdout), versionCommand(stdout))
-	for _, c := range extraCommands {
-		root.AddCommand(c())
-	}
+	root.AddCommand(injector.NewCommand())
 	return root
 }
-
-// extraCommands lets optional subcommands (the injector) register themselves.
-var extraCommands []func() *cobra.Command
 
 func runCommand(stderr io.Writer) *cobra.Command {
 	var path, level string
