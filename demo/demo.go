@@ -39,6 +39,7 @@ type Options struct {
 	DuplicateRate float64 // share of messages produced twice
 	FailRate      float64 // share of first pushes the app fails
 	Verbose       bool    // show the sidecar's logs
+	Rate          int     // messages produced per second (0 = as fast as possible)
 	Timeout       time.Duration
 }
 
@@ -119,26 +120,33 @@ func Run(ctx context.Context, o Options) error {
 	runErr := make(chan error, 1)
 	go func() { runErr <- sc.Run(runCtx) }()
 
-	produced, err := produce(ctx, cfg.Source.Kafka.Brokers, o.Messages, o.DuplicateRate)
-	if err != nil {
-		stopSidecar()
-		<-runErr
-		return fmt.Errorf("demo: produce: %w", err)
-	}
+	var produced atomic.Int64
+	produceErr := make(chan error, 1)
+	go func() {
+		produceErr <- produce(ctx, cfg.Source.Kafka.Brokers, o.Messages, o.DuplicateRate, o.Rate, &produced)
+	}()
 
 	// Wait until every produced record was acknowledged (delivered or deduplicated).
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	m := sc.Metrics
 	progress := func() {
-		fmt.Fprintf(o.Out, "%5.1fs  received %5.0f  delivered %5d/%d  pushes %5.0f  retried %4.0f  deduplicated %4.0f  acked %5.0f/%d\n",
-			time.Since(start).Seconds(), value(m.Received), app.delivered(), o.Messages,
-			value(m.Deliveries), value(m.Retried), value(m.Deduplicated), value(m.Acked), produced)
+		fmt.Fprintf(o.Out, "%5.1fs  produced %5d  received %5.0f  delivered %5d/%d  pushes %5.0f  retried %4.0f  deduplicated %4.0f  acked %5.0f\n",
+			time.Since(start).Seconds(), produced.Load(), value(m.Received), app.delivered(), o.Messages,
+			value(m.Deliveries), value(m.Retried), value(m.Deduplicated), value(m.Acked))
 	}
 	var timedOut bool
+	producing := true
 wait:
-	for int(value(m.Acked)) < produced {
+	for producing || int64(value(m.Acked)) < produced.Load() {
 		select {
+		case err := <-produceErr:
+			if err != nil {
+				stopSidecar()
+				<-runErr
+				return fmt.Errorf("demo: produce: %w", err)
+			}
+			producing = false
 		case <-tick.C:
 			progress()
 		case err := <-runErr:
@@ -158,7 +166,7 @@ wait:
 	s := app.summary()
 	lost := o.Messages - s.delivered
 	fmt.Fprintf(o.Out, "\nsummary after %.1fs\n", time.Since(start).Seconds())
-	fmt.Fprintf(o.Out, "  produced            %6d records (%d unique IDs, %d producer duplicates)\n", produced, o.Messages, produced-o.Messages)
+	fmt.Fprintf(o.Out, "  produced            %6d records (%d unique IDs, %d producer duplicates)\n", produced.Load(), o.Messages, produced.Load()-int64(o.Messages))
 	fmt.Fprintf(o.Out, "  delivered           %6d unique IDs answered 2xx\n", s.delivered)
 	fmt.Fprintf(o.Out, "  pushes              %6.0f (%0.f retried after a failure)\n", value(m.Deliveries), value(m.Retried))
 	fmt.Fprintf(o.Out, "  deduplicated        %6.0f records acknowledged without a push\n", value(m.Deduplicated))
@@ -174,19 +182,19 @@ wait:
 	return nil
 }
 
-// produce sends n unique messages with a message-id header; a share is sent a second time
-// a little later, as a producer retrying after a lost acknowledgement would.
-func produce(ctx context.Context, brokers []string, n int, dupRate float64) (int, error) {
+// produce sends n unique messages with a message-id header at rate per second; a share is
+// sent a second time a little later, as a producer retrying after a lost acknowledgement
+// would. count is updated as records are confirmed.
+func produce(ctx context.Context, brokers []string, n int, dupRate float64, rate int, count *atomic.Int64) error {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(topic))
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer cl.Close()
 	var (
 		wg    sync.WaitGroup
 		errMu sync.Mutex
 		first error
-		count int
 	)
 	send := func(id int) {
 		key := "customer-" + strconv.Itoa(id%97)
@@ -195,11 +203,12 @@ func produce(ctx context.Context, brokers []string, n int, dupRate float64) (int
 			Value:   fmt.Appendf(nil, `{"order":%d,"customer":%q}`, id, key),
 			Headers: []kgo.RecordHeader{{Key: "message-id", Value: []byte("order-" + strconv.Itoa(id))}, {Key: "content-type", Value: []byte("application/json")}},
 		}
-		count++
 		wg.Add(1)
 		cl.Produce(ctx, r, func(_ *kgo.Record, err error) {
 			defer wg.Done()
-			if err != nil {
+			if err == nil {
+				count.Add(1)
+			} else {
 				errMu.Lock()
 				if first == nil {
 					first = err
@@ -209,7 +218,17 @@ func produce(ctx context.Context, brokers []string, n int, dupRate float64) (int
 		})
 	}
 	var retries []int
+	begin := time.Now()
 	for i := 0; i < n; i++ {
+		if rate > 0 {
+			if d := time.Until(begin.Add(time.Duration(i) * time.Second / time.Duration(rate))); d > 0 {
+				select {
+				case <-time.After(d):
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+		}
 		send(i)
 		if rand.Float64() < dupRate {
 			retries = append(retries, i)
@@ -225,7 +244,7 @@ func produce(ctx context.Context, brokers []string, n int, dupRate float64) (int
 		send(id)
 	}
 	wg.Wait()
-	return count, first
+	return first
 }
 
 // app is the demo application: it fails the first attempt of a share of messages and

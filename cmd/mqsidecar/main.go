@@ -139,6 +139,7 @@ func demoCommand(stdout io.Writer) *cobra.Command {
 	cmd.Flags().Float64Var(&opts.DuplicateRate, "duplicates", 0.1, "share of messages the producer sends twice")
 	cmd.Flags().Float64Var(&opts.FailRate, "fail", 0.1, "share of first pushes the demo app fails")
 	cmd.Flags().BoolVar(&opts.Verbose, "verbose", false, "show the sidecar's own logs")
+	cmd.Flags().IntVar(&opts.Rate, "rate", 1000, "messages produced per second (0 = as fast as possible)")
 	return cmd
 }
 
