@@ -168,7 +168,11 @@ func (s *Server) Run(ctx context.Context) error {
 	})
 	s.log.Info("injector serving", "webhook", s.webhook.Addr().String(), "metrics", fmt.Sprint(s.MetricsAddr()),
 		"image", s.cfg.Injector.Image, "mode", string(s.handler.inj.opts.Mode))
-	return g.Wait()
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	s.log.Info("injector stopped")
+	return nil
 }
 
 // NewCommand returns the `inject` subcommand: the mutating admission webhook server.
