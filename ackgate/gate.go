@@ -91,6 +91,11 @@ type Options struct {
 	Backoff              Backoff
 	// DeadLetter reports whether the source has a dead-letter target.
 	DeadLetter bool
+	// LaneLookahead bounds the deliveries of one source lane (a Kafka partition) admitted
+	// and not yet settled, so a lane parked on a failing message cannot take every
+	// in-flight slot; the rest of that lane waits in the broker. Only sources that
+	// implement adapters.LaneLimiter can be held back. 0 = max(1, MaxInflight/2).
+	LaneLookahead int
 	// DrainTimeout bounds how long pushes on the wire may take to finish at shutdown.
 	DrainTimeout time.Duration
 	Logger       *slog.Logger
@@ -131,9 +136,15 @@ type Gate struct {
 	active map[string][]*item // ID → copies admitted after the one being processed
 	fatal  error
 
-	parked    atomic.Int64
 	appDown   atomic.Bool
 	inflightN atomic.Int64
+
+	// laneMu guards laneCount and parkedSince. It is a leaf lock: the source calls laneFull
+	// while holding its own lock.
+	laneMu      sync.Mutex
+	laneCount   map[string]int // source lane → admitted, unsettled
+	parkedSince map[*item]time.Time
+	limiter     adapters.LaneLimiter
 }
 
 type lane struct {
@@ -166,15 +177,24 @@ func New(src adapters.Source, store Store, opts Options) *Gate {
 	if opts.Push.Conns == 0 {
 		opts.Push.Conns = opts.MaxInflight
 	}
+	if opts.LaneLookahead <= 0 {
+		opts.LaneLookahead = max(1, opts.MaxInflight/2)
+	}
 	hardCtx, hardCancel := context.WithCancel(context.Background())
 	g := &Gate{
 		opts: opts, src: src, store: store, log: opts.Logger, m: opts.Metrics,
-		permits:    make(chan struct{}, opts.MaxInflight),
-		stopping:   make(chan struct{}),
-		hardCtx:    hardCtx,
-		hardCancel: hardCancel,
-		lanes:      map[string]*lane{},
-		active:     map[string][]*item{},
+		permits:     make(chan struct{}, opts.MaxInflight),
+		stopping:    make(chan struct{}),
+		hardCtx:     hardCtx,
+		hardCancel:  hardCancel,
+		lanes:       map[string]*lane{},
+		active:      map[string][]*item{},
+		laneCount:   map[string]int{},
+		parkedSince: map[*item]time.Time{},
+	}
+	if ll, ok := src.(adapters.LaneLimiter); ok {
+		g.limiter = ll
+		ll.LimitLanes(g.laneFull)
 	}
 	g.pusher = NewPusher(opts.Push, g.m.InvalidHeaders.Inc)
 	return g
@@ -185,6 +205,8 @@ func New(src adapters.Source, store Store, opts Options) *Gate {
 // clean drain, or the fatal error. Run does not close the source or the store.
 func (g *Gate) Run(ctx context.Context) error {
 	defer g.pusher.Close()
+	stopGauges := g.reportParked()
+	defer stopGauges()
 	readErr := g.readLoop(ctx)
 	g.drain()
 	g.mu.Lock()
@@ -264,8 +286,20 @@ func (g *Gate) isStopping() bool {
 	}
 }
 
+// laneFull is the LaneLimiter predicate: lane has LaneLookahead deliveries admitted.
+func (g *Gate) laneFull(lane string) bool {
+	g.laneMu.Lock()
+	defer g.laneMu.Unlock()
+	return g.laneCount[lane] >= g.opts.LaneLookahead
+}
+
 // admit takes ownership of d (a permit is already held). Called from the read loop only.
 func (g *Gate) admit(d *adapters.Delivery) {
+	if d.Lane != "" {
+		g.laneMu.Lock()
+		g.laneCount[d.Lane]++
+		g.laneMu.Unlock()
+	}
 	g.inflight.Add(1)
 	g.m.Inflight.Set(float64(g.inflightN.Add(1)))
 	it := &item{d: d, key: storeKey(d.ID), marked: make(chan error, 1)}
@@ -423,17 +457,21 @@ func (g *Gate) process(it *item) {
 		}
 		g.m.Retried.Inc()
 		g.log.Debug("push failed, retrying", "id", it.d.ID, "attempt", attempt, "status", res.Status, "error", errText(res.Err), "wait", wait)
-		if !g.park(wait) {
+		if !g.park(it, wait) {
 			g.abandon(it)
 			return
 		}
 	}
 }
 
-// park waits d, counted as a parked lane; false when the gate is stopping.
-func (g *Gate) park(d time.Duration) bool {
-	g.m.ParkedLanes.Set(float64(g.parked.Add(1)))
-	defer func() { g.m.ParkedLanes.Set(float64(g.parked.Add(-1))) }()
+// park waits d before it's next attempt; the wait shows in the parked gauges. It returns
+// false when the gate is stopping.
+func (g *Gate) park(it *item, d time.Duration) bool {
+	g.laneMu.Lock()
+	if _, ok := g.parkedSince[it]; !ok {
+		g.parkedSince[it] = time.Now()
+	}
+	g.laneMu.Unlock()
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -469,7 +507,7 @@ func (g *Gate) deadLetter(it *item, f adapters.Failure) {
 		}
 		g.m.Error("dead_letter")
 		g.log.Warn("dead-letter write failed; retrying", "id", it.d.ID, "attempt", n, "error", err)
-		if !g.park(g.opts.Backoff.Delay(n)) {
+		if !g.park(it, g.opts.Backoff.Delay(n)) {
 			g.abandon(it)
 			return
 		}
@@ -547,9 +585,56 @@ func (g *Gate) settle(it *item, err error) {
 			go g.begin(next)
 		}
 	}
+	freed := false
+	g.laneMu.Lock()
+	delete(g.parkedSince, it)
+	if lane := it.d.Lane; lane != "" {
+		n := g.laneCount[lane] - 1
+		freed = n == g.opts.LaneLookahead-1
+		if n == 0 {
+			delete(g.laneCount, lane)
+		} else {
+			g.laneCount[lane] = n
+		}
+	}
+	g.laneMu.Unlock()
+	if freed && g.limiter != nil {
+		g.limiter.LaneFreed()
+	}
 	g.m.Inflight.Set(float64(g.inflightN.Add(-1)))
 	<-g.permits
 	g.inflight.Done()
+}
+
+// reportParked keeps the parked gauges current: how many messages wait for a retry (each
+// heads its lane) and for how long the oldest has been failing.
+func (g *Gate) reportParked() (stop func()) {
+	done := make(chan struct{})
+	update := func() {
+		g.laneMu.Lock()
+		n := len(g.parkedSince)
+		var oldest time.Duration
+		for _, t := range g.parkedSince {
+			oldest = max(oldest, time.Since(t))
+		}
+		g.laneMu.Unlock()
+		g.m.ParkedLanes.Set(float64(n))
+		g.m.OldestParked.Set(oldest.Seconds())
+	}
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				update()
+			case <-done:
+				update()
+				return
+			}
+		}
+	}()
+	return func() { close(done) }
 }
 
 // maxKeyLen bounds dedup keys: longer IDs (a header can hold anything) are stored by hash,

@@ -696,3 +696,105 @@ func counter(c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// limitedSource is a fakeSource that honours adapters.LaneLimiter: deliveries wait in
+// per-lane order while their lane is full.
+type limitedSource struct {
+	*fakeSource
+	mu       sync.Mutex
+	buf      []*adapters.Delivery
+	full     func(string) bool
+	wake     chan struct{}
+	maxSeen  map[string]int
+	inflight map[string]int
+}
+
+func (s *limitedSource) LimitLanes(full func(string) bool) { s.full = full }
+func (s *limitedSource) LaneFreed() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *limitedSource) Read(ctx context.Context) (*adapters.Delivery, error) {
+	for {
+		s.mu.Lock()
+		var pending []*adapters.Delivery
+	drain:
+		for {
+			select {
+			case d := <-s.ch:
+				pending = append(pending, d)
+			default:
+				break drain
+			}
+		}
+		s.buf = append(s.buf, pending...)
+		for i, d := range s.buf {
+			if s.full(d.Lane) || s.blockedByEarlier(i) {
+				continue
+			}
+			s.buf = append(s.buf[:i], s.buf[i+1:]...)
+			s.inflight[d.Lane]++
+			s.maxSeen[d.Lane] = max(s.maxSeen[d.Lane], s.inflight[d.Lane])
+			ack := d.Ack
+			d.Ack = func(err error) {
+				s.mu.Lock()
+				s.inflight[d.Lane]--
+				s.mu.Unlock()
+				ack(err)
+			}
+			s.mu.Unlock()
+			s.reads.Add(1)
+			return d, nil
+		}
+		s.mu.Unlock()
+		select {
+		case <-s.wake:
+		case <-time.After(5 * time.Millisecond):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// blockedByEarlier keeps lane order: an earlier delivery of the same lane is still held.
+func (s *limitedSource) blockedByEarlier(i int) bool {
+	for _, e := range s.buf[:i] {
+		if e.Lane == s.buf[i].Lane {
+			return true
+		}
+	}
+	return false
+}
+
+func TestPoisonLaneCannotTakeEveryInflightSlot(t *testing.T) {
+	a, url := newApp(t, func(id string, attempt int, w http.ResponseWriter) bool {
+		if id == "p0-000" { // the poison message: fails until the end of the test
+			w.WriteHeader(http.StatusInternalServerError)
+			return true
+		}
+		return false
+	})
+	src := &limitedSource{fakeSource: newFakeSource(), wake: make(chan struct{}, 1), maxSeen: map[string]int{}, inflight: map[string]int{}}
+	o := opts(url)
+	o.MaxInflight, o.LaneLookahead = 8, 4
+	start(t, src, openStore(t), o)
+	for i := 0; i < 50; i++ {
+		src.send(fmt.Sprintf("p0-%03d", i), "p0", "")
+		src.send(fmt.Sprintf("p1-%03d", i), "p1", "")
+		src.send(fmt.Sprintf("p2-%03d", i), "p2", "")
+	}
+	waitFor(t, "healthy partitions delivered", func() bool {
+		return a.count("p1-049") == 1 && a.count("p2-049") == 1
+	})
+	src.mu.Lock()
+	defer src.mu.Unlock()
+	if src.maxSeen["p0"] > 4 {
+		t.Fatalf("poisoned lane held %d slots, look-ahead is 4", src.maxSeen["p0"])
+	}
+	if a.count("p0-001") != 0 {
+		t.Fatal("partition order broken: p0-001 pushed while p0-000 fails")
+	}
+}

@@ -159,3 +159,17 @@ func FailureHeaders(d *Delivery, f Failure) []Header {
 	}
 	return h
 }
+
+// LaneLimiter is implemented by sources that can hold back the deliveries of one Lane (a
+// Kafka partition) while the ack gate already has as many of that lane in flight as it
+// allows. Without it one stuck lane (a poison message being retried) would collect every
+// in-flight slot and stall the others.
+type LaneLimiter interface {
+	// LimitLanes installs full, before the first Read. From then on Read does not return a
+	// delivery whose Lane makes full return true: it returns one of another lane, or
+	// blocks until LaneFreed is called (or ctx ends). Deliveries held back stay in broker
+	// order. full is safe for concurrent use and must not call back into the source.
+	LimitLanes(full func(lane string) bool)
+	// LaneFreed tells a blocked Read that a lane dropped below its limit. It never blocks.
+	LaneFreed()
+}

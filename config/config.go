@@ -135,8 +135,12 @@ type App struct {
 
 // Delivery configures the ack gate.
 type Delivery struct {
-	Ordering             string     `mapstructure:"ordering"` // partition | key | none
-	MaxInflight          int        `mapstructure:"max_inflight"`
+	Ordering    string `mapstructure:"ordering"` // partition | key | none
+	MaxInflight int    `mapstructure:"max_inflight"`
+	// PartitionLookahead bounds the messages of one partition (Kafka) admitted and not yet
+	// settled, so a partition stuck on a failing message cannot take every in-flight slot.
+	// 0 = max_inflight/2.
+	PartitionLookahead   int        `mapstructure:"partition_lookahead"`
 	MaxAttempts          int        `mapstructure:"max_attempts"` // 0 = unlimited
 	DropAfterMaxAttempts bool       `mapstructure:"drop_after_max_attempts"`
 	Backoff              Backoff    `mapstructure:"backoff"`

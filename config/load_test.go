@@ -225,7 +225,7 @@ func TestFullYAML(t *testing.T) {
 			EventType: "com.example.order", MaxResponseBytes: 4096,
 		},
 		Delivery: Delivery{
-			Ordering: "key", MaxInflight: 256, MaxAttempts: 5, DropAfterMaxAttempts: true,
+			Ordering: "key", MaxInflight: 256, PartitionLookahead: 32, MaxAttempts: 5, DropAfterMaxAttempts: true,
 			Backoff:    Backoff{Initial: 50 * time.Millisecond, Max: 5 * time.Second, Multiplier: 1.5},
 			DeadLetter: DeadLetter{Target: "orders.dlq"}, MaxMessageBytes: 1000000,
 		},

@@ -428,6 +428,9 @@ func (c Config) checkDelivery(ck *checker) {
 	if d.MaxInflight < 1 || d.MaxInflight > 100000 {
 		ck.add("delivery.max_inflight", "must be between 1 and 100000, got %d", d.MaxInflight)
 	}
+	if d.PartitionLookahead < 0 {
+		ck.add("delivery.partition_lookahead", "must be 0 (max_inflight/2) or positive, got %d", d.PartitionLookahead)
+	}
 	switch {
 	case d.MaxAttempts < 0:
 		ck.add("delivery.max_attempts", "must be 0 (unlimited) or more, got %d", d.MaxAttempts)

@@ -161,6 +161,7 @@ func TestValidationRules(t *testing.T) {
 		// delivery
 		{"ordering", k, func(c *Config) { c.Delivery.Ordering = "strict" }, "delivery.ordering", "partition | key | none"},
 		{"max_inflight 0", k, func(c *Config) { c.Delivery.MaxInflight = 0 }, "delivery.max_inflight", "between 1 and 100000, got 0"},
+		{"partition_lookahead negative", k, func(c *Config) { c.Delivery.PartitionLookahead = -1 }, "delivery.partition_lookahead", "got -1"},
 		{"max_inflight big", k, func(c *Config) { c.Delivery.MaxInflight = 100001 }, "delivery.max_inflight", "between 1 and 100000"},
 		{"max_attempts negative", k, func(c *Config) { c.Delivery.MaxAttempts = -1 }, "delivery.max_attempts", "0 (unlimited) or more"},
 		{"max_attempts without dead letter", k, func(c *Config) { c.Delivery.MaxAttempts = 3 }, "delivery.max_attempts", "delivery.drop_after_max_attempts: true"},

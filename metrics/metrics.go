@@ -34,6 +34,7 @@ type Metrics struct {
 	PushDuration   prometheus.Histogram
 	Inflight       prometheus.Gauge
 	ParkedLanes    prometheus.Gauge
+	OldestParked   prometheus.Gauge
 	ConsumerLag    *prometheus.GaugeVec
 	SourceReady    prometheus.Gauge
 	AppReady       prometheus.Gauge
@@ -68,7 +69,8 @@ func New() *Metrics {
 		Dropped:      f("mqsidecar_messages_dropped_total", "Messages acknowledged without success: the app answered DROP, or max attempts with drop_after_max_attempts."),
 		Abandoned:    f("mqsidecar_messages_abandoned_total", "Messages left unacknowledged at shutdown or on a lost partition; the broker redelivers them."),
 		Inflight:     g("mqsidecar_inflight_messages", "Messages admitted and not yet settled (bounded by delivery.max_inflight)."),
-		ParkedLanes:  g("mqsidecar_parked_lanes", "Ordering lanes whose head message is waiting for a retry."),
+		ParkedLanes:  g("mqsidecar_parked_lanes", "Messages waiting for a retry; each blocks its ordering lane (partition, key) and no other."),
+		OldestParked: g("mqsidecar_parked_oldest_seconds", "How long the longest-failing parked message has been retried."),
 		SourceReady:  g("mqsidecar_source_ready", "1 when the broker connection is up."),
 		AppReady:     g("mqsidecar_app_ready", "1 when the app's health endpoint (or its last push) succeeded."),
 		DedupEntries: g("mqsidecar_dedup_entries", "IDs recorded in the dedup store (approximate)."),

@@ -125,6 +125,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		},
 		Ordering:             ackgate.Ordering(d.Ordering),
 		MaxInflight:          d.MaxInflight,
+		LaneLookahead:        d.PartitionLookahead,
 		MaxAttempts:          d.MaxAttempts,
 		DropAfterMaxAttempts: d.DropAfterMaxAttempts,
 		Backoff:              ackgate.Backoff{Initial: d.Backoff.Initial, Max: d.Backoff.Max, Multiplier: d.Backoff.Multiplier},

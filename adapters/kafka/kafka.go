@@ -74,6 +74,7 @@ type pending struct {
 // partState is one assignment of one partition. Guarded by Source.mu.
 type partState struct {
 	tp       topicPartition
+	lane     string        // "topic/partition", the Delivery.Lane
 	buffered []*kgo.Record // polled, not yet handed out
 	inRR     bool          // listed in Source.rr
 	pending  []pending     // handed out, in offset order; pending[0] has sequence headSeq
@@ -98,6 +99,11 @@ type Source struct {
 	rr    []*partState // partitions with buffered records, served round-robin
 	rrPos int
 
+	// laneFull (LaneLimiter) holds back partitions the gate has enough of; wake unblocks
+	// a Read waiting for one of them.
+	laneFull func(lane string) bool
+	wake     chan struct{}
+
 	// closing skips the revoke wait: at Close the gate has drained, so nothing unsettled
 	// will settle any more.
 	closing   atomic.Bool
@@ -116,6 +122,7 @@ func New(cfg config.Kafka, deadLetterTopic string, opts ...Option) (*Source, err
 		cfg: cfg, dlq: deadLetterTopic, log: slog.Default(),
 		parts: map[topicPartition]*partState{},
 		stop:  make(chan struct{}), loopDone: make(chan struct{}),
+		wake: make(chan struct{}, 1),
 	}
 	for _, o := range opts {
 		o(s)
@@ -182,8 +189,21 @@ func New(cfg config.Kafka, deadLetterTopic string, opts ...Option) (*Source, err
 // Read implements adapters.Source.
 func (s *Source) Read(ctx context.Context) (*adapters.Delivery, error) {
 	for {
-		if d := s.next(); d != nil {
+		d, held := s.next()
+		if d != nil {
 			return d, nil
+		}
+		if held {
+			// Records are buffered, but only for partitions at their look-ahead limit:
+			// wait for one to drain instead of fetching more.
+			select {
+			case <-s.wake:
+				continue
+			case <-s.stop:
+				return nil, adapters.ErrClosed
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
 		}
 		select {
 		case <-s.stop:
@@ -245,11 +265,28 @@ func (s *Source) buffer(fetches kgo.Fetches) {
 	}
 }
 
-// next hands out the next buffered record, round-robin across partitions.
-func (s *Source) next() *adapters.Delivery {
+// LimitLanes implements adapters.LaneLimiter.
+func (s *Source) LimitLanes(full func(lane string) bool) {
+	s.mu.Lock()
+	s.laneFull = full
+	s.mu.Unlock()
+}
+
+// LaneFreed implements adapters.LaneLimiter.
+func (s *Source) LaneFreed() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// next hands out the next buffered record, round-robin across partitions, skipping those
+// at their look-ahead limit. held reports that records are buffered but all held back.
+func (s *Source) next() (d *adapters.Delivery, held bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for len(s.rr) > 0 {
+	skipped := 0
+	for len(s.rr) > 0 && skipped < len(s.rr) {
 		if s.rrPos >= len(s.rr) {
 			s.rrPos = 0
 		}
@@ -260,6 +297,11 @@ func (s *Source) next() *adapters.Delivery {
 			s.rr = append(s.rr[:s.rrPos], s.rr[s.rrPos+1:]...)
 			continue
 		}
+		if s.laneFull != nil && s.laneFull(ps.lane) {
+			s.rrPos++
+			skipped++
+			continue
+		}
 		r := ps.buffered[0]
 		ps.buffered[0] = nil
 		ps.buffered = ps.buffered[1:]
@@ -267,20 +309,20 @@ func (s *Source) next() *adapters.Delivery {
 		seq := ps.nextSeq
 		ps.nextSeq++
 		ps.pending = append(ps.pending, pending{offset: r.Offset, epoch: r.LeaderEpoch})
-		d := s.delivery(r)
+		d := s.delivery(r, ps.lane)
 		d.Ack = func(err error) { s.settled(ps, seq, err) }
-		return d
+		return d, false
 	}
-	return nil
+	return nil, len(s.rr) > 0
 }
 
-func (s *Source) delivery(r *kgo.Record) *adapters.Delivery {
+func (s *Source) delivery(r *kgo.Record, lane string) *adapters.Delivery {
 	d := &adapters.Delivery{
 		Payload:        r.Value,
 		Source:         "kafka://" + r.Topic,
 		Time:           r.Timestamp,
 		Key:            string(r.Key),
-		Lane:           r.Topic + "/" + strconv.FormatInt(int64(r.Partition), 10),
+		Lane:           lane,
 		HasCoordinates: true,
 		Partition:      r.Partition,
 		Offset:         r.Offset,
@@ -351,7 +393,7 @@ func (s *Source) assigned(_ context.Context, _ *kgo.Client, assigned map[string]
 	for topic, parts := range assigned {
 		for _, p := range parts {
 			tp := topicPartition{topic, p}
-			s.parts[tp] = &partState{tp: tp, commit: kgo.EpochOffset{Epoch: -1, Offset: -1}}
+			s.parts[tp] = &partState{tp: tp, lane: topic + "/" + strconv.FormatInt(int64(p), 10), commit: kgo.EpochOffset{Epoch: -1, Offset: -1}}
 			n++
 		}
 	}
@@ -382,6 +424,7 @@ func (s *Source) revoked(ctx context.Context, cl *kgo.Client, revoked map[string
 		}
 	}
 	s.mu.Unlock()
+	s.LaneFreed() // a Read waiting on a revoked partition's records must look again
 	if len(revoked) > 0 {
 		s.log.Info("partitions revoked", "partitions", fmtParts(revoked), "unfinished_fenced", left)
 	}
@@ -396,6 +439,7 @@ func (s *Source) lost(_ context.Context, _ *kgo.Client, lost map[string][]int32)
 		}
 	}
 	s.mu.Unlock()
+	s.LaneFreed()
 	s.log.Warn("partitions lost; their in-flight records will not be committed", "partitions", fmtParts(lost))
 }
 

@@ -3,6 +3,7 @@ package kafka
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -230,5 +231,38 @@ func TestStaticMembershipRejoinsQuickly(t *testing.T) {
 	readN(t, b, 3) // the three not settled before
 	if d := time.Since(start); d > 20*time.Second {
 		t.Fatalf("restarted static member took %v to consume (session timeout is 45s)", d)
+	}
+}
+
+// TestLaneLimitHoldsBackAPartition: a partition the gate reports full is not handed out;
+// others are; after LaneFreed the held records follow in order.
+func TestLaneLimitHoldsBackAPartition(t *testing.T) {
+	brokers := newCluster(t)
+	createTopic(t, brokers, "limit", 2)
+	produceN(t, brokers, "limit", 2, 5)
+	s, err := New(testConfig(brokers, "limit"), "", WithLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	var held atomic.Bool
+	held.Store(true)
+	s.LimitLanes(func(lane string) bool { return held.Load() && lane == "limit/0" })
+	for _, d := range readN(t, s, 5) {
+		if d.Partition != 1 {
+			t.Fatalf("got partition %d while partition 0 is held back", d.Partition)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	if d, err := s.Read(ctx); err == nil {
+		t.Fatalf("read %s/%d while its lane is full", d.Lane, d.Offset)
+	}
+	cancel()
+	held.Store(false)
+	s.LaneFreed()
+	for i, d := range readN(t, s, 5) {
+		if d.Partition != 0 || d.Offset != int64(i) {
+			t.Fatalf("after release got %d/%d, want 0/%d", d.Partition, d.Offset, i)
+		}
 	}
 }
