@@ -410,6 +410,18 @@ func (g *Gate) process(it *item) {
 		g.abandon(it)
 		return
 	}
+	// A previous run may have used up the attempts, or scheduled the next one for later:
+	// the persisted count and time carry over (a crash loop must not retry forever).
+	if g.opts.MaxAttempts > 0 && it.baseAttempt >= g.opts.MaxAttempts {
+		g.exhausted(it, Result{Err: errors.New("max attempts used up before a restart")}, it.baseAttempt)
+		return
+	}
+	if wait := time.Until(it.prior.NextAttempt); it.prior.State == dedup.InFlight && wait > 0 {
+		if !g.park(it, min(wait, g.opts.Backoff.Max)) {
+			g.abandon(it)
+			return
+		}
+	}
 	for {
 		if g.isStopping() {
 			g.abandon(it)
@@ -417,11 +429,6 @@ func (g *Gate) process(it *item) {
 		}
 		it.pushes++
 		attempt := it.baseAttempt + it.pushes
-		if it.pushes > 1 && g.store != nil {
-			// Persist the count so a restart continues it; not waited for: losing it in a
-			// crash only makes ce-deliveryattempt count from an earlier value.
-			g.store.Put(it.key, dedup.Entry{State: dedup.InFlight, Attempts: attempt}, func(error) {})
-		}
 		res := g.pusher.Push(g.hardCtx, it.d, attempt, it.redelivered || it.pushes > 1)
 		g.m.Delivery(res.Verdict.String(), res.Duration.Seconds())
 		g.noteApp(res)
@@ -443,12 +450,7 @@ func (g *Gate) process(it *item) {
 			}
 		}
 		if g.opts.MaxAttempts > 0 && attempt >= g.opts.MaxAttempts {
-			if g.opts.DeadLetter {
-				g.deadLetter(it, failure("max_attempts", res, attempt))
-			} else { // config validation guarantees DropAfterMaxAttempts here
-				g.log.Warn("dropping message after max attempts", "id", it.d.ID, "attempts", attempt, "error", errText(res.Err))
-				g.complete(it, outcomeDropped)
-			}
+			g.exhausted(it, res, attempt)
 			return
 		}
 		wait := g.opts.Backoff.Delay(it.pushes)
@@ -457,11 +459,28 @@ func (g *Gate) process(it *item) {
 		}
 		g.m.Retried.Inc()
 		g.log.Debug("push failed, retrying", "id", it.d.ID, "attempt", attempt, "status", res.Status, "error", errText(res.Err), "wait", wait)
+		if g.store != nil {
+			// Persist the count (as for admission, counting the push about to happen) and
+			// the time of the next attempt, so a restart continues both. Not waited for:
+			// losing it in a crash only repeats one backoff step.
+			g.store.Put(it.key, dedup.Entry{State: dedup.InFlight, Attempts: attempt + 1, NextAttempt: time.Now().Add(wait)}, func(error) {})
+		}
 		if !g.park(it, wait) {
 			g.abandon(it)
 			return
 		}
 	}
+}
+
+// exhausted ends a message whose attempts are used up: dead-lettered when a target exists,
+// else dropped (configuration validation guarantees drop_after_max_attempts then).
+func (g *Gate) exhausted(it *item, res Result, attempts int) {
+	if g.opts.DeadLetter {
+		g.deadLetter(it, failure("max_attempts", res, attempts))
+		return
+	}
+	g.log.Warn("dropping message after max attempts", "id", it.d.ID, "attempts", attempts, "error", errText(res.Err))
+	g.complete(it, outcomeDropped)
 }
 
 // park waits d before it's next attempt; the wait shows in the parked gauges. It returns

@@ -798,3 +798,62 @@ func TestPoisonLaneCannotTakeEveryInflightSlot(t *testing.T) {
 		t.Fatal("partition order broken: p0-001 pushed while p0-000 fails")
 	}
 }
+
+func TestPersistedRetryScheduleSurvivesRestart(t *testing.T) {
+	t.Run("next attempt time is honoured", func(t *testing.T) {
+		var at time.Time
+		a, url := newApp(t, func(string, int, http.ResponseWriter) bool { at = time.Now(); return false })
+		st := openStore(t)
+		next := time.Now().Add(700 * time.Millisecond)
+		if err := st.PutSync("later", dedup.Entry{State: dedup.InFlight, Attempts: 3, NextAttempt: next}); err != nil {
+			t.Fatal(err)
+		}
+		src := newFakeSource()
+		o := opts(url)
+		o.Backoff.Max = 5 * time.Second
+		start(t, src, st, o)
+		src.send("later", "p0", "")
+		waitFor(t, "settled", func() bool { return src.settledCount() == 1 })
+		if at.Before(next) {
+			t.Fatalf("pushed %v before the persisted next attempt", next.Sub(at))
+		}
+		if h := a.headers("later")[0]; h.Get("ce-deliveryattempt") != "4" {
+			t.Fatalf("attempt %q, want 4", h.Get("ce-deliveryattempt"))
+		}
+	})
+	t.Run("used-up attempts go to the dead letter without a push", func(t *testing.T) {
+		a, url := newApp(t, nil)
+		st := openStore(t)
+		if err := st.PutSync("spent", dedup.Entry{State: dedup.InFlight, Attempts: 5}); err != nil {
+			t.Fatal(err)
+		}
+		src := newFakeSource()
+		o := opts(url)
+		o.MaxAttempts, o.DeadLetter = 5, true
+		start(t, src, st, o)
+		src.send("spent", "p0", "")
+		waitFor(t, "settled", func() bool { return src.settledCount() == 1 })
+		src.mu.Lock()
+		defer src.mu.Unlock()
+		if a.count("spent") != 0 || len(src.dls) != 1 || src.dls[0].Attempts != 5 {
+			t.Fatalf("pushes %d, dead letters %+v", a.count("spent"), src.dls)
+		}
+	})
+	t.Run("a retry records the next attempt", func(t *testing.T) {
+		st := openStore(t)
+		_, failURL := newApp(t, func(_ string, _ int, w http.ResponseWriter) bool {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return true
+		})
+		src := newFakeSource()
+		o := opts(failURL)
+		o.Backoff = Backoff{Initial: time.Hour, Max: time.Hour, Multiplier: 2}
+		_, stop := start(t, src, st, o)
+		src.send("failing", "p0", "")
+		waitFor(t, "retry scheduled", func() bool {
+			e, _ := st.Get("failing")
+			return e.State == dedup.InFlight && e.Attempts == 2 && !e.NextAttempt.IsZero()
+		})
+		_ = stop()
+	})
+}
