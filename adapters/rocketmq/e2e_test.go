@@ -109,6 +109,15 @@ func waitRoute(t *testing.T, ctx context.Context, topic string) {
 	}
 }
 
+// skipOrderlyUnderRace skips under -race: the client's orderly consumer has a data race of
+// its own (see raceEnabled); run these tests with go test -tags e2e without -race.
+func skipOrderlyUnderRace(t *testing.T) {
+	t.Helper()
+	if raceEnabled {
+		t.Skip("orderly mode: the rocketmq client's orderly consumer races on its process queue (takeMessages vs putMessage); run without -race")
+	}
+}
+
 func newProducer(t *testing.T) rmq.Producer {
 	t.Helper()
 	ns, _ := env(t)
@@ -268,41 +277,56 @@ func TestConformance(t *testing.T) {
 	env(t)
 	// One producer for every case (a client start each would be slow); owned by the parent.
 	p := newProducer(t)
-	adaptertest.Run(t, adaptertest.Harness{
-		Name: "rocketmq",
-		Features: adaptertest.Features{
-			DeadLetter:   true,
-			SelectiveAck: true,
-			Keys:         true,
-			// Redeliveries through the retry topic carry DeliveryCount, but a message
-			// redelivered from its queue after a crash carries no hint (RocketMQ keeps no
-			// per-message delivery count), so the suite's check does not apply; the hint is
-			// tested in TestNotDoneRedeliveredWithCount.
-			Redelivered:  false,
-			Timeout:      45 * time.Second,
-			CloseTimeout: 15 * time.Second,
-		},
-		Setup: func(t *testing.T, dest string) string {
-			createTopic(t, dest, 4)
-			createTopic(t, dest+"-dlq", 1)
-			return dest + "-dlq"
-		},
-		NewSource: func(t *testing.T, dest, dl string) adapters.Source {
-			s, err := New(sourceConfig(t, dest, "concurrent", "topic"), dl, WithLogger(testLogger(t)), WithMaxInflight(16))
-			if err != nil {
-				t.Fatalf("New: %v", err)
+	base := adaptertest.Features{
+		DeadLetter: true,
+		Keys:       true,
+		// Redeliveries through the retry topic carry DeliveryCount, but a message
+		// redelivered from its queue after a crash carries no hint (RocketMQ keeps no
+		// per-message delivery count), so the suite's check does not apply; the hint is
+		// tested in TestNotDoneRedeliveredWithCount.
+		Redelivered:  false,
+		Timeout:      45 * time.Second,
+		CloseTimeout: 15 * time.Second,
+	}
+	concurrent := base
+	concurrent.SelectiveAck = true
+	// Orderly: one message per queue at a time (batch size 1, see the package doc).
+	orderly := base
+	orderly.Ordered = true
+	orderly.MaxUnsettled = 1
+	for _, tc := range []struct {
+		mode string
+		f    adaptertest.Features
+	}{{"concurrent", concurrent}, {"orderly", orderly}} {
+		t.Run(tc.mode, func(t *testing.T) {
+			if tc.mode == "orderly" {
+				skipOrderlyUnderRace(t)
 			}
-			return s
-		},
-		Produce: func(t *testing.T, dest string, ms ...adaptertest.Message) {
-			// A fresh producer per test would cost a client start each; one is shared.
-			produce(t, p, dest, ms...)
-		},
-		ReadDeadLetters: func(t *testing.T, dl string, n int) []adaptertest.Message {
-			return readTopic(t, dl, n, 45*time.Second)
-		},
-		Kill: func(t *testing.T, src adapters.Source) { src.(*Source).kill() },
-	})
+			adaptertest.Run(t, adaptertest.Harness{
+				Name:     "rocketmq-" + tc.mode,
+				Features: tc.f,
+				Setup: func(t *testing.T, dest string) string {
+					createTopic(t, dest, 4)
+					createTopic(t, dest+"-dlq", 1)
+					return dest + "-dlq"
+				},
+				NewSource: func(t *testing.T, dest, dl string) adapters.Source {
+					s, err := New(sourceConfig(t, dest, tc.mode, "topic"), dl, WithLogger(testLogger(t)), WithMaxInflight(16))
+					if err != nil {
+						t.Fatalf("New: %v", err)
+					}
+					return s
+				},
+				Produce: func(t *testing.T, dest string, ms ...adaptertest.Message) {
+					produce(t, p, dest, ms...)
+				},
+				ReadDeadLetters: func(t *testing.T, dl string, n int) []adaptertest.Message {
+					return readTopic(t, dl, n, 45*time.Second)
+				},
+				Kill: func(t *testing.T, src adapters.Source) { src.(*Source).kill() },
+			})
+		})
+	}
 }
 
 // TestNotDoneRedeliveredWithCount: concurrent not-done goes through the retry topic and
@@ -346,6 +370,7 @@ func TestNotDoneRedeliveredWithCount(t *testing.T) {
 // TestOrderly: per-queue order, Lane set, not-done pauses the queue for suspend_time (no
 // spin) and the same message comes back first with a growing DeliveryCount.
 func TestOrderly(t *testing.T) {
+	skipOrderlyUnderRace(t)
 	topic := fmt.Sprintf("mqsc-rmq-orderly-%d", time.Now().UnixNano()%1e9)
 	createTopic(t, topic, 4)
 	p := newProducer(t)
@@ -407,6 +432,9 @@ func TestOrderly(t *testing.T) {
 func TestBrokerDeadLetter(t *testing.T) {
 	for _, mode := range []string{"concurrent", "orderly"} {
 		t.Run(mode, func(t *testing.T) {
+			if mode == "orderly" {
+				skipOrderlyUnderRace(t)
+			}
 			topic := fmt.Sprintf("mqsc-rmq-bdlq-%s-%d", mode, time.Now().UnixNano()%1e9)
 			createTopic(t, topic, 2)
 			p := newProducer(t)
@@ -452,14 +480,12 @@ func TestBrokerDeadLetter(t *testing.T) {
 }
 
 // TestRestartNoGoroutineLeak: opening and closing sources leaves no goroutines behind,
-// apart from the client's statistics sleepers (issue #1147, exit at the next hour/day).
+// apart from the client's sleepers that notice Shutdown only when they wake: statistics
+// (issue #1147, next minute/hour/day boundary) and the expiry sweep (clientConsumeTimeout).
 func TestRestartNoGoroutineLeak(t *testing.T) {
 	topic := fmt.Sprintf("mqsc-rmq-leak-%d", time.Now().UnixNano()%1e9)
 	createTopic(t, topic, 2)
 	p := newProducer(t)
-	old := clientConsumeTimeout
-	clientConsumeTimeout = 2 * time.Second
-	defer func() { clientConsumeTimeout = old }()
 	cfg := sourceConfig(t, topic, "concurrent", "topic")
 	dl := topic // dead-letter producer started too (the target is irrelevant here)
 
@@ -495,14 +521,18 @@ func TestRestartNoGoroutineLeak(t *testing.T) {
 	}
 }
 
-// goroutines counts goroutines, leaving out the client's statistics goroutines that sleep
-// until the next minute/hour/day boundary before they see Shutdown (issue #1147).
+// goroutines counts goroutines, leaving out the client's goroutines that sleep before they
+// look at Shutdown: statistics (issue #1147) and the expiry sweep's first sleep of
+// clientConsumeTimeout in pushConsumer.Start. Both exit by themselves.
 func goroutines(t *testing.T) int {
 	buf := make([]byte, 4<<20)
 	buf = buf[:runtime.Stack(buf, true)]
 	n := 0
 	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.TrimSpace(g) == "" || strings.Contains(g, "consumer.(*statsItemSet).init") {
+		switch {
+		case strings.TrimSpace(g) == "",
+			strings.Contains(g, "consumer.(*statsItemSet).init"),
+			strings.Contains(g, "time.Sleep") && strings.Contains(g, "consumer.(*pushConsumer).Start"):
 			continue
 		}
 		n++
@@ -544,10 +574,33 @@ func TestBrokerRestart(t *testing.T) {
 		delete(want, d.ID)
 		d.Settle(nil)
 	}
+	// Watch Ready while the broker is away: it must report the outage.
+	var notReady atomic.Bool
+	stopWatch := make(chan struct{})
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		for {
+			if s.Ready() != nil {
+				notReady.Store(true)
+			}
+			select {
+			case <-stopWatch:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
 	cmd := exec.Command(script, "restart-broker")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
+	err := cmd.Run()
+	close(stopWatch)
+	<-watched
+	if err != nil {
 		t.Fatalf("restart-broker: %v", err)
+	}
+	if !notReady.Load() {
+		t.Errorf("Ready stayed nil while the broker was restarting")
 	}
 	// The held ones are now not done; the broker is back.
 	for _, d := range held {
