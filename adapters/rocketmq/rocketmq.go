@@ -15,13 +15,18 @@
 // %RETRY% topic; the broker redelivers it after delay level 3 + reconsume times, with
 // DeliveryCount = reconsume times. The batch size is 1 because the v2 client ignores
 // ConsumeConcurrentlyContext.AckIndex: RECONSUME_LATER re-sends the whole batch, which would
-// re-send messages the gate already completed.
+// re-send messages the gate already completed. The group's %RETRY% topic is created by the
+// broker on the first send-back, and a running client learns its route only on its 30 s
+// route refresh, so the very first retry of a new group can take up to about a minute.
 //
 // Orderly mode (mode: orderly, Lane "<topic>/<broker>/<queue id>"): the client locks each
 // message queue and calls the callback for one queue at a time, in queue order. A delivery
 // settled with an error returns SUSPEND_CURRENT_QUEUE_A_MOMENT with the context's suspend
 // time set to suspend_time (the client's default is -1 ms: an immediate, CPU-burning retry
 // loop); the same message is handed out again after the pause, DeliveryCount counting up.
+// The batch size is 1 here too: the client acknowledges an orderly batch as a whole, so a
+// larger batch would redeliver completed messages after a not-done one. Consequently a queue
+// has at most one unsettled delivery at a time; parallelism comes from the queues.
 //
 // # Retries and max_attempts
 //
@@ -74,7 +79,10 @@
 // after the consumer's Shutdown (which marks the process queues dropped and persists the
 // offsets of what completed), so the client discards their verdict and they are redelivered
 // from the queue. The client's Shutdown does not wait for running callbacks; Close does,
-// bounded by its context.
+// bounded by its context. The client records a callback's verdict (the offset) just after
+// the callback returns, and Shutdown persists offsets once; the client offers no way to
+// observe that step, so Close waits verdictGrace (250 ms) between the last callback and
+// Shutdown. A verdict recorded later is lost, which means a redelivery, never a loss.
 //
 // # Client state that is global to the process
 //
@@ -91,7 +99,12 @@
 // notice Shutdown (issue #1147), so each restart of a Source leaves up to 10 sleeping
 // goroutines that exit by themselves; other client goroutines exit within ~10 s of Close.
 // A pull result that arrives exactly while Shutdown closes a process queue can panic the
-// client (issue #1051); Close pauses pulling first to make that window small.
+// client (issue #1051); Close pauses pulling first to make that window small. The race
+// detector reports data races inside the client: rmqClient.Shutdown writes an unsynchronised
+// flag that in-flight requests read (Close and kill pause the consumer and wait before
+// Shutdown, which keeps this out of the tests in practice), the expiry sweep reads the
+// process queue's tree map without its lock, and the orderly consumer polls the same map
+// without the lock on every run (orderly e2e tests are therefore skipped under -race).
 package rocketmq
 
 import (
