@@ -5,8 +5,8 @@
 // `helm lint --strict` and checks that values.schema.json refuses bad values.
 //
 // helm is found in $HELM, <repo>/.tools/bin/helm (installed by hack/helm.sh) or $PATH. When
-// it is missing the tests skip, except under CI=true where they fail. hack/test-k8s.sh
-// installs helm and runs these tests.
+// it is missing the tests skip; hack/test-k8s.sh, which `make test` runs, installs helm and
+// runs these tests with HELM set, where a missing binary fails.
 package charttest
 
 import (
@@ -52,6 +52,10 @@ const (
 func helm(t *testing.T) string {
 	t.Helper()
 	if h := os.Getenv("HELM"); h != "" {
+		// Set by hack/test-k8s.sh after installing helm: it must work.
+		if _, err := exec.LookPath(h); err != nil {
+			t.Fatalf("HELM=%s: %v", h, err)
+		}
 		return h
 	}
 	if abs, err := filepath.Abs("../../.tools/bin/helm"); err == nil {
@@ -62,10 +66,9 @@ func helm(t *testing.T) string {
 	if h, err := exec.LookPath("helm"); err == nil {
 		return h
 	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("helm not found (set HELM, or run hack/test-k8s.sh, which installs it)")
-	}
-	t.Skip("helm not found: run hack/test-k8s.sh (installs helm into .tools/bin) or set HELM")
+	// Not fatal even under CI: `go test ./...` may run before hack/test-k8s.sh has installed
+	// helm, and hack/test-k8s.sh (part of `make test`) always runs these tests with HELM set.
+	t.Skip("helm not found: run hack/test-k8s.sh (installs helm into .tools/bin and runs these tests) or set HELM")
 	return ""
 }
 
