@@ -35,6 +35,18 @@ const (
 	appRefuse          // listener closed: connections are refused
 )
 
+func (m appMode) String() string {
+	switch m {
+	case appUp:
+		return "up"
+	case appDown503:
+		return "answering 503"
+	case appRefuse:
+		return "refusing connections"
+	}
+	return fmt.Sprintf("appMode(%d)", int(m))
+}
+
 // recApp is the app under the sidecar: it records every push and answers per its mode. It
 // fails a deterministic share of first attempts (the first push of an ID it sees): the
 // decision depends on the ID only, so a rerun fails the same IDs.

@@ -27,9 +27,9 @@ func newKfake(t *testing.T, topic string, partitions int32) []string {
 // and restarted. Nothing lost, no silent duplicate, per-key order, lag 0, SIGTERM exit 0.
 func TestKfakeKillRestart(t *testing.T) {
 	const topic, partitions = "orders", 8
-	runKafkaKillRestart(t, killScenario{
-		broker: "kfake", brokers: newKfake(t, topic, partitions), topic: topic, group: "e2e-kill",
-		partitions: partitions, messages: 3000, keys: 64, dupShare: 0.1, failPerK: 100, kills: 3,
+	k := newKafkaEnv(t, "kfake", newKfake(t, topic, partitions), topic, "e2e-kill")
+	runKillRestart(t, k, killScenario{
+		messages: 3000, keys: 64, dupShare: 0.1, failPerK: 100, kills: 3,
 		appDelay: 500 * time.Microsecond, timeout: 60 * time.Second,
 	})
 }
@@ -41,7 +41,7 @@ func TestKfakeGracefulShutdownCommits(t *testing.T) {
 	t0 := time.Now()
 	const topic, group, n = "orders", "e2e-graceful", 1000
 	brokers := newKfake(t, topic, 4)
-	k := newKafkaEnv(t, brokers, topic, group)
+	k := newKafkaEnv(t, "kfake", brokers, topic, group)
 	app := newRecApp(t, 50, 0)
 	cfg := newSidecarConfig(t, "sidecar", kafkaConfig{
 		brokers: brokers, topic: topic, group: group, appURL: app.url(),
@@ -116,7 +116,7 @@ func TestKfakeProducerDuplicates(t *testing.T) {
 	t0 := time.Now()
 	const topic, group, parts = "orders", "e2e-dups", 8
 	brokers := newKfake(t, topic, parts)
-	k := newKafkaEnv(t, brokers, topic, group)
+	k := newKafkaEnv(t, "kfake", brokers, topic, group)
 	app := newRecApp(t, 0, 0)
 	cfg := newSidecarConfig(t, "sidecar", kafkaConfig{
 		brokers: brokers, topic: topic, group: group, instanceID: "dups-0", appURL: app.url(),
@@ -273,7 +273,7 @@ func with(c kafkaConfig, f func(*kafkaConfig)) kafkaConfig {
 func TestKfakeStoreLocked(t *testing.T) {
 	const topic, group = "orders", "e2e-locked"
 	brokers := newKfake(t, topic, 2)
-	k := newKafkaEnv(t, brokers, topic, group)
+	k := newKafkaEnv(t, "kfake", brokers, topic, group)
 	app := newRecApp(t, 0, 0)
 	dedupPath := filepath.Join(t.TempDir(), "dedup.db")
 	first := newSidecarConfig(t, "first", kafkaConfig{brokers: brokers, topic: topic, group: group, appURL: app.url(), dedupPath: dedupPath}.yaml()).start()

@@ -447,3 +447,55 @@ func runCLI(t testing.TB, timeout time.Duration, env []string, args ...string) c
 	}
 	return res
 }
+
+// readyWatch records /readyz answers of a process, sampled every interval, as transitions.
+type readyWatch struct {
+	p          *sidecarProc
+	t0         time.Time
+	quit, done chan struct{}
+	changes    []string // "12.3s ready" / "13.1s not ready: ..."
+	last       *bool
+	sawFalse   bool
+}
+
+// sample takes one /readyz answer and records a transition. Called by one goroutine at a
+// time (the sampler, then stop).
+func (w *readyWatch) sample() {
+	ok, why := w.p.readyz()
+	if w.last != nil && *w.last == ok {
+		return
+	}
+	s := fmt.Sprintf("%.1fs ready", time.Since(w.t0).Seconds())
+	if !ok {
+		s = fmt.Sprintf("%.1fs not ready: %s", time.Since(w.t0).Seconds(), why)
+		w.sawFalse = true
+	}
+	w.changes = append(w.changes, s)
+	w.last = &ok
+}
+
+// watchReady starts sampling p's readiness; stop it with (*readyWatch).stop.
+func watchReady(p *sidecarProc, interval time.Duration) *readyWatch {
+	w := &readyWatch{p: p, t0: time.Now(), quit: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		for {
+			w.sample()
+			select {
+			case <-w.quit:
+				return
+			case <-time.After(interval):
+			}
+		}
+	}()
+	return w
+}
+
+// stop ends the sampling, takes a last sample (so a state the caller just waited for is
+// included), and returns whether /readyz was seen false and the transitions.
+func (w *readyWatch) stop() (sawFalse bool, changes []string) {
+	close(w.quit)
+	<-w.done
+	w.sample()
+	return w.sawFalse, w.changes
+}
