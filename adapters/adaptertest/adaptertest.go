@@ -44,8 +44,8 @@
 //
 // Cases hold at most Features.MaxUnsettled deliveries unsettled at once (a RabbitMQ source
 // with prefetch 1 hands out nothing more until one is settled). A broker may redeliver a
-// not-done delivery to the same source at once (RabbitMQ requeues it); the suite settles
-// such second copies with ErrNotDone again.
+// not-done delivery to the same source at once (RabbitMQ requeues it); the suite leaves
+// such second copies unsettled (they return to the broker on Close).
 //
 // "Not redelivered" is proven positively where possible: after the checked deliveries the
 // case produces a marker message and reads until the marker arrives, failing on any
@@ -278,8 +278,9 @@ func (c *tcase) read(src adapters.Source) *adapters.Delivery {
 
 // readIDs reads until every ID in want arrived, and returns the first delivery of each ID,
 // after passing it to settle (when not nil). A second copy of an ID (a broker that
-// redelivers a not-done delivery at once, as RabbitMQ does) is settled with ErrNotDone.
-// Unknown IDs fail the test.
+// redelivers a not-done delivery at once, as RabbitMQ does) is left unsettled: settling it
+// not-done again could make such a broker hand out the same message forever; unsettled,
+// it returns to the broker on Close like any other. Unknown IDs fail the test.
 func (c *tcase) readIDs(src adapters.Source, want []string, settle func(*adapters.Delivery)) map[string]*adapters.Delivery {
 	c.t.Helper()
 	got := make(map[string]*adapters.Delivery, len(want))
@@ -293,7 +294,6 @@ func (c *tcase) readIDs(src adapters.Source, want []string, settle func(*adapter
 			c.t.Fatalf("%s: unexpected delivery %q while waiting for %v", c.s.h.Name, d.ID, keys(missing))
 		}
 		if got[d.ID] != nil {
-			d.Settle(adapters.ErrNotDone)
 			continue
 		}
 		delete(missing, d.ID)
