@@ -81,8 +81,9 @@
 // from the queue. The client's Shutdown does not wait for running callbacks; Close does,
 // bounded by its context. The client records a callback's verdict (the offset) just after
 // the callback returns, and Shutdown persists offsets once; the client offers no way to
-// observe that step, so Close waits verdictGrace (250 ms) between the last callback and
-// Shutdown. A verdict recorded later is lost, which means a redelivery, never a loss.
+// observe that step, so Close waits between the last callback and Shutdown: 250 ms, or, when
+// a callback returned RECONSUME_LATER within the last 3 s (the client's send-back timeout),
+// until 3 s after it. A verdict recorded later is lost: a redelivery, never a loss.
 //
 // # Client state that is global to the process
 //
@@ -149,6 +150,12 @@ const (
 	// verdictGrace is how long Close waits between the last callback returning and the
 	// consumer's Shutdown (see Close).
 	verdictGrace = 250 * time.Millisecond
+	// sendBackGrace replaces verdictGrace after a RECONSUME_LATER: the client then sends the
+	// message back with a synchronous request whose timeout is 3 s, and records the offset
+	// only after it succeeded.
+	sendBackGrace = 3 * time.Second
+	// persistGrace is how long Close leaves the connections open after persisting offsets.
+	persistGrace = 200 * time.Millisecond
 	// healthInterval is how often readiness and consumer lag are refreshed.
 	healthInterval = 5 * time.Second
 )
@@ -158,8 +165,10 @@ const (
 // timeouts), an expiry sweep that sends messages older than it back to the retry topic
 // while they are still being processed (disabled: the adapter removes the
 // CONSUME_START_TIME property the sweep reads), and the first sleep of the sweep goroutine,
-// which outlives Close by up to this long. A variable so tests can shorten it.
-var clientConsumeTimeout = time.Minute
+// which outlives Close by up to this long. The client's default: the sweep also reads the
+// process queue without its lock (see the package doc), so running it rarely keeps that race
+// rare.
+var clientConsumeTimeout = 15 * time.Minute
 
 // instanceSeq makes InstanceName unique per Source within the process.
 var instanceSeq atomic.Int64
@@ -214,6 +223,9 @@ type Source struct {
 	closed   atomic.Bool
 	stopHC   chan struct{} // stops the health goroutine
 	hcDone   chan struct{}
+
+	// lastRetry is when a callback last returned RECONSUME_LATER (UnixNano), see Close.
+	lastRetry atomic.Int64
 
 	// mu guards the callback accounting below.
 	mu       sync.Mutex
@@ -575,6 +587,7 @@ func (s *Source) notDone(ctx context.Context) consumer.ConsumeResult {
 		}
 		return consumer.SuspendCurrentQueueAMoment
 	}
+	s.lastRetry.Store(time.Now().UnixNano())
 	return consumer.ConsumeRetryLater
 }
 
@@ -596,6 +609,7 @@ func (s *Source) deadLetterVerdict(ctx context.Context, msgs []*primitive.Messag
 	if cctx, ok := primitive.GetConcurrentlyCtx(ctx); ok {
 		cctx.DelayLevelWhenNextConsume = -1
 	}
+	s.lastRetry.Store(time.Now().UnixNano())
 	return consumer.ConsumeRetryLater
 }
 
@@ -779,12 +793,32 @@ func (s *Source) Close(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("rocketmq: close: waiting for callbacks: %w", err))
 	}
 	// The client records a verdict (offset update) in the goroutine that called the callback,
-	// just after it returned, and Shutdown persists offsets only once; a verdict recorded after
-	// that is lost (a duplicate later, never a loss). The client offers no way to observe
-	// that step, so give those goroutines a moment.
+	// just after it returned (after a synchronous send-back for RECONSUME_LATER), and Shutdown
+	// persists offsets only once; a verdict recorded after that is lost (a duplicate later,
+	// never a loss). The client offers no way to observe that step, so give those goroutines
+	// time: verdictGrace, or up to sendBackGrace after the last RECONSUME_LATER.
+	grace := verdictGrace
+	if last := s.lastRetry.Load(); last != 0 {
+		if d := sendBackGrace - time.Since(time.Unix(0, last)); d > grace {
+			grace = d
+		}
+	}
 	select {
-	case <-time.After(verdictGrace):
+	case <-time.After(grace):
 	case <-ctx.Done():
+	}
+	// Shutdown persists the offsets with one-way requests and closes the connections right
+	// after, which can lose them (a close with unread input resets the connection). Persist
+	// on the open connections first and give the broker a moment to read them; Shutdown's
+	// own persist then repeats the same offsets.
+	if p, ok := s.consumer.(interface{ PersistConsumerOffset() error }); ok {
+		if err := p.PersistConsumerOffset(); err != nil {
+			errs = append(errs, fmt.Errorf("rocketmq: close: persist offsets: %w", err))
+		}
+		select {
+		case <-time.After(persistGrace):
+		case <-ctx.Done():
+		}
 	}
 	if err := s.consumer.Shutdown(); err != nil {
 		errs = append(errs, fmt.Errorf("rocketmq: close: consumer shutdown: %w", err))
