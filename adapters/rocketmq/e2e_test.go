@@ -3,7 +3,14 @@
 // End-to-end tests against a real RocketMQ (e2e/harness/rocketmq.sh start):
 //
 //	eval "$(e2e/harness/rocketmq.sh env)"
-//	go test -race -tags e2e ./adapters/rocketmq/
+//	go test -tags e2e -count=1 ./adapters/rocketmq/
+//
+// Run them without -race in CI: the race detector reports data races inside the client
+// (see the package doc: Shutdown vs in-flight requests and pulls, the expiry sweep, the
+// orderly consumer) intermittently, which would make CI flaky for reasons outside this
+// package. This package's own concurrency is race-checked by the unit tests (go test -race
+// without the tag), which drive the callback bridge with a fake consumer. Orderly tests skip
+// themselves under -race.
 //
 // MQSIDECAR_E2E_ROCKETMQ is the name server address; MQSIDECAR_E2E_ROCKETMQ_BROKER the
 // broker address topics are created on (default: the name server's host, port 20911, the
