@@ -5,12 +5,14 @@
 //
 // The order of effects for one message (G1, G2):
 //
-//  1. admission: a permit of max_inflight is taken; a second copy of an ID already admitted
+//  1. admission: one of 2×max_inflight admission permits is taken (the memory bound: read
+//     from the broker and not yet settled); a second copy of an ID already admitted
 //     waits behind the first (two copies are never pushed concurrently); an ID the store
 //     knows as completed is settled at once without a push;
 //  2. the ID is recorded "in flight" in the store (fsynced by group commit) before its
 //     first push, so a crash after the push makes the redelivery carry ce-redelivered;
-//  3. push, retry with backoff, or dead-letter (broker-confirmed) as the answer says;
+//  3. push (at most max_inflight at once), retry with backoff, or dead-letter
+//     (broker-confirmed) as the answer says;
 //  4. on success the ID is recorded "completed" (fsynced), and only then the delivery is
 //     settled (acknowledged to the broker);
 //  5. the permit is returned.
@@ -122,8 +124,9 @@ type Gate struct {
 	log    *slog.Logger
 	m      *metrics.Metrics
 
-	permits  chan struct{}
-	inflight sync.WaitGroup // one per admitted delivery, done when settled
+	permits   chan struct{}  // admission: 2×MaxInflight
+	pushSlots chan struct{}  // concurrent pushes: MaxInflight
+	inflight  sync.WaitGroup // one per admitted delivery, done when settled
 
 	// stopping is closed when the drain starts: no new push starts, waits end.
 	stopping chan struct{}
@@ -183,7 +186,11 @@ func New(src adapters.Source, store Store, opts Options) *Gate {
 	hardCtx, hardCancel := context.WithCancel(context.Background())
 	g := &Gate{
 		opts: opts, src: src, store: store, log: opts.Logger, m: opts.Metrics,
-		permits:     make(chan struct{}, opts.MaxInflight),
+		// Admission is twice the push concurrency so that the next messages are already
+		// read and recorded in flight while earlier ones wait for their completion fsync:
+		// the fsync is then off the push path.
+		permits:     make(chan struct{}, 2*opts.MaxInflight),
+		pushSlots:   make(chan struct{}, opts.MaxInflight),
 		stopping:    make(chan struct{}),
 		hardCtx:     hardCtx,
 		hardCancel:  hardCancel,
@@ -429,7 +436,14 @@ func (g *Gate) process(it *item) {
 		}
 		it.pushes++
 		attempt := it.baseAttempt + it.pushes
+		select {
+		case g.pushSlots <- struct{}{}:
+		case <-g.stopping:
+			g.abandon(it)
+			return
+		}
 		res := g.pusher.Push(g.hardCtx, it.d, attempt, it.redelivered || it.pushes > 1)
+		<-g.pushSlots
 		g.m.Delivery(res.Verdict.String(), res.Duration.Seconds())
 		g.noteApp(res)
 		switch res.Verdict {
@@ -522,6 +536,13 @@ func (g *Gate) deadLetter(it *item, f adapters.Failure) {
 		cancel()
 		if err == nil {
 			g.complete(it, outcomeDeadLettered)
+			return
+		}
+		if errors.Is(err, adapters.ErrStaleDelivery) {
+			// The broker redelivers it; the redelivered copy (waiting behind this one
+			// for its ID) will be dead-lettered in its turn.
+			g.log.Warn("dead-letter refused for a stale delivery; leaving it to redelivery", "id", it.d.ID, "error", err)
+			g.abandon(it)
 			return
 		}
 		g.m.Error("dead_letter")

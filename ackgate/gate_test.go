@@ -32,6 +32,7 @@ type fakeSource struct {
 	order   []string           // IDs settled with nil, in order
 	dls     []adapters.Failure
 	dlErrs  int // fail this many DeadLetter calls first
+	dlStale bool
 	onAck   func(d *adapters.Delivery, err error)
 }
 
@@ -52,6 +53,9 @@ func (s *fakeSource) Read(ctx context.Context) (*adapters.Delivery, error) {
 func (s *fakeSource) DeadLetter(_ context.Context, d *adapters.Delivery, f adapters.Failure) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.dlStale {
+		return fmt.Errorf("channel gone: %w", adapters.ErrStaleDelivery)
+	}
 	if s.dlErrs > 0 {
 		s.dlErrs--
 		return errors.New("broker said no")
@@ -545,9 +549,12 @@ func TestMaxInflightBackpressure(t *testing.T) {
 		src.send("m"+strconv.Itoa(i), "", "")
 	}
 	waitFor(t, "8 pushes in flight", func() bool { return a.inflight.Load() == 8 })
-	time.Sleep(100 * time.Millisecond) // give an unbounded gate the chance to read more
-	if n := src.reads.Load(); n != 8 {
-		t.Fatalf("read %d deliveries with max_inflight 8", n)
+	time.Sleep(100 * time.Millisecond) // give an unbounded gate the chance to read or push more
+	if n := src.reads.Load(); n != 16 {
+		t.Fatalf("read %d deliveries with max_inflight 8, want the admission bound 16", n)
+	}
+	if n := a.inflight.Load(); n != 8 {
+		t.Fatalf("%d pushes in flight with max_inflight 8", n)
 	}
 	close(release)
 	waitFor(t, "all settled", func() bool { return src.settledCount() == 100 })
@@ -856,4 +863,21 @@ func TestPersistedRetryScheduleSurvivesRestart(t *testing.T) {
 		})
 		_ = stop()
 	})
+}
+
+func TestStaleDeadLetterIsAbandonedNotRetriedForever(t *testing.T) {
+	_, url := newApp(t, func(_ string, _ int, w http.ResponseWriter) bool {
+		w.WriteHeader(http.StatusBadRequest)
+		return true
+	})
+	src := newFakeSource()
+	src.dlStale = true
+	o := opts(url)
+	o.DeadLetter = true
+	start(t, src, openStore(t), o)
+	src.send("stale", "p0", "")
+	waitFor(t, "settled", func() bool { return src.settledCount() == 1 })
+	if r := src.results("stale"); !errors.Is(r[0], adapters.ErrNotDone) {
+		t.Fatalf("settled %v, want not done", r)
+	}
 }

@@ -36,6 +36,11 @@ var (
 
 	// ErrNoDeadLetter is returned by DeadLetter when no dead-letter target is configured.
 	ErrNoDeadLetter = errors.New("no dead-letter target configured")
+
+	// ErrStaleDelivery is returned (wrapped) by DeadLetter when the delivery can no longer
+	// be settled — its channel or partition assignment is gone — so the broker will
+	// redeliver it. Retrying is pointless; the gate abandons the delivery instead.
+	ErrStaleDelivery = errors.New("delivery is stale: the broker will redeliver it")
 )
 
 // Header is one original message header or property, in broker order. Keys may repeat.

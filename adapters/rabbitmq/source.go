@@ -34,7 +34,7 @@ var (
 	// broker already requeued the message and will redeliver it, so it can be neither
 	// acknowledged nor dead-lettered any more. The ack gate should settle it (the settlement
 	// is dropped) and wait for the redelivery.
-	ErrStaleDelivery = errors.New("delivery's channel is closed; the broker will redeliver it")
+	ErrStaleDelivery = fmt.Errorf("delivery's channel is closed: %w", adapters.ErrStaleDelivery)
 
 	// ErrNotConfirmed is returned by DeadLetter when the broker did not confirm the
 	// dead-letter copy: it nacked it, returned it as unroutable, or the channel closed.
