@@ -86,7 +86,8 @@ type result struct {
 	rate     float64 // msg/s
 	p50, p99 time.Duration
 	rssMB    float64
-	order    int // per-key order violations seen by the app
+	cpuUs    float64 // consumer CPU (user+sys) per message, microseconds
+	order    int     // per-key order violations seen by the app
 }
 
 type contender struct {
@@ -146,19 +147,20 @@ log: {level: warn}
 			if err != nil {
 				return fmt.Errorf("%s run %d: %w", c.name, r+1, err)
 			}
-			fmt.Printf("  run %d %-34s %9.0f msg/s  p50 %7.1f ms  p99 %7.1f ms  RSS %5.1f MB  order violations %d\n",
-				r+1, c.name, res.rate, ms(res.p50), ms(res.p99), res.rssMB, res.order)
+			fmt.Printf("  run %d %-34s %9.0f msg/s  p50 %7.1f ms  p99 %7.1f ms  RSS %5.1f MB  CPU %5.1f µs/msg  order violations %d\n",
+				r+1, c.name, res.rate, ms(res.p50), ms(res.p99), res.rssMB, res.cpuUs, res.order)
 			results[i] = append(results[i], res)
 		}
 	}
-	fmt.Printf("\n%-34s %10s %10s %10s %12s %8s\n", "median of "+strconv.Itoa(runs), "msg/s", "p50 ms", "p99 ms", "peak RSS MB", "vs loop")
+	fmt.Printf("\n%-34s %10s %10s %10s %12s %11s %8s\n", "median of "+strconv.Itoa(runs), "msg/s", "p50 ms", "p99 ms", "peak RSS MB", "CPU µs/msg", "vs loop")
 	base := median(results[0], func(r result) float64 { return r.rate })
 	for i, c := range contenders {
 		rate := median(results[i], func(r result) float64 { return r.rate })
-		fmt.Printf("%-34s %10.0f %10.1f %10.1f %12.1f %7.2fx\n", c.name, rate,
+		fmt.Printf("%-34s %10.0f %10.1f %10.1f %12.1f %11.1f %7.2fx\n", c.name, rate,
 			median(results[i], func(r result) float64 { return ms(r.p50) }),
 			median(results[i], func(r result) float64 { return ms(r.p99) }),
-			median(results[i], func(r result) float64 { return r.rssMB }), rate/base)
+			median(results[i], func(r result) float64 { return r.rssMB }),
+			median(results[i], func(r result) float64 { return r.cpuUs }), rate/base)
 	}
 	return nil
 }
@@ -241,8 +243,9 @@ func runOnce(sc scenario, c contender, n int, dir string) (result, error) {
 	}
 	res := a.result(n)
 	res.rssMB = rss
+	res.cpuUs = cpuSeconds(cmd.Process.Pid) * 1e6 / float64(n)
 	if os.Getenv("BENCH_DEBUG") != "" {
-		fmt.Println(tail(logs.String()))
+		fmt.Println(logs.String())
 		b, _ := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/status")
 		for _, l := range strings.Split(string(b), "\n") {
 			if strings.HasPrefix(l, "Rss") || strings.HasPrefix(l, "VmHWM") {
@@ -265,11 +268,13 @@ func produce(brokers []string, n, keys int) ([]int64, error) {
 	}
 	defer cl.Close()
 	ends := make([]int64, partitions)
-	payload := bytes.Repeat([]byte("x"), 100)
 	var wg sync.WaitGroup
 	var failed atomic.Value
 	for i := 0; i < n; i++ {
 		p := int32(i % partitions)
+		// ~100 B of JSON that compresses like real events do (not a run of one byte).
+		payload := fmt.Appendf(nil, `{"order":%d,"customer":"c-%05d","amount":%d.%02d,"sku":"%08x","note":"bench"}`,
+			i, i%9973, i%997, i%100, uint32(i)*2654435761)
 		r := &kgo.Record{Partition: p, Value: payload, Headers: []kgo.RecordHeader{{Key: "message-id", Value: []byte("m-" + strconv.Itoa(i))}}}
 		if keys > 0 {
 			r.Key = []byte("key-" + strconv.Itoa(i%keys))
@@ -436,6 +441,22 @@ func peakRSS(pid int) float64 {
 		}
 	}
 	return 0
+}
+
+// cpuSeconds reads utime+stime of pid from /proc (clock ticks of 1/100 s on Linux).
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100
 }
 
 func median(rs []result, f func(result) float64) float64 {

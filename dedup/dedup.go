@@ -144,6 +144,11 @@ type Options struct {
 	LockTimeout time.Duration
 	// MaxBatch is the most Puts written in one commit; <= 0 means 1024.
 	MaxBatch int
+	// Linger is how long the writer waits for more Puts before committing a batch that is
+	// not full; 0 commits as soon as the writer is free. A few hundred microseconds cut
+	// the commits (and their fdatasyncs) per record several-fold at high rates, at the
+	// cost of that much added latency per record.
+	Linger time.Duration
 	// Logger receives state changes (open, commit failures and recoveries, eviction);
 	// nil means slog.Default().
 	Logger *slog.Logger

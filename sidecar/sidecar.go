@@ -25,6 +25,10 @@ import (
 	"github.com/mqsidecar/mqsidecar/metrics"
 )
 
+// storeLinger lets dedup group commits fill up: the gate keeps the fsync off the push path,
+// so a sub-millisecond wait costs no throughput and saves most commits.
+const storeLinger = time.Millisecond
+
 // Sidecar is one composed instance. Create it with New, then call Run once.
 type Sidecar struct {
 	cfg     config.Config
@@ -45,7 +49,7 @@ func New(cfg config.Config, log *slog.Logger) (*Sidecar, error) {
 	pending := errors.New("app health not checked yet")
 	s.appOK.Store(&pending)
 	if cfg.Dedup.Enabled {
-		st, err := dedup.Open(cfg.Dedup.Path, dedup.Options{TTL: cfg.Dedup.TTL, MaxEntries: cfg.Dedup.MaxEntries, Logger: log})
+		st, err := dedup.Open(cfg.Dedup.Path, dedup.Options{TTL: cfg.Dedup.TTL, MaxEntries: cfg.Dedup.MaxEntries, Logger: log, Linger: storeLinger})
 		if err != nil {
 			return nil, err
 		}

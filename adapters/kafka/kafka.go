@@ -40,6 +40,10 @@ import (
 	"github.com/mqsidecar/mqsidecar/metrics"
 )
 
+// lowWater is the number of buffered records below which Read tops up from the client's
+// own buffer, without blocking.
+const lowWater = 1024
+
 // revokeWait bounds how long a revoke waits for in-flight records of the revoked partitions
 // to settle before committing; it must stay well inside the group's rebalance timeout.
 const revokeWait = 5 * time.Second
@@ -94,10 +98,11 @@ type Source struct {
 	extra []kgo.Opt
 	cl    *kgo.Client
 
-	mu    sync.Mutex
-	parts map[topicPartition]*partState
-	rr    []*partState // partitions with buffered records, served round-robin
-	rrPos int
+	mu       sync.Mutex
+	parts    map[topicPartition]*partState
+	rr       []*partState // partitions with buffered records, served round-robin
+	rrPos    int
+	buffered int // records in all partStates' buffers
 
 	// laneFull (LaneLimiter) holds back partitions the gate has enough of; wake unblocks
 	// a Read waiting for one of them.
@@ -146,8 +151,9 @@ func New(cfg config.Kafka, deadLetterTopic string, opts ...Option) (*Source, err
 		kgo.OnPartitionsLost(s.lost),
 		// Bound what the client buffers ahead of the gate (G4): one fetch response is
 		// thousands of small records, far more than max_inflight needs to stay busy.
-		kgo.FetchMaxBytes(1 << 20),
-		kgo.FetchMaxPartitionBytes(256 << 10),
+		// These bound compressed bytes; records decompress to several times that.
+		kgo.FetchMaxBytes(512 << 10),
+		kgo.FetchMaxPartitionBytes(128 << 10),
 		kgo.WithLogger(kgoLogger{s.log}),
 	}
 	if cfg.StartOffset == "latest" {
@@ -189,6 +195,15 @@ func New(cfg config.Kafka, deadLetterTopic string, opts ...Option) (*Source, err
 // Read implements adapters.Source.
 func (s *Source) Read(ctx context.Context) (*adapters.Delivery, error) {
 	for {
+		s.mu.Lock()
+		low := s.buffered < lowWater
+		s.mu.Unlock()
+		if low {
+			// Top up from what the client already fetched (a nil context never blocks),
+			// so lanes do not idle while the last partitions of a fetch drain.
+			s.buffer(s.cl.PollFetches(nil)) //nolint:staticcheck // nil ctx = non-blocking, documented by kgo
+			s.cl.AllowRebalance()
+		}
 		d, held := s.next()
 		if d != nil {
 			return d, nil
@@ -249,6 +264,7 @@ func (s *Source) buffer(fetches kgo.Fetches) {
 				continue
 			}
 			ps.buffered = append(ps.buffered, p.Records...)
+			s.buffered += len(p.Records)
 			if !ps.inRR {
 				ps.inRR = true
 				s.rr = append(s.rr, ps)
@@ -293,6 +309,7 @@ func (s *Source) next() (d *adapters.Delivery, held bool) {
 		ps := s.rr[s.rrPos]
 		if s.parts[ps.tp] != ps || len(ps.buffered) == 0 {
 			ps.inRR = false
+			s.buffered -= len(ps.buffered)
 			ps.buffered = nil
 			s.rr = append(s.rr[:s.rrPos], s.rr[s.rrPos+1:]...)
 			continue
@@ -305,6 +322,7 @@ func (s *Source) next() (d *adapters.Delivery, held bool) {
 		r := ps.buffered[0]
 		ps.buffered[0] = nil
 		ps.buffered = ps.buffered[1:]
+		s.buffered--
 		s.rrPos++
 		seq := ps.nextSeq
 		ps.nextSeq++
