@@ -38,6 +38,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -139,8 +140,9 @@ type Gate struct {
 	active map[string][]*item // ID → copies admitted after the one being processed
 	fatal  error
 
-	appDown   atomic.Bool
-	inflightN atomic.Int64
+	appDown      atomic.Bool
+	headerLogged atomic.Int64 // unix nanos of the last invalid-header log line
+	inflightN    atomic.Int64
 
 	// laneMu guards laneCount and parkedSince. It is a leaf lock: the source calls laneFull
 	// while holding its own lock.
@@ -203,7 +205,7 @@ func New(src adapters.Source, store Store, opts Options) *Gate {
 		g.limiter = ll
 		ll.LimitLanes(g.laneFull)
 	}
-	g.pusher = NewPusher(opts.Push, g.m.InvalidHeaders.Inc)
+	g.pusher = NewPusher(opts.Push, g.invalidHeader)
 	return g
 }
 
@@ -291,6 +293,22 @@ func (g *Gate) isStopping() bool {
 	default:
 		return false
 	}
+}
+
+// invalidHeader counts a message header that was not forwarded, and says so in the log at
+// most once a minute (never once per message).
+func (g *Gate) invalidHeader(name string) {
+	g.m.InvalidHeaders.Inc()
+	now := time.Now().UnixNano()
+	last := g.headerLogged.Load()
+	if now-last < int64(time.Minute) || !g.headerLogged.CompareAndSwap(last, now) {
+		return
+	}
+	if len(name) > 64 {
+		name = name[:64] + "…"
+	}
+	g.log.Warn("message headers not forwarded: invalid HTTP or reserved (counted in mqsidecar_invalid_headers_total; logged at most once a minute)",
+		"example", strconv.QuoteToASCII(name))
 }
 
 // laneFull is the LaneLimiter predicate: lane has LaneLookahead deliveries admitted.

@@ -74,17 +74,17 @@ type Pusher struct {
 	opts PushOptions
 	pool *pool
 	err  error // a bad URL: every push fails permanently with it
-	// invalidHeader is called once per header not forwarded (for metrics).
-	invalidHeader func()
+	// invalidHeader is called once per header not forwarded, with its name.
+	invalidHeader func(name string)
 }
 
 // NewPusher returns a Pusher with a keep-alive pool sized to opts.Conns.
-func NewPusher(opts PushOptions, invalidHeader func()) *Pusher {
+func NewPusher(opts PushOptions, invalidHeader func(name string)) *Pusher {
 	if opts.Conns < 1 {
 		opts.Conns = 1
 	}
 	if invalidHeader == nil {
-		invalidHeader = func() {}
+		invalidHeader = func(string) {}
 	}
 	p := &Pusher{opts: opts, invalidHeader: invalidHeader}
 	p.pool, p.err = newPool(opts.URL, opts.Conns)
@@ -224,7 +224,7 @@ func (p *Pusher) writeHeaders(w *bufio.Writer, d *adapters.Delivery, attempt int
 	for _, kv := range d.Headers {
 		name := http.CanonicalHeaderKey(kv.Key)
 		if reserved[name] || strings.HasPrefix(name, "Ce-") || !validHeaderName(kv.Key) || !validHeaderValue(kv.Value) {
-			p.invalidHeader()
+			p.invalidHeader(kv.Key)
 			continue
 		}
 		line(kv.Key, kv.Value)

@@ -23,7 +23,7 @@ func TestPushHeaders(t *testing.T) {
 	}))
 	defer srv.Close()
 	invalid := 0
-	p := NewPusher(PushOptions{URL: srv.URL, Timeout: time.Second, EventType: "mqsidecar.message", MaxResponseBytes: 1024}, func() { invalid++ })
+	p := NewPusher(PushOptions{URL: srv.URL, Timeout: time.Second, EventType: "mqsidecar.message", MaxResponseBytes: 1024}, func(string) { invalid++ })
 	d := &adapters.Delivery{
 		ID: "id-1", Payload: []byte("hello"), Source: "kafka://orders", Key: "k1",
 		Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), HasCoordinates: true, Partition: 3, Offset: 42,
