@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/mqsidecar/mqsidecar/internal/textdist"
 	"maps"
 	"math"
 	"os"
@@ -236,7 +237,7 @@ func checkEnv(s *schema, environ []string, add func(key, format string, args ...
 func suggest(got string, candidates []string) string {
 	best, bestDist := "", math.MaxInt
 	for _, c := range candidates {
-		if d := editDistance(got, c); d < bestDist {
+		if d := textdist.Levenshtein(got, c); d < bestDist {
 			best, bestDist = c, d
 		}
 	}
@@ -245,27 +246,6 @@ func suggest(got string, candidates []string) string {
 		return ""
 	}
 	return " (did you mean " + best + "?)"
-}
-
-// editDistance is the Levenshtein distance between a and b.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 // convert turns a raw value (from YAML: string, bool, int, float64, []any, map; from the

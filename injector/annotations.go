@@ -3,6 +3,7 @@ package injector
 import (
 	"errors"
 	"fmt"
+	"github.com/mqsidecar/mqsidecar/internal/textdist"
 	"net/url"
 	"slices"
 	"strconv"
@@ -334,7 +335,7 @@ func checkPath(p string) error {
 func suggest(key string) string {
 	best, bestDist := "", 4 // more than 3 edits apart is not a typo
 	for _, k := range knownAnnotations {
-		if d := editDistance(key, k); d < bestDist {
+		if d := textdist.Levenshtein(key, k); d < bestDist {
 			best, bestDist = k, d
 		}
 	}
@@ -342,25 +343,4 @@ func suggest(key string) string {
 		return " (see the chart README for the list)"
 	}
 	return fmt.Sprintf(" (did you mean %s?)", best)
-}
-
-// editDistance is the Levenshtein distance between a and b.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
