@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"github.com/mqsidecar/mqsidecar/internal/textdist"
 	"maps"
 	"math"
 	"os"
@@ -16,6 +15,8 @@ import (
 	"time"
 
 	"github.com/spf13/viper"
+
+	"github.com/mqsidecar/mqsidecar/internal/textdist"
 )
 
 // Load reads the YAML file at path ("" = no file: defaults and environment only), applies

@@ -3,7 +3,6 @@ package injector
 import (
 	"errors"
 	"fmt"
-	"github.com/mqsidecar/mqsidecar/internal/textdist"
 	"net/url"
 	"slices"
 	"strconv"
@@ -12,6 +11,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/mqsidecar/mqsidecar/internal/textdist"
 )
 
 // Pod annotations read by the injector. Every annotation is optional except Inject (the
