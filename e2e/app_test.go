@@ -66,6 +66,7 @@ type recApp struct {
 	inflight   map[string]int
 	concurrent []string                 // IDs pushed while a push of the same ID was being answered
 	hold       map[string]chan struct{} // first push of these IDs waits until the channel is closed
+	abort      map[string]bool          // first push of these IDs is read, then the connection closed unanswered
 	reached    []threshold              // closed when delivered reaches n
 }
 
@@ -79,7 +80,7 @@ func newRecApp(t testing.TB, failPerK int, delay time.Duration) *recApp {
 	t.Helper()
 	a := &recApp{
 		t: t, failPerK: failPerK, delay: delay,
-		seen: map[string]int{}, ok: map[string]int{}, inflight: map[string]int{}, hold: map[string]chan struct{}{},
+		seen: map[string]int{}, ok: map[string]int{}, inflight: map[string]int{}, hold: map[string]chan struct{}{}, abort: map[string]bool{},
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -156,8 +157,10 @@ func (a *recApp) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	first := a.seen[id] == 0
 	a.seen[id]++
 	var hold chan struct{}
+	abort := false
 	if first {
 		hold = a.hold[id]
+		abort = a.abort[id]
 	}
 	mode := a.mode
 	a.mu.Unlock()
@@ -168,6 +171,9 @@ func (a *recApp) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if mode == appDown503 {
 		status = http.StatusServiceUnavailable
+	}
+	if abort {
+		status = 0 // an app that crashed or was cut off after reading the request
 	}
 	if hold != nil {
 		select {
@@ -254,6 +260,16 @@ func (a *recApp) holdFirst(ids ...string) {
 	defer a.mu.Unlock()
 	for _, id := range ids {
 		a.hold[id] = make(chan struct{})
+	}
+}
+
+// abortFirst makes the app read the first push of each id and then close the connection
+// without answering, as an app that crashes mid-request (or a proxy that cuts it off) does.
+func (a *recApp) abortFirst(ids ...string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, id := range ids {
+		a.abort[id] = true
 	}
 }
 

@@ -63,3 +63,40 @@ func harness(t testing.TB, timeout time.Duration, script string, args ...string)
 func uniqueName(prefix string) string {
 	return fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano()%1_000_000_000)
 }
+
+// harnessVerb runs a harness verb (start, stop, restart --hard, ...) and fails the test on
+// error.
+func harnessVerb(t *testing.T, script string, args ...string) {
+	t.Helper()
+	t0 := time.Now()
+	out, err := harness(t, 4*time.Minute, script, args...)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	t.Logf("%s %s: %s", script, strings.Join(args, " "), time.Since(t0).Round(100*time.Millisecond))
+}
+
+// stopStart is a bounce for runBrokerRestart: the harness's stop verb (a graceful broker
+// shutdown), then start once the sidecar's /readyz has turned false. Waiting for that keeps
+// the down window longer than the sidecar's health-check interval; the restart verb can be
+// faster than that on a quiet machine, which would make the readiness check a coin toss.
+// If the test fails while the broker is down, a cleanup starts it again for the next test.
+func stopStart(t *testing.T, script string) func(p *sidecarProc, tail func() string) {
+	return func(p *sidecarProc, tail func() string) {
+		started := false
+		t.Cleanup(func() {
+			if !started {
+				if out, err := harness(t, 4*time.Minute, script, "start"); err != nil {
+					t.Logf("cleanup: %v\n%s", err, out)
+				}
+			}
+		})
+		harnessVerb(t, script, "stop")
+		waitFor(t, time.Minute, "/readyz to turn false while the broker is down", func() (bool, string) {
+			ok, why := p.readyz()
+			return !ok, why
+		}, tail)
+		harnessVerb(t, script, "start")
+		started = true
+	}
+}

@@ -307,3 +307,61 @@ func TestKfakeStoreLocked(t *testing.T) {
 	first.Term(30 * time.Second)
 	t.Logf("second sidecar: exit %d; log:\n%s", code, second.logTail(5))
 }
+
+// TestKfakeAppClosesWithoutAnswer: the app reads a push and closes the connection without
+// answering (it crashed mid-request, or a proxy cut it off). It may have acted on the
+// message, so the next push of that message must carry ce-redelivered: true and a higher
+// ce-deliveryattempt (SPEC G2, push contract). Pushes travel over keep-alive connections, so
+// most of these closes hit a reused connection.
+func TestKfakeAppClosesWithoutAnswer(t *testing.T) {
+	t0 := time.Now()
+	const topic, group, n = "orders", "e2e-abort", 40
+	brokers := newKfake(t, topic, 1)
+	k := newKafkaEnv(t, "kfake", brokers, topic, group)
+	app := newRecApp(t, 0, 0)
+	var msgs []message
+	var aborted []string
+	for i := range n {
+		id := fmt.Sprintf("a-%02d", i)
+		msgs = append(msgs, message{ID: id, Key: "k", Partition: -1})
+		if i%4 == 3 {
+			aborted = append(aborted, id)
+		}
+	}
+	app.abortFirst(aborted...)
+	p := newSidecarConfig(t, "sidecar", kafkaConfig{
+		brokers: brokers, topic: topic, group: group, appURL: app.url(),
+		dedupPath: filepath.Join(t.TempDir(), "dedup.db"),
+	}.yaml()).start()
+	k.mustProduce(msgs...)
+	tail := func() string { return p.logTail(30) }
+	app.waitDelivered(t, n, 30*time.Second, tail)
+	k.waitLagZero(30*time.Second, tail)
+	p.Term(30 * time.Second)
+
+	pushes, conc := app.snapshot()
+	var wrong []string
+	for _, id := range aborted {
+		var ps []push
+		for _, x := range pushes {
+			if x.ID == id {
+				ps = append(ps, x)
+			}
+		}
+		if len(ps) < 2 {
+			wrong = append(wrong, fmt.Sprintf("%s: %d pushes, want at least 2 (the first was cut off)", id, len(ps)))
+			continue
+		}
+		if !ps[1].Redelivered || ps[1].Attempt <= ps[0].Attempt {
+			wrong = append(wrong, fmt.Sprintf("%s: push after the cut-off one has ce-redelivered=%v ce-deliveryattempt=%d (first: %d), want true and higher",
+				id, ps[1].Redelivered, ps[1].Attempt, ps[0].Attempt))
+		}
+	}
+	r := check(k.producedSoFar(), pushes, conc, true, true)
+	printTable(t, row{Broker: "kfake", Test: "app-closes-unanswered", Order: true, Took: time.Since(t0), Report: r,
+		Comments: fmt.Sprintf("%d of %d pushes cut off after the app read them", len(aborted), n)})
+	r.requireClean(t)
+	if len(wrong) > 0 {
+		t.Errorf("a message the app may have processed was pushed again without ce-redelivered (G2):\n%s", strings.Join(wrong, "\n"))
+	}
+}
