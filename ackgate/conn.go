@@ -137,13 +137,16 @@ type response struct {
 	body       []byte // at most maxBody bytes; nil when larger
 }
 
-// do sends one POST. writeHeaders writes the header lines (each ending in CRLF). The
-// deadline bounds the whole exchange; ctx cancellation aborts it.
-func (p *pool) do(ctx context.Context, deadline time.Time, writeHeaders func(*bufio.Writer), body []byte, maxBody int64) (response, error) {
+// do sends one POST. writeHeaders writes the header lines (each ending in CRLF); resent is
+// true when the request is written a second time (see below). The deadline bounds the
+// whole exchange; ctx cancellation aborts it.
+func (p *pool) do(ctx context.Context, deadline time.Time, writeHeaders func(w *bufio.Writer, resent bool), body []byte, maxBody int64) (response, error) {
 	for try := 0; ; try++ {
-		resp, reusedStale, err := p.try(ctx, deadline, writeHeaders, body, maxBody)
-		// One immediate retry on a fresh connection when a reused one turned out closed,
-		// as net/http does for requests it knows were not processed.
+		resp, reusedStale, err := p.try(ctx, deadline, writeHeaders, try > 0, body, maxBody)
+		// A reused connection that closed without a byte of answer was most likely closed
+		// by the app while idle, before our request arrived: retry once on a fresh one.
+		// The app may also have read the request and died before answering, so the resent
+		// request says it may be a redelivery.
 		if err != nil && reusedStale && try == 0 && ctx.Err() == nil && time.Now().Before(deadline) {
 			continue
 		}
@@ -151,7 +154,7 @@ func (p *pool) do(ctx context.Context, deadline time.Time, writeHeaders func(*bu
 	}
 }
 
-func (p *pool) try(ctx context.Context, deadline time.Time, writeHeaders func(*bufio.Writer), body []byte, maxBody int64) (r response, stale bool, err error) {
+func (p *pool) try(ctx context.Context, deadline time.Time, writeHeaders func(*bufio.Writer, bool), resent bool, body []byte, maxBody int64) (r response, stale bool, err error) {
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	pc, reused, err := p.get(dctx)
@@ -179,7 +182,7 @@ func (p *pool) try(ctx context.Context, deadline time.Time, writeHeaders func(*b
 	bw.WriteString("\r\nContent-Length: ")
 	bw.WriteString(strconv.Itoa(len(body)))
 	bw.WriteString("\r\n")
-	writeHeaders(bw)
+	writeHeaders(bw, resent)
 	bw.WriteString("\r\n")
 	bw.Write(body)
 	if err := bw.Flush(); err != nil {

@@ -18,6 +18,11 @@ import (
 // all connections, and closes the connection after it when closeAfter says so.
 func rawServer(t *testing.T, reply func(n int) (resp string, closeAfter bool)) (url string, conns *atomic.Int64) {
 	t.Helper()
+	return rawServerReq(t, func(n int, _ *http.Request) (string, bool) { return reply(n) })
+}
+
+func rawServerReq(t *testing.T, reply func(n int, req *http.Request) (resp string, closeAfter bool)) (url string, conns *atomic.Int64) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -41,7 +46,7 @@ func rawServer(t *testing.T, reply func(n int) (resp string, closeAfter bool)) (
 						return
 					}
 					_, _ = io.Copy(io.Discard, req.Body)
-					resp, closeAfter := reply(int(n.Add(1)))
+					resp, closeAfter := reply(int(n.Add(1)), req)
 					if _, err := io.WriteString(c, resp); err != nil || closeAfter {
 						return
 					}
@@ -67,9 +72,13 @@ func TestPoolReusesConnections(t *testing.T) {
 }
 
 // An app that closes idle keep-alive connections (Node.js does after 5 s) must not turn the
-// next push into a failure.
+// next push into a failure; the resent request is flagged, since the app may have read it.
 func TestPoolRetriesOnceOnStaleConnection(t *testing.T) {
-	url, conns := rawServer(t, func(int) (string, bool) {
+	var resent atomic.Int64
+	url, conns := rawServerReq(t, func(_ int, req *http.Request) (string, bool) {
+		if req.Header.Get("ce-redelivered") == "true" {
+			resent.Add(1)
+		}
 		return "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", true // closes without saying so
 	})
 	p := NewPusher(PushOptions{URL: url, Timeout: time.Second, MaxResponseBytes: 1024}, nil)
@@ -81,6 +90,9 @@ func TestPoolRetriesOnceOnStaleConnection(t *testing.T) {
 	}
 	if conns.Load() < 5 {
 		t.Fatalf("expected a fresh connection per push, got %d", conns.Load())
+	}
+	if resent.Load() == 0 {
+		t.Fatal("a request resent after a connection closed unanswered must carry ce-redelivered")
 	}
 }
 
