@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -32,8 +33,11 @@ type pool struct {
 	// commonly close idle keep-alive connections after 5 s (Node.js), and a request on a
 	// connection the app is closing fails.
 	idleTimeout time.Duration
-	mu          sync.Mutex
-	closed      bool
+	// checkAfter: a connection idle longer than this is checked for a close by the app
+	// before it is reused (a busy connection is not worth the extra system call).
+	checkAfter time.Duration
+	mu         sync.Mutex
+	closed     bool
 }
 
 type pconn struct {
@@ -65,6 +69,7 @@ func newPool(rawURL string, size int) (*pool, error) {
 		dialer:      net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second},
 		idle:        make(chan *pconn, size),
 		idleTimeout: 4 * time.Second,
+		checkAfter:  500 * time.Millisecond,
 	}
 	if u.Scheme == "https" {
 		p.tlsConfig = &tls.Config{ServerName: u.Hostname(), MinVersion: tls.VersionTLS12}
@@ -77,7 +82,8 @@ func (p *pool) get(ctx context.Context) (pc *pconn, reused bool, err error) {
 	for {
 		select {
 		case pc := <-p.idle:
-			if time.Since(pc.lastUsed) < p.idleTimeout {
+			idle := time.Since(pc.lastUsed)
+			if idle < p.idleTimeout && (idle < p.checkAfter || alive(pc)) {
 				return pc, true, nil
 			}
 			pc.c.Close()
@@ -99,6 +105,32 @@ func (p *pool) get(ctx context.Context) (pc *pconn, reused bool, err error) {
 		c = tc
 	}
 	return &pconn{c: c, br: bufio.NewReaderSize(c, 4096), bw: bufio.NewWriterSize(c, 4096)}, false, nil
+}
+
+// alive reports whether the app has not closed pc while it sat idle. It peeks at the
+// socket without blocking: EOF or unexpected bytes mean the connection is unusable.
+func alive(pc *pconn) bool {
+	if pc.br.Buffered() > 0 {
+		return false // bytes nobody asked for: the framing is lost
+	}
+	sc, ok := pc.c.(syscall.Conn)
+	if !ok {
+		return true // TLS: no cheap check; a failure becomes a counted retry
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	ok = false
+	_ = rc.Read(func(fd uintptr) bool {
+		var b [1]byte
+		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		// Only "would block" means open and quiet; EOF (no error, 0 bytes), data or any
+		// other error means unusable.
+		ok = errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EWOULDBLOCK)
+		return true // never wait for readability
+	})
+	return ok
 }
 
 func (p *pool) put(pc *pconn) {
@@ -137,29 +169,16 @@ type response struct {
 	body       []byte // at most maxBody bytes; nil when larger
 }
 
-// do sends one POST. writeHeaders writes the header lines (each ending in CRLF); resent is
-// true when the request is written a second time (see below). The deadline bounds the
-// whole exchange; ctx cancellation aborts it.
-func (p *pool) do(ctx context.Context, deadline time.Time, writeHeaders func(w *bufio.Writer, resent bool), body []byte, maxBody int64) (response, error) {
-	for try := 0; ; try++ {
-		resp, reusedStale, err := p.try(ctx, deadline, writeHeaders, try > 0, body, maxBody)
-		// A reused connection that closed without a byte of answer was most likely closed
-		// by the app while idle, before our request arrived: retry once on a fresh one.
-		// The app may also have read the request and died before answering, so the resent
-		// request says it may be a redelivery.
-		if err != nil && reusedStale && try == 0 && ctx.Err() == nil && time.Now().Before(deadline) {
-			continue
-		}
-		return resp, err
-	}
-}
-
-func (p *pool) try(ctx context.Context, deadline time.Time, writeHeaders func(*bufio.Writer, bool), resent bool, body []byte, maxBody int64) (r response, stale bool, err error) {
+// do sends one POST. writeHeaders writes the header lines (each ending in CRLF). The
+// deadline bounds the whole exchange; ctx cancellation aborts it. A failure is never
+// retried here: the app may have read the request, so a second push must be a counted,
+// flagged attempt of the gate.
+func (p *pool) do(ctx context.Context, deadline time.Time, writeHeaders func(*bufio.Writer), body []byte, maxBody int64) (r response, err error) {
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	pc, reused, err := p.get(dctx)
+	pc, _, err := p.get(dctx)
 	if err != nil {
-		return r, false, err
+		return r, err
 	}
 	_ = pc.c.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { _ = pc.c.SetDeadline(time.Unix(1, 0)) })
@@ -182,41 +201,27 @@ func (p *pool) try(ctx context.Context, deadline time.Time, writeHeaders func(*b
 	bw.WriteString("\r\nContent-Length: ")
 	bw.WriteString(strconv.Itoa(len(body)))
 	bw.WriteString("\r\n")
-	writeHeaders(bw, resent)
+	writeHeaders(bw)
 	bw.WriteString("\r\n")
 	bw.Write(body)
 	if err := bw.Flush(); err != nil {
-		return r, reused, err
-	}
-	if reused {
-		// Peek distinguishes "closed before answering" (stale) from a broken answer.
-		if _, err := pc.br.Peek(1); err != nil {
-			return r, isClosed(err), err
-		}
+		return r, err
 	}
 	resp, err := http.ReadResponse(pc.br, nil)
 	if err != nil {
-		return r, false, fmt.Errorf("read response: %w", err)
+		return r, fmt.Errorf("read response: %w", err)
 	}
 	r.status = resp.StatusCode
 	r.retryAfter = resp.Header.Get("Retry-After")
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxBody+1))
 	if err != nil {
 		resp.Body.Close()
-		return r, false, fmt.Errorf("read response body: %w", err)
+		return r, fmt.Errorf("read response body: %w", err)
 	}
 	if int64(len(b)) <= maxBody {
 		r.body = b
 		ok = !resp.Close
 	}
 	resp.Body.Close()
-	return r, false, nil
-}
-
-func isClosed(err error) bool {
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return false
-	}
-	return true // EOF, connection reset, broken pipe
+	return r, nil
 }

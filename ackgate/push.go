@@ -113,8 +113,8 @@ func (p *Pusher) push(ctx context.Context, d *adapters.Delivery, attempt int, re
 	if p.opts.MaxMessageBytes > 0 && len(d.Payload) > p.opts.MaxMessageBytes {
 		return Result{Verdict: Permanent, Err: fmt.Errorf("payload of %d bytes exceeds delivery.max_message_bytes (%d)", len(d.Payload), p.opts.MaxMessageBytes)}
 	}
-	resp, err := p.pool.do(ctx, time.Now().Add(p.opts.Timeout), func(w *bufio.Writer, resent bool) {
-		p.writeHeaders(w, d, attempt, redelivered || resent)
+	resp, err := p.pool.do(ctx, time.Now().Add(p.opts.Timeout), func(w *bufio.Writer) {
+		p.writeHeaders(w, d, attempt, redelivered)
 	}, d.Payload, p.opts.MaxResponseBytes)
 	if err != nil {
 		return Result{Verdict: Retry, Err: err}
