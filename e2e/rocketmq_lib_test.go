@@ -338,7 +338,6 @@ type rocketConfig struct {
 	mode             string
 	appURL           string
 	dedupPath        string
-	deliveryExtra    string // lines inside the delivery section
 }
 
 func (c rocketConfig) yaml() string {
@@ -358,14 +357,13 @@ app:
 delivery:
   max_inflight: 64
   backoff: {initial: 20ms, max: 500ms, multiplier: 2}
-%s
 dedup:
   path: %s
 admin:
   listen: 127.0.0.1:0
 shutdown_timeout: 10s
 log: {level: info, format: json}
-`, c.ns, c.group, c.topic, rocketIDProperty, c.mode, c.appURL, c.deliveryExtra, c.dedupPath)
+`, c.ns, c.group, c.topic, rocketIDProperty, c.mode, c.appURL, c.dedupPath)
 }
 
 // queueSpread describes how many copies went to each queue (for logs).
