@@ -739,6 +739,14 @@ func (s *Source) countError(kind string) {
 	}
 }
 
+// routeTopic is the topic as the name server knows it (with the namespace prefix).
+func (s *Source) routeTopic() string {
+	if s.cfg.Namespace != "" {
+		return s.cfg.Namespace + "%" + s.cfg.Topic
+	}
+	return s.cfg.Topic
+}
+
 // health refreshes readiness and consumer lag until Close.
 func (s *Source) health() {
 	defer close(s.hcDone)
@@ -756,7 +764,10 @@ func (s *Source) health() {
 			seen = when
 			s.countError("broker")
 		}
-		if time.Since(when) < readyErrorWindow {
+		if err := probe(s.cfg.Nameservers, s.routeTopic(), 2*time.Second); err != nil {
+			s.countError("broker")
+			s.setReady(err)
+		} else if time.Since(when) < readyErrorWindow {
 			s.setReady(fmt.Errorf("rocketmq: pulling from the broker failed %s ago: %s", time.Since(when).Round(time.Second), msg))
 		} else {
 			s.setReady(nil)
