@@ -223,6 +223,9 @@ func (p *Pusher) writeHeaders(w *bufio.Writer, d *adapters.Delivery, attempt int
 	}
 	for _, kv := range d.Headers {
 		name := http.CanonicalHeaderKey(kv.Key)
+		if name == "Content-Type" {
+			continue // already carried as the request's Content-Type
+		}
 		if reserved[name] || strings.HasPrefix(name, "Ce-") || !validHeaderName(kv.Key) || !validHeaderValue(kv.Value) {
 			p.invalidHeader(kv.Key)
 			continue

@@ -73,8 +73,13 @@ func TestPushHeaders(t *testing.T) {
 	}
 
 	// Not redelivered, no key, no coordinates, content type from the message.
-	d2 := &adapters.Delivery{ID: "id-2", Payload: []byte("{}"), Source: "rabbitmq:///q", ContentType: "application/json"}
+	d2 := &adapters.Delivery{ID: "id-2", Payload: []byte("{}"), Source: "rabbitmq:///q", ContentType: "application/json",
+		Headers: []adapters.Header{{Key: "content-type", Value: "application/json"}}}
+	invalid = 0
 	p.Push(context.Background(), d2, 1, false)
+	if invalid != 0 {
+		t.Errorf("the message's own content-type counted as an invalid header")
+	}
 	if got.Get("Ce-Redelivered") != "" || got.Get("Ce-Partitionkey") != "" || got.Get("Ce-Offset") != "" || got.Get("Ce-Time") != "" {
 		t.Errorf("unexpected optional headers: %v", got)
 	}
