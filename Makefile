@@ -53,7 +53,8 @@ test-e2e: build
 
 ## bench: the throughput/latency/RSS benchmarks (medians of several runs, with baselines).
 bench:
-	$(GO) run ./bench -runs 5
+	$(GO) run ./bench -runs 5 -scenario partition
+	$(GO) run ./bench -runs 3 -scenario key
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

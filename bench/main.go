@@ -8,7 +8,7 @@
 // per message: the time from its push arriving at the app to the first observed commit
 // covering its offset (committed offsets are polled every few milliseconds).
 //
-// Usage: go run ./bench [-runs 5] [-messages 50000] [-scenario partition|key]
+// Usage: go run ./bench [-runs 5] [-messages N] [-scenario partition|key|none]
 package main
 
 import (
@@ -58,7 +58,7 @@ var scenarios = map[string]scenario{
 func main() {
 	mode := flag.String("mode", "", "internal: baseline (run the hand-written loop)")
 	runs := flag.Int("runs", 5, "runs per contender; medians are reported")
-	messages := flag.Int("messages", 50000, "messages per run")
+	messages := flag.Int("messages", 0, "messages per run (default 50000; 10000 for -scenario key, whose baseline does 200 msg/s)")
 	scen := flag.String("scenario", "partition", "partition | key")
 	brokers := flag.String("brokers", "", "internal")
 	appURL := flag.String("app", "", "internal")
@@ -74,6 +74,12 @@ func main() {
 	if !ok {
 		fmt.Fprintln(os.Stderr, "unknown scenario", *scen)
 		os.Exit(2)
+	}
+	if *messages == 0 {
+		*messages = 50000
+		if sc.appDelay > 0 {
+			*messages = 10000
+		}
 	}
 	if err := bench(sc, *runs, *messages); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
