@@ -48,24 +48,9 @@ NAMESRV_OUT=$DATA/namesrv.out
 BROKER_OUT=$DATA/broker.out
 BROKER_LOG=$RMQ_HOME/logs/rocketmqlogs/broker.log
 
-log() { printf '[%s] %s\n' "$HARNESS_NAME" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-now_ms() { date +%s%3N; }
-elapsed_since() {
-	local d=$(( $(now_ms) - $1 ))
-	printf '%d.%01ds' $((d / 1000)) $(((d % 1000) / 100))
-}
-log_tail() {
-	local f=$1 n=${2:-60}
-	if [[ -s $f ]]; then
-		log "---- last $n lines of $f ----"
-		tail -n "$n" "$f" >&2 || true
-		log "---- end of $f ----"
-	else
-		log "(log $f is missing or empty)"
-	fi
-}
-port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+# log, die, now_ms, elapsed_since, log_tail, port_open: shared with the other broker scripts.
+# shellcheck source=lib.sh
+source "$HARNESS_DIR/lib.sh"
 
 # pid_of PIDFILE MARKER — print the pid when the process runs and its command line contains
 # MARKER (a recycled pid from a stale pid file does not count).
