@@ -16,18 +16,18 @@ func (t TLS) ClientConfig() (*tls.Config, error) {
 	if t.CAFile != "" {
 		pem, err := os.ReadFile(t.CAFile)
 		if err != nil {
-			return nil, fmt.Errorf("tls: read ca_file: %w", err)
+			return nil, fmt.Errorf("tls.ca_file: %w", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("tls: ca_file %s holds no PEM certificate", t.CAFile)
+			return nil, fmt.Errorf("tls.ca_file: no PEM certificate in %s", t.CAFile)
 		}
 		c.RootCAs = pool
 	}
 	if t.CertFile != "" || t.KeyFile != "" {
 		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
 		if err != nil {
-			return nil, fmt.Errorf("tls: load cert_file/key_file: %w", err)
+			return nil, fmt.Errorf("tls.cert_file/key_file: %w", err)
 		}
 		c.Certificates = []tls.Certificate{cert}
 	}
