@@ -99,6 +99,11 @@ type RocketMQ struct {
 	SecretKeyFile  string `mapstructure:"secret_key_file"`
 	// SuspendTime is how long an orderly queue pauses before a retry.
 	SuspendTime time.Duration `mapstructure:"suspend_time"`
+	// InstanceName is the client instance name, part of the client ID the broker knows the
+	// consumer by. Set it to something stable per instance (the pod name) so that a
+	// restarted sidecar is the same client and, in orderly mode, takes its queue locks back
+	// at once instead of waiting for them to expire (60 s). "" = unique per process.
+	InstanceName string `mapstructure:"instance_name"`
 }
 
 // RabbitMQ configures adapters/rabbitmq.

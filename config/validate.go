@@ -363,6 +363,9 @@ func (c Config) checkRocketMQ(ck *checker) {
 	if r.SuspendTime <= 0 {
 		ck.add("source.rocketmq.suspend_time", "must be greater than 0, got %s", r.SuspendTime)
 	}
+	if !validInstanceName(r.InstanceName) {
+		ck.add("source.rocketmq.instance_name", "%q: use 1-64 of a-z A-Z 0-9 . _ - (or leave it empty)", r.InstanceName)
+	}
 	if r.AccessKey != "" && r.SecretKey == "" {
 		ck.add("source.rocketmq.secret_key", "required when source.rocketmq.access_key is set (or set source.rocketmq.secret_key_file, or %s)", EnvVar("source.rocketmq.secret_key"))
 	}
@@ -485,4 +488,18 @@ func (c Config) checkRest(ck *checker) {
 	}
 	ck.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	ck.oneOf("log.format", c.Log.Format, "json", "text")
+}
+
+// validInstanceName accepts "" (unset) or 1-64 of a-z A-Z 0-9 . _ -: the client ID is
+// "<ip>@<instance name>", so separators and spaces would make it ambiguous.
+func validInstanceName(name string) bool {
+	if len(name) > 64 {
+		return false
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return false
+		}
+	}
+	return true
 }

@@ -116,6 +116,7 @@ func TestValidationRules(t *testing.T) {
 		{"rocketmq mode", rmq, func(c *Config) { c.Source.RocketMQ.Mode = "ordered" }, "source.rocketmq.mode", "concurrent | orderly"},
 		{"rocketmq dead_letter_mode", rmq, func(c *Config) { c.Source.RocketMQ.DeadLetterMode = "dlq" }, "source.rocketmq.dead_letter_mode", "topic | broker"},
 		{"rocketmq suspend_time", rmq, func(c *Config) { c.Source.RocketMQ.SuspendTime = -time.Second }, "source.rocketmq.suspend_time", "greater than 0"},
+		{"rocketmq instance_name", rmq, func(c *Config) { c.Source.RocketMQ.InstanceName = "pod 7@x" }, "source.rocketmq.instance_name", "a-z A-Z 0-9"},
 		{"rocketmq secret without access", rmq, func(c *Config) { c.Source.RocketMQ.SecretKey = "sk" }, "source.rocketmq.access_key", "required when"},
 		{"rocketmq access without secret", rmq, func(c *Config) { c.Source.RocketMQ.AccessKey = "ak" }, "source.rocketmq.secret_key", "secret_key_file"},
 		{"rocketmq broker mode with target", rmq, func(c *Config) {

@@ -128,8 +128,9 @@ func TestRocketMQE2EBrokerOutageReadiness(t *testing.T) {
 // TestRocketMQE2EOrderlyKillRestart: orderly mode (one unsettled message per queue, queues
 // in parallel), keys hashed to queues by the producer, so per-key order is checked as well;
 // the sidecar is killed with SIGKILL once mid-stream and restarted. The broker keeps a
-// queue's lock for the dead client for 60 s (its rebalance lock lifetime) and the restarted
-// sidecar has a new client ID, so each kill stalls consumption for about a minute.
+// queue's lock for the dead client for 60 s (its rebalance lock lifetime); the sidecar runs
+// with a stable source.rocketmq.instance_name, so the restarted one is the same client and
+// takes the locks back at once.
 func TestRocketMQE2EOrderlyKillRestart(t *testing.T) {
 	r := newRocketE2E(t, "orderly", 4, "orderly")
 	runKillRestart(t, r, killScenario{

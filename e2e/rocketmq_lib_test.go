@@ -351,6 +351,7 @@ source:
     message_id: "property:%s"
     mode: %s
     suspend_time: 100ms
+    instance_name: %s-sidecar
 app:
   url: %s
   timeout: 5s
@@ -363,7 +364,7 @@ admin:
   listen: 127.0.0.1:0
 shutdown_timeout: 10s
 log: {level: info, format: json}
-`, c.ns, c.group, c.topic, rocketIDProperty, c.mode, c.appURL, c.dedupPath)
+`, c.ns, c.group, c.topic, rocketIDProperty, c.mode, c.group, c.appURL, c.dedupPath)
 }
 
 // queueSpread describes how many copies went to each queue (for logs).

@@ -88,7 +88,8 @@
 // # Client state that is global to the process
 //
 // The client keys its instances by InstanceName: two consumers with one name share a client
-// and cannot both register a group, so every Source gets a unique instance name. Its logger
+// and cannot both register a group, so every Source gets a unique instance name unless
+// source.rocketmq.instance_name sets a stable one (one Source per process). Its logger
 // (rlog) is global too: the adapter installs one bridge to log/slog per process, which logs
 // through the logger of the most recently created Source. Client info lines are logged at
 // debug (they are internal state); warnings and errors keep their level; message bodies in
@@ -172,6 +173,15 @@ var clientConsumeTimeout = 15 * time.Minute
 
 // instanceSeq makes InstanceName unique per Source within the process.
 var instanceSeq atomic.Int64
+
+// instanceName is the configured name (stable across restarts, so the broker sees the same
+// client and hands back its orderly queue locks at once), else one unique per Source.
+func instanceName(configured string) string {
+	if configured != "" {
+		return configured
+	}
+	return fmt.Sprintf("mqsidecar-%d-%d", os.Getpid(), instanceSeq.Add(1))
+}
 
 // Option configures a Source.
 type Option func(*options)
@@ -364,7 +374,7 @@ func newSource(cfg config.RocketMQ, deadLetterTarget string, o options) *Source 
 		orderly:   cfg.Mode == "orderly",
 		brokerDLQ: cfg.DeadLetterMode == "broker",
 		suspend:   cfg.SuspendTime,
-		instance:  fmt.Sprintf("mqsidecar-%d-%d", os.Getpid(), instanceSeq.Add(1)),
+		instance:  instanceName(cfg.InstanceName),
 		out:       make(chan *adapters.Delivery),
 		closing:   make(chan struct{}),
 		released:  make(chan struct{}),
