@@ -520,6 +520,12 @@ func (s *Source) dial(ctx context.Context, name string) (*amqp.Connection, error
 			mu.Lock()
 			raw = c
 			mu.Unlock()
+			// ctx may have ended before raw was set, when the AfterFunc below found nothing
+			// to close: without this check the handshake would wait out its deadline.
+			if err := ctx.Err(); err != nil {
+				_ = c.Close()
+				return nil, err
+			}
 			return c, nil
 		},
 	}
