@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -486,7 +487,7 @@ func (s *Source) commit(ctx context.Context, only map[string][]int32) {
 	offsets := map[string]map[int32]kgo.EpochOffset{}
 	var committed []*partState
 	for tp, ps := range s.parts {
-		if !ps.dirty || (only != nil && !contains(only[tp.topic], tp.partition)) {
+		if !ps.dirty || (only != nil && !slices.Contains(only[tp.topic], tp.partition)) {
 			continue
 		}
 		if offsets[tp.topic] == nil {
@@ -658,15 +659,6 @@ func (s *Source) kill() {
 		closed := fmt.Errorf("kafka: %w", adapters.ErrClosed)
 		s.ready.Store(&closed)
 	})
-}
-
-func contains(ps []int32, p int32) bool {
-	for _, x := range ps {
-		if x == p {
-			return true
-		}
-	}
-	return false
 }
 
 func fmtParts(m map[string][]int32) string {
