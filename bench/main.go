@@ -93,6 +93,7 @@ type result struct {
 	p50, p99 time.Duration
 	rssMB    float64
 	cpuUs    float64 // consumer CPU (user+sys) per message, microseconds
+	benchUs  float64 // this process's CPU per message while the consumer ran: broker + app
 	order    int     // per-key order violations seen by the app
 }
 
@@ -119,15 +120,19 @@ func bench(sc scenario, runs, n int) error {
 	}
 	sidecar := func(ordering string) contender {
 		return contender{name: "mqsidecar (ordering: " + ordering + ")", cmd: func(brokers, appURL, rdir string) *exec.Cmd {
+			admin := `""`
+			if os.Getenv("BENCH_DEBUG") != "" {
+				admin = debugAdmin // BENCH_DEBUG prints the sidecar's metrics after each run
+			}
 			cfg := fmt.Sprintf(`source:
   kind: kafka
   kafka: {brokers: [%s], group: bench, topics: [%s], message_id: "header:message-id", commit_interval: 100ms}
 app: {url: %q}
 delivery: {ordering: %s, max_inflight: 64}
 dedup: {enabled: true, path: %q}
-admin: {listen: ""}
+admin: {listen: %s}
 log: {level: warn}
-`, brokers, topic, appURL, ordering, filepath.Join(rdir, "dedup.db"))
+`, brokers, topic, appURL, ordering, filepath.Join(rdir, "dedup.db"), admin)
 			path := filepath.Join(rdir, "config.yaml")
 			if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 				panic(err)
@@ -153,8 +158,8 @@ log: {level: warn}
 			if err != nil {
 				return fmt.Errorf("%s run %d: %w", c.name, r+1, err)
 			}
-			fmt.Printf("  run %d %-34s %9.0f msg/s  p50 %7.1f ms  p99 %7.1f ms  RSS %5.1f MB  CPU %5.1f µs/msg  order violations %d\n",
-				r+1, c.name, res.rate, ms(res.p50), ms(res.p99), res.rssMB, res.cpuUs, res.order)
+			fmt.Printf("  run %d %-34s %9.0f msg/s  p50 %7.1f ms  p99 %7.1f ms  RSS %5.1f MB  CPU %5.1f µs/msg (broker+app %5.1f)  order violations %d\n",
+				r+1, c.name, res.rate, ms(res.p50), ms(res.p99), res.rssMB, res.cpuUs, res.benchUs, res.order)
 			results[i] = append(results[i], res)
 		}
 	}
@@ -201,6 +206,7 @@ func runOnce(sc scenario, c contender, n int, dir string) (result, error) {
 	if extra := os.Getenv("BENCH_CONSUMER_ENV"); extra != "" { // e.g. GODEBUG=gctrace=1
 		cmd.Env = append(os.Environ(), strings.Fields(extra)...)
 	}
+	benchCPU := cpuSeconds(os.Getpid())
 	if err := cmd.Start(); err != nil {
 		return result{}, err
 	}
@@ -250,8 +256,12 @@ func runOnce(sc scenario, c contender, n int, dir string) (result, error) {
 	res := a.result(n)
 	res.rssMB = rss
 	res.cpuUs = cpuSeconds(cmd.Process.Pid) * 1e6 / float64(n)
+	res.benchUs = (cpuSeconds(os.Getpid()) - benchCPU) * 1e6 / float64(n)
 	if os.Getenv("BENCH_DEBUG") != "" {
 		fmt.Println(logs.String())
+		if strings.HasPrefix(c.name, "mqsidecar") {
+			printMetrics()
+		}
 		b, _ := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/status")
 		for _, l := range strings.Split(string(b), "\n") {
 			if strings.HasPrefix(l, "Rss") || strings.HasPrefix(l, "VmHWM") {
@@ -427,6 +437,24 @@ func baseline(brokers []string, appURL string) error {
 			if err := cl.CommitRecords(ctx, recs...); err != nil {
 				return err
 			}
+		}
+	}
+}
+
+const debugAdmin = "127.0.0.1:19464"
+
+// printMetrics prints the sidecar's own counters that explain a run (dedup commits, pushes).
+func printMetrics() {
+	resp, err := http.Get("http://" + debugAdmin + "/metrics")
+	if err != nil {
+		fmt.Println("    metrics:", err)
+		return
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "mqsidecar_") && !strings.Contains(l, "_bucket{") {
+			fmt.Println("   ", l)
 		}
 	}
 }

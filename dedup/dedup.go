@@ -154,6 +154,11 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock, for tests; nil means time.Now.
 	Now func() time.Time
+	// OnCommit, when set, is called after every successful commit with the number of
+	// records it wrote, how long it took (fsyncs included) and the store's approximate
+	// entry count, for metrics. It runs on the writer goroutine (possibly before Open
+	// returns), so it must be cheap and must not call the store.
+	OnCommit func(records int, took time.Duration, entries int64)
 }
 
 // Stats is a cheap snapshot for metrics.

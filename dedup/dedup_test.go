@@ -120,6 +120,27 @@ func TestPutGetDelete(t *testing.T) {
 	mustPut(t, s, "never-seen", Entry{State: Unknown})
 }
 
+func TestOnCommit(t *testing.T) {
+	type call struct {
+		records int
+		took    time.Duration
+		entries int64
+	}
+	calls := make(chan call, 16)
+	s := openT(t, filepath.Join(t.TempDir(), "dedup.db"), Options{OnCommit: func(records int, took time.Duration, entries int64) {
+		calls <- call{records, took, entries}
+	}})
+	mustPut(t, s, "a", Entry{State: InFlight, Attempts: 1})
+	mustPut(t, s, "b", Entry{State: Completed, Attempts: 1})
+	mustPut(t, s, "a", Entry{State: Completed, Attempts: 1})
+	for i, want := range []int64{1, 2, 2} {
+		c := <-calls
+		if c.records != 1 || c.took <= 0 || c.entries != want {
+			t.Fatalf("commit %d: OnCommit(%d, %v, %d), want (1, > 0, %d)", i+1, c.records, c.took, c.entries, want)
+		}
+	}
+}
+
 func TestInvalid(t *testing.T) {
 	s := openT(t, filepath.Join(t.TempDir(), "d.db"), Options{})
 	for name, tc := range map[string]struct {

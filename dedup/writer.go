@@ -189,6 +189,9 @@ func (s *Store) commitWith(batch []request, flush bool) {
 		s.st.commits.Add(1)
 		s.st.lastBatch.Store(int64(len(batch)))
 		s.st.lastCommit.Store(int64(took))
+		if s.opts.OnCommit != nil {
+			s.opts.OnCommit(len(batch), took, s.st.entries.Load())
+		}
 		if ts.size != s.dataSize {
 			// The file grows in steps; stat it only when bbolt's high-water mark moved.
 			s.dataSize = ts.size

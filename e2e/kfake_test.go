@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -190,6 +191,15 @@ func TestKfakeProducerDuplicates(t *testing.T) {
 	dedups, err := p.metric("mqsidecar_messages_deduplicated_total")
 	if err != nil {
 		p.fatalf("metrics: %v", err)
+	}
+	// The store's own metrics: every unique ID recorded, its commits timed.
+	entries, err1 := p.metric("mqsidecar_dedup_entries")
+	commits, err2 := p.metric("mqsidecar_dedup_commit_duration_seconds_count")
+	if err := errors.Join(err1, err2); err != nil {
+		p.fatalf("metrics: %v", err)
+	}
+	if unique := total - dups; int(entries) != unique || commits < 2 {
+		t.Errorf("mqsidecar_dedup_entries = %v, want %d; commit duration count = %v, want > 1", entries, unique, commits)
 	}
 	p.Term(30 * time.Second)
 

@@ -49,7 +49,13 @@ func New(cfg config.Config, log *slog.Logger) (*Sidecar, error) {
 	pending := errors.New("app health not checked yet")
 	s.appOK.Store(&pending)
 	if cfg.Dedup.Enabled {
-		st, err := dedup.Open(cfg.Dedup.Path, dedup.Options{TTL: cfg.Dedup.TTL, MaxEntries: cfg.Dedup.MaxEntries, Logger: log, Linger: storeLinger})
+		st, err := dedup.Open(cfg.Dedup.Path, dedup.Options{
+			TTL: cfg.Dedup.TTL, MaxEntries: cfg.Dedup.MaxEntries, Logger: log, Linger: storeLinger,
+			OnCommit: func(_ int, took time.Duration, entries int64) {
+				s.Metrics.DedupCommit.Observe(took.Seconds())
+				s.Metrics.DedupEntries.Set(float64(entries))
+			},
+		})
 		if err != nil {
 			return nil, err
 		}

@@ -43,7 +43,8 @@ func main() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(50)
 	}
-	// MQSIDECAR_CPUPROFILE=file writes a CPU profile of the whole run (for `make bench`
+	// MQSIDECAR_CPUPROFILE=file writes a CPU profile of the whole run, and
+	// file.allocs its allocation profile (for `make bench`
 	// investigations); it is a developer aid, not configuration.
 	if path := os.Getenv("MQSIDECAR_CPUPROFILE"); path != "" {
 		if f, err := os.Create(path); err == nil {
@@ -51,6 +52,10 @@ func main() {
 			code := run(os.Args[1:], os.Stdout, os.Stderr)
 			pprof.StopCPUProfile()
 			f.Close()
+			if a, err := os.Create(path + ".allocs"); err == nil {
+				_ = pprof.Lookup("allocs").WriteTo(a, 0)
+				a.Close()
+			}
 			os.Exit(code)
 		}
 	}
