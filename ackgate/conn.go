@@ -2,6 +2,7 @@ package ackgate
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -45,6 +46,8 @@ type pconn struct {
 	br       *bufio.Reader
 	bw       *bufio.Writer
 	lastUsed time.Time
+	ctx      context.Context // the context watched for cancellation (see watch)
+	stop     func() bool     // stops watching ctx
 }
 
 func newPool(rawURL string, size int) (*pool, error) {
@@ -77,8 +80,8 @@ func newPool(rawURL string, size int) (*pool, error) {
 	return p, nil
 }
 
-// get returns an idle connection (reused=true) or dials a new one.
-func (p *pool) get(ctx context.Context) (pc *pconn, reused bool, err error) {
+// get returns an idle connection (reused=true) or dials a new one by the deadline.
+func (p *pool) get(ctx context.Context, deadline time.Time) (pc *pconn, reused bool, err error) {
 	for {
 		select {
 		case pc := <-p.idle:
@@ -86,18 +89,21 @@ func (p *pool) get(ctx context.Context) (pc *pconn, reused bool, err error) {
 			if idle < p.idleTimeout && (idle < p.checkAfter || alive(pc)) {
 				return pc, true, nil
 			}
-			pc.c.Close()
+			pc.close()
 			continue
 		default:
 		}
 		break
 	}
-	c, err := p.dialer.DialContext(ctx, "tcp", p.host)
+	dialer := p.dialer
+	dialer.Deadline = deadline
+	c, err := dialer.DialContext(ctx, "tcp", p.host)
 	if err != nil {
 		return nil, false, err
 	}
 	if p.tlsConfig != nil {
 		tc := tls.Client(c, p.tlsConfig)
+		_ = c.SetDeadline(deadline)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			c.Close()
 			return nil, false, err
@@ -145,7 +151,7 @@ func (p *pool) put(pc *pconn) {
 		default:
 		}
 	}
-	pc.c.Close()
+	pc.close()
 }
 
 func (p *pool) close() {
@@ -155,7 +161,7 @@ func (p *pool) close() {
 	for {
 		select {
 		case pc := <-p.idle:
-			pc.c.Close()
+			pc.close()
 		default:
 			return
 		}
@@ -174,24 +180,28 @@ type response struct {
 // retried here: the app may have read the request, so a second push must be a counted,
 // flagged attempt of the gate.
 func (p *pool) do(ctx context.Context, deadline time.Time, writeHeaders func(*bufio.Writer), body []byte, maxBody int64) (r response, err error) {
-	dctx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
-	pc, _, err := p.get(dctx)
+	if err := ctx.Err(); err != nil {
+		return r, err
+	}
+	pc, _, err := p.get(ctx, deadline)
 	if err != nil {
 		return r, err
 	}
-	_ = pc.c.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { _ = pc.c.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
 	ok := false
 	defer func() {
 		if ok {
 			_ = pc.c.SetDeadline(time.Time{})
 			p.put(pc)
 		} else {
-			pc.c.Close()
+			pc.close()
 		}
 	}()
+	_ = pc.c.SetDeadline(deadline)
+	pc.watch(ctx)
+	if err := ctx.Err(); err != nil {
+		// Cancelled while the deadline was being set: the watcher may have run first.
+		return r, err
+	}
 
 	bw := pc.bw
 	bw.WriteString("POST ")
@@ -207,21 +217,152 @@ func (p *pool) do(ctx context.Context, deadline time.Time, writeHeaders func(*bu
 	if err := bw.Flush(); err != nil {
 		return r, err
 	}
-	resp, err := http.ReadResponse(pc.br, nil)
-	if err != nil {
-		return r, fmt.Errorf("read response: %w", err)
+	r, keep, err := readResponse(pc.br, maxBody)
+	ok = err == nil && keep
+	return r, err
+}
+
+// watch makes cancellation of ctx cut the connection's exchange (its deadline is moved to
+// the past). The registration is kept while the connection is reused with the same
+// context, so the common case, every push under the gate's one context, costs nothing.
+func (pc *pconn) watch(ctx context.Context) {
+	if pc.ctx == ctx {
+		return
 	}
+	if pc.stop != nil {
+		pc.stop()
+	}
+	pc.ctx = ctx
+	c := pc.c
+	pc.stop = context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
+}
+
+func (pc *pconn) close() {
+	if pc.stop != nil {
+		pc.stop()
+	}
+	pc.c.Close()
+}
+
+// readResponse reads one answer. The common case is parsed by readSimple without
+// net/http's allocations; everything else goes to net/http.ReadResponse. keep reports
+// whether the connection may carry another request.
+func readResponse(br *bufio.Reader, maxBody int64) (r response, keep bool, err error) {
+	if _, err := br.Peek(1); err != nil {
+		return r, false, fmt.Errorf("read response: %w", err)
+	}
+	if r, keep, ok, err := readSimple(br, maxBody); ok {
+		return r, keep, err
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return r, false, fmt.Errorf("read response: %w", err)
+	}
+	defer resp.Body.Close()
 	r.status = resp.StatusCode
 	r.retryAfter = resp.Header.Get("Retry-After")
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxBody+1))
 	if err != nil {
-		resp.Body.Close()
-		return r, fmt.Errorf("read response body: %w", err)
+		return r, false, fmt.Errorf("read response body: %w", err)
 	}
-	if int64(len(b)) <= maxBody {
-		r.body = b
-		ok = !resp.Close
+	if int64(len(b)) > maxBody {
+		return r, false, nil // the rest is unread: the connection cannot be reused
 	}
-	resp.Body.Close()
-	return r, nil
+	r.body = b
+	return r, !resp.Close, nil
+}
+
+// readSimple parses the answer nearly every app gives: HTTP/1.1, a status of 200 or more
+// (not 204 or 304), header lines without folding, and a body framed by one Content-Length,
+// with the whole header block already buffered. For anything else it consumes nothing and
+// returns ok=false. A body larger than maxBody is not read (r.body nil, keep false), as
+// with readResponse.
+func readSimple(br *bufio.Reader, maxBody int64) (r response, keep, ok bool, err error) {
+	buf, _ := br.Peek(br.Buffered())
+	end := bytes.Index(buf, crlfcrlf)
+	if end < 0 {
+		return r, false, false, nil
+	}
+	line, rest, _ := bytes.Cut(buf[:end+2], crlf)
+	if len(line) < 12 || string(line[:9]) != "HTTP/1.1 " || len(line) > 12 && line[12] != ' ' {
+		return r, false, false, nil
+	}
+	for _, c := range line[9:12] {
+		if c < '0' || c > '9' {
+			return r, false, false, nil
+		}
+		r.status = r.status*10 + int(c-'0')
+	}
+	if r.status < 200 || r.status == http.StatusNoContent || r.status == http.StatusNotModified {
+		return r, false, false, nil
+	}
+	contentLength, keep := int64(-1), true
+	for len(rest) > 0 {
+		line, rest, _ = bytes.Cut(rest, crlf)
+		name, value, found := bytes.Cut(line, colon)
+		if !found || len(name) == 0 || name[0] == ' ' || name[0] == '\t' {
+			return r, false, false, nil // folded or malformed: net/http decides
+		}
+		value = bytes.TrimSpace(value)
+		switch {
+		case asciiEqualFold(name, "Content-Length"):
+			n, err := strconv.ParseUint(string(value), 10, 62)
+			if contentLength >= 0 || err != nil {
+				return r, false, false, nil
+			}
+			contentLength = int64(n)
+		case asciiEqualFold(name, "Transfer-Encoding"):
+			return r, false, false, nil
+		case asciiEqualFold(name, "Connection"):
+			for _, tok := range bytes.Split(value, comma) {
+				if asciiEqualFold(bytes.TrimSpace(tok), "close") {
+					keep = false
+				}
+			}
+		case asciiEqualFold(name, "Retry-After"):
+			if r.retryAfter == "" {
+				r.retryAfter = string(value)
+			}
+		}
+	}
+	if contentLength < 0 {
+		return r, false, false, nil // body until close: net/http decides
+	}
+	_, _ = br.Discard(end + 4)
+	if contentLength > maxBody {
+		return r, false, true, nil
+	}
+	if contentLength > 0 {
+		r.body = make([]byte, contentLength)
+		if _, err := io.ReadFull(br, r.body); err != nil {
+			return response{}, false, true, fmt.Errorf("read response body: %w", err)
+		}
+	}
+	return r, keep, true, nil
+}
+
+var (
+	crlf     = []byte("\r\n")
+	crlfcrlf = []byte("\r\n\r\n")
+	colon    = []byte(":")
+	comma    = []byte(",")
+)
+
+func asciiEqualFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range len(b) {
+		x, y := b[i], s[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
 }
