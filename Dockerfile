@@ -1,12 +1,14 @@
 # syntax=docker/dockerfile:1
 #
-# mqsidecar: a static Go binary on distroless, running as non-root (uid/gid 65532).
+# mqsidecar: static Go binaries on distroless, running as non-root (uid/gid 65532).
 #
 #   docker build --build-arg VERSION=$(git describe --tags --always --dirty) -t mqsidecar .
 #   docker run --rm -v $PWD/mqsidecar.yaml:/etc/mqsidecar/config.yaml:ro \
 #     -e MQSIDECAR_ADMIN_LISTEN=0.0.0.0:9464 -p 9464:9464 mqsidecar
 #
-# The same image runs the Kubernetes injector: `mqsidecar inject ...` (see charts/mqsidecar).
+# The same image holds the Kubernetes injector, a separate binary so that the sidecar links
+# no Kubernetes API packages: /usr/local/bin/mqsidecar-injector (see charts/mqsidecar, which
+# sets it as the injector container's command). The sidecar stays the entrypoint.
 # hack/check-dockerfile.sh checks this file statically and runs the build command below
 # outside Docker (there is no Docker engine in CI).
 
@@ -26,7 +28,7 @@ ARG TARGETARCH=amd64
 # build-command (hack/check-dockerfile.sh runs the next RUN instruction verbatim)
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
     CGO_ENABLED=0 GOOS=${TARGETOS} GOARCH=${TARGETARCH} GOFLAGS=-buildvcs=false \
-    go build -trimpath -ldflags="-s -w -X main.version=${VERSION}" -o /out/mqsidecar ./cmd/mqsidecar
+    go build -trimpath -ldflags="-s -w -X main.version=${VERSION}" -o /out/ ./cmd/mqsidecar ./cmd/mqsidecar-injector
 # The data directory for the dedup store. distroless has no shell to mkdir/chown in, so
 # it is made here and copied with its owner set. data/ matches the default dedup.path
 # (./data/dedup.db) relative to the WORKDIR below.
@@ -38,6 +40,7 @@ LABEL org.opencontainers.image.title="mqsidecar" \
       org.opencontainers.image.description="Consumes Kafka, RocketMQ or RabbitMQ and pushes each message to a local app over HTTP" \
       org.opencontainers.image.version="${VERSION}"
 COPY --from=build /out/mqsidecar /usr/local/bin/mqsidecar
+COPY --from=build /out/mqsidecar-injector /usr/local/bin/mqsidecar-injector
 COPY --from=build --chown=65532:65532 /out/var-lib-mqsidecar /var/lib/mqsidecar
 WORKDIR /var/lib/mqsidecar
 # Numeric, so Kubernetes' runAsNonRoot can verify it.

@@ -11,8 +11,9 @@ E2E_ENV   = eval "$$($(HARNESS)/all.sh env)"
 
 all: lint test
 
+## build: bin/mqsidecar (the sidecar) and bin/mqsidecar-injector (the Kubernetes webhook).
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/mqsidecar ./cmd/mqsidecar
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/mqsidecar ./cmd/mqsidecar-injector
 
 demo:
 	$(GO) run ./cmd/mqsidecar demo

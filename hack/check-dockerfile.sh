@@ -3,12 +3,14 @@
 #
 # 1. Static checks of its key properties: multi-stage, pinned Go version not older than
 #    go.mod's, CGO_ENABLED=0, -trimpath, version stamped with -X main.version, distroless
-#    static nonroot final image, numeric non-root USER, exec-form ENTRYPOINT, a data
-#    directory owned by 65532.
+#    static nonroot final image with both binaries (the sidecar mqsidecar and the Kubernetes
+#    injector mqsidecar-injector), numeric non-root USER, exec-form ENTRYPOINT running the
+#    sidecar, a data directory owned by 65532.
 # 2. The build itself: the RUN instruction after the "# build-command" marker is executed
 #    verbatim (minus BuildKit --mount flags) in a copy of the tree filtered by .dockerignore,
-#    exactly as Docker would see the context, and the result must be a static ELF binary
-#    that was built with CGO_ENABLED=0 and -trimpath and reports the stamped version.
+#    exactly as Docker would see the context, and the results must be static ELF binaries
+#    that were built with CGO_ENABLED=0 and -trimpath and report the stamped version; the
+#    sidecar must not link any k8s.io module (those belong to the injector only).
 #    Skipped, with a message, only while cmd/mqsidecar does not exist yet.
 set -euo pipefail
 
@@ -34,6 +36,9 @@ check "build stage is named" '^FROM .* AS build$' "$instr"
 check "final image is distroless static nonroot" '^FROM gcr\.io/distroless/static-debian12:nonroot$' "$(grep '^FROM' <<<"$instr" | tail -1)"
 check "numeric non-root USER in the final stage" '^USER 65532(:65532)?$' "$final"
 check "exec-form ENTRYPOINT" '^ENTRYPOINT \["/usr/local/bin/mqsidecar"\]$' "$final"
+check "final image ships the sidecar" '^COPY --from=build /out/mqsidecar /usr/local/bin/mqsidecar$' "$final"
+check "final image ships the injector (charts/mqsidecar runs it)" \
+	'^COPY --from=build /out/mqsidecar-injector /usr/local/bin/mqsidecar-injector$' "$final"
 check "data dir /var/lib/mqsidecar owned by 65532" '^COPY --from=build --chown=65532:65532 [^ ]+ /var/lib/mqsidecar$' "$final"
 if grep -q '^ADD ' <<<"$instr"; then bad "no ADD (COPY only, no remote fetches)"; else ok "no ADD (COPY only, no remote fetches)"; fi
 if grep -Eq '^FROM [^ ]*:latest' <<<"$instr"; then bad "no :latest base images"; else ok "no :latest base images"; fi
@@ -46,7 +51,8 @@ else
 	check "build: CGO_ENABLED=0" 'CGO_ENABLED=0' "$build_line"
 	check "build: -trimpath" 'go build .*-trimpath' "$build_line"
 	check "build: version via -X main.version=\${VERSION}" '-X main\.version=\$\{VERSION\}' "$build_line"
-	check "build: output /out/mqsidecar from ./cmd/mqsidecar" '-o /out/mqsidecar \./cmd/mqsidecar$' "$build_line"
+	check "build: both binaries into /out/ from ./cmd/mqsidecar ./cmd/mqsidecar-injector" \
+		'-o /out/ \./cmd/mqsidecar \./cmd/mqsidecar-injector$' "$build_line"
 fi
 
 go_arg=$(sed -n 's/^ARG GO_VERSION=//p' "$dockerfile")
@@ -96,9 +102,14 @@ PY
 	cmd=$(sed -e 's/^RUN //' -e 's/--mount=[^ ]* //g' -e "s#/out/#$work/out/#g" <<<"$build_line")
 	echo "  run  $cmd"
 	if (cd "$work/ctx" && VERSION=$version TARGETOS=linux TARGETARCH=$(go env GOARCH) bash -euc "$cmd"); then
-		bin="$work/out/mqsidecar"
 		ok "go build succeeded in the .dockerignore-filtered context"
-		python3 - "$bin" <<'PY' && ok "ELF without PT_INTERP/PT_DYNAMIC: statically linked" || bad "binary is not statically linked"
+		for name in mqsidecar mqsidecar-injector; do
+			bin="$work/out/$name"
+			if [[ ! -f $bin ]]; then
+				bad "the build command wrote no $name"
+				continue
+			fi
+			python3 - "$bin" <<'PY' && ok "$name: ELF without PT_INTERP/PT_DYNAMIC: statically linked" || bad "$name is not statically linked"
 import struct, sys
 with open(sys.argv[1], "rb") as f:
     h = f.read(64)
@@ -109,16 +120,26 @@ with open(sys.argv[1], "rb") as f:
     types = {struct.unpack_from("<I", f.read(phentsize))[0] for _ in range(phnum)}
 sys.exit(1 if types & {2, 3} else 0)  # PT_DYNAMIC=2, PT_INTERP=3
 PY
-		if command -v file >/dev/null; then echo "  info $(file -b "$bin")"; fi
-		info=$(go version -m "$bin")
-		check "binary built with CGO_ENABLED=0" $'\tbuild\tCGO_ENABLED=0$' "$info"
-		check "binary built with -trimpath" $'\tbuild\t-trimpath=true$' "$info"
-		# (go does not record -ldflags in the build info under -trimpath; the version command
-		# below proves the -X stamp reached main.version.)
-		if out=$("$bin" version 2>&1) && grep -q -- "$version" <<<"$out"; then
-			ok "'mqsidecar version' prints the stamped version ($out)"
+			if command -v file >/dev/null; then echo "  info $name: $(file -b "$bin")"; fi
+			info=$(go version -m "$bin")
+			check "$name built with CGO_ENABLED=0" $'\tbuild\tCGO_ENABLED=0$' "$info"
+			check "$name built with -trimpath" $'\tbuild\t-trimpath=true$' "$info"
+			# (go does not record -ldflags in the build info under -trimpath; the version command
+			# below proves the -X stamp reached main.version.)
+			if out=$("$bin" version 2>&1) && [[ $out == "$name $version" ]]; then
+				ok "'$name version' prints the stamped version ($out)"
+			else
+				bad "'$name version' does not print the stamped version $version: $out"
+			fi
+		done
+		# The sidecar runs next to every application pod: the Kubernetes API packages (a
+		# bigger binary, more resident memory) belong to the injector only.
+		k8s=$(go version -m "$work/out/mqsidecar" | awk '$1 == "dep" && $2 ~ /^k8s\.io\// {print $2}')
+		if [[ -z $k8s ]]; then ok "mqsidecar links no k8s.io module"; else bad "mqsidecar links k8s.io modules: ${k8s//$'\n'/ }"; fi
+		if go version -m "$work/out/mqsidecar-injector" 2>/dev/null | grep -Eq $'^\tdep\tk8s\\.io/api\t'; then
+			ok "mqsidecar-injector links k8s.io/api (so the check above can see k8s.io modules)"
 		else
-			bad "'mqsidecar version' does not print the stamped version $version: $out"
+			bad "mqsidecar-injector does not list k8s.io/api in its build info"
 		fi
 	else
 		bad "the Dockerfile build command failed"

@@ -3,10 +3,12 @@
 #
 #   1. installs helm into .tools/bin if missing (hack/helm.sh, via the Go module proxy);
 #   2. injector: webhook handler golden tests, JSON patches applied and asserted, TLS
-#      certificate rotation (go test ./injector/...);
+#      certificate rotation, the mqsidecar-injector command's flags and exit statuses
+#      (go test ./injector/... ./cmd/mqsidecar-injector/...);
 #   3. chart: helm template with default and full values, every object strictly decoded
 #      into k8s.io/api types, helm lint --strict, values.schema.json refusals, and the
-#      rendered injector args run through the real `inject` command (go test ./charts/test/...);
+#      rendered injector args run through the real injector command, the root command of
+#      cmd/mqsidecar-injector (go test ./charts/test/...);
 #   4. Dockerfile: static checks and its build command run outside Docker
 #      (hack/check-dockerfile.sh).
 #
@@ -21,9 +23,9 @@ HELM=$(hack/helm.sh)
 export HELM
 echo "== helm: $HELM ($(go version -m "$HELM" | awk '$1 == "mod" {print $3}'))"
 
-echo "== go test ./injector/... ./charts/test/..."
+echo "== go test ./injector/... ./cmd/mqsidecar-injector/... ./charts/test/..."
 # shellcheck disable=SC2086 # GOTESTFLAGS is a list of flags
-go test -count=1 ${GOTESTFLAGS:-} ./injector/... ./charts/test/...
+go test -count=1 ${GOTESTFLAGS:-} ./injector/... ./cmd/mqsidecar-injector/... ./charts/test/...
 
 echo "== Dockerfile"
 hack/check-dockerfile.sh

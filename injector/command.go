@@ -175,7 +175,9 @@ func (s *Server) Run(ctx context.Context) error {
 	return nil
 }
 
-// NewCommand returns the `inject` subcommand: the mutating admission webhook server.
+// NewCommand returns the root command of the mqsidecar-injector binary
+// (cmd/mqsidecar-injector): the mutating admission webhook server. It has no subcommands
+// of its own; the binary adds `version`.
 func NewCommand() *cobra.Command {
 	cfg := ServerConfig{}
 	var (
@@ -184,7 +186,7 @@ func NewCommand() *cobra.Command {
 		adminPort                             int
 	)
 	cmd := &cobra.Command{
-		Use:   "inject",
+		Use:   "mqsidecar-injector",
 		Short: "Run the Kubernetes admission webhook that injects the mqsidecar sidecar into annotated pods",
 		Long: `Run the mutating admission webhook that adds the mqsidecar sidecar to pods annotated
 mqsidecar.io/inject: "true". Deploy it with the Helm chart charts/mqsidecar, which also creates
@@ -192,7 +194,7 @@ the certificate and the MutatingWebhookConfiguration. The serving certificate fi
 when they change, so a rotated certificate needs no restart.`,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
-		SilenceErrors: false,
+		SilenceErrors: true, // the caller prints the returned error
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := newLogger(logLevel, logFormat)
 			if err != nil {

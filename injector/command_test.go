@@ -171,7 +171,7 @@ func TestCommandFlagsAndValidation(t *testing.T) {
 		"--metrics-listen", "", "--shutdown-delay", "0s", "--log-level", "error"}
 
 	cmd := NewCommand()
-	if cmd.Name() != "inject" {
+	if cmd.Name() != "mqsidecar-injector" {
 		t.Errorf("command name = %q", cmd.Name())
 	}
 	for _, f := range []string{"listen", "tls-cert-file", "tls-key-file", "sidecar-image", "sidecar-mode", "metrics-listen",

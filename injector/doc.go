@@ -1,5 +1,6 @@
 // Package injector is the Kubernetes mutating admission webhook that adds the mqsidecar
-// container to pods annotated mqsidecar.io/inject: "true" (the `mqsidecar inject` command).
+// container to pods annotated mqsidecar.io/inject: "true" (the mqsidecar-injector command,
+// cmd/mqsidecar-injector; the sidecar binary does not link this package).
 //
 // Contract:
 //   - Handler answers every well-formed admission.k8s.io/v1 AdmissionReview. It allows the

@@ -47,6 +47,8 @@ const (
 	release     = "mq"
 	kubeVersion = "1.31.0"
 	injName     = "mq-mqsidecar-injector"
+	// injectorBinary is where the Dockerfile puts cmd/mqsidecar-injector.
+	injectorBinary = "/usr/local/bin/mqsidecar-injector"
 )
 
 func helm(t *testing.T) string {
@@ -558,8 +560,16 @@ func checkInjectorContainer(t *testing.T, c corev1.Container, pod corev1.PodTemp
 			t.Errorf("probe %+v must use a named container port", p)
 		}
 	}
-	if c.Args[0] != "inject" {
-		t.Errorf("args must start with the inject subcommand: %v", c.Args)
+	// The image's entrypoint is the sidecar: the container must run the injector binary,
+	// which the Dockerfile must ship at that path, and pass it flags only.
+	if !slices.Equal(c.Command, []string{injectorBinary}) {
+		t.Errorf("command = %q, want [%s]", c.Command, injectorBinary)
+	}
+	checkImageShips(t, injectorBinary)
+	for _, a := range c.Args {
+		if !strings.HasPrefix(a, "--") {
+			t.Errorf("injector args must be flags only (the binary has no inject subcommand), got %q in %q", a, c.Args)
+		}
 	}
 	sc, psc := c.SecurityContext, pod.Spec.SecurityContext
 	if sc == nil || *sc.AllowPrivilegeEscalation || !*sc.ReadOnlyRootFilesystem || psc == nil || !*psc.RunAsNonRoot {
@@ -775,9 +785,24 @@ func checkDashboard(t *testing.T, cm corev1.ConfigMap, wantNamespace string) {
 	}
 }
 
-// checkArgsAcceptedByInjectCommand runs the real inject command with the rendered args
-// (TLS files from the rendered Secret, loopback listeners, an already-cancelled context):
-// every flag must exist and every value must validate, so the chart and the binary agree.
+// checkImageShips checks that the Dockerfile's final image copies a file to path.
+func checkImageShips(t *testing.T, path string) {
+	t.Helper()
+	df, err := os.ReadFile("../../Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stages := strings.Split(string(df), "\nFROM ")
+	final := stages[len(stages)-1]
+	if !regexp.MustCompile(`(?m)^COPY --from=build \S+ ` + regexp.QuoteMeta(path) + `$`).MatchString(final) {
+		t.Errorf("the Dockerfile's final image does not COPY a binary to %s", path)
+	}
+}
+
+// checkArgsAcceptedByInjectCommand runs the real injector command (the root command of
+// cmd/mqsidecar-injector) with the rendered args (TLS files from the rendered Secret,
+// loopback listeners, an already-cancelled context): every flag must exist and every value
+// must validate, so the chart and the binary agree.
 func checkArgsAcceptedByInjectCommand(t *testing.T, args []string, secret corev1.Secret) {
 	t.Helper()
 	dir := t.TempDir()
@@ -789,7 +814,7 @@ func checkArgsAcceptedByInjectCommand(t *testing.T, args []string, secret corev1
 		t.Fatal(err)
 	}
 	var cmdArgs []string
-	for _, a := range args[1:] { // args[0] is the subcommand name
+	for _, a := range args {
 		switch name, _, _ := strings.Cut(a, "="); name {
 		case "--tls-cert-file":
 			a = name + "=" + certFile
@@ -809,7 +834,7 @@ func checkArgsAcceptedByInjectCommand(t *testing.T, args []string, secret corev1
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if err := cmd.ExecuteContext(ctx); err != nil {
-		t.Errorf("the inject command refuses the chart's args %q: %v", cmdArgs, err)
+		t.Errorf("the injector command refuses the chart's args %q: %v", cmdArgs, err)
 	}
 }
 

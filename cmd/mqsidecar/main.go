@@ -5,6 +5,9 @@
 // adapters/<broker> (Read) → ackgate (push, retry, dedup, settle) → dedup (the store).
 //
 // Exit status: 0 clean stop, 1 runtime failure, 2 bad configuration or usage.
+//
+// The Kubernetes admission webhook is a separate command, cmd/mqsidecar-injector, so this
+// binary, which runs next to every application pod, links no k8s.io package.
 package main
 
 import (
@@ -17,25 +20,18 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"runtime/pprof"
-	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
 	"github.com/mqsidecar/mqsidecar/config"
 	"github.com/mqsidecar/mqsidecar/demo"
-	"github.com/mqsidecar/mqsidecar/injector"
+	"github.com/mqsidecar/mqsidecar/internal/cli"
 	"github.com/mqsidecar/mqsidecar/sidecar"
 )
 
 // version is stamped at build time: -ldflags "-X main.version=v1.2.3".
 var version = "dev"
-
-// usageError exits with status 2.
-type usageError struct{ err error }
-
-func (e usageError) Error() string { return e.err.Error() }
-func (e usageError) Unwrap() error { return e.err }
 
 func main() {
 	// A sidecar shares its pod's memory with the app: collect more often than Go's
@@ -63,37 +59,33 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	root := rootCommand(stdout, stderr)
-	root.SetArgs(args)
-	err := root.Execute()
-	if err == nil {
-		return 0
-	}
-	if msg := err.Error(); strings.Contains(msg, "\n") {
-		fmt.Fprintf(stderr, "mqsidecar: error:\n%s\n", msg)
-	} else {
-		fmt.Fprintln(stderr, "mqsidecar:", msg)
-	}
-	var ue usageError
-	if errors.As(err, &ue) {
-		return 2
-	}
-	return 1
+	return cli.Execute(rootCommand(stdout, stderr), args, stderr)
 }
 
 func rootCommand(stdout, stderr io.Writer) *cobra.Command {
 	root := &cobra.Command{
-		Use:           "mqsidecar",
-		Short:         "Consume from Kafka, RocketMQ or RabbitMQ; push to your app over HTTP; ack only after 2xx",
-		SilenceUsage:  true,
-		SilenceErrors: true,
+		Use:   "mqsidecar",
+		Short: "Consume from Kafka, RocketMQ or RabbitMQ; push to your app over HTTP; ack only after 2xx",
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(runCommand(stderr), demoCommand(stdout), configCommand(stdout), versionCommand(stdout))
-	root.AddCommand(injector.NewCommand())
+	root.AddCommand(runCommand(stderr), demoCommand(stdout), configCommand(stdout), cli.VersionCommand("mqsidecar", version),
+		injectMovedCommand())
 	return root
+}
+
+// injectMovedCommand answers the former `mqsidecar inject` subcommand (hidden): the
+// webhook is the mqsidecar-injector binary now, in the same image, with the same flags.
+func injectMovedCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:                "inject",
+		Hidden:             true,
+		DisableFlagParsing: true,
+		RunE: func(*cobra.Command, []string) error {
+			return cli.Usage(errors.New("`mqsidecar inject` is now its own command: run `mqsidecar-injector` " +
+				"with the same flags (/usr/local/bin/mqsidecar-injector in the same image)"))
+		},
+	}
 }
 
 func runCommand(stderr io.Writer) *cobra.Command {
@@ -109,10 +101,10 @@ func runCommand(stderr io.Writer) *cobra.Command {
 			}
 			cfg, err := config.Load(path, overrides)
 			if err != nil {
-				return usageError{err}
+				return cli.Usage(err)
 			}
 			log := newLogger(stderr, cfg.Log)
-			log.Info("mqsidecar starting", "version", buildVersion(), "config", cfg)
+			log.Info("mqsidecar starting", "version", cli.Version(version), "config", cfg)
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			sc, err := sidecar.New(cfg, log)
@@ -162,7 +154,7 @@ func configCommand(stdout io.Writer) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			if _, err := config.Load(path, nil); err != nil {
-				return usageError{err}
+				return cli.Usage(err)
 			}
 			fmt.Fprintln(stdout, "config ok")
 			return nil
@@ -171,27 +163,6 @@ func configCommand(stdout io.Writer) *cobra.Command {
 	validate.Flags().StringVarP(&path, "config", "c", "", "config file (YAML)")
 	cmd.AddCommand(validate)
 	return cmd
-}
-
-func versionCommand(stdout io.Writer) *cobra.Command {
-	return &cobra.Command{
-		Use:   "version",
-		Short: "Print the version",
-		Args:  cobra.NoArgs,
-		Run: func(*cobra.Command, []string) {
-			fmt.Fprintln(stdout, "mqsidecar", buildVersion())
-		},
-	}
-}
-
-func buildVersion() string {
-	if version != "dev" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return version
 }
 
 func newLogger(w io.Writer, c config.Log) *slog.Logger {

@@ -1,0 +1,78 @@
+// Package cli is what the mqsidecar and mqsidecar-injector commands share: exit statuses,
+// error printing and the build version.
+//
+// Exit status: 0 success, 1 runtime failure, 2 bad configuration or usage.
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"runtime/debug"
+	"strings"
+
+	"github.com/spf13/cobra"
+)
+
+// UsageError marks a usage or configuration error: the command exits with status 2.
+type UsageError struct{ Err error }
+
+func (e UsageError) Error() string { return e.Err.Error() }
+func (e UsageError) Unwrap() error { return e.Err }
+
+// Usage wraps err as a UsageError.
+func Usage(err error) error { return UsageError{Err: err} }
+
+// Execute runs root with args, prints a failure to stderr prefixed with the root command's
+// name, and returns the exit status: 0 on success; 2 for a UsageError, a flag parsing error
+// or an error that matches (errors.Is) one of usageErrs; 1 otherwise.
+func Execute(root *cobra.Command, args []string, stderr io.Writer, usageErrs ...error) int {
+	root.SilenceUsage = true
+	root.SilenceErrors = true // printed below, once
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return Usage(err) })
+	root.SetArgs(args)
+	err := root.Execute()
+	if err == nil {
+		return 0
+	}
+	if msg := err.Error(); strings.Contains(msg, "\n") {
+		fmt.Fprintf(stderr, "%s: error:\n%s\n", root.Name(), msg)
+	} else {
+		fmt.Fprintf(stderr, "%s: %s\n", root.Name(), msg)
+	}
+	var ue UsageError
+	if errors.As(err, &ue) {
+		return 2
+	}
+	for _, u := range usageErrs {
+		if errors.Is(err, u) {
+			return 2
+		}
+	}
+	return 1
+}
+
+// Version is stamped, the value of a main package's version variable (set at build time
+// with -ldflags "-X main.version=v1.2.3"), unless that is still "dev": then the module
+// version from the build info when there is one (go install …@v1.2.3), else "dev".
+func Version(stamped string) string {
+	if stamped != "dev" {
+		return stamped
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return stamped
+}
+
+// VersionCommand is the `version` subcommand: it prints "<name> <version>".
+func VersionCommand(name, stamped string) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			fmt.Fprintln(cmd.OutOrStdout(), name, Version(stamped))
+		},
+	}
+}

@@ -1,0 +1,57 @@
+package cli
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/spf13/cobra"
+)
+
+func TestExecute(t *testing.T) {
+	errConfig := errors.New("bad option")
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		err    error
+		code   int
+		stderr string
+	}{
+		{"ok", nil, nil, 0, ""},
+		{"runtime failure", nil, errors.New("broker gone"), 1, "tool: broker gone\n"},
+		{"usage error", nil, Usage(errors.New("missing --config")), 2, "tool: missing --config\n"},
+		{"listed usage error", nil, fmt.Errorf("wrapped: %w", errConfig), 2, "tool: wrapped: bad option\n"},
+		{"multi-line", nil, Usage(errors.New("a: bad\nb: bad")), 2, "tool: error:\na: bad\nb: bad\n"},
+		{"flag error", []string{"--nope"}, nil, 2, "tool: unknown flag: --nope\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			root := &cobra.Command{Use: "tool", RunE: func(*cobra.Command, []string) error { return tc.err }}
+			root.SetOut(&stdout)
+			root.SetErr(&stderr)
+			if code := Execute(root, tc.args, &stderr, errConfig); code != tc.code || stderr.String() != tc.stderr {
+				t.Errorf("exit %d, stderr %q; want %d, %q", code, stderr.String(), tc.code, tc.stderr)
+			}
+			if stdout.Len() != 0 {
+				t.Errorf("nothing belongs on stdout (no usage on errors): %q", stdout.String())
+			}
+		})
+	}
+}
+
+func TestVersion(t *testing.T) {
+	if got := Version("v1.0.0"); got != "v1.0.0" {
+		t.Errorf("Version(v1.0.0) = %q", got)
+	}
+	if got := Version("dev"); got == "" {
+		t.Error("Version(dev) is empty")
+	}
+	var out bytes.Buffer
+	cmd := VersionCommand("tool", "v2.0.0")
+	cmd.SetOut(&out)
+	cmd.SetArgs(nil)
+	if err := cmd.Execute(); err != nil || out.String() != "tool v2.0.0\n" {
+		t.Errorf("version command: %v, %q", err, out.String())
+	}
+}
