@@ -45,6 +45,15 @@ import (
 // own buffer, without blocking.
 const lowWater = 1024
 
+// bufferTarget bounds the records buffered ahead of the gate across all partitions: a
+// partition holding perPartitionBuffer records is paused at the client (no more fetches for
+// it) until it drains to half of that. Without the pause, a backlog larger than one fetch
+// fills the buffer with the few partitions the first fetches returned, and the lanes of all
+// the others idle until those drain.
+const bufferTarget = 2048
+
+func perPartitionBuffer(partitions int) int { return max(64, bufferTarget/max(1, partitions)) }
+
 // revokeWait bounds how long a revoke waits for in-flight records of the revoked partitions
 // to settle before committing; it must stay well inside the group's rebalance timeout.
 const revokeWait = 5 * time.Second
@@ -88,6 +97,7 @@ type partState struct {
 	commit   kgo.EpochOffset // next offset to commit (contiguous done prefix), Offset -1 = none yet
 	dirty    bool            // commit advanced since the last successful commit
 	hwm      int64
+	paused   bool // fetching paused at the client: enough buffered
 }
 
 // Source is the Kafka adapter. Create it with New.
@@ -104,6 +114,9 @@ type Source struct {
 	rr       []*partState // partitions with buffered records, served round-robin
 	rrPos    int
 	buffered int // records in all partStates' buffers
+	// pause and resume collect partitions whose fetching must be paused (by buffer) or
+	// resumed (by next) at the client, outside mu.
+	pause, resume map[string][]int32
 
 	// laneFull (LaneLimiter) holds back partitions the gate has enough of; wake unblocks
 	// a Read waiting for one of them.
@@ -197,7 +210,8 @@ func New(cfg config.Kafka, deadLetterTopic string, opts ...Option) (*Source, err
 func (s *Source) Read(ctx context.Context) (*adapters.Delivery, error) {
 	for {
 		s.mu.Lock()
-		low := s.buffered < lowWater
+		starved := len(s.rr) < len(s.parts) // partitions with nothing buffered
+		low := s.buffered < lowWater || starved
 		s.mu.Unlock()
 		if low {
 			// Top up from what the client already fetched (a nil context never blocks),
@@ -206,8 +220,19 @@ func (s *Source) Read(ctx context.Context) (*adapters.Delivery, error) {
 			s.cl.AllowRebalance()
 		}
 		d, held := s.next()
+		s.applyResumes()
 		if d != nil {
 			return d, nil
+		}
+		if held && starved {
+			// Records are buffered, but only for partitions at their look-ahead limit,
+			// and others have none: fetch for those until a lane frees up.
+			s.buffer(s.pollUntilWake(ctx))
+			s.cl.AllowRebalance()
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			continue
 		}
 		if held {
 			// Records are buffered, but only for partitions at their look-ahead limit:
@@ -241,12 +266,71 @@ func (s *Source) Read(ctx context.Context) (*adapters.Delivery, error) {
 	}
 }
 
+// pollUntilWake polls the client until records arrive, a lane is freed (LaneFreed), or ctx
+// ends.
+func (s *Source) pollUntilWake(ctx context.Context) kgo.Fetches {
+	pctx, cancel := context.WithCancel(ctx)
+	woke := make(chan bool, 1)
+	go func() {
+		select {
+		case <-s.wake:
+			cancel()
+			woke <- true
+		case <-pctx.Done():
+			woke <- false
+		}
+	}()
+	fetches := s.cl.PollFetches(pctx)
+	cancel()
+	if <-woke {
+		// The wake may have come after the poll returned on its own: pass it on, so the
+		// next wait does not miss it (a spurious wake only costs a look).
+		s.LaneFreed()
+	}
+	return fetches
+}
+
+// applyResumes resumes fetching at the client for the partitions next drained. A stale
+// resume (of a partition revoked meanwhile) is harmless: assigned resumes every partition
+// anyway.
+func (s *Source) applyResumes() {
+	s.mu.Lock()
+	resume := s.resume
+	s.resume = nil
+	s.mu.Unlock()
+	if len(resume) > 0 {
+		s.cl.ResumeFetchPartitions(resume)
+	}
+}
+
+// notePause records that ps must be paused (or resumed) at the client. Called with mu held.
+func (s *Source) notePause(ps *partState, pause bool) {
+	ps.paused = pause
+	m := &s.resume
+	if pause {
+		m = &s.pause
+	}
+	if *m == nil {
+		*m = map[string][]int32{}
+	}
+	(*m)[ps.tp.topic] = append((*m)[ps.tp.topic], ps.tp.partition)
+}
+
 // buffer stores polled records in their partition's current state. Rebalances are blocked
 // while it runs, so every record belongs to the current assignment.
 func (s *Source) buffer(fetches kgo.Fetches) {
 	var fetchErr error
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer func() {
+		pause := s.pause
+		s.pause = nil
+		s.mu.Unlock()
+		// Paused before AllowRebalance, so the pause can only concern the current
+		// assignment: a stale one could stop a reassigned partition for good.
+		if len(pause) > 0 {
+			s.cl.PauseFetchPartitions(pause)
+		}
+	}()
 	fetches.EachTopic(func(t kgo.FetchTopic) {
 		for i := range t.Partitions {
 			p := &t.Partitions[i]
@@ -266,6 +350,9 @@ func (s *Source) buffer(fetches kgo.Fetches) {
 			}
 			ps.buffered = append(ps.buffered, p.Records...)
 			s.buffered += len(p.Records)
+			if !ps.paused && len(ps.buffered) >= perPartitionBuffer(len(s.parts)) {
+				s.notePause(ps, true)
+			}
 			if !ps.inRR {
 				ps.inRR = true
 				s.rr = append(s.rr, ps)
@@ -324,6 +411,9 @@ func (s *Source) next() (d *adapters.Delivery, held bool) {
 		ps.buffered[0] = nil
 		ps.buffered = ps.buffered[1:]
 		s.buffered--
+		if ps.paused && len(ps.buffered) <= perPartitionBuffer(len(s.parts))/2 {
+			s.notePause(ps, false)
+		}
 		s.rrPos++
 		seq := ps.nextSeq
 		ps.nextSeq++
@@ -405,7 +495,9 @@ func (s *Source) settled(ps *partState, seq uint64, err error) {
 	ps.headSeq += uint64(n)
 }
 
-func (s *Source) assigned(_ context.Context, _ *kgo.Client, assigned map[string][]int32) {
+func (s *Source) assigned(_ context.Context, cl *kgo.Client, assigned map[string][]int32) {
+	// Paused under an earlier assignment perhaps; the new partState starts unpaused.
+	cl.ResumeFetchPartitions(assigned)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := 0

@@ -2,7 +2,9 @@ package kafka
 
 import (
 	"context"
+	"math/rand/v2"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -265,4 +267,79 @@ func TestLaneLimitHoldsBackAPartition(t *testing.T) {
 			t.Fatalf("after release got %d/%d, want 0/%d", d.Partition, d.Offset, i)
 		}
 	}
+}
+
+// TestHeldPartitionsDoNotStarveOthers: a backlog larger than one fetch, and lanes that stay
+// full (a slow app). Partitions missing from the first fetches must still be fetched and
+// handed out while the buffered ones are held back, or their lanes idle until the buffered
+// partitions drain (a backlog on a few partitions would halve throughput, or worse). And
+// the held partitions' buffers stay bounded meanwhile.
+func TestHeldPartitionsDoNotStarveOthers(t *testing.T) {
+	const parts, perPart, limit = 8, 1200, 3
+	brokers := newCluster(t)
+	createTopic(t, brokers, "starve", parts)
+	// 1 KiB incompressible values in 16 KiB batches: one partition's share of a fetch
+	// (128 KiB) is ~125 records, far less than the backlog.
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()),
+		kgo.ProducerBatchMaxBytes(16<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	var recs []*kgo.Record
+	for p := range parts {
+		for range perPart {
+			v := make([]byte, 1024)
+			for i := range v {
+				v[i] = byte(rng.Uint32())
+			}
+			recs = append(recs, &kgo.Record{Topic: "starve", Partition: int32(p), Value: v})
+		}
+	}
+	if err := cl.ProduceSync(context.Background(), recs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	cl.Close()
+
+	s, err := New(testConfig(brokers, "starve"), "", WithLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	var mu sync.Mutex
+	out := map[string]int{} // lane → handed out, never settled: the lane stays full
+	s.LimitLanes(func(lane string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return out[lane] >= limit
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for n := 0; n < parts*limit; n++ {
+		d, err := s.Read(ctx)
+		if err != nil {
+			mu.Lock()
+			t.Fatalf("read %d of %d with every lane filling up: %v; handed out per lane: %v", n, parts*limit, err, out)
+		}
+		mu.Lock()
+		out[d.Lane]++
+		mu.Unlock()
+	}
+	if len(out) != parts {
+		t.Fatalf("lanes served: %v, want all %d", out, parts)
+	}
+	// Every lane is full now: a Read waits (fetching for nobody) and the buffers stay
+	// within the per-partition bound plus what fetches already in flight bring.
+	rctx, rcancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	if d, err := s.Read(rctx); err == nil {
+		t.Fatalf("read %s/%d while every lane is full", d.Lane, d.Offset)
+	}
+	rcancel()
+	s.mu.Lock()
+	buffered := s.buffered
+	s.mu.Unlock()
+	if bound := parts * (perPartitionBuffer(parts) + 2*130); buffered > bound || buffered == 0 {
+		t.Fatalf("%d records buffered, want 1..%d (backlog %d)", buffered, bound, parts*perPart)
+	}
+	t.Logf("%d of %d records buffered while every lane is full", buffered, parts*perPart)
 }
