@@ -166,8 +166,13 @@ func New(cfg config.Kafka, deadLetterTopic string, opts ...Option) (*Source, err
 		// Bound what the client buffers ahead of the gate (G4): one fetch response is
 		// thousands of small records, far more than max_inflight needs to stay busy.
 		// These bound compressed bytes; records decompress to several times that.
-		kgo.FetchMaxBytes(512 << 10),
-		kgo.FetchMaxPartitionBytes(128 << 10),
+		kgo.FetchMaxBytes(256 << 10),
+		kgo.FetchMaxPartitionBytes(64 << 10),
+		// A partition resumed after a pause (see bufferTarget) is fetched only once the
+		// fetch in flight returns, which waits up to this long when the other partitions
+		// have nothing new; the client's 5 s default would idle a busy lane for seconds.
+		// 500 ms is the Java consumer's fetch.max.wait.ms.
+		kgo.FetchMaxWait(500 * time.Millisecond),
 		kgo.WithLogger(kgoLogger{s.log}),
 	}
 	if cfg.StartOffset == "latest" {
