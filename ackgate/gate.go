@@ -5,7 +5,7 @@
 //
 // The order of effects for one message (G1, G2):
 //
-//  1. admission: one of 2×max_inflight admission permits is taken (the memory bound: read
+//  1. admission: one of 4×max_inflight admission permits is taken (the memory bound: read
 //     from the broker and not yet settled); a second copy of an ID already admitted
 //     waits behind the first (two copies are never pushed concurrently); an ID the store
 //     knows as completed is settled at once without a push;
@@ -47,6 +47,15 @@ import (
 	"github.com/mqsidecar/mqsidecar/dedup"
 	"github.com/mqsidecar/mqsidecar/metrics"
 )
+
+// admissionFactor × max_inflight deliveries may be admitted (read and not yet settled)
+// while at most max_inflight are pushed. The others are being recorded in flight before
+// their push or completed after it: at high rates each spends about two group-commit
+// cycles (a few milliseconds) outside the push, and the deeper the pipeline, the larger
+// and fewer the commits. Measured on the partition bench (8 partitions, instant app): 2×
+// kept 64 pushes busy at ~22k msg/s, 4× at ~26k with less CPU per message; 6× gained
+// nothing more.
+const admissionFactor = 4
 
 // Ordering selects how deliveries are grouped into sequential lanes.
 type Ordering string
@@ -125,7 +134,7 @@ type Gate struct {
 	log    *slog.Logger
 	m      *metrics.Metrics
 
-	permits   chan struct{}  // admission: 2×MaxInflight
+	permits   chan struct{}  // admission: admissionFactor×MaxInflight
 	pushSlots chan struct{}  // concurrent pushes: MaxInflight
 	inflight  sync.WaitGroup // one per admitted delivery, done when settled
 
@@ -188,10 +197,7 @@ func New(src adapters.Source, store Store, opts Options) *Gate {
 	hardCtx, hardCancel := context.WithCancel(context.Background())
 	g := &Gate{
 		opts: opts, src: src, store: store, log: opts.Logger, m: opts.Metrics,
-		// Admission is twice the push concurrency so that the next messages are already
-		// read and recorded in flight while earlier ones wait for their completion fsync:
-		// the fsync is then off the push path.
-		permits:     make(chan struct{}, 2*opts.MaxInflight),
+		permits:     make(chan struct{}, admissionFactor*opts.MaxInflight),
 		pushSlots:   make(chan struct{}, opts.MaxInflight),
 		stopping:    make(chan struct{}),
 		hardCtx:     hardCtx,

@@ -8,7 +8,15 @@
 // per message: the time from its push arriving at the app to the first observed commit
 // covering its offset (committed offsets are polled every few milliseconds).
 //
-// Usage: go run ./bench [-runs 5] [-messages N] [-scenario partition|key|none]
+// The sidecar commits every 20 ms here (its default is 1 s): a run lasts 1-3 s and ends at
+// the commit covering the last offset, so a longer interval would add up to one interval to
+// every run, in steps, while the loop commits each batch synchronously.
+//
+// Usage: go run ./bench [-runs 5] [-messages N] [-scenario partition|key|none] [-only NAME]
+//
+// Investigation aids: BENCH_DEBUG=1 prints the consumer's logs, memory lines and the
+// sidecar's metrics after each run; BENCH_CONSUMER_ENV="K=V ..." adds environment to the
+// consumer process (GODEBUG=gctrace=1, GOGC=..., MQSIDECAR_CPUPROFILE=file).
 package main
 
 import (
@@ -60,6 +68,7 @@ func main() {
 	runs := flag.Int("runs", 5, "runs per contender; medians are reported")
 	messages := flag.Int("messages", 0, "messages per run (default 50000; 10000 for -scenario key, whose baseline does 200 msg/s)")
 	scen := flag.String("scenario", "partition", "partition | key")
+	only := flag.String("only", "", "run only the contenders whose name contains this (investigations; no ratios without the loop)")
 	brokers := flag.String("brokers", "", "internal")
 	appURL := flag.String("app", "", "internal")
 	flag.Parse()
@@ -81,7 +90,7 @@ func main() {
 			*messages = 10000
 		}
 	}
-	if err := bench(sc, *runs, *messages); err != nil {
+	if err := bench(sc, *runs, *messages, *only); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -97,12 +106,14 @@ type result struct {
 	order    int     // per-key order violations seen by the app
 }
 
+const loopName = "hand-written loop"
+
 type contender struct {
 	name string
 	cmd  func(brokers, appURL, dir string) *exec.Cmd
 }
 
-func bench(sc scenario, runs, n int) error {
+func bench(sc scenario, runs, n int, only string) error {
 	dir, err := os.MkdirTemp("", "mqsidecar-bench-")
 	if err != nil {
 		return err
@@ -126,7 +137,7 @@ func bench(sc scenario, runs, n int) error {
 			}
 			cfg := fmt.Sprintf(`source:
   kind: kafka
-  kafka: {brokers: [%s], group: bench, topics: [%s], message_id: "header:message-id", commit_interval: 100ms}
+  kafka: {brokers: [%s], group: bench, topics: [%s], message_id: "header:message-id", commit_interval: 20ms}
 app: {url: %q}
 delivery: {ordering: %s, max_inflight: 64}
 dedup: {enabled: true, path: %q}
@@ -140,7 +151,7 @@ log: {level: warn}
 			return exec.Command(bin, "run", "--config", path)
 		}}
 	}
-	contenders := []contender{{name: "hand-written loop", cmd: func(brokers, appURL, _ string) *exec.Cmd {
+	contenders := []contender{{name: loopName, cmd: func(brokers, appURL, _ string) *exec.Cmd {
 		return exec.Command(self, "-mode", "baseline", "-brokers", brokers, "-app", appURL)
 	}}}
 	if sc.name == "key" {
@@ -148,8 +159,14 @@ log: {level: warn}
 	} else {
 		contenders = append(contenders, sidecar(sc.ordering))
 	}
+	if only != "" {
+		contenders = slices.DeleteFunc(contenders, func(c contender) bool { return !strings.Contains(c.name, only) })
+		if len(contenders) == 0 {
+			return fmt.Errorf("-only %q matches no contender", only)
+		}
+	}
 
-	fmt.Printf("mqsidecar bench, scenario %q: %d messages of ~100 B (16 KiB producer batches), %d partitions, app latency %v, dedup on, max_inflight 64, commit every 100ms; %d runs each, alternating; medians\n",
+	fmt.Printf("mqsidecar bench, scenario %q: %d messages of ~100 B (16 KiB producer batches), %d partitions, app latency %v, dedup on, max_inflight 64, commit every 20ms; %d runs each, alternating; medians\n",
 		sc.name, n, partitions, sc.appDelay, runs)
 	results := make([][]result, len(contenders))
 	for r := 0; r < runs; r++ {
@@ -167,11 +184,15 @@ log: {level: warn}
 	base := median(results[0], func(r result) float64 { return r.rate })
 	for i, c := range contenders {
 		rate := median(results[i], func(r result) float64 { return r.rate })
-		fmt.Printf("%-34s %10.0f %10.1f %10.1f %12.1f %11.1f %7.2fx\n", c.name, rate,
+		ratio := "-"
+		if contenders[0].name == loopName {
+			ratio = fmt.Sprintf("%.2fx", rate/base)
+		}
+		fmt.Printf("%-34s %10.0f %10.1f %10.1f %12.1f %11.1f %8s\n", c.name, rate,
 			median(results[i], func(r result) float64 { return ms(r.p50) }),
 			median(results[i], func(r result) float64 { return ms(r.p99) }),
 			median(results[i], func(r result) float64 { return r.rssMB }),
-			median(results[i], func(r result) float64 { return r.cpuUs }), rate/base)
+			median(results[i], func(r result) float64 { return r.cpuUs }), ratio)
 	}
 	return nil
 }

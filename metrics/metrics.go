@@ -68,7 +68,7 @@ func New() *Metrics {
 		DeadLettered: f("mqsidecar_messages_dead_lettered_total", "Messages written to the dead-letter target (broker-confirmed)."),
 		Dropped:      f("mqsidecar_messages_dropped_total", "Messages acknowledged without success: the app answered DROP, or max attempts with drop_after_max_attempts."),
 		Abandoned:    f("mqsidecar_messages_abandoned_total", "Messages left unacknowledged at shutdown or on a lost partition; the broker redelivers them."),
-		Inflight:     g("mqsidecar_inflight_messages", "Messages admitted and not yet settled (bounded by delivery.max_inflight)."),
+		Inflight:     g("mqsidecar_inflight_messages", "Messages admitted (read, not yet settled): at most 4×delivery.max_inflight, of which at most max_inflight are being pushed."),
 		ParkedLanes:  g("mqsidecar_parked_lanes", "Messages waiting for a retry; each blocks its ordering lane (partition, key) and no other."),
 		OldestParked: g("mqsidecar_parked_oldest_seconds", "How long the longest-failing parked message has been retried."),
 		SourceReady:  g("mqsidecar_source_ready", "1 when the broker connection is up."),
