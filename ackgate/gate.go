@@ -7,10 +7,11 @@
 //
 //  1. admission: one of 4×max_inflight admission permits is taken (the memory bound: read
 //     from the broker and not yet settled); a second copy of an ID already admitted
-//     waits behind the first (two copies are never pushed concurrently); an ID the store
-//     knows as completed is settled at once without a push;
-//  2. the ID is recorded "in flight" in the store (fsynced by group commit) before its
-//     first push, so a crash after the push makes the redelivery carry ce-redelivered;
+//     waits behind the first (two copies are never pushed concurrently);
+//  2. one store transaction reads the ID's record and, unless it is completed, records
+//     the ID "in flight" (fsynced by group commit) before its first push, so a crash after
+//     the push makes the redelivery carry ce-redelivered; an ID the store knows as
+//     completed is settled without a push when its lane reaches it;
 //  3. push (at most max_inflight at once), retry with backoff, or dead-letter
 //     (broker-confirmed) as the answer says;
 //  4. on success the ID is recorded "completed" (fsynced), and only then the delivery is
@@ -117,7 +118,7 @@ type Options struct {
 // Store is what the gate needs of the dedup store (*dedup.Store implements it). A nil Store
 // disables deduplication; in-flight duplicates are still never pushed concurrently.
 type Store interface {
-	Get(id string) (dedup.Entry, error)
+	Update(id string, f func(prior dedup.Entry) (next dedup.Entry, write bool), done func(prior dedup.Entry, err error))
 	Put(id string, e dedup.Entry, done func(error))
 }
 
@@ -347,33 +348,32 @@ func (g *Gate) admit(d *adapters.Delivery) {
 	g.begin(it)
 }
 
-// begin consults the store and hands it to its lane. The ID is marked active by the caller.
+// begin records it in flight (unless the store knows it as completed) and hands it to its
+// lane, which waits for the record to be durable. The ID is marked active by the caller.
 func (g *Gate) begin(it *item) {
 	d := it.d
 	it.baseAttempt = d.DeliveryCount
 	it.redelivered = d.Redelivered || d.DeliveryCount > 0
-	if g.store != nil {
-		e, err := g.store.Get(it.key)
-		if err != nil {
-			g.storeFailed(it, fmt.Errorf("%w: get %q: %v", ErrStore, d.ID, err))
-			return
+	if g.store == nil {
+		it.marked <- nil
+		g.enqueue(it)
+		return
+	}
+	// One store transaction reads the ID's record and writes the in-flight mark. f runs on
+	// the store's writer before done, and the lane reads what f sets only after done.
+	g.store.Update(it.key, func(prior dedup.Entry) (dedup.Entry, bool) {
+		it.prior = prior
+		if prior.State == dedup.Completed {
+			return prior, false // a recorded duplicate: settled by the lane without a push
 		}
-		if e.State == dedup.Completed {
-			g.m.Deduplicated.Inc()
-			g.settle(it, nil)
-			return
-		}
-		it.prior = e
-		it.baseAttempt = max(it.baseAttempt, e.Attempts)
-		it.redelivered = it.redelivered || e.State == dedup.InFlight
+		it.baseAttempt = max(it.baseAttempt, prior.Attempts)
+		it.redelivered = it.redelivered || prior.State == dedup.InFlight
 		// Recorded as if the first push had started: a crash before the push only makes
 		// the redelivery over-cautious (ce-redelivered), never silent.
-		g.store.Put(it.key, dedup.Entry{State: dedup.InFlight, Attempts: it.baseAttempt + 1}, func(err error) {
-			it.marked <- err
-		})
-	} else {
-		it.marked <- nil
-	}
+		return dedup.Entry{State: dedup.InFlight, Attempts: it.baseAttempt + 1}, true
+	}, func(_ dedup.Entry, err error) {
+		it.marked <- err
+	})
 	g.enqueue(it)
 }
 
@@ -439,6 +439,11 @@ func (g *Gate) process(it *item) {
 		}
 	case <-g.hardCtx.Done():
 		g.abandon(it)
+		return
+	}
+	if it.prior.State == dedup.Completed {
+		g.m.Deduplicated.Inc()
+		g.settle(it, nil)
 		return
 	}
 	// A previous run may have used up the attempts, or scheduled the next one for later:
@@ -612,8 +617,12 @@ func (g *Gate) complete(it *item, o outcome) {
 // the in-flight record is rolled back so the redelivery is not flagged as seen.
 func (g *Gate) abandon(it *item) {
 	g.m.Abandoned.Inc()
-	if g.store != nil && it.pushes == 0 && it.prior.State != dedup.Completed {
-		g.store.Put(it.key, it.prior, func(error) {})
+	if g.store != nil && it.pushes == 0 {
+		// The rollback runs on the store's writer after the mark (requests apply in
+		// order), where it.prior was set: the lane may abandon before the mark is done.
+		g.store.Update(it.key, func(dedup.Entry) (dedup.Entry, bool) {
+			return it.prior, it.prior.State != dedup.Completed // Unknown deletes the mark
+		}, nil)
 	}
 	g.settle(it, adapters.ErrNotDone)
 }

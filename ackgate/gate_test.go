@@ -653,7 +653,12 @@ func TestDrainTimeoutCutsHangingPush(t *testing.T) {
 // failingStore fails every write.
 type failingStore struct{}
 
-func (failingStore) Get(string) (dedup.Entry, error) { return dedup.Entry{}, nil }
+func (failingStore) Update(_ string, _ func(dedup.Entry) (dedup.Entry, bool), done func(dedup.Entry, error)) {
+	if done != nil {
+		done(dedup.Entry{}, errors.New("disk on fire"))
+	}
+}
+
 func (failingStore) Put(_ string, _ dedup.Entry, done func(error)) {
 	done(errors.New("disk on fire"))
 }

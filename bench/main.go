@@ -16,7 +16,8 @@
 //
 // Investigation aids: BENCH_DEBUG=1 prints the consumer's logs, memory lines and the
 // sidecar's metrics after each run; BENCH_CONSUMER_ENV="K=V ..." adds environment to the
-// consumer process (GODEBUG=gctrace=1, GOGC=..., MQSIDECAR_CPUPROFILE=file).
+// consumer process (GODEBUG=gctrace=1, GOGC=..., MQSIDECAR_CPUPROFILE=file);
+// BENCH_SIDECAR_BIN=path runs that binary instead of building ./cmd/mqsidecar.
 package main
 
 import (
@@ -119,11 +120,14 @@ func bench(sc scenario, runs, n int, only string) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "mqsidecar")
-	build := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/mqsidecar")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		return fmt.Errorf("build mqsidecar: %w", err)
+	bin := os.Getenv("BENCH_SIDECAR_BIN") // a prebuilt binary, to compare builds
+	if bin == "" {
+		bin = filepath.Join(dir, "mqsidecar")
+		build := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/mqsidecar")
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			return fmt.Errorf("build mqsidecar: %w", err)
+		}
 	}
 	self, err := os.Executable()
 	if err != nil {

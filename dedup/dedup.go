@@ -20,7 +20,9 @@
 // commit carries. IDs that sort near each other (Kafka's topic/partition/offset) touch few
 // pages per commit; random IDs (UUIDv4) touch about one 4 KiB page each.
 //
-// Reads: Get sees committed state only, never a queued or half-written batch.
+// Reads: Get sees committed state only, never a queued or half-written batch. Update is a
+// Put whose record is chosen from the current one inside the writing transaction (the ack
+// gate's check-and-mark at admission: one transaction instead of a read and a write).
 //
 // TTL: an ID is reported by Get for exactly Options.TTL after its last write (its Updated
 // time); after that it is Unknown. Storage is reclaimed in whole time slices: the ID space
@@ -225,6 +227,13 @@ type request struct {
 	id   string
 	e    Entry
 	done func(error)
+
+	// Update only: f decides e from the prior entry inside the transaction; udone
+	// replaces done; err is this request's own failure (a record that cannot be decoded).
+	f     func(prior Entry) (next Entry, write bool)
+	udone func(prior Entry, err error)
+	prior Entry
+	err   error
 }
 
 // Open opens or creates the store at path, creating parent directories (0o750) as needed.
@@ -400,6 +409,35 @@ func (s *Store) Put(id string, e Entry, done func(error)) {
 		return
 	}
 	s.queue <- request{id: id, e: e, done: done}
+	s.inPut.Add(-1)
+}
+
+// Update queues a read-modify-write of id. On the writer, inside the transaction that will
+// commit it, f receives the entry Get would report for id at that point (records queued
+// before it included) and returns the entry to write, or write=false to leave the record
+// as it is; next.State Unknown deletes the record, as with Put. done then receives the entry f saw
+// and nil once the transaction is durably committed, or the commit's error (nothing of the
+// batch stored). A record that cannot be decoded fails this request alone, with an error
+// wrapping ErrCorrupt, before f is called.
+//
+// It saves the separate read transaction of a Get followed by a Put, and the two cannot
+// interleave with another writer. f and done run on the writer goroutine: they must be
+// cheap and must not call the store. Queueing and Close behave as for Put.
+func (s *Store) Update(id string, f func(prior Entry) (next Entry, write bool), done func(prior Entry, err error)) {
+	if done == nil {
+		done = func(Entry, error) {}
+	}
+	if len(id) == 0 || len(id) > MaxIDLen {
+		done(Entry{}, fmt.Errorf("dedup: update: id of %d bytes (want 1..%d): %w", len(id), MaxIDLen, ErrInvalid))
+		return
+	}
+	s.inPut.Add(1)
+	if s.closed.Load() {
+		s.inPut.Add(-1)
+		done(Entry{}, fmt.Errorf("dedup: update %q: %w", id, ErrClosed))
+		return
+	}
+	s.queue <- request{id: id, f: f, udone: done}
 	s.inPut.Add(-1)
 }
 

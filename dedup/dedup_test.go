@@ -141,6 +141,80 @@ func TestOnCommit(t *testing.T) {
 	}
 }
 
+// TestUpdate: f sees what Get would (records queued before it included, expired ones as
+// Unknown), its choice is written or not, and done reports the prior entry after the commit.
+func TestUpdate(t *testing.T) {
+	clk := newFakeClock()
+	s := openT(t, filepath.Join(t.TempDir(), "dedup.db"), Options{TTL: time.Hour, Now: clk.Now})
+	update := func(id string, f func(Entry) (Entry, bool)) (Entry, error) {
+		type res struct {
+			prior Entry
+			err   error
+		}
+		ch := make(chan res, 1)
+		s.Update(id, f, func(prior Entry, err error) { ch <- res{prior, err} })
+		r := <-ch
+		return r.prior, r.err
+	}
+	mark := func(prior Entry) (Entry, bool) {
+		if prior.State == Completed {
+			return Entry{}, false
+		}
+		return Entry{State: InFlight, Attempts: prior.Attempts + 1}, true
+	}
+
+	prior, err := update("a", mark)
+	if err != nil || prior != (Entry{}) {
+		t.Fatalf("first update: prior %+v, %v; want Unknown", prior, err)
+	}
+	if e := mustGet(t, s, "a"); e.State != InFlight || e.Attempts != 1 {
+		t.Fatalf("after update: %+v, want InFlight/1", e)
+	}
+	prior, err = update("a", mark)
+	if err != nil || prior.State != InFlight || prior.Attempts != 1 || !prior.Updated.Equal(clk.Now()) {
+		t.Fatalf("second update saw %+v, %v; want InFlight/1 written at %v", prior, err, clk.Now())
+	}
+	mustPut(t, s, "a", Entry{State: Completed, Attempts: 2})
+	if prior, err = update("a", mark); err != nil || prior.State != Completed {
+		t.Fatalf("update of a completed id saw %+v, %v", prior, err)
+	}
+	if e := mustGet(t, s, "a"); e.State != Completed || e.Attempts != 2 {
+		t.Fatalf("write=false changed the record: %+v", e)
+	}
+	if st := s.Stats(); st.Entries != 1 {
+		t.Fatalf("%d entries, want 1 (rewrites of one id count once)", st.Entries)
+	}
+
+	// Queued together: the second sees the first (same batch or not).
+	ch := make(chan Entry, 2)
+	s.Update("b", mark, func(p Entry, err error) { ch <- p })
+	s.Update("b", mark, func(p Entry, err error) { ch <- p })
+	if p1, p2 := <-ch, <-ch; p1.State != Unknown || p2.State != InFlight || p2.Attempts != 1 {
+		t.Fatalf("queued updates saw %+v then %+v", p1, p2)
+	}
+
+	// An expired record is Unknown to f, as to Get.
+	clk.Advance(time.Hour)
+	if prior, err = update("a", mark); err != nil || prior != (Entry{}) {
+		t.Fatalf("update after the TTL saw %+v, %v; want Unknown", prior, err)
+	}
+
+	// Invalid choices and ids fail the request alone.
+	if _, err = update("b", func(Entry) (Entry, bool) { return Entry{}, true }); err != nil || mustGet(t, s, "b") != (Entry{}) {
+		t.Fatalf("update to Unknown: %v, %+v left; want the record deleted", err, mustGet(t, s, "b"))
+	}
+	if _, err = update("c", func(Entry) (Entry, bool) { return Entry{State: 9}, true }); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("update to state 9: %v, want ErrInvalid", err)
+	}
+	if _, err = update("", mark); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("empty id: %v, want ErrInvalid", err)
+	}
+	s.Close()
+	if _, err = update("d", mark); !errors.Is(err, ErrClosed) {
+		t.Fatalf("after Close: %v, want ErrClosed", err)
+	}
+}
+
 func TestInvalid(t *testing.T) {
 	s := openT(t, filepath.Join(t.TempDir(), "d.db"), Options{})
 	for name, tc := range map[string]struct {
@@ -607,6 +681,16 @@ func TestCorruptRecord(t *testing.T) {
 	s = openT(t, path, Options{})
 	if _, err := s.Get("x"); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("Get of a damaged record: %v, want ErrCorrupt", err)
+	}
+	called := false
+	errc := make(chan error, 2)
+	s.Update("x", func(Entry) (Entry, bool) { called = true; return Entry{State: InFlight}, true }, func(_ Entry, err error) { errc <- err })
+	s.Update("y", func(Entry) (Entry, bool) { return Entry{State: InFlight}, true }, func(_ Entry, err error) { errc <- err })
+	if err := <-errc; !errors.Is(err, ErrCorrupt) || called {
+		t.Fatalf("Update of a damaged record: %v (f called: %v), want ErrCorrupt before f", err, called)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("an update queued beside it failed too: %v", err)
 	}
 }
 

@@ -219,7 +219,17 @@ func (s *Store) commitWith(batch []request, flush bool) {
 		}
 	}
 	for i := range batch {
-		batch[i].done(err)
+		r := &batch[i]
+		switch {
+		case r.udone == nil:
+			r.done(err)
+		case err != nil:
+			r.udone(Entry{}, err)
+		case r.err != nil:
+			r.udone(Entry{}, fmt.Errorf("dedup: update %q: %w", r.id, r.err))
+		default:
+			r.udone(r.prior, nil)
+		}
 	}
 }
 
@@ -269,6 +279,25 @@ func (s *Store) apply(tx *bolt.Tx, now int64, batch []request, ts *txState) erro
 		arena = append(arena, r.id...)
 		key := arena[len(arena)-len(r.id) : len(arena) : len(arena)]
 
+		var known *[nameLen]byte // name of the slice known to hold key, if any
+		if r.f != nil {
+			prior, in, err := s.lookup(ts, key, now, bucket)
+			if err != nil {
+				r.err = err
+				continue
+			}
+			next, write := r.f(prior)
+			r.prior = prior
+			if !write {
+				continue
+			}
+			if next.State > Completed || next.Attempts < 0 {
+				r.err = fmt.Errorf("%w: update to %s with %d attempts", ErrInvalid, next.State, next.Attempts)
+				continue
+			}
+			r.e, known = next, in
+		}
+
 		if r.e.State == Unknown {
 			// Delete from every slice, or an older record would reappear.
 			for j := range ts.slices {
@@ -295,8 +324,10 @@ func (s *Store) apply(tx *bolt.Tx, now int64, batch []request, ts *txState) erro
 		n := len(arena)
 		arena = appendEntry(arena, r.e, now)
 		val := arena[n:len(arena):len(arena)]
-		if cur.b.Get(key) == nil {
-			cur.count++
+		if known == nil || *known != cur.name {
+			if cur.b.Get(key) == nil {
+				cur.count++
+			}
 		}
 		if err := cur.b.Put(key, val); err != nil {
 			return fmt.Errorf("put %q: %w", r.id, err)
@@ -350,6 +381,32 @@ func (s *Store) apply(tx *bolt.Tx, now int64, batch []request, ts *txState) erro
 	}
 	ts.size = tx.Size()
 	return nil
+}
+
+// lookup returns what Get would report for key inside tx, and the name of the slice whose
+// bucket holds the key (nil when none does, expired records included).
+func (s *Store) lookup(ts *txState, key []byte, now int64, bucket func(*slice) (*bolt.Bucket, error)) (Entry, *[nameLen]byte, error) {
+	for i := len(ts.slices) - 1; i >= 0; i-- {
+		sl := &ts.slices[i]
+		b, err := bucket(sl)
+		if err != nil {
+			return Entry{}, nil, err
+		}
+		v := b.Get(key)
+		if v == nil {
+			continue
+		}
+		name := sl.name
+		e, err := decodeEntry(v)
+		if err != nil {
+			return Entry{}, nil, err
+		}
+		if now >= e.Updated.UnixNano()+int64(s.ttl) {
+			return Entry{}, &name, nil // expired: as Get reports it
+		}
+		return e, &name, nil
+	}
+	return Entry{}, nil, nil
 }
 
 // current returns the slice that takes writes at now, opening a new one when the newest is
