@@ -15,7 +15,11 @@
 // Rebalances are blocked from a poll until its records are buffered (BlockRebalanceOnPoll +
 // AllowRebalance right after), so buffered records always belong to the current assignment.
 // Read interleaves buffered records of different partitions round-robin, so one partition's
-// large fetch does not starve the others' lanes in the gate.
+// large fetch does not starve the others' lanes in the gate. A partition with enough
+// buffered (see bufferTarget) is paused at the client until it drains, and while every
+// buffered partition is held back by the gate, Read keeps fetching for the partitions that
+// have nothing buffered: a backlog on some partitions never idles the lanes of the others,
+// and the buffer stays bounded.
 package kafka
 
 import (
