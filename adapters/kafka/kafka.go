@@ -233,10 +233,19 @@ func (s *Source) Read(ctx context.Context) (*adapters.Delivery, error) {
 		if d != nil {
 			return d, nil
 		}
+		if held {
+			s.mu.Lock()
+			starved = len(s.rr) < len(s.parts) // next has dropped drained partitions from rr
+			s.mu.Unlock()
+		}
 		if held && starved {
 			// Records are buffered, but only for partitions at their look-ahead limit,
 			// and others have none: fetch for those until a lane frees up.
-			s.buffer(s.pollUntilWake(ctx))
+			fetches := s.pollUntilWake(ctx)
+			if fetches.IsClientClosed() {
+				return nil, adapters.ErrClosed
+			}
+			s.buffer(fetches)
 			s.cl.AllowRebalance()
 			if err := ctx.Err(); err != nil {
 				return nil, err
