@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/mqsidecar/mqsidecar/internal/ascii"
 )
 
 // pool is a minimal HTTP/1.1 keep-alive client for one origin, the local app. net/http's
@@ -80,14 +82,14 @@ func newPool(rawURL string, size int) (*pool, error) {
 	return p, nil
 }
 
-// get returns an idle connection (reused=true) or dials a new one by the deadline.
-func (p *pool) get(ctx context.Context, deadline time.Time) (pc *pconn, reused bool, err error) {
+// get returns an idle connection or dials a new one by the deadline.
+func (p *pool) get(ctx context.Context, deadline time.Time) (*pconn, error) {
 	for {
 		select {
 		case pc := <-p.idle:
 			idle := time.Since(pc.lastUsed)
 			if idle < p.idleTimeout && (idle < p.checkAfter || alive(pc)) {
-				return pc, true, nil
+				return pc, nil
 			}
 			pc.close()
 			continue
@@ -99,18 +101,18 @@ func (p *pool) get(ctx context.Context, deadline time.Time) (pc *pconn, reused b
 	dialer.Deadline = deadline
 	c, err := dialer.DialContext(ctx, "tcp", p.host)
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
 	if p.tlsConfig != nil {
 		tc := tls.Client(c, p.tlsConfig)
 		_ = c.SetDeadline(deadline)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			c.Close()
-			return nil, false, err
+			return nil, err
 		}
 		c = tc
 	}
-	return &pconn{c: c, br: bufio.NewReaderSize(c, 4096), bw: bufio.NewWriterSize(c, 4096)}, false, nil
+	return &pconn{c: c, br: bufio.NewReaderSize(c, 4096), bw: bufio.NewWriterSize(c, 4096)}, nil
 }
 
 // alive reports whether the app has not closed pc while it sat idle. It peeks at the
@@ -183,7 +185,7 @@ func (p *pool) do(ctx context.Context, deadline time.Time, writeHeaders func(*bu
 	if err := ctx.Err(); err != nil {
 		return r, err
 	}
-	pc, _, err := p.get(ctx, deadline)
+	pc, err := p.get(ctx, deadline)
 	if err != nil {
 		return r, err
 	}
@@ -305,21 +307,21 @@ func readSimple(br *bufio.Reader, maxBody int64) (r response, keep, ok bool, err
 		}
 		value = bytes.TrimSpace(value)
 		switch {
-		case asciiEqualFold(name, "Content-Length"):
+		case ascii.EqualFold(name, "Content-Length"):
 			n, err := strconv.ParseUint(string(value), 10, 62)
 			if contentLength >= 0 || err != nil {
 				return r, false, false, nil
 			}
 			contentLength = int64(n)
-		case asciiEqualFold(name, "Transfer-Encoding"):
+		case ascii.EqualFold(name, "Transfer-Encoding"):
 			return r, false, false, nil
-		case asciiEqualFold(name, "Connection"):
+		case ascii.EqualFold(name, "Connection"):
 			for _, tok := range bytes.Split(value, comma) {
-				if asciiEqualFold(bytes.TrimSpace(tok), "close") {
+				if ascii.EqualFold(bytes.TrimSpace(tok), "close") {
 					keep = false
 				}
 			}
-		case asciiEqualFold(name, "Retry-After"):
+		case ascii.EqualFold(name, "Retry-After"):
 			if r.retryAfter == "" {
 				r.retryAfter = string(value)
 			}
@@ -347,22 +349,3 @@ var (
 	colon    = []byte(":")
 	comma    = []byte(",")
 )
-
-func asciiEqualFold(b []byte, s string) bool {
-	if len(b) != len(s) {
-		return false
-	}
-	for i := range len(b) {
-		x, y := b[i], s[i]
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
-}

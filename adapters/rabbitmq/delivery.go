@@ -18,6 +18,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/mqsidecar/mqsidecar/adapters"
+	"github.com/mqsidecar/mqsidecar/internal/ascii"
 )
 
 // pending is the adapter's side of a handed-out delivery.
@@ -98,30 +99,11 @@ func lookupHeader(t amqp.Table, name string) (any, bool) {
 		return v, true
 	}
 	for k, v := range t {
-		if equalFold(k, name) {
+		if ascii.EqualFold(k, name) {
 			return v, true
 		}
 	}
 	return nil, false
-}
-
-func equalFold(a, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range len(a) {
-		x, y := a[i], b[i]
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
 }
 
 // deliveryCount reads x-delivery-count (quorum queues); 0 when absent or unreadable.
