@@ -219,8 +219,8 @@ func New(cfg config.Kafka, deadLetterTopic string, opts ...Option) (*Source, err
 func (s *Source) Read(ctx context.Context) (*adapters.Delivery, error) {
 	for {
 		s.mu.Lock()
-		starved := len(s.rr) < len(s.parts) // partitions with nothing buffered
-		low := s.buffered < lowWater || starved
+		// Low, or some partition has nothing buffered.
+		low := s.buffered < lowWater || len(s.rr) < len(s.parts)
 		s.mu.Unlock()
 		if low {
 			// Top up from what the client already fetched (a nil context never blocks),
@@ -228,15 +228,14 @@ func (s *Source) Read(ctx context.Context) (*adapters.Delivery, error) {
 			s.buffer(s.cl.PollFetches(nil)) //nolint:staticcheck // nil ctx = non-blocking, documented by kgo
 			s.cl.AllowRebalance()
 		}
-		d, held := s.next()
-		s.applyResumes()
+		d, held, starved, resume := s.next()
+		if len(resume) > 0 {
+			// A stale resume (of a partition revoked meanwhile) is harmless: assigned
+			// resumes every partition anyway.
+			s.cl.ResumeFetchPartitions(resume)
+		}
 		if d != nil {
 			return d, nil
-		}
-		if held {
-			s.mu.Lock()
-			starved = len(s.rr) < len(s.parts) // next has dropped drained partitions from rr
-			s.mu.Unlock()
 		}
 		if held && starved {
 			// Records are buffered, but only for partitions at their look-ahead limit,
@@ -306,19 +305,6 @@ func (s *Source) pollUntilWake(ctx context.Context) kgo.Fetches {
 		s.LaneFreed()
 	}
 	return fetches
-}
-
-// applyResumes resumes fetching at the client for the partitions next drained. A stale
-// resume (of a partition revoked meanwhile) is harmless: assigned resumes every partition
-// anyway.
-func (s *Source) applyResumes() {
-	s.mu.Lock()
-	resume := s.resume
-	s.resume = nil
-	s.mu.Unlock()
-	if len(resume) > 0 {
-		s.cl.ResumeFetchPartitions(resume)
-	}
 }
 
 // notePause records that ps must be paused (or resumed) at the client. Called with mu held.
@@ -403,10 +389,13 @@ func (s *Source) LaneFreed() {
 }
 
 // next hands out the next buffered record, round-robin across partitions, skipping those
-// at their look-ahead limit. held reports that records are buffered but all held back.
-func (s *Source) next() (d *adapters.Delivery, held bool) {
+// at their look-ahead limit. held reports that records are buffered but all held back, and
+// starved then that some partition has nothing buffered (next has dropped drained ones
+// from rr by then). resume lists the partitions to resume at the client (see notePause).
+func (s *Source) next() (d *adapters.Delivery, held, starved bool, resume map[string][]int32) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	defer func() { resume, s.resume = s.resume, nil }()
 	skipped := 0
 	for len(s.rr) > 0 && skipped < len(s.rr) {
 		if s.rrPos >= len(s.rr) {
@@ -438,9 +427,9 @@ func (s *Source) next() (d *adapters.Delivery, held bool) {
 		ps.pending = append(ps.pending, pending{offset: r.Offset, epoch: r.LeaderEpoch})
 		d := s.delivery(r, ps.lane)
 		d.Ack = func(err error) { s.settled(ps, seq, err) }
-		return d, false
+		return d, false, false, nil
 	}
-	return nil, len(s.rr) > 0
+	return nil, len(s.rr) > 0, len(s.rr) < len(s.parts), nil
 }
 
 func (s *Source) delivery(r *kgo.Record, lane string) *adapters.Delivery {
