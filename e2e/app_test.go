@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -175,22 +176,7 @@ func (a *recApp) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if abort {
 		status = 0 // an app that crashed or was cut off after reading the request
 	}
-	if hold != nil {
-		select {
-		case <-hold:
-		case <-r.Context().Done():
-			status = 0
-		}
-	}
-	if a.delay > 0 && status != 0 {
-		t := time.NewTimer(a.delay)
-		select {
-		case <-t.C:
-		case <-r.Context().Done():
-			status = 0
-		}
-		t.Stop()
-	}
+	status = holdAnswer(r.Context(), hold, a.delay, status)
 
 	a.mu.Lock()
 	if a.mode != appUp && status >= 200 && status < 300 {
@@ -352,4 +338,27 @@ func (a *recApp) waitDelivered(t testing.TB, n int, timeout time.Duration, extra
 		s := a.stats()
 		return s.Delivered >= n, s.String()
 	}, extra...)
+}
+
+// holdAnswer waits until hold is closed (when not nil), then for delay (unless the answer
+// is already 0), and returns status, or 0 when the sidecar gave up on the push meanwhile
+// (the request's context ended: no answer reached it).
+func holdAnswer(ctx context.Context, hold <-chan struct{}, delay time.Duration, status int) int {
+	if hold != nil {
+		select {
+		case <-hold:
+		case <-ctx.Done():
+			return 0
+		}
+	}
+	if delay > 0 && status != 0 {
+		t := time.NewTimer(delay)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return 0
+		}
+	}
+	return status
 }

@@ -101,23 +101,7 @@ func (a *scriptApp) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	a.mu.Unlock()
 
 	ans := a.decide(p, nth)
-	status := ans.status
-	if ans.hold != nil {
-		select {
-		case <-ans.hold:
-		case <-r.Context().Done():
-			status = 0
-		}
-	}
-	if ans.delay > 0 && status != 0 {
-		t := time.NewTimer(ans.delay)
-		select {
-		case <-t.C:
-		case <-r.Context().Done():
-			status = 0
-		}
-		t.Stop()
-	}
+	status := holdAnswer(r.Context(), ans.hold, ans.delay, ans.status)
 	a.mu.Lock()
 	a.pushes[p.Seq].Status = status
 	a.pushes[p.Seq].Body = ans.body

@@ -181,13 +181,7 @@ func (k *kafkaEnv) lag() (int64, string, error) {
 // waitLagZero waits until the group committed everything.
 func (k *kafkaEnv) waitLagZero(timeout time.Duration, extra ...func() string) {
 	k.t.Helper()
-	waitFor(k.t, timeout, "group lag 0 (committed == high watermark on every partition)", func() (bool, string) {
-		lag, desc, err := k.lag()
-		if err != nil {
-			return false, err.Error()
-		}
-		return lag == 0, fmt.Sprintf("lag %d: %s", lag, desc)
-	}, extra...)
+	waitFor(k.t, timeout, "group lag 0 (committed == high watermark on every partition)", lagZero(k.lag), extra...)
 }
 
 // coverage checks G1 on Kafka: every offset below a committed offset holds a copy of an ID

@@ -360,6 +360,18 @@ func freeAddr(t testing.TB) string {
 	return addr
 }
 
+// lagZero is a waitFor condition: lag (a broker's count of records not yet committed, and
+// a description of where) reaches 0.
+func lagZero(lag func() (int64, string, error)) func() (bool, string) {
+	return func() (bool, string) {
+		n, desc, err := lag()
+		if err != nil {
+			return false, err.Error()
+		}
+		return n == 0, fmt.Sprintf("lag %d: %s", n, desc)
+	}
+}
+
 // waitFor polls cond every interval until it returns true or timeout passes; on timeout it
 // fails the test with desc and what cond last said, plus extra() when given (a log tail).
 func waitFor(t testing.TB, timeout time.Duration, desc string, cond func() (bool, string), extra ...func() string) {

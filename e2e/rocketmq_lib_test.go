@@ -283,13 +283,7 @@ func (r *rocketEnv) lag() (int64, string, error) {
 // and of the retry topic (the client persists offsets every 5 s).
 func (r *rocketEnv) waitSettled(timeout time.Duration, extra ...func() string) {
 	r.t.Helper()
-	waitFor(r.t, timeout, "consumer offsets at the end of every queue (topic and retry topic)", func() (bool, string) {
-		lag, desc, err := r.lag()
-		if err != nil {
-			return false, err.Error()
-		}
-		return lag == 0, fmt.Sprintf("lag %d: %s", lag, desc)
-	}, extra...)
+	waitFor(r.t, timeout, "consumer offsets at the end of every queue (topic and retry topic)", lagZero(r.lag), extra...)
 }
 
 func (r *rocketEnv) checkSettled() error {
