@@ -207,27 +207,7 @@ do_kill() {
 	log "killed with SIGKILL (pid $pid)"
 }
 
-cmd_start() { with_lock kafka; do_start; }
-cmd_stop() { with_lock kafka; do_stop; }
-cmd_kill() { with_lock kafka; do_kill; }
-
-cmd_restart() {
-	with_lock kafka
-	if [[ ${1:-} == --hard ]]; then
-		do_kill
-	else
-		do_stop
-	fi
-	do_start
-}
-
-cmd_reset() {
-	with_lock kafka
-	do_stop
-	log "wiping $K_DIR"
-	rm -rf "$K_DIR"
-	do_start
-}
+lifecycle_verbs kafka "$K_DIR"
 
 cmd_status() {
 	local pid

@@ -261,6 +261,33 @@ maven_fetch() {
 	log "jars ready in $out ($(find "$out" -name '*.jar' | wc -l) jars, $(elapsed_since "$t0"))"
 }
 
+# lifecycle_verbs NAME DIR — defines the verbs start, stop, kill, restart [--hard] and reset
+# (stop, wipe DIR, start) for a broker script that defines do_start, do_stop and do_kill;
+# each holds the broker's lock (with_lock NAME).
+lifecycle_verbs() {
+	LIFECYCLE_NAME=$1
+	LIFECYCLE_DIR=$2
+	cmd_start() { with_lock "$LIFECYCLE_NAME"; do_start; }
+	cmd_stop() { with_lock "$LIFECYCLE_NAME"; do_stop; }
+	cmd_kill() { with_lock "$LIFECYCLE_NAME"; do_kill; }
+	cmd_restart() {
+		with_lock "$LIFECYCLE_NAME"
+		if [[ ${1:-} == --hard ]]; then
+			do_kill
+		else
+			do_stop
+		fi
+		do_start
+	}
+	cmd_reset() {
+		with_lock "$LIFECYCLE_NAME"
+		do_stop
+		log "wiping $LIFECYCLE_DIR"
+		rm -rf "$LIFECYCLE_DIR"
+		do_start
+	}
+}
+
 # run_verb VERB ARGS... — dispatch to the calling script's cmd_<verb> function.
 run_verb() {
 	local verb=${1:-}

@@ -241,27 +241,7 @@ do_kill() {
 	log "killed with SIGKILL (pid ${pid:-?})"
 }
 
-cmd_start() { with_lock rabbitmq; do_start; }
-cmd_stop() { with_lock rabbitmq; do_stop; }
-cmd_kill() { with_lock rabbitmq; do_kill; }
-
-cmd_restart() {
-	with_lock rabbitmq
-	if [[ ${1:-} == --hard ]]; then
-		do_kill
-	else
-		do_stop
-	fi
-	do_start
-}
-
-cmd_reset() {
-	with_lock rabbitmq
-	do_stop
-	log "wiping $R_DIR"
-	rm -rf "$R_DIR"
-	do_start
-}
+lifecycle_verbs rabbitmq "$R_DIR"
 
 cmd_status() {
 	local pid
