@@ -80,8 +80,17 @@ type Delivery struct {
 	// DeliveryCount is the broker's own count of earlier deliveries of this message, when it
 	// keeps one (RabbitMQ quorum x-delivery-count, RocketMQ reconsume times); 0 otherwise.
 	DeliveryCount int
-	// Redelivered is the broker's hint that this message may have been delivered before.
+	// Redelivered is the broker's hint that this message may have been delivered before
+	// (RabbitMQ's redelivered flag; Kafka: the offset lies below the high-water mark an
+	// earlier owner of the partition reserved before pushing).
 	Redelivered bool
+	// Fenced, when not nil, is closed by the adapter the moment it can no longer
+	// acknowledge this delivery: its Kafka partition is being revoked or was lost, its
+	// RocketMQ queue was removed, its RabbitMQ channel closed. From then on the ack gate
+	// starts no push of it and dead-letters nothing of it; a push already on the wire
+	// finishes and its completion is recorded, and Settle is still called exactly once
+	// (the adapter ignores it or acknowledges only what it still can). nil = never fenced.
+	Fenced <-chan struct{}
 
 	// Ack is set by the adapter and invoked exactly once through Settle.
 	Ack func(err error)
@@ -105,6 +114,19 @@ func (d *Delivery) Settle(err error) {
 
 // Settled reports whether Settle has been called.
 func (d *Delivery) Settled() bool { return d.settled.Load() }
+
+// IsFenced reports whether d's Fenced channel is closed.
+func (d *Delivery) IsFenced() bool {
+	if d.Fenced == nil {
+		return false
+	}
+	select {
+	case <-d.Fenced:
+		return true
+	default:
+		return false
+	}
+}
 
 // Failure describes why a delivery is being dead-lettered; adapters copy it into headers or
 // properties of the dead-letter copy (see FailureHeaders).

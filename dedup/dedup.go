@@ -133,6 +133,11 @@ type Entry struct {
 	NextAttempt time.Time
 	// Updated is set by the store when the record is written; Put ignores the caller's value.
 	Updated time.Time
+	// Elsewhere is set on the prior entry handed to Update's f by a store shared by a
+	// fleet: State is InFlight and the record is owned by another replica whose lease has
+	// not expired, so that replica may be pushing the message right now. It is never
+	// stored, and the embedded store (one process per file) never sets it.
+	Elsewhere bool
 }
 
 // Options configure Open.
