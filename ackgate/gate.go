@@ -174,9 +174,15 @@ type item struct {
 	prior       dedup.Entry // store state at admission
 	baseAttempt int         // pushes made before this admission (persisted, or the broker's count)
 	redelivered bool
+	wrote       bool       // this admission wrote the in-flight mark (set on the store's writer)
 	marked      chan error // receives the result of the durable in-flight record
 	pushes      int        // pushes made by this admission
 }
+
+// elsewhereWait is how often a message that another live replica holds in flight (a shared
+// store reported it Elsewhere) is looked up again: until that replica completes it (then it
+// is a recorded duplicate) or its lease ends (then it is pushed, flagged as redelivered).
+const elsewhereWait = 200 * time.Millisecond
 
 // New returns a Gate reading from src. store may be nil (dedup disabled).
 func New(src adapters.Source, store Store, opts Options) *Gate {
@@ -359,22 +365,29 @@ func (g *Gate) begin(it *item) {
 		g.enqueue(it)
 		return
 	}
-	// One store transaction reads the ID's record and writes the in-flight mark. f runs on
-	// the store's writer before done, and the lane reads what f sets only after done.
+	g.mark(it)
+	g.enqueue(it)
+}
+
+// mark runs the admission's store transaction: it reads the ID's record and writes the
+// in-flight mark, unless the ID is completed or held in flight by another live replica
+// (the lane then waits, see process). f runs on the store's writer before the result
+// reaches it.marked, and the lane reads what f sets only after that.
+func (g *Gate) mark(it *item) {
 	g.store.Update(it.key, func(prior dedup.Entry) (dedup.Entry, bool) {
 		it.prior = prior
-		if prior.State == dedup.Completed {
-			return prior, false // a recorded duplicate: settled by the lane without a push
+		if prior.State == dedup.Completed || prior.Elsewhere {
+			return prior, false // a recorded duplicate, or not ours to push yet
 		}
-		it.baseAttempt = max(it.baseAttempt, prior.Attempts)
-		it.redelivered = it.redelivered || prior.State == dedup.InFlight
+		it.baseAttempt = max(it.d.DeliveryCount, prior.Attempts)
+		it.redelivered = it.d.Redelivered || it.d.DeliveryCount > 0 || prior.State == dedup.InFlight
+		it.wrote = true
 		// Recorded as if the first push had started: a crash before the push only makes
 		// the redelivery over-cautious (ce-redelivered), never silent.
 		return dedup.Entry{State: dedup.InFlight, Attempts: it.baseAttempt + 1}, true
 	}, func(_ dedup.Entry, err error) {
 		it.marked <- err
 	})
-	g.enqueue(it)
 }
 
 func (g *Gate) laneKey(d *adapters.Delivery) string {
@@ -431,15 +444,27 @@ func (g *Gate) runLane(key string, l *lane) {
 // process pushes it until it is done, dead-lettered, dropped or abandoned. It returns once
 // the lane may move on: after the app's 2xx, before the completion is durable.
 func (g *Gate) process(it *item) {
-	select {
-	case err := <-it.marked:
-		if err != nil {
-			g.storeFailed(it, fmt.Errorf("%w: record in-flight %q: %v", ErrStore, it.d.ID, err))
+	for {
+		select {
+		case err := <-it.marked:
+			if err != nil {
+				g.storeFailed(it, fmt.Errorf("%w: record in-flight %q: %v", ErrStore, it.d.ID, err))
+				return
+			}
+		case <-g.hardCtx.Done():
+			g.abandon(it)
 			return
 		}
-	case <-g.hardCtx.Done():
-		g.abandon(it)
-		return
+		if !it.prior.Elsewhere {
+			break
+		}
+		// Another live replica is pushing this ID (G2: never two at once): wait until it
+		// completes it or its lease ends, then look again.
+		if !g.park(it, elsewhereWait) {
+			g.abandon(it)
+			return
+		}
+		g.mark(it)
 	}
 	if it.prior.State == dedup.Completed {
 		g.m.Deduplicated.Inc()
@@ -459,18 +484,21 @@ func (g *Gate) process(it *item) {
 		}
 	}
 	for {
-		if g.isStopping() {
+		if g.isStopping() || it.d.IsFenced() {
 			g.abandon(it)
 			return
 		}
-		it.pushes++
-		attempt := it.baseAttempt + it.pushes
 		select {
 		case g.pushSlots <- struct{}{}:
 		case <-g.stopping:
 			g.abandon(it)
 			return
+		case <-it.d.Fenced:
+			g.abandon(it)
+			return
 		}
+		it.pushes++
+		attempt := it.baseAttempt + it.pushes
 		res := g.pusher.Push(g.hardCtx, it.d, attempt, it.redelivered || it.pushes > 1)
 		<-g.pushSlots
 		g.m.Delivery(res.Verdict.String(), res.Duration.Seconds())
@@ -526,8 +554,8 @@ func (g *Gate) exhausted(it *item, res Result, attempts int) {
 	g.complete(it, outcomeDropped)
 }
 
-// park waits d before it's next attempt; the wait shows in the parked gauges. It returns
-// false when the gate is stopping.
+// park waits d before its next attempt; the wait shows in the parked gauges. It returns
+// false when the gate is stopping or the delivery was fenced.
 func (g *Gate) park(it *item, d time.Duration) bool {
 	g.laneMu.Lock()
 	if _, ok := g.parkedSince[it]; !ok {
@@ -540,6 +568,8 @@ func (g *Gate) park(it *item, d time.Duration) bool {
 	case <-t.C:
 		return true
 	case <-g.stopping:
+		return false
+	case <-it.d.Fenced:
 		return false
 	}
 }
@@ -560,6 +590,12 @@ func (g *Gate) noteApp(res Result) {
 // gate stops; only then is it completed. The original is never acknowledged without it.
 func (g *Gate) deadLetter(it *item, f adapters.Failure) {
 	for n := 1; ; n++ {
+		if it.d.IsFenced() {
+			// The new owner of its partition or queue redelivers it; a dead-letter copy
+			// written now would stand beside that delivery.
+			g.abandon(it)
+			return
+		}
 		ctx, cancel := context.WithTimeout(g.hardCtx, 30*time.Second)
 		err := g.src.DeadLetter(ctx, it.d, f)
 		cancel()
@@ -614,14 +650,27 @@ func (g *Gate) complete(it *item, o outcome) {
 }
 
 // abandon leaves it unacknowledged for the broker to redeliver. If it was never pushed,
-// the in-flight record is rolled back so the redelivery is not flagged as seen.
+// the in-flight record is rolled back so the redelivery is not flagged as seen; if it was,
+// the record keeps saying so. Either way this replica gives up its claim (Released), so
+// that a replica sharing the store may take the message at once.
 func (g *Gate) abandon(it *item) {
 	g.m.Abandoned.Inc()
-	if g.store != nil && it.pushes == 0 {
-		// The rollback runs on the store's writer after the mark (requests apply in
-		// order), where it.prior was set: the lane may abandon before the mark is done.
-		g.store.Update(it.key, func(dedup.Entry) (dedup.Entry, bool) {
-			return it.prior, it.prior.State != dedup.Completed // Unknown deletes the mark
+	if g.store != nil {
+		// Runs on the store's writer after the mark (requests apply in order), where
+		// it.wrote and it.prior were set: the lane may abandon before the mark is done.
+		g.store.Update(it.key, func(cur dedup.Entry) (dedup.Entry, bool) {
+			if !it.wrote || cur.State != dedup.InFlight || cur.Elsewhere {
+				return cur, false // not our mark (any more)
+			}
+			if it.pushes == 0 {
+				if it.prior.State == dedup.Unknown {
+					return dedup.Entry{}, true // deletes the mark
+				}
+				cur = it.prior
+				cur.Elsewhere = false
+			}
+			cur.Released = true
+			return cur, true
 		}, nil)
 	}
 	g.settle(it, adapters.ErrNotDone)

@@ -69,7 +69,11 @@ func (s *fakeSource) Close(context.Context) error { return nil }
 
 // send queues a delivery; lane "" means unordered.
 func (s *fakeSource) send(id, lane, key string) *adapters.Delivery {
-	d := &adapters.Delivery{ID: id, Payload: []byte(id), Source: "fake://t", Lane: lane, Key: key}
+	return s.sendWith(&adapters.Delivery{ID: id, Payload: []byte(id), Source: "fake://t", Lane: lane, Key: key})
+}
+
+// sendWith queues d, set up as send does.
+func (s *fakeSource) sendWith(d *adapters.Delivery) *adapters.Delivery {
 	d.Ack = func(err error) {
 		s.mu.Lock()
 		s.settled[d.ID] = append(s.settled[d.ID], err)
@@ -887,5 +891,171 @@ func TestStaleDeadLetterIsAbandonedNotRetriedForever(t *testing.T) {
 	waitFor(t, "settled", func() bool { return src.settledCount() == 1 })
 	if r := src.results("stale"); !errors.Is(r[0], adapters.ErrNotDone) {
 		t.Fatalf("settled %v, want not done", r)
+	}
+}
+
+// sendFenced queues a delivery whose Fenced channel the test closes.
+func (s *fakeSource) sendFenced(id, lane string, fence chan struct{}) *adapters.Delivery {
+	return s.sendWith(&adapters.Delivery{ID: id, Payload: []byte(id), Source: "fake://t", Lane: lane, Fenced: fence})
+}
+
+func TestFencingStopsALaneButLetsThePushOnTheWireFinish(t *testing.T) {
+	entered := make(chan struct{}, 1)
+	release := make(chan struct{})
+	a, url := newApp(t, func(id string, attempt int, w http.ResponseWriter) bool {
+		switch id {
+		case "on-the-wire":
+			entered <- struct{}{}
+			<-release
+		case "parked":
+			w.WriteHeader(http.StatusInternalServerError) // retried until fenced
+			return true
+		}
+		return false
+	})
+	src := newFakeSource()
+	st := openStore(t)
+	o := opts(url)
+	o.Backoff = Backoff{Initial: time.Hour, Max: time.Hour, Multiplier: 2} // parked for good
+	_, stop := start(t, src, st, o)
+	fence := make(chan struct{})
+	src.sendFenced("parked", "p1", fence)
+	waitFor(t, "first push of parked", func() bool { return a.count("parked") == 1 })
+	src.sendFenced("on-the-wire", "p0", fence)
+	src.sendFenced("queued", "p0", fence) // behind it in the same lane
+	<-entered
+	close(fence) // the partition is being revoked
+	waitFor(t, "parked abandoned", func() bool { return len(src.results("parked")) == 1 })
+	close(release)
+	waitFor(t, "all settled", func() bool { return src.settledCount() == 3 })
+	if r := src.results("on-the-wire"); r[0] != nil {
+		t.Fatalf("on-the-wire settled %v, want done (its push was on the wire)", r)
+	}
+	for _, id := range []string{"parked", "queued"} {
+		if r := src.results(id); !errors.Is(r[0], adapters.ErrNotDone) {
+			t.Fatalf("%s settled %v, want not done", id, r)
+		}
+	}
+	if n := a.count("queued"); n != 0 {
+		t.Fatalf("queued pushed %d times after its lane was fenced", n)
+	}
+	if n := a.count("parked"); n != 1 {
+		t.Fatalf("parked pushed %d times, want 1 (never again once fenced)", n)
+	}
+	// The completion on the wire is recorded; the never-pushed mark is rolled back; the
+	// pushed-and-abandoned one keeps saying it may have been pushed.
+	waitFor(t, "records", func() bool {
+		w, _ := st.Get("on-the-wire")
+		q, _ := st.Get("queued")
+		p, _ := st.Get("parked")
+		return w.State == dedup.Completed && q.State == dedup.Unknown && p.State == dedup.InFlight
+	})
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestFencedDeliveryIsNeverDeadLettered(t *testing.T) {
+	fence := make(chan struct{})
+	_, url := newApp(t, func(_ string, _ int, w http.ResponseWriter) bool {
+		close(fence) // fenced while the app answers: the permanent failure must not be dead-lettered
+		w.WriteHeader(http.StatusBadRequest)
+		return true
+	})
+	src := newFakeSource()
+	o := opts(url)
+	o.DeadLetter = true
+	start(t, src, openStore(t), o)
+	src.sendFenced("poison", "p0", fence)
+	waitFor(t, "settled", func() bool { return src.settledCount() == 1 })
+	if r := src.results("poison"); !errors.Is(r[0], adapters.ErrNotDone) {
+		t.Fatalf("settled %v, want not done", r)
+	}
+	src.mu.Lock()
+	defer src.mu.Unlock()
+	if len(src.dls) != 0 {
+		t.Fatalf("a fenced delivery was dead-lettered: %+v", src.dls)
+	}
+}
+
+// sharedStore wraps the embedded store as a fleet's shared store would look to one replica:
+// IDs in held are in flight at another live replica (Elsewhere) until released.
+type sharedStore struct {
+	*dedup.Store
+	mu       sync.Mutex
+	held     map[string]bool
+	released map[string]bool // abandon wrote Released for these
+}
+
+func (s *sharedStore) Update(id string, f func(dedup.Entry) (dedup.Entry, bool), done func(dedup.Entry, error)) {
+	s.Store.Update(id, func(prior dedup.Entry) (dedup.Entry, bool) {
+		s.mu.Lock()
+		prior.Elsewhere = s.held[id] && prior.State == dedup.InFlight
+		s.mu.Unlock()
+		next, write := f(prior)
+		if write && next.Released {
+			s.mu.Lock()
+			s.released[id] = true
+			s.mu.Unlock()
+		}
+		return next, write
+	}, done)
+}
+
+func TestIDInFlightAtAnotherReplicaWaitsForIt(t *testing.T) {
+	a, url := newApp(t, nil)
+	src := newFakeSource()
+	st := &sharedStore{Store: openStore(t), held: map[string]bool{"x": true, "y": true}, released: map[string]bool{}}
+	// Another replica marked x and y in flight and is pushing them.
+	if err := st.PutSync("x", dedup.Entry{State: dedup.InFlight, Attempts: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.PutSync("y", dedup.Entry{State: dedup.InFlight, Attempts: 1}); err != nil {
+		t.Fatal(err)
+	}
+	start(t, src, st, opts(url))
+	src.send("x", "p0", "")
+	src.send("y", "p1", "")
+	src.send("z", "p2", "")
+	waitFor(t, "z delivered", func() bool { return a.count("z") == 1 })
+	time.Sleep(3 * elsewhereWait)
+	if a.count("x")+a.count("y") != 0 {
+		t.Fatalf("pushed an ID another live replica holds: x %d, y %d", a.count("x"), a.count("y"))
+	}
+	// The other replica completes x, and dies holding y (its lease ends).
+	if err := st.PutSync("x", dedup.Entry{State: dedup.Completed, Attempts: 1}); err != nil {
+		t.Fatal(err)
+	}
+	st.mu.Lock()
+	st.held["y"] = false
+	st.mu.Unlock()
+	waitFor(t, "x and y settled", func() bool { return src.settledCount() == 3 })
+	if n := a.count("x"); n != 0 {
+		t.Fatalf("x pushed %d times; the other replica completed it", n)
+	}
+	h := a.headers("y")
+	if len(h) != 1 || h[0].Get("ce-redelivered") != "true" || h[0].Get("ce-deliveryattempt") != "2" {
+		t.Fatalf("y: %d pushes, want one flagged redelivered as attempt 2: %v", len(h), h)
+	}
+}
+
+func TestAbandonReleasesTheClaim(t *testing.T) {
+	_, url := newApp(t, func(_ string, _ int, w http.ResponseWriter) bool {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return true
+	})
+	src := newFakeSource()
+	st := &sharedStore{Store: openStore(t), held: map[string]bool{}, released: map[string]bool{}}
+	o := opts(url)
+	o.Backoff = Backoff{Initial: time.Hour, Max: time.Hour, Multiplier: 2}
+	_, stop := start(t, src, st, o)
+	src.send("retrying", "p0", "")
+	waitFor(t, "parked", func() bool { e, _ := st.Get("retrying"); return e.Attempts == 2 })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "released", func() bool { st.mu.Lock(); defer st.mu.Unlock(); return st.released["retrying"] })
+	if e, _ := st.Get("retrying"); e.State != dedup.InFlight {
+		t.Fatalf("after abandon: %v, want in flight (it was pushed)", e.State)
 	}
 }

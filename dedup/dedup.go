@@ -138,6 +138,12 @@ type Entry struct {
 	// not expired, so that replica may be pushing the message right now. It is never
 	// stored, and the embedded store (one process per file) never sets it.
 	Elsewhere bool
+	// Released, on an InFlight write, gives up this replica's claim: the record still says
+	// "may have been pushed" (a later push is flagged ce-redelivered), but a shared store
+	// keeps no lease for it, so another replica may take the message at once. The ack gate
+	// writes it when it abandons a message (shutdown, a fenced partition). Never read back;
+	// the embedded store ignores it.
+	Released bool
 }
 
 // Options configure Open.
