@@ -56,11 +56,32 @@ const (
 	AnnotationDedupStorageSize = "mqsidecar.io/dedup-storage-size"
 	// AnnotationDedupStorageClass is the StorageClass of that PVC ("" = cluster default).
 	AnnotationDedupStorageClass = "mqsidecar.io/dedup-storage-class"
-	// AnnotationKafkaStaticMembership, "true" by default, sets the Kafka group instance ID
-	// (static membership) to the pod name. Pod names of Deployments change on every rollout;
-	// set "false" there if stalled partitions after a rollout (until the session timeout) hurt
-	// more than rebalances on restarts.
+	// AnnotationKafkaStaticMembership sets the Kafka group instance ID (static membership,
+	// source.kafka.group_instance_id) to the pod name. Default: on exactly when the pod name
+	// is stable, i.e. the pod is controlled by a StatefulSet. A pod whose name is generated
+	// (Deployment, ReplicaSet, Job, DaemonSet) never comes back under its name, and its static
+	// member would hold its partitions until the group's session timeout; "true" on such a
+	// pod is therefore refused. See stableName.
 	AnnotationKafkaStaticMembership = "mqsidecar.io/kafka-static-membership"
+	// AnnotationRocketMQStableInstanceName, "true" by default, sets
+	// source.rocketmq.instance_name to the pod name, so a restarted sidecar is the same
+	// RocketMQ client and takes its orderly queue locks back at once. The client ID is
+	// "<pod IP>@<instance name>", so a replaced pod is always a new client whatever its name:
+	// unlike Kafka static membership this is safe for every kind of pod.
+	AnnotationRocketMQStableInstanceName = "mqsidecar.io/rocketmq-stable-instance-name"
+	// AnnotationSecretEnv sets sidecar environment variables from Secret keys:
+	// "NAME=SECRET/KEY[,NAME=SECRET/KEY...]", e.g.
+	// "MQSIDECAR_DEDUP_REDIS_PASSWORD=orders-redis/password". The Secrets are in the pod's
+	// namespace. Replaces the injector's default (--sidecar-secret-env).
+	AnnotationSecretEnv = "mqsidecar.io/secret-env"
+	// AnnotationSecretEnvFrom adds whole Secrets to the sidecar's environment (envFrom):
+	// "SECRET[,SECRET...]"; their keys are the variable names. Replaces the injector's
+	// default (--sidecar-secret-env-from).
+	AnnotationSecretEnvFrom = "mqsidecar.io/secret-env-from"
+	// AnnotationSecretVolumes mounts Secrets read-only into the sidecar at
+	// SecretsDir/<secret> (TLS files): "SECRET[,SECRET...]". Replaces the injector's
+	// default (--sidecar-secret-volumes).
+	AnnotationSecretVolumes = "mqsidecar.io/secret-volumes"
 
 	// AnnotationStatus is written by the injector on pods it mutated ("injected"); a pod that
 	// carries it is never mutated again.
@@ -76,7 +97,8 @@ var knownAnnotations = []string{
 	AnnotationAppHealthPath, AnnotationImage, AnnotationCPURequest, AnnotationCPULimit,
 	AnnotationMemoryRequest, AnnotationMemoryLimit, AnnotationLogLevel, AnnotationSidecarMode,
 	AnnotationAdminPort, AnnotationDedupStorage, AnnotationDedupStorageSize,
-	AnnotationDedupStorageClass, AnnotationKafkaStaticMembership, AnnotationStatus,
+	AnnotationDedupStorageClass, AnnotationKafkaStaticMembership, AnnotationRocketMQStableInstanceName,
+	AnnotationSecretEnv, AnnotationSecretEnvFrom, AnnotationSecretVolumes, AnnotationStatus,
 }
 
 const annotationPrefix = "mqsidecar.io/"
@@ -101,20 +123,24 @@ const (
 
 // settings is what the annotations of one pod (or pod template) ask for, defaults applied.
 type settings struct {
-	configMap        string
-	configKey        string
-	appPort          int32 // 0 = leave app.url to the config file
-	appPath          string
-	appHealthPath    string
-	image            string
-	resources        corev1.ResourceRequirements
-	logLevel         string
-	mode             Mode
-	adminPort        int32
-	dedupStorage     string
-	pvcSize          resource.Quantity
-	storageClass     string
-	staticMembership bool
+	configMap     string
+	configKey     string
+	appPort       int32 // 0 = leave app.url to the config file
+	appPath       string
+	appHealthPath string
+	image         string
+	resources     corev1.ResourceRequirements
+	logLevel      string
+	mode          Mode
+	adminPort     int32
+	dedupStorage  string
+	pvcSize       resource.Quantity
+	storageClass  string
+	// staticMembership and rocketmqInstanceName are nil when their annotation is absent:
+	// the default depends on the pod (MutatePod), not only on the annotations.
+	staticMembership     *bool
+	rocketmqInstanceName *bool
+	secrets              secretRefs
 }
 
 // wantsInjection reports whether the annotations opt in. An unparsable value is an error
@@ -135,16 +161,16 @@ func wantsInjection(ann map[string]string) (bool, error) {
 // opts. The error lists every problem, one per line, each naming its annotation.
 func parseSettings(ann map[string]string, opts *Options) (settings, error) {
 	s := settings{
-		configKey:        "config.yaml",
-		appPath:          "/",
-		image:            opts.Image,
-		resources:        *opts.Resources.DeepCopy(),
-		mode:             opts.Mode,
-		adminPort:        opts.AdminPort,
-		dedupStorage:     storageAuto,
-		pvcSize:          opts.DedupPVCSize.DeepCopy(),
-		storageClass:     opts.DedupStorageClass,
-		staticMembership: true,
+		configKey:    "config.yaml",
+		appPath:      "/",
+		image:        opts.Image,
+		resources:    *opts.Resources.DeepCopy(),
+		mode:         opts.Mode,
+		adminPort:    opts.AdminPort,
+		dedupStorage: storageAuto,
+		pvcSize:      opts.DedupPVCSize.DeepCopy(),
+		storageClass: opts.DedupStorageClass,
+		secrets:      opts.secrets,
 	}
 	var errs []error
 	bad := func(key, format string, args ...any) {
@@ -296,12 +322,45 @@ func parseSettings(ann map[string]string, opts *Options) (settings, error) {
 			s.storageClass = v
 		}
 	}
-	if v, ok := ann[AnnotationKafkaStaticMembership]; ok {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			bad(AnnotationKafkaStaticMembership, "must be \"true\" or \"false\", got %q", v)
+	for _, b := range []struct {
+		key string
+		dst **bool
+	}{
+		{AnnotationKafkaStaticMembership, &s.staticMembership},
+		{AnnotationRocketMQStableInstanceName, &s.rocketmqInstanceName},
+	} {
+		if v, ok := ann[b.key]; ok {
+			on, err := strconv.ParseBool(strings.TrimSpace(v))
+			if err != nil {
+				bad(b.key, "must be \"true\" or \"false\", got %q", v)
+				continue
+			}
+			*b.dst = &on
 		}
-		s.staticMembership = b
+	}
+
+	// Secret references: an annotation replaces the injector's default of its kind, so a pod
+	// can also drop a default with an empty value.
+	if v, ok := ann[AnnotationSecretEnv]; ok {
+		env, err := parseSecretEnv(v)
+		if err != nil {
+			bad(AnnotationSecretEnv, "%v", err)
+		}
+		s.secrets.env = env
+	}
+	if v, ok := ann[AnnotationSecretEnvFrom]; ok {
+		names, err := parseSecretNames(v)
+		if err != nil {
+			bad(AnnotationSecretEnvFrom, "%v", err)
+		}
+		s.secrets.envFrom = names
+	}
+	if v, ok := ann[AnnotationSecretVolumes]; ok {
+		names, err := parseSecretNames(v)
+		if err != nil {
+			bad(AnnotationSecretVolumes, "%v", err)
+		}
+		s.secrets.volumes = names
 	}
 
 	if len(errs) > 0 {

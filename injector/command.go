@@ -247,6 +247,12 @@ when they change, so a rotated certificate needs no restart.`,
 		"raise pods' terminationGracePeriodSeconds to at least this, so the sidecar can drain (0: never)")
 	f.StringVar(&pvcSz, "dedup-pvc-size", "1Gi", "default size of the dedup PVC added to StatefulSets")
 	f.StringVar(&cfg.Injector.DedupStorageClass, "dedup-storage-class", "", "default StorageClass of that PVC (empty: cluster default)")
+	f.StringVar(&cfg.Injector.SecretEnv, "sidecar-secret-env", "",
+		`default sidecar variables from Secret keys, "NAME=SECRET/KEY,..." (Secrets of the pod's namespace; annotation mqsidecar.io/secret-env replaces it)`)
+	f.StringVar(&cfg.Injector.SecretEnvFrom, "sidecar-secret-env-from", "",
+		`default Secrets whose keys become sidecar variables, "SECRET,..." (annotation mqsidecar.io/secret-env-from replaces it)`)
+	f.StringVar(&cfg.Injector.SecretVolumes, "sidecar-secret-volumes", "",
+		`default Secrets mounted read-only at `+SecretsDir+`/<secret>, "SECRET,..." (annotation mqsidecar.io/secret-volumes replaces it)`)
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "json", "json or text")
 	return cmd

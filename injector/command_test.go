@@ -175,7 +175,8 @@ func TestCommandFlagsAndValidation(t *testing.T) {
 		t.Errorf("command name = %q", cmd.Name())
 	}
 	for _, f := range []string{"listen", "tls-cert-file", "tls-key-file", "sidecar-image", "sidecar-mode", "metrics-listen",
-		"startup-probe-path", "min-termination-grace-period", "sidecar-memory-limit", "admin-port", "cert-check-interval"} {
+		"startup-probe-path", "min-termination-grace-period", "sidecar-memory-limit", "admin-port", "cert-check-interval",
+		"sidecar-secret-env", "sidecar-secret-env-from", "sidecar-secret-volumes"} {
 		if cmd.Flags().Lookup(f) == nil {
 			t.Errorf("missing flag --%s", f)
 		}
@@ -188,6 +189,9 @@ func TestCommandFlagsAndValidation(t *testing.T) {
 		"--sidecar-cpu-limit": {"--sidecar-image", "x:1", "--sidecar-cpu-limit", "lots"},
 		"--admin-port":        {"--sidecar-image", "x:1", "--admin-port", "0"},
 		"tls key":             {"--sidecar-image", "x:1", "--tls-key-file", filepath.Join(dir, "missing.key")},
+		`sidecar secret env: "PASSWORD=redis" is not NAME=SECRET/KEY`:       {"--sidecar-image", "x:1", "--sidecar-secret-env", "PASSWORD=redis"},
+		`sidecar secret env from: "Kafka_Creds" is not a valid Secret name`: {"--sidecar-image", "x:1", "--sidecar-secret-env-from", "Kafka_Creds"},
+		`sidecar secret volumes: "tls" is listed twice`:                     {"--sidecar-image", "x:1", "--sidecar-secret-volumes", "tls,tls"},
 	}
 	for want, extra := range bad {
 		cmd := NewCommand()
@@ -207,7 +211,9 @@ func TestCommandFlagsAndValidation(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	cmd = NewCommand()
-	cmd.SetArgs(append(base, "--sidecar-image", "ghcr.io/mqsidecar/mqsidecar:1.0.0"))
+	cmd.SetArgs(append(base, "--sidecar-image", "ghcr.io/mqsidecar/mqsidecar:1.0.0",
+		"--sidecar-secret-env", "MQSIDECAR_SOURCE_KAFKA_SASL_PASSWORD=kafka/password", "--sidecar-secret-env-from", "mqsidecar-env",
+		"--sidecar-secret-volumes", "kafka-tls,redis-tls"))
 	if err := cmd.ExecuteContext(ctx); err != nil {
 		t.Errorf("valid command: %v", err)
 	}

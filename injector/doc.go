@@ -26,6 +26,18 @@
 // adds a volumeClaimTemplate named mqsidecar-dedup, and the StatefulSet controller then adds
 // that volume to each pod, which the pod mutation mounts instead of an emptyDir.
 //
+// Secrets reach the sidecar only as references the kubelet resolves (env secretKeyRef,
+// envFrom secretRef, read-only Secret volumes under SecretsDir), from the injector's
+// defaults or the mqsidecar.io/secret-* annotations; no secret value passes through the
+// webhook or into a ConfigMap.
+//
+// The sidecar's identity follows the pod name where that is safe: Kafka static membership
+// (group_instance_id = pod name) only for pods whose name is stable, i.e. StatefulSet pods
+// (a replaced Deployment pod never comes back, and its static member would hold its
+// partitions until the session timeout); the RocketMQ instance name for every pod (the
+// client ID also holds the pod IP, so a replaced pod is a new client anyway). See
+// podIdentity.
+//
 // CertReloader serves the webhook's TLS certificate and picks up a rotated key pair
 // (cert-manager, a re-rendered Secret) without a restart.
 package injector

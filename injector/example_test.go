@@ -112,11 +112,13 @@ func TestExampleWorkloadConfigLoads(t *testing.T) {
 		t.Fatalf("the sidecar would refuse its configuration:\n%v", err)
 	}
 	for got, want := range map[string]string{
-		cfg.App.URL:                      "http://127.0.0.1:8080/messages",
-		cfg.App.HealthURL:                "http://127.0.0.1:8080/healthz",
-		cfg.Dedup.Path:                   DataDir + "/dedup.db",
-		cfg.Admin.Listen:                 "0.0.0.0:9464",
-		cfg.Source.Kafka.GroupInstanceID: podName,
+		cfg.App.URL:       "http://127.0.0.1:8080/messages",
+		cfg.App.HealthURL: "http://127.0.0.1:8080/healthz",
+		cfg.Dedup.Path:    DataDir + "/dedup.db",
+		cfg.Admin.Listen:  "0.0.0.0:9464",
+		// A Deployment's pod: no static membership (its name does not come back).
+		cfg.Source.Kafka.GroupInstanceID: "",
+		cfg.Source.RocketMQ.InstanceName: podName,
 	} {
 		if got != want {
 			t.Errorf("loaded %q, want %q", got, want)

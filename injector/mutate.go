@@ -38,6 +38,29 @@ const (
 	configFileName = "config.yaml"
 )
 
+// Environment variables the injector sets on the sidecar (configuration overrides, see the
+// config package: MQSIDECAR_ + the key upper-cased with "_").
+const (
+	envPodName              = "POD_NAME"
+	envPodNamespace         = "POD_NAMESPACE"
+	envAdminListen          = "MQSIDECAR_ADMIN_LISTEN"
+	envDedupPath            = "MQSIDECAR_DEDUP_PATH"
+	envKafkaGroupInstanceID = "MQSIDECAR_SOURCE_KAFKA_GROUP_INSTANCE_ID"
+	envRocketMQInstanceName = "MQSIDECAR_SOURCE_ROCKETMQ_INSTANCE_NAME"
+	envAppURL               = "MQSIDECAR_APP_URL"
+	envAppHealthURL         = "MQSIDECAR_APP_HEALTH_URL"
+	envLogLevel             = "MQSIDECAR_LOG_LEVEL"
+	maxRocketMQInstanceName = 64 // config: source.rocketmq.instance_name is 1-64 characters
+)
+
+// injectorEnv are the variables the injector sets itself (some only with their annotation).
+// A Secret reference may not set one of them: two definitions of one variable would leave
+// the outcome to Kubernetes' ordering rules.
+var injectorEnv = []string{
+	envPodName, envPodNamespace, envAdminListen, envDedupPath, envKafkaGroupInstanceID,
+	envRocketMQInstanceName, envAppURL, envAppHealthURL, envLogLevel,
+}
+
 // Options are the injector-wide defaults; annotations override some of them per pod.
 type Options struct {
 	// Image is the sidecar image (required).
@@ -61,6 +84,13 @@ type Options struct {
 	DedupPVCSize resource.Quantity
 	// DedupStorageClass is the default StorageClass of that PVC ("" = cluster default).
 	DedupStorageClass string
+	// SecretEnv, SecretEnvFrom and SecretVolumes are the default Secret references of every
+	// sidecar, in the syntax of AnnotationSecretEnv, AnnotationSecretEnvFrom and
+	// AnnotationSecretVolumes, which replace them per pod. The Secrets are looked up in each
+	// pod's namespace. "" = none.
+	SecretEnv, SecretEnvFrom, SecretVolumes string
+
+	secrets secretRefs // parsed by New
 }
 
 // ErrInvalidOptions is returned by New for unusable Options.
@@ -110,6 +140,9 @@ func New(opts Options) (*Injector, error) {
 	if opts.DedupPVCSize.Sign() <= 0 {
 		errs = append(errs, fmt.Errorf("dedup PVC size: must be positive, got %s", opts.DedupPVCSize.String()))
 	}
+	secrets, serrs := parseSecretDefaults(&opts)
+	opts.secrets = secrets
+	errs = append(errs, serrs...)
 	for _, name := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
 		req, hasReq := opts.Resources.Requests[name]
 		lim, hasLim := opts.Resources.Limits[name]
@@ -181,6 +214,16 @@ func (in *Injector) MutatePod(pod *corev1.Pod) outcome {
 	if hasVolume(pod.Spec.Volumes, ConfigVolume) {
 		errs = append(errs, fmt.Errorf("the pod already has a volume named %q, which the injector adds", ConfigVolume))
 	}
+	for i := range s.secrets.volumes {
+		if name := secretVolumeName(i); hasVolume(pod.Spec.Volumes, name) {
+			errs = append(errs, fmt.Errorf("the pod already has a volume named %q, which the injector adds for %s",
+				name, AnnotationSecretVolumes))
+		}
+	}
+	id, err := podIdentity(pod, s)
+	if err != nil {
+		errs = append(errs, err)
+	}
 	ownedByStatefulSet := isOwnedBy(pod.OwnerReferences, "apps", "StatefulSet")
 	haveDedupVolume := hasVolume(pod.Spec.Volumes, DedupVolume)
 	if !haveDedupVolume && s.dedupStorage == storagePVC {
@@ -196,7 +239,7 @@ func (in *Injector) MutatePod(pod *corev1.Pod) outcome {
 		return denied(errors.Join(errs...))
 	}
 
-	c := in.container(s)
+	c := in.container(s, id)
 	var ops []patchOp
 	if s.mode == ModeNative {
 		ops = appendToList(ops, "/spec/initContainers", len(pod.Spec.InitContainers), c)
@@ -217,6 +260,7 @@ func (in *Injector) MutatePod(pod *corev1.Pod) outcome {
 			VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}},
 		})
 	}
+	volumes = append(volumes, s.secrets.podVolumes()...)
 	n := len(pod.Spec.Volumes)
 	for _, v := range volumes {
 		ops = appendToList(ops, "/spec/volumes", n, v)
@@ -300,29 +344,112 @@ func (in *Injector) MutateStatefulSet(sts *appsv1.StatefulSet) outcome {
 	return outcome{result: resultInjected, patch: ops, warnings: warnings}
 }
 
-// container builds the sidecar container for settings s.
-func (in *Injector) container(s settings) corev1.Container {
-	env := []corev1.EnvVar{
-		{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
-		{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
-		// The admin listener must be reachable by the kubelet probes and by Prometheus.
-		{Name: "MQSIDECAR_ADMIN_LISTEN", Value: "0.0.0.0:" + strconv.Itoa(int(s.adminPort))},
-		{Name: "MQSIDECAR_DEDUP_PATH", Value: DataDir + "/dedup.db"},
+// identity is what the sidecar takes from the pod name.
+type identity struct {
+	kafkaGroupInstanceID bool // source.kafka.group_instance_id = pod name (static membership)
+	rocketmqInstanceName bool // source.rocketmq.instance_name = pod name
+}
+
+// stableName reports whether the pod's name is stable: a replacement of the pod (after an
+// eviction, a node failure, a rollout) comes back under the same name. That holds for the
+// pods of a StatefulSet, whose controller names them <set>-<ordinal> and sets the name and
+// a controller ownerReference in the create request itself (so both are visible here, while
+// the name of a pod created with generateName may not even be generated yet at admission).
+// Any API group's StatefulSet counts (e.g. OpenKruise's), as long as the name is set. The
+// statefulset.kubernetes.io/pod-name label is not used: anyone can copy it onto any pod.
+// The second result says why not, for messages.
+func stableName(pod *corev1.Pod) (bool, string) {
+	owner := controllerOf(pod.OwnerReferences)
+	if owner != nil && owner.Kind == "StatefulSet" && pod.Name != "" {
+		return true, ""
 	}
-	if s.staticMembership {
-		// $(POD_NAME) is expanded by the kubelet because POD_NAME is defined above.
-		env = append(env, corev1.EnvVar{Name: "MQSIDECAR_SOURCE_KAFKA_GROUP_INSTANCE_ID", Value: "$(POD_NAME)"})
+	switch {
+	case owner != nil:
+		return false, fmt.Sprintf("it is created by %s %s, whose replacement pods get new names", owner.Kind, owner.Name)
+	case pod.GenerateName != "":
+		return false, fmt.Sprintf("its name is generated (generateName %q)", pod.GenerateName)
+	case pod.Name == "":
+		return false, "it has no name"
+	}
+	return false, "it has no controller (set the annotation to \"true\" if whoever creates it reuses the name)"
+}
+
+// podIdentity decides what the sidecar takes from the pod name (see
+// AnnotationKafkaStaticMembership and AnnotationRocketMQStableInstanceName).
+//
+// Kafka static membership defaults to on exactly for StatefulSet pods. A static member that
+// leaves does not leave the group: its partitions stay assigned to it until the session
+// timeout, waiting for a member with the same group instance ID. A StatefulSet pod comes
+// back under its name and takes them over at once, without a rebalance; a Deployment's
+// replaced pod never comes back, so every rollout would stall all of the old pods'
+// partitions for the session timeout. An explicit "true" is honoured where the name is
+// stable or was chosen by whoever created the pod (no generateName, no controller), and
+// refused otherwise: it asks for exactly the stall, and refusing at creation says so where
+// the owner looks, instead of a lag graph after every rollout.
+//
+// The RocketMQ instance name is the pod name for every pod unless the annotation says
+// "false": the client ID is "<pod IP>@<instance name>", so a replacement pod is a new
+// client whatever its name and nothing waits for the old one, while a sidecar restarted
+// inside its pod is the same client and takes its orderly queue locks back at once. Only a
+// name too long for source.rocketmq.instance_name (which only a bare pod can have) is left
+// out by default, and refused with an explicit "true".
+func podIdentity(pod *corev1.Pod, s settings) (identity, error) {
+	var id identity
+	var errs []error
+	stable, why := stableName(pod)
+	switch {
+	case s.staticMembership == nil:
+		id.kafkaGroupInstanceID = stable
+	case !*s.staticMembership:
+	case stable || (pod.Name != "" && pod.GenerateName == "" && controllerOf(pod.OwnerReferences) == nil):
+		id.kafkaGroupInstanceID = true
+	default:
+		errs = append(errs, fmt.Errorf("%s: \"true\" needs a stable pod name, but this pod's name is not stable: %s. "+
+			"Every replacement pod would join the consumer group as a new static member while the old member keeps "+
+			"its partitions until the group's session timeout. Remove the annotation (static membership is off by "+
+			"default for such pods) or run the workload as a StatefulSet", AnnotationKafkaStaticMembership, why))
+	}
+	fits := len(pod.Name) <= maxRocketMQInstanceName // "" (not generated yet) fits: generated names are at most 63
+	switch {
+	case s.rocketmqInstanceName == nil:
+		id.rocketmqInstanceName = fits
+	case !*s.rocketmqInstanceName:
+	case fits:
+		id.rocketmqInstanceName = true
+	default:
+		errs = append(errs, fmt.Errorf("%s: the pod name has %d characters, source.rocketmq.instance_name takes at most %d",
+			AnnotationRocketMQStableInstanceName, len(pod.Name), maxRocketMQInstanceName))
+	}
+	return id, errors.Join(errs...)
+}
+
+// container builds the sidecar container for settings s.
+func (in *Injector) container(s settings, id identity) corev1.Container {
+	env := []corev1.EnvVar{
+		{Name: envPodName, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+		{Name: envPodNamespace, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
+		// The admin listener must be reachable by the kubelet probes and by Prometheus.
+		{Name: envAdminListen, Value: "0.0.0.0:" + strconv.Itoa(int(s.adminPort))},
+		{Name: envDedupPath, Value: DataDir + "/dedup.db"},
+	}
+	// $(POD_NAME) is expanded by the kubelet because POD_NAME is defined above.
+	if id.kafkaGroupInstanceID {
+		env = append(env, corev1.EnvVar{Name: envKafkaGroupInstanceID, Value: "$(POD_NAME)"})
+	}
+	if id.rocketmqInstanceName {
+		env = append(env, corev1.EnvVar{Name: envRocketMQInstanceName, Value: "$(POD_NAME)"})
 	}
 	if s.appPort != 0 {
 		base := "http://127.0.0.1:" + strconv.Itoa(int(s.appPort))
-		env = append(env, corev1.EnvVar{Name: "MQSIDECAR_APP_URL", Value: base + s.appPath})
+		env = append(env, corev1.EnvVar{Name: envAppURL, Value: base + s.appPath})
 		if s.appHealthPath != "" {
-			env = append(env, corev1.EnvVar{Name: "MQSIDECAR_APP_HEALTH_URL", Value: base + s.appHealthPath})
+			env = append(env, corev1.EnvVar{Name: envAppHealthURL, Value: base + s.appHealthPath})
 		}
 	}
 	if s.logLevel != "" {
-		env = append(env, corev1.EnvVar{Name: "MQSIDECAR_LOG_LEVEL", Value: s.logLevel})
+		env = append(env, corev1.EnvVar{Name: envLogLevel, Value: s.logLevel})
 	}
+	env = append(env, s.secrets.envVars()...)
 
 	probe := func(path string, period, failures int32) *corev1.Probe {
 		return &corev1.Probe{
@@ -343,11 +470,12 @@ func (in *Injector) container(s settings) corev1.Container {
 			Name: AdminPortName, ContainerPort: s.adminPort, Protocol: corev1.ProtocolTCP,
 		}},
 		Env:       env,
+		EnvFrom:   s.secrets.envFromSources(),
 		Resources: s.resources,
-		VolumeMounts: []corev1.VolumeMount{
+		VolumeMounts: append([]corev1.VolumeMount{
 			{Name: DedupVolume, MountPath: DataDir},
 			{Name: ConfigVolume, MountPath: ConfigDir, ReadOnly: true},
-		},
+		}, s.secrets.volumeMounts()...),
 		LivenessProbe:  probe("/healthz", 10, 3),
 		ReadinessProbe: probe("/readyz", 5, 3),
 		// A crash's last log lines become the container's termination message.
@@ -396,12 +524,18 @@ func hasVolume(vs []corev1.Volume, name string) bool {
 }
 
 func isOwnedBy(refs []metav1.OwnerReference, group, kind string) bool {
-	for _, r := range refs {
-		if r.Kind == kind && strings.SplitN(r.APIVersion, "/", 2)[0] == group && r.Controller != nil && *r.Controller {
-			return true
+	r := controllerOf(refs)
+	return r != nil && r.Kind == kind && strings.SplitN(r.APIVersion, "/", 2)[0] == group
+}
+
+// controllerOf returns the controller ownerReference (there is at most one), or nil.
+func controllerOf(refs []metav1.OwnerReference) *metav1.OwnerReference {
+	for i := range refs {
+		if refs[i].Controller != nil && *refs[i].Controller {
+			return &refs[i]
 		}
 	}
-	return false
+	return nil
 }
 
 func ptr[T any](v T) *T { return &v }

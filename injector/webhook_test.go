@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -80,7 +81,12 @@ var caseChecks = map[string]func(t *testing.T, r result){
 		wantEnv(t, c, "MQSIDECAR_APP_URL", "http://127.0.0.1:8080/messages")
 		wantEnv(t, c, "MQSIDECAR_ADMIN_LISTEN", "0.0.0.0:9464")
 		wantEnv(t, c, "MQSIDECAR_DEDUP_PATH", "/var/lib/mqsidecar/dedup.db")
-		wantEnv(t, c, "MQSIDECAR_SOURCE_KAFKA_GROUP_INSTANCE_ID", "$(POD_NAME)")
+		// A ReplicaSet's pod: its name is generated, no static membership.
+		noEnv(t, c, "MQSIDECAR_SOURCE_KAFKA_GROUP_INSTANCE_ID")
+		wantEnv(t, c, "MQSIDECAR_SOURCE_ROCKETMQ_INSTANCE_NAME", "$(POD_NAME)")
+		if len(c.EnvFrom) != 0 || len(c.VolumeMounts) != 2 || len(pod.Spec.Volumes) != 3 {
+			t.Errorf("no Secret references by default: envFrom %v, mounts %v, volumes %v", c.EnvFrom, c.VolumeMounts, pod.Spec.Volumes)
+		}
 		if e := findEnv(c, "POD_NAME"); e == nil || e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != "metadata.name" {
 			t.Errorf("POD_NAME must come from the downward API metadata.name, got %+v", e)
 		}
@@ -200,6 +206,9 @@ var caseChecks = map[string]func(t *testing.T, r result){
 			t.Errorf("the StatefulSet's PVC must be mounted, not replaced: %+v", v)
 		}
 		c, _ := sidecar(t, pod)
+		// A StatefulSet's pod comes back under its name: static membership by default.
+		wantEnv(t, c, "MQSIDECAR_SOURCE_KAFKA_GROUP_INSTANCE_ID", "$(POD_NAME)")
+		wantEnv(t, c, "MQSIDECAR_SOURCE_ROCKETMQ_INSTANCE_NAME", "$(POD_NAME)")
 		if m := c.VolumeMounts[0]; m.Name != DedupVolume || m.MountPath != DataDir {
 			t.Errorf("dedup mount = %+v", m)
 		}
@@ -249,7 +258,68 @@ var caseChecks = map[string]func(t *testing.T, r result){
 	"statefulset-invalid-annotations": deniedWith(
 		`mqsidecar.io/dedup-storage-size: "big" is not a positive quantity`,
 		`mqsidecar.io/dedup-storage: must be "auto", "emptydir" or "pvc", got "disk"`,
+		`mqsidecar.io/secret-env: "MQSIDECAR_DEDUP_REDIS_PASSWORD" is not NAME=SECRET/KEY`,
 	),
+	"pod-secrets": func(t *testing.T, r result) {
+		pod := injectedPod(t, r)
+		c, _ := sidecar(t, pod)
+		for name, ref := range map[string][2]string{
+			"MQSIDECAR_DEDUP_REDIS_PASSWORD":       {"orders-redis", "password"},
+			"MQSIDECAR_SOURCE_KAFKA_SASL_PASSWORD": {"kafka-credentials", "password"},
+		} {
+			e := findEnv(c, name)
+			if e == nil || e.Value != "" || e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil ||
+				e.ValueFrom.SecretKeyRef.Name != ref[0] || e.ValueFrom.SecretKeyRef.Key != ref[1] {
+				t.Errorf("env %s = %+v, want only a secretKeyRef to %s/%s", name, e, ref[0], ref[1])
+			}
+		}
+		if len(c.EnvFrom) != 1 || c.EnvFrom[0].SecretRef == nil || c.EnvFrom[0].SecretRef.Name != "orders-mqsidecar-env" ||
+			c.EnvFrom[0].ConfigMapRef != nil {
+			t.Errorf("envFrom = %+v, want the Secret orders-mqsidecar-env", c.EnvFrom)
+		}
+		mounts := map[string]corev1.VolumeMount{}
+		for _, m := range c.VolumeMounts {
+			mounts[m.Name] = m
+		}
+		for i, secret := range []string{"redis-tls", "kafka-tls"} {
+			name := SecretVolumePrefix + strconv.Itoa(i)
+			if v := volume(t, pod, name); v.Secret == nil || v.Secret.SecretName != secret {
+				t.Errorf("volume %s = %+v, want Secret %s", name, v.VolumeSource, secret)
+			}
+			if m, ok := mounts[name]; !ok || m.MountPath != SecretsDir+"/"+secret || !m.ReadOnly {
+				t.Errorf("mount of %s = %+v, want read-only at %s/%s", name, m, SecretsDir, secret)
+			}
+		}
+		// The application's containers get none of it.
+		for _, app := range pod.Spec.Containers {
+			if len(app.EnvFrom) != 0 || slices.ContainsFunc(app.VolumeMounts, func(m corev1.VolumeMount) bool {
+				return strings.HasPrefix(m.Name, SecretVolumePrefix)
+			}) {
+				t.Errorf("container %s got the sidecar's Secrets", app.Name)
+			}
+		}
+	},
+	"pod-secrets-invalid": deniedWith(
+		`mqsidecar.io/secret-env: "MQSIDECAR_DEDUP_REDIS_PASSWORD=orders-redis" is not NAME=SECRET/KEY; `+
+			`"MQSIDECAR_DEDUP_PATH=orders-redis/path": MQSIDECAR_DEDUP_PATH is set by the injector itself`,
+		`mqsidecar.io/secret-env-from: "Orders_Env" is not a valid Secret name (want SECRET[,SECRET...])`,
+		`mqsidecar.io/secret-volumes: "redis-tls" is listed twice`,
+		`mqsidecar.io/secret-volume: unknown annotation (did you mean mqsidecar.io/secret-volumes?)`,
+	),
+	"pod-deployment-static-membership-true": deniedWith(
+		`mqsidecar.io/kafka-static-membership: "true" needs a stable pod name, but this pod's name is not stable: ` +
+			`it is created by ReplicaSet orders-6d5f8c7b9, whose replacement pods get new names.`,
+	),
+	"pod-statefulset-identity-off": func(t *testing.T, r result) {
+		c, _ := sidecar(t, injectedPod(t, r))
+		noEnv(t, c, "MQSIDECAR_SOURCE_KAFKA_GROUP_INSTANCE_ID")
+		noEnv(t, c, "MQSIDECAR_SOURCE_ROCKETMQ_INSTANCE_NAME")
+	},
+	"pod-bare-named-static-membership-true": func(t *testing.T, r result) {
+		c, _ := sidecar(t, injectedPod(t, r))
+		wantEnv(t, c, "MQSIDECAR_SOURCE_KAFKA_GROUP_INSTANCE_ID", "$(POD_NAME)")
+		wantEnv(t, c, "MQSIDECAR_SOURCE_ROCKETMQ_INSTANCE_NAME", "$(POD_NAME)")
+	},
 }
 
 func TestWebhookGolden(t *testing.T) {
@@ -303,11 +373,11 @@ func TestWebhookGolden(t *testing.T) {
 		}
 	}
 	// Metrics: every fixture counted once, by kind and result.
-	if got := counterSum(t, reg, "mqsidecar_injector_admissions_total", map[string]string{"kind": "Pod", "result": "injected"}); got != 6 {
-		t.Errorf("injected pods counted = %v, want 6", got)
+	if got := counterSum(t, reg, "mqsidecar_injector_admissions_total", map[string]string{"kind": "Pod", "result": "injected"}); got != 9 {
+		t.Errorf("injected pods counted = %v, want 9", got)
 	}
-	if got := counterSum(t, reg, "mqsidecar_injector_admissions_total", map[string]string{"kind": "Pod", "result": "denied"}); got != 5 {
-		t.Errorf("denied pods counted = %v, want 5", got)
+	if got := counterSum(t, reg, "mqsidecar_injector_admissions_total", map[string]string{"kind": "Pod", "result": "denied"}); got != 7 {
+		t.Errorf("denied pods counted = %v, want 7", got)
 	}
 }
 
@@ -394,6 +464,9 @@ func TestNewValidatesOptions(t *testing.T) {
 		func(o *Options) { o.StartupProbePath = "readyz" },
 		func(o *Options) { o.MinTerminationGracePeriod = -time.Second },
 		func(o *Options) { o.Resources.Limits[corev1.ResourceMemory] = resource.MustParse("1Mi") },
+		func(o *Options) { o.SecretEnv = "MQSIDECAR_DEDUP_REDIS_PASSWORD" },
+		func(o *Options) { o.SecretEnvFrom = "not/a/name" },
+		func(o *Options) { o.SecretVolumes = "tls,tls" },
 	}
 	for i, mutate := range bad {
 		o := testOptions()
