@@ -7,10 +7,25 @@
 // commit_interval, on revoke (after waiting briefly for in-flight records of the revoked
 // partitions), and on Close.
 //
-// Fencing: each assignment of a partition gets its own state. When a partition is revoked
-// or lost, its state is dropped; settlements of records handed out under it are ignored, so
-// a late completion can never commit an offset for a partition this member no longer owns
-// (the new owner starts from the last commit, and dedup or ce-redelivered covers the rest).
+// Fencing: each assignment of a partition gets its own state. When a revoke begins, the
+// partition's deliveries are fenced at once (Delivery.Fenced closes): nothing more of it is
+// handed out, and the ack gate abandons what it had queued or parked and lets pushes on the
+// wire finish. The revoke then waits for those (bounded by revokeWait), commits the
+// completed prefix — retried until the wait's deadline — and drops the state. A lost
+// partition is fenced and dropped without a commit. Settlements of records handed out under
+// a dropped state are ignored, so a late completion never commits an offset for a partition
+// this member no longer owns.
+//
+// Never silent across owners: the ack gate's store is per replica (unless shared), and
+// Kafka has no redelivered flag, so every commit carries, in its metadata, the partition's
+// reserved high-water mark ("mqsidecar:hw=N"): no record at or above N has been handed to
+// the gate by any owner. A record at or above the mark is handed out only after a commit
+// that raised the mark past it was acknowledged (the mark is raised ahead in steps of
+// reserveStep, in the background, so Read rarely waits for it). A new owner reads the mark
+// when it is assigned the partition (OnOffsetsFetched) and flags every record below it
+// Redelivered (ce-redelivered: true): after a kill -9, a rebalance or a rolling restart
+// with an empty store, a message the previous owner may have pushed is never pushed
+// unflagged. Records above the mark were never pushed, so they go out unflagged.
 //
 // Rebalances are blocked from a poll until its records are buffered (BlockRebalanceOnPoll +
 // AllowRebalance right after), so buffered records always belong to the current assignment.
@@ -59,8 +74,17 @@ const bufferTarget = 2048
 func perPartitionBuffer(partitions int) int { return max(64, bufferTarget/max(1, partitions)) }
 
 // revokeWait bounds how long a revoke waits for in-flight records of the revoked partitions
-// to settle before committing; it must stay well inside the group's rebalance timeout.
+// to settle and for their commit to succeed; it must stay well inside the group's rebalance
+// timeout.
 const revokeWait = 5 * time.Second
+
+// reserveStep is how far ahead of the records handed out the high-water mark is reserved
+// (see the package doc). A larger step means fewer reservation commits and, after a
+// kill -9, more never-pushed records flagged as redelivered (harmless, but noise).
+const reserveStep = 1024
+
+// hwPrefix starts the commit metadata that carries the reserved high-water mark.
+const hwPrefix = "mqsidecar:hw="
 
 // Option configures a Source.
 type Option func(*Source)
@@ -102,6 +126,28 @@ type partState struct {
 	dirty    bool            // commit advanced since the last successful commit
 	hwm      int64
 	paused   bool // fetching paused at the client: enough buffered
+
+	// fenced closes when a revoke begins or the partition is lost (Delivery.Fenced).
+	fenced       chan struct{}
+	fencedClosed bool
+	// base is the first offset buffered under this assignment, -1 until then: the offset
+	// a reservation commits when nothing has completed yet.
+	base int64
+	// reserved is the durable high-water mark: records below it may be handed out.
+	// inherited is the mark the previous owners left: records below it are flagged
+	// Redelivered. Both -1 when none.
+	reserved, inherited int64
+	// reserving asks the next commit to raise the mark to handedOut+reserveStep.
+	reserving bool
+	handedOut int64 // offset of the last record handed out, -1 none
+}
+
+// fence closes ps.fenced once. Called with Source.mu held.
+func (ps *partState) fence() {
+	if !ps.fencedClosed {
+		ps.fencedClosed = true
+		close(ps.fenced)
+	}
 }
 
 // Source is the Kafka adapter. Create it with New.
@@ -126,6 +172,8 @@ type Source struct {
 	// a Read waiting for one of them.
 	laneFull func(lane string) bool
 	wake     chan struct{}
+	// kick asks the loop to commit now: a partition needs its high-water mark raised.
+	kick chan struct{}
 
 	// closing skips the revoke wait: at Close the gate has drained, so nothing unsettled
 	// will settle any more.
@@ -145,7 +193,7 @@ func New(cfg config.Kafka, deadLetterTopic string, opts ...Option) (*Source, err
 		cfg: cfg, dlq: deadLetterTopic, log: slog.Default(),
 		parts: map[topicPartition]*partState{},
 		stop:  make(chan struct{}), loopDone: make(chan struct{}),
-		wake: make(chan struct{}, 1),
+		wake: make(chan struct{}, 1), kick: make(chan struct{}, 1),
 	}
 	for _, o := range opts {
 		o(s)
@@ -167,6 +215,7 @@ func New(cfg config.Kafka, deadLetterTopic string, opts ...Option) (*Source, err
 		kgo.OnPartitionsAssigned(s.assigned),
 		kgo.OnPartitionsRevoked(s.revoked),
 		kgo.OnPartitionsLost(s.lost),
+		kgo.OnOffsetsFetched(s.fetched),
 		// Bound what the client buffers ahead of the gate (G4): one fetch response is
 		// thousands of small records, far more than max_inflight needs to stay busy.
 		// These bound compressed bytes; records decompress to several times that.
@@ -352,6 +401,9 @@ func (s *Source) buffer(fetches kgo.Fetches) {
 			if len(p.Records) == 0 {
 				continue
 			}
+			if ps.base < 0 {
+				ps.base = p.Records[0].Offset
+			}
 			ps.buffered = append(ps.buffered, p.Records...)
 			s.buffered += len(p.Records)
 			if !ps.paused && len(ps.buffered) >= perPartitionBuffer(len(s.parts)) {
@@ -402,14 +454,14 @@ func (s *Source) next() (d *adapters.Delivery, held, starved bool, resume map[st
 			s.rrPos = 0
 		}
 		ps := s.rr[s.rrPos]
-		if s.parts[ps.tp] != ps || len(ps.buffered) == 0 {
+		if s.parts[ps.tp] != ps || ps.fencedClosed || len(ps.buffered) == 0 {
 			ps.inRR = false
 			s.buffered -= len(ps.buffered)
 			ps.buffered = nil
 			s.rr = append(s.rr[:s.rrPos], s.rr[s.rrPos+1:]...)
 			continue
 		}
-		if s.laneFull != nil && s.laneFull(ps.lane) {
+		if (s.laneFull != nil && s.laneFull(ps.lane)) || !s.reservedFor(ps, ps.buffered[0].Offset) {
 			s.rrPos++
 			skipped++
 			continue
@@ -425,11 +477,29 @@ func (s *Source) next() (d *adapters.Delivery, held, starved bool, resume map[st
 		seq := ps.nextSeq
 		ps.nextSeq++
 		ps.pending = append(ps.pending, pending{offset: r.Offset, epoch: r.LeaderEpoch})
+		ps.handedOut = r.Offset
 		d := s.delivery(r, ps.lane)
+		d.Redelivered = r.Offset < ps.inherited
+		d.Fenced = ps.fenced
 		d.Ack = func(err error) { s.settled(ps, seq, err) }
 		return d, false, false, nil
 	}
 	return nil, len(s.rr) > 0, len(s.rr) < len(s.parts), nil
+}
+
+// reservedFor reports whether the record at offset may be handed out: it lies below the
+// durable high-water mark. When it does not, or will not for long, it asks the loop to
+// raise the mark (LaneFreed wakes Read once that commit is acknowledged). Called with mu
+// held.
+func (s *Source) reservedFor(ps *partState, offset int64) bool {
+	if offset+reserveStep/2 >= ps.reserved && !ps.reserving {
+		ps.reserving = true
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+	}
+	return offset < ps.reserved
 }
 
 func (s *Source) delivery(r *kgo.Record, lane string) *adapters.Delivery {
@@ -511,16 +581,60 @@ func (s *Source) assigned(_ context.Context, cl *kgo.Client, assigned map[string
 	for topic, parts := range assigned {
 		for _, p := range parts {
 			tp := topicPartition{topic, p}
-			s.parts[tp] = &partState{tp: tp, lane: topic + "/" + strconv.FormatInt(int64(p), 10), commit: kgo.EpochOffset{Epoch: -1, Offset: -1}}
+			s.parts[tp] = &partState{tp: tp, lane: topic + "/" + strconv.FormatInt(int64(p), 10),
+				commit: kgo.EpochOffset{Epoch: -1, Offset: -1}, fenced: make(chan struct{}),
+				base: -1, reserved: -1, inherited: -1, handedOut: -1}
 			n++
 		}
 	}
 	s.log.Info("partitions assigned", "count", n, "partitions", fmtParts(assigned))
 }
 
-// revoked waits briefly for in-flight records of the revoked partitions, commits their
-// completed prefix, and fences them.
+// fetched reads the high-water marks that earlier owners left in the commit metadata of
+// newly assigned partitions (called after assigned, before their records are fetched).
+func (s *Source) fetched(_ context.Context, _ *kgo.Client, resp *kmsg.OffsetFetchResponse) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	inherit := func(topic string, partition int32, md *string) {
+		ps := s.parts[topicPartition{topic, partition}]
+		if ps == nil || md == nil || !strings.HasPrefix(*md, hwPrefix) {
+			return
+		}
+		hw, err := strconv.ParseInt(strings.TrimPrefix(*md, hwPrefix), 10, 64)
+		if err != nil || hw < 0 {
+			return
+		}
+		ps.inherited = max(ps.inherited, hw)
+		ps.reserved = max(ps.reserved, hw)
+	}
+	for _, t := range resp.Topics {
+		for _, p := range t.Partitions {
+			inherit(t.Topic, p.Partition, p.Metadata)
+		}
+	}
+	for _, g := range resp.Groups { // OffsetFetch v8+
+		for _, t := range g.Topics {
+			for _, p := range t.Partitions {
+				inherit(t.Topic, p.Partition, p.Metadata)
+			}
+		}
+	}
+	return nil
+}
+
+// revoked fences the revoked partitions at once, waits briefly for their pushes on the wire
+// to settle, commits their completed prefix (retrying until the deadline) and drops them.
 func (s *Source) revoked(ctx context.Context, cl *kgo.Client, revoked map[string][]int32) {
+	s.mu.Lock()
+	for topic, parts := range revoked {
+		for _, p := range parts {
+			if ps := s.parts[topicPartition{topic, p}]; ps != nil {
+				ps.fence()
+			}
+		}
+	}
+	s.mu.Unlock()
+	s.LaneFreed() // a Read waiting on a revoked partition's records must look again
 	deadline := time.Now().Add(revokeWait)
 	for !s.closing.Load() && time.Now().Before(deadline) && s.inflight(revoked) > 0 {
 		select {
@@ -529,7 +643,9 @@ func (s *Source) revoked(ctx context.Context, cl *kgo.Client, revoked map[string
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	s.commit(ctx, revoked)
+	for !s.commit(ctx, revoked) && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(100 * time.Millisecond)
+	}
 	s.mu.Lock()
 	left := 0
 	for topic, parts := range revoked {
@@ -542,7 +658,6 @@ func (s *Source) revoked(ctx context.Context, cl *kgo.Client, revoked map[string
 		}
 	}
 	s.mu.Unlock()
-	s.LaneFreed() // a Read waiting on a revoked partition's records must look again
 	if len(revoked) > 0 {
 		s.log.Info("partitions revoked", "partitions", fmtParts(revoked), "unfinished_fenced", left)
 	}
@@ -553,7 +668,11 @@ func (s *Source) lost(_ context.Context, _ *kgo.Client, lost map[string][]int32)
 	s.mu.Lock()
 	for topic, parts := range lost {
 		for _, p := range parts {
-			delete(s.parts, topicPartition{topic, p})
+			tp := topicPartition{topic, p}
+			if ps := s.parts[tp]; ps != nil {
+				ps.fence()
+			}
+			delete(s.parts, tp)
 		}
 	}
 	s.mu.Unlock()
@@ -580,26 +699,58 @@ func (s *Source) inflight(which map[string][]int32) int {
 	return n
 }
 
-// commit synchronously commits the completed prefix of the given partitions (all when nil).
-func (s *Source) commit(ctx context.Context, only map[string][]int32) {
+// commit synchronously commits the completed prefix of the given partitions (all when nil)
+// and raises the high-water marks that were asked for, each commit carrying its partition's
+// mark in the metadata. It reports whether nothing failed.
+func (s *Source) commit(ctx context.Context, only map[string][]int32) bool {
 	s.mu.Lock()
 	offsets := map[string]map[int32]kgo.EpochOffset{}
+	marks := map[topicPartition]int64{}
 	var committed []*partState
 	for tp, ps := range s.parts {
-		if !ps.dirty || (only != nil && !slices.Contains(only[tp.topic], tp.partition)) {
+		if !(ps.dirty || ps.reserving) || (only != nil && !slices.Contains(only[tp.topic], tp.partition)) {
 			continue
+		}
+		at := ps.commit
+		if at.Offset < 0 {
+			if ps.base < 0 {
+				continue // nothing fetched yet: nothing to reserve for
+			}
+			at = kgo.EpochOffset{Epoch: -1, Offset: ps.base}
+		}
+		mark := ps.reserved
+		if ps.reserving && !ps.fencedClosed {
+			from := max(ps.handedOut+1, at.Offset)
+			if len(ps.buffered) > 0 {
+				from = max(from, ps.buffered[0].Offset) // past a gap (compaction, control records)
+			}
+			mark = max(mark, from+reserveStep)
 		}
 		if offsets[tp.topic] == nil {
 			offsets[tp.topic] = map[int32]kgo.EpochOffset{}
 		}
-		offsets[tp.topic][tp.partition] = ps.commit
+		offsets[tp.topic][tp.partition] = at
+		marks[tp] = mark
 		ps.dirty = false
 		committed = append(committed, ps)
 	}
 	s.mu.Unlock()
 	if len(offsets) == 0 {
-		return
+		return true
 	}
+	// Every commit carries the mark: a commit without it would erase it.
+	ctx = kgo.PreCommitFnContext(ctx, func(req *kmsg.OffsetCommitRequest) error {
+		for i := range req.Topics {
+			t := &req.Topics[i]
+			for j := range t.Partitions {
+				if mark, ok := marks[topicPartition{t.Topic, t.Partitions[j].Partition}]; ok && mark >= 0 {
+					md := hwPrefix + strconv.FormatInt(mark, 10)
+					t.Partitions[j].Metadata = &md
+				}
+			}
+		}
+		return nil
+	})
 	var failed error
 	s.cl.CommitOffsetsSync(ctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
 		if err != nil {
@@ -614,17 +765,30 @@ func (s *Source) commit(ctx context.Context, only map[string][]int32) {
 			}
 		}
 	})
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if failed != nil {
 		s.m.Error("commit")
 		s.log.Warn("commit failed; will retry", "error", failed)
-		s.mu.Lock()
 		for _, ps := range committed {
 			if s.parts[ps.tp] == ps {
 				ps.dirty = true
 			}
 		}
-		s.mu.Unlock()
+		return false
 	}
+	raised := false
+	for _, ps := range committed {
+		if mark := marks[ps.tp]; mark > ps.reserved {
+			ps.reserved = mark
+			raised = true
+		}
+		ps.reserving = false
+	}
+	if raised {
+		s.LaneFreed() // a Read may be waiting for the mark
+	}
+	return true
 }
 
 // loop commits on an interval, refreshes readiness and lag until Close.
@@ -644,6 +808,10 @@ func (s *Source) loop() {
 			s.commit(ctx, nil)
 			cancel()
 			s.reportLag()
+		case <-s.kick:
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			s.commit(ctx, nil)
+			cancel()
 		case <-pingT.C:
 			s.ping()
 		}
@@ -699,6 +867,9 @@ func (s *Source) Ready() error { return *s.ready.Load() }
 func (s *Source) DeadLetter(ctx context.Context, d *adapters.Delivery, f adapters.Failure) error {
 	if s.dlq == "" {
 		return adapters.ErrNoDeadLetter
+	}
+	if d.IsFenced() {
+		return fmt.Errorf("kafka: dead-letter %s/%d@%d: partition revoked: %w", strings.TrimPrefix(d.Source, "kafka://"), d.Partition, d.Offset, adapters.ErrStaleDelivery)
 	}
 	rec := &kgo.Record{Topic: s.dlq, Value: d.Payload}
 	if d.Key != "" {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -193,6 +195,18 @@ func TestRevokedPartitionsAreFenced(t *testing.T) {
 	got := readN(t, b, 5)
 	moved := got[0].Partition
 	for _, d := range held {
+		// The revoke fenced the moved partition's deliveries at once, and only those.
+		if d.IsFenced() != (d.Partition == moved) {
+			t.Fatalf("partition %d offset %d: fenced %v after partition %d moved", d.Partition, d.Offset, d.IsFenced(), moved)
+		}
+	}
+	for _, d := range got {
+		// a handed these out: the new owner must flag them (a had reserved past them).
+		if !d.Redelivered {
+			t.Fatalf("new owner got %d/%d unflagged; the old owner had handed it out", d.Partition, d.Offset)
+		}
+	}
+	for _, d := range held {
 		d.Settle(nil) // late: the moved partition's settlements must be ignored
 	}
 	time.Sleep(500 * time.Millisecond) // several commit intervals of a
@@ -203,6 +217,88 @@ func TestRevokedPartitionsAreFenced(t *testing.T) {
 		d.Settle(nil)
 	}
 	waitFor(t, "new owner's commit", func() bool { return committed(t, brokers, cfg.Group, "fence")[moved] == 5 })
+}
+
+// hwMark returns the high-water mark in the group's commit metadata for topic/0, -1 when none.
+func hwMark(t *testing.T, brokers []string, group, topic string) int64 {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	offs, err := kadm.NewClient(cl).FetchOffsets(context.Background(), group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mark := int64(-1)
+	offs.Each(func(o kadm.OffsetResponse) {
+		if o.Topic == topic && o.Partition == 0 && strings.HasPrefix(o.Metadata, hwPrefix) {
+			mark, _ = strconv.ParseInt(strings.TrimPrefix(o.Metadata, hwPrefix), 10, 64)
+		}
+	})
+	return mark
+}
+
+// TestHighWaterMarkIsReservedBeforeHandingOut: at any moment the group's commit metadata
+// covers every record handed out, so a kill -9 cannot leave an unflagged gap.
+func TestHighWaterMarkIsReservedBeforeHandingOut(t *testing.T) {
+	brokers := newCluster(t)
+	createTopic(t, brokers, "reserve", 1)
+	produceN(t, brokers, "reserve", 1, 3*reserveStep)
+	cfg := testConfig(brokers, "reserve")
+	cfg.CommitInterval = time.Hour // only reservations commit
+	s, err := New(cfg, "", WithLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	read := 0
+	for _, upTo := range []int{1, reserveStep / 2, reserveStep, 2 * reserveStep} {
+		ds := readN(t, s, upTo-read)
+		read = upTo
+		last := ds[len(ds)-1].Offset
+		if mark := hwMark(t, brokers, cfg.Group, "reserve"); mark <= last {
+			t.Fatalf("handed out offset %d with the durable mark at %d", last, mark)
+		}
+		for _, d := range ds {
+			if d.Redelivered {
+				t.Fatalf("offset %d flagged redelivered on a fresh group", d.Offset)
+			}
+		}
+	}
+}
+
+// TestNewOwnerFlagsUpToTheMarkAfterKill: after a kill -9 of the owner, the next owner
+// flags every record below the mark the dead one had reserved, and only those.
+func TestNewOwnerFlagsUpToTheMarkAfterKill(t *testing.T) {
+	brokers := newCluster(t)
+	createTopic(t, brokers, "kill", 1)
+	produceN(t, brokers, "kill", 1, 2*reserveStep)
+	cfg := testConfig(brokers, "kill")
+	a, err := New(cfg, "", WithLogger(testLogger(t)), WithClientOptions(fastGroup...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range readN(t, a, 30)[:10] {
+		d.Settle(nil)
+	}
+	waitFor(t, "commit of offset 10", func() bool { return committed(t, brokers, cfg.Group, "kill")[0] == 10 })
+	mark := hwMark(t, brokers, cfg.Group, "kill")
+	if mark < 30 {
+		t.Fatalf("mark %d below what was handed out (30)", mark)
+	}
+	a.kill()
+	b, err := New(cfg, "", WithLogger(testLogger(t)), WithClientOptions(fastGroup...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(context.Background())
+	for _, d := range readN(t, b, 2*reserveStep-10) {
+		if want := d.Offset < mark; d.Redelivered != want {
+			t.Fatalf("offset %d: redelivered %v, want %v (mark %d)", d.Offset, d.Redelivered, want, mark)
+		}
+	}
 }
 
 // TestStaticMembershipRejoinsQuickly: with group_instance_id a restarted member gets its
