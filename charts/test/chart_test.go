@@ -340,6 +340,7 @@ func TestDefaultValues(t *testing.T) {
 		"--sidecar-image": "ghcr.io/mqsidecar/mqsidecar:0.1.0", "--sidecar-mode": "native",
 		"--sidecar-memory-limit": "256Mi", "--sidecar-cpu-limit": "", "--admin-port": "9464",
 		"--startup-probe-path": "/readyz", "--min-termination-grace-period": "45s",
+		"--sidecar-secret-env": "", "--sidecar-secret-env-from": "", "--sidecar-secret-volumes": "",
 	} {
 		if got, ok := args[flag]; !ok || got != want {
 			t.Errorf("injector arg %s = %q, want %q", flag, got, want)
@@ -394,6 +395,18 @@ func TestFullValuesCertManagerAndMonitors(t *testing.T) {
 		args["--sidecar-cpu-limit"] != "1" || args["--log-level"] != "debug" {
 		t.Errorf("args do not follow the values: %v", c.Args)
 	}
+	// sidecar.secrets: names of Secrets and keys only, in the injector's syntax (sorted env).
+	for flag, want := range map[string]string{
+		"--sidecar-secret-env":      "MQSIDECAR_DEDUP_REDIS_PASSWORD=mqsidecar-redis/password,MQSIDECAR_SOURCE_KAFKA_SASL_PASSWORD=kafka-credentials/password",
+		"--sidecar-secret-env-from": "mqsidecar-env",
+		"--sidecar-secret-volumes":  "kafka-tls,redis-tls",
+	} {
+		if got := args[flag]; got != want {
+			t.Errorf("injector arg %s = %q, want %q", flag, got, want)
+		}
+	}
+	// cert-manager writes the serving Secret at install time; borrow the default render's.
+	checkArgsAcceptedByInjectCommand(t, c.Args, one(t, "Secret", render(t).secrets))
 	if pod.Spec.NodeSelector["kubernetes.io/os"] != "linux" || len(pod.Spec.Tolerations) != 1 {
 		t.Errorf("nodeSelector/tolerations not rendered: %v %v", pod.Spec.NodeSelector, pod.Spec.Tolerations)
 	}
@@ -505,15 +518,20 @@ func TestSidecarModeFollowsKubernetesVersion(t *testing.T) {
 
 func TestSchemaRefusesBadValues(t *testing.T) {
 	for _, set := range []string{
-		"bogus=1",                            // unknown top-level key
-		"webhook.failurePolicy=Sometimes",    // not Ignore/Fail
-		"webhook.timeoutSeconds=60",          // API server maximum is 30
-		"sidecar.mode=sidecar",               // not auto/native/container
-		"sidecar.resources.limits.cpu=lots",  // not a quantity
-		"sidecar.adminPort=0",                // not a port
-		"injector.certCheckInterval=often",   // not a duration
-		"injector.resources.requests.gpu=1",  // unknown resource key
-		"metrics.serviceMonitor.enable=true", // typo
+		"bogus=1",                                                    // unknown top-level key
+		"webhook.failurePolicy=Sometimes",                            // not Ignore/Fail
+		"webhook.timeoutSeconds=60",                                  // API server maximum is 30
+		"sidecar.mode=sidecar",                                       // not auto/native/container
+		"sidecar.resources.limits.cpu=lots",                          // not a quantity
+		"sidecar.adminPort=0",                                        // not a port
+		"injector.certCheckInterval=often",                           // not a duration
+		"injector.resources.requests.gpu=1",                          // unknown resource key
+		"metrics.serviceMonitor.enable=true",                         // typo
+		"sidecar.secrets.env.MQSIDECAR_DEDUP_REDIS_PASSWORD=hunter2", // a value, not secret/key
+		"sidecar.secrets.env.1BAD=kafka/password",                    // not a variable name
+		"sidecar.secrets.volumes={Redis_TLS}",                        // not a Secret name
+		"sidecar.secrets.envFrom={env,env}",                          // twice
+		"sidecar.secrets.password=x",                                 // unknown key
 	} {
 		_, err := runHelm(t, "template", release, chartDir, "--namespace", namespace, "--kube-version", kubeVersion, "--set", set)
 		if err == nil || !strings.Contains(err.Error(), "schema") {
@@ -875,9 +893,13 @@ func TestNotesRender(t *testing.T) {
 	}{
 		{nil, []string{"namespace " + namespace, "Sidecar mode: native (auto, Kubernetes v" + kubeVersion + ")",
 			"Failure policy: Ignore - while no injector replica answers, pods are created WITHOUT the sidecar.",
-			"logs deploy/" + injName, "metrics.podMonitor.enabled=true"}},
+			"logs deploy/" + injName, "metrics.podMonitor.enabled=true", "mqsidecar.io/secret-env:",
+			"on by default for StatefulSet\n   pods only"}},
 		{[]string{"--set", "webhook.failurePolicy=Fail", "--set", "metrics.podMonitor.enabled=true", "--set", "sidecar.mode=container"},
 			[]string{"Failure policy: Fail\n", "Sidecar mode: container\n"}},
+		{[]string{"--set", "sidecar.secrets.env.MQSIDECAR_DEDUP_REDIS_PASSWORD=orders-redis/password", "--set", "sidecar.secrets.volumes={redis-tls,kafka-tls}"},
+			[]string{"(sidecar.secrets.env): MQSIDECAR_DEDUP_REDIS_PASSWORD=orders-redis/password\n",
+				"(sidecar.secrets.volumes): redis-tls, kafka-tls\n", "must exist in every namespace"}},
 	} {
 		args := append([]string{"template", release, dir, "--namespace", namespace, "--kube-version", kubeVersion,
 			"--show-only", "templates/notes-rendered.yaml"}, c.args...)
@@ -899,6 +921,9 @@ func TestNotesRender(t *testing.T) {
 		}
 		if strings.Contains(out, "podMonitor") == slices.Contains(c.args, "metrics.podMonitor.enabled=true") {
 			t.Errorf("NOTES (%v): the PodMonitor hint must appear exactly when it is disabled", c.args)
+		}
+		if strings.Contains(out, "Default Secrets of every sidecar") != slices.ContainsFunc(c.args, func(a string) bool { return strings.HasPrefix(a, "sidecar.secrets.") }) {
+			t.Errorf("NOTES (%v): the default Secrets must be listed exactly when there are some", c.args)
 		}
 	}
 }

@@ -69,3 +69,12 @@ app.kubernetes.io/component: injector
 {{- define "mqsidecar.serviceDNS" -}}
 {{- printf "%s.%s.svc" (include "mqsidecar.injectorName" .) .Release.Namespace }}
 {{- end }}
+
+{{/* sidecar.secrets.env as the injector's --sidecar-secret-env: NAME=secret/key,... (sorted). */}}
+{{- define "mqsidecar.secretEnv" -}}
+{{- $items := list }}
+{{- range $name, $ref := .Values.sidecar.secrets.env }}
+{{- $items = append $items (printf "%s=%s" $name $ref) }}
+{{- end }}
+{{- join "," $items }}
+{{- end }}
