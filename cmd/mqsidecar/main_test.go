@@ -49,3 +49,16 @@ func TestVersionAndExitStatus(t *testing.T) {
 		t.Errorf("bad flag: exit %d, stderr %q; want 2", code, stderr.String())
 	}
 }
+
+// TestHelp: help screens list plain flags. (pflag v1.1.0 printed every boolean, --help
+// included, as "--help[=true|false]"; go.mod pins v1.0.x.)
+func TestHelp(t *testing.T) {
+	for _, args := range [][]string{{"--help"}, {"run", "--help"}, {"config", "validate", "--help"}} {
+		var stdout, stderr bytes.Buffer
+		code := run(args, &stdout, &stderr)
+		out := stdout.String()
+		if code != 0 || !strings.Contains(out, "-h, --help ") || strings.Contains(out, "[=true|false]") {
+			t.Errorf("%v: exit %d, stderr %q, stdout:\n%s", args, code, stderr.String(), out)
+		}
+	}
+}
