@@ -69,8 +69,8 @@ func rootCommand(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(runCommand(stderr), demoCommand(stdout), configCommand(stdout), cli.VersionCommand("mqsidecar", version),
-		injectMovedCommand())
+	root.AddCommand(runCommand(stderr), demoCommand(stdout), configCommand(stdout), injectMovedCommand())
+	cli.AddVersion(root, version) // `mqsidecar --version` and `mqsidecar version`
 	return root
 }
 

@@ -44,6 +44,10 @@ func TestVersionAndExitStatus(t *testing.T) {
 	if code := run([]string{"version"}, &stdout, &stderr); code != 0 || stdout.String() != "mqsidecar v1.2.3-test\n" {
 		t.Errorf("version: exit %d, stdout %q, stderr %q", code, stdout.String(), stderr.String())
 	}
+	stdout.Reset()
+	if code := run([]string{"--version"}, &stdout, &stderr); code != 0 || stdout.String() != "mqsidecar v1.2.3-test\n" {
+		t.Errorf("--version: exit %d, stdout %q, stderr %q", code, stdout.String(), stderr.String())
+	}
 	stderr.Reset()
 	if code := run([]string{"run", "--bogus"}, &stdout, &stderr); code != 2 || stderr.String() != "mqsidecar: unknown flag: --bogus\n" {
 		t.Errorf("bad flag: exit %d, stderr %q; want 2", code, stderr.String())
@@ -60,5 +64,9 @@ func TestHelp(t *testing.T) {
 		if code != 0 || !strings.Contains(out, "-h, --help ") || strings.Contains(out, "[=true|false]") {
 			t.Errorf("%v: exit %d, stderr %q, stdout:\n%s", args, code, stderr.String(), out)
 		}
+	}
+	var stdout, stderr bytes.Buffer
+	if run([]string{"--help"}, &stdout, &stderr); !strings.Contains(stdout.String(), "-v, --version ") {
+		t.Errorf("--help does not list --version:\n%s", stdout.String())
 	}
 }

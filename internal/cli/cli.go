@@ -65,6 +65,15 @@ func Version(stamped string) string {
 	return stamped
 }
 
+// AddVersion gives root both ways of asking for the version: a `--version` flag on root
+// itself and the `version` subcommand (VersionCommand). Both print "<name> <version>" to
+// stdout and exit 0.
+func AddVersion(root *cobra.Command, stamped string) {
+	root.Version = Version(stamped)
+	root.SetVersionTemplate("{{.Name}} {{.Version}}\n")
+	root.AddCommand(VersionCommand(root.Name(), stamped))
+}
+
 // VersionCommand is the `version` subcommand: it prints "<name> <version>".
 func VersionCommand(name, stamped string) *cobra.Command {
 	return &cobra.Command{

@@ -55,3 +55,17 @@ func TestVersion(t *testing.T) {
 		t.Errorf("version command: %v, %q", err, out.String())
 	}
 }
+
+// TestAddVersion: `tool --version` and `tool version` print the same line.
+func TestAddVersion(t *testing.T) {
+	for _, args := range [][]string{{"--version"}, {"version"}} {
+		var stdout, stderr bytes.Buffer
+		root := &cobra.Command{Use: "tool"}
+		AddVersion(root, "v3.0.0")
+		root.SetOut(&stdout)
+		root.SetErr(&stderr)
+		if code := Execute(root, args, &stderr); code != 0 || stdout.String() != "tool v3.0.0\n" || stderr.Len() != 0 {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want 0, %q", args, code, stdout.String(), stderr.String(), "tool v3.0.0\n")
+		}
+	}
+}
