@@ -11,9 +11,11 @@ E2E_ENV   = eval "$$($(HARNESS)/all.sh env)"
 
 all: lint test
 
-## build: bin/mqsidecar (the sidecar) and bin/mqsidecar-injector (the Kubernetes webhook).
+## build: bin/mqsidecar (the sidecar) and bin/mqsidecar-injector (the Kubernetes webhook),
+## built as the container image builds them: -tags nodemo leaves `mqsidecar demo` and its
+## in-process Kafka (franz-go's kfake) out (`make demo` runs the demo from source).
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/mqsidecar ./cmd/mqsidecar-injector
+	CGO_ENABLED=0 $(GO) build -trimpath -tags nodemo -ldflags '$(LDFLAGS)' -o bin/ ./cmd/mqsidecar ./cmd/mqsidecar-injector
 
 demo:
 	$(GO) run ./cmd/mqsidecar demo

@@ -25,7 +25,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mqsidecar/mqsidecar/config"
-	"github.com/mqsidecar/mqsidecar/demo"
 	"github.com/mqsidecar/mqsidecar/internal/cli"
 	"github.com/mqsidecar/mqsidecar/sidecar"
 )
@@ -121,27 +120,6 @@ func runCommand(stderr io.Writer) *cobra.Command {
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "", "config file (YAML); every key can also be set as MQSIDECAR_<KEY>")
 	cmd.Flags().StringVar(&level, "log-level", "", "override log.level (debug|info|warn|error)")
-	return cmd
-}
-
-func demoCommand(stdout io.Writer) *cobra.Command {
-	var opts demo.Options
-	cmd := &cobra.Command{
-		Use:   "demo",
-		Short: "Run everything embedded (Kafka, an app, a producer) and show delivery, retries and dedup",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-			defer stop()
-			opts.Out = stdout
-			return demo.Run(ctx, opts)
-		},
-	}
-	cmd.Flags().IntVar(&opts.Messages, "messages", 3000, "unique messages to produce")
-	cmd.Flags().Float64Var(&opts.DuplicateRate, "duplicates", 0.1, "share of messages the producer sends twice")
-	cmd.Flags().Float64Var(&opts.FailRate, "fail", 0.1, "share of first pushes the demo app fails")
-	cmd.Flags().BoolVar(&opts.Verbose, "verbose", false, "show the sidecar's own logs")
-	cmd.Flags().IntVar(&opts.Rate, "rate", 1000, "messages produced per second (0 = as fast as possible)")
 	return cmd
 }
 

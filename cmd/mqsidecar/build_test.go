@@ -1,0 +1,173 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// goList returns the import paths of the packages cmd/mqsidecar links with the given build
+// tags.
+func goList(t *testing.T, tags string) []string {
+	t.Helper()
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go command:", err)
+	}
+	out, err := exec.Command(goTool, "list", "-deps", "-tags", tags, "-f", "{{.ImportPath}}", ".").Output()
+	if err != nil {
+		t.Fatalf("go list -deps -tags %q: %v", tags, err)
+	}
+	return strings.Fields(string(out))
+}
+
+// TestNodemoLinksNoKfake: production builds (-tags nodemo: make build, the Dockerfile) do
+// not carry the demo's in-process Kafka; the default build (go run ./cmd/mqsidecar demo)
+// still does.
+func TestNodemoLinksNoKfake(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs go list")
+	}
+	isDemo := func(pkg string) bool {
+		return strings.Contains(pkg, "/kfake") || pkg == "github.com/mqsidecar/mqsidecar/demo"
+	}
+	for _, pkg := range goList(t, "nodemo") {
+		if isDemo(pkg) {
+			t.Errorf("with -tags nodemo, cmd/mqsidecar depends on %s", pkg)
+		}
+	}
+	var demoPkgs []string
+	for _, pkg := range goList(t, "") {
+		if isDemo(pkg) {
+			demoPkgs = append(demoPkgs, pkg)
+		}
+	}
+	if len(demoPkgs) != 2 {
+		t.Errorf("without tags, cmd/mqsidecar links %v; want the demo and kfake (mqsidecar demo)", demoPkgs)
+	}
+}
+
+// nodemoTag matches a go build command line that sets the nodemo tag (-tags nodemo,
+// -tags=a,nodemo, ...).
+var nodemoTag = regexp.MustCompile(`(^|\s)-tags[= ]['"]?([\w.]+,)*nodemo(,[\w.]+)*['"]?(\s|$)`)
+
+// TestProductionBuildsUseNodemo checks statically that the image's build command (the RUN
+// after the Dockerfile's "# build-command" marker, the one hack/check-dockerfile.sh runs)
+// and `make build` build the sidecar with -tags nodemo.
+func TestProductionBuildsUseNodemo(t *testing.T) {
+	read := func(name string) string {
+		b, err := os.ReadFile(filepath.Join("..", "..", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	// The instruction after the marker, continuation lines joined.
+	var run strings.Builder
+	_, after, ok := strings.Cut(read("Dockerfile"), "\n# build-command")
+	if ok {
+		lines := strings.Split(after, "\n")[1:]
+		for _, l := range lines {
+			l = strings.TrimSpace(l)
+			run.WriteString(strings.TrimSuffix(l, "\\") + " ")
+			if !strings.HasSuffix(l, "\\") {
+				break
+			}
+		}
+	}
+	if cmd := run.String(); !strings.HasPrefix(cmd, "RUN ") || !strings.Contains(cmd, "go build") {
+		t.Errorf("Dockerfile: no RUN ... go build after the '# build-command' marker: %q", cmd)
+	} else if !nodemoTag.MatchString(cmd) {
+		t.Errorf("Dockerfile: the build command does not set -tags nodemo: %q", cmd)
+	}
+
+	// The recipe of the Makefile's build target.
+	var recipe []string
+	inBuild := false
+	for _, l := range strings.Split(read("Makefile"), "\n") {
+		switch {
+		case strings.HasPrefix(l, "build:"):
+			inBuild = true
+		case inBuild && strings.HasPrefix(l, "\t"):
+			recipe = append(recipe, l)
+		case inBuild:
+			inBuild = false
+		}
+	}
+	var found bool
+	for _, l := range recipe {
+		if strings.Contains(l, "./cmd/mqsidecar ") || strings.HasSuffix(l, "./cmd/mqsidecar") {
+			found = true
+			if !nodemoTag.MatchString(l) {
+				t.Errorf("Makefile: `make build` builds the sidecar without -tags nodemo: %q", l)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("Makefile: no line of the build target builds ./cmd/mqsidecar: %q", recipe)
+	}
+}
+
+var (
+	buildOnce sync.Once
+	builtBin  string
+	buildErr  error
+	buildOut  []byte
+)
+
+// productionBinary builds cmd/mqsidecar the way make build does (-tags nodemo), once per
+// test run.
+func productionBinary(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go command:", err)
+	}
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "mqsidecar-cmd-test-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		builtBin = filepath.Join(dir, "mqsidecar")
+		buildOut, buildErr = exec.Command(goTool, "build", "-tags", "nodemo", "-o", builtBin, ".").CombinedOutput()
+	})
+	if buildErr != nil {
+		t.Fatalf("go build -tags nodemo: %v\n%s", buildErr, buildOut)
+	}
+	return builtBin
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if builtBin != "" {
+		os.RemoveAll(filepath.Dir(builtBin))
+	}
+	os.Exit(code)
+}
+
+// TestNodemoBinary: in a production build, `mqsidecar demo` says that this build has no
+// demo and exits 2, and --version works like the version subcommand.
+func TestNodemoBinary(t *testing.T) {
+	bin := productionBinary(t)
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(bin, "demo", "--messages", "5")
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != 2 || !strings.Contains(stderr.String(), "this build has no demo") {
+		t.Errorf("demo in a nodemo build: %v, stdout %q, stderr %q; want exit 2 saying there is no demo", err, stdout.String(), stderr.String())
+	}
+	flag, err1 := exec.Command(bin, "--version").Output()
+	sub, err2 := exec.Command(bin, "version").Output()
+	if err1 != nil || err2 != nil || !strings.HasPrefix(string(flag), "mqsidecar ") || string(flag) != string(sub) {
+		t.Errorf("--version: %q (%v); version: %q (%v); want the same line", flag, err1, sub, err2)
+	}
+}
