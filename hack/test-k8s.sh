@@ -3,7 +3,8 @@
 #
 #   1. installs helm into .tools/bin if missing (hack/helm.sh, via the Go module proxy);
 #   2. injector: webhook handler golden tests, JSON patches applied and asserted, TLS
-#      certificate rotation, the mqsidecar-injector command's flags and exit statuses
+#      certificate rotation, the mqsidecar-injector command's flags and exit statuses, the
+#      chart's examples run through the webhook and loaded with the sidecar's config loader
 #      (go test ./injector/... ./cmd/mqsidecar-injector/...);
 #   3. chart: helm template with default and full values, every object strictly decoded
 #      into k8s.io/api types, helm lint --strict, values.schema.json refusals, and the
