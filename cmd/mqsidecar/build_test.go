@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/mqsidecar/mqsidecar/cmd/mqsidecar/internal/stopsignal"
 )
 
 // goList returns the import paths of the packages cmd/mqsidecar links with the given build
@@ -147,6 +149,9 @@ func productionBinary(t *testing.T) string {
 }
 
 func TestMain(m *testing.M) {
+	// This test binary links package main and thus stopsignal; give SIGINT/SIGTERM their
+	// default effect back, so an interrupted `go test` ends.
+	stopsignal.Stop()
 	code := m.Run()
 	if builtBin != "" {
 		os.RemoveAll(filepath.Dir(builtBin))

@@ -3,10 +3,7 @@
 package main
 
 import (
-	"context"
 	"io"
-	"os/signal"
-	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -23,10 +20,8 @@ func demoCommand(stdout io.Writer) *cobra.Command {
 		Short: "Run everything embedded (Kafka, an app, a producer) and show delivery, retries and dedup",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-			defer stop()
 			opts.Out = stdout
-			return demo.Run(ctx, opts)
+			return demo.Run(cmd.Context(), opts) // cmd.Context() ends on SIGTERM/SIGINT (main)
 		},
 	}
 	cmd.Flags().IntVar(&opts.Messages, "messages", 3000, "unique messages to produce")

@@ -17,13 +17,12 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"runtime/debug"
 	"runtime/pprof"
-	"syscall"
 
 	"github.com/spf13/cobra"
 
+	"github.com/mqsidecar/mqsidecar/cmd/mqsidecar/internal/stopsignal"
 	"github.com/mqsidecar/mqsidecar/config"
 	"github.com/mqsidecar/mqsidecar/internal/cli"
 	"github.com/mqsidecar/mqsidecar/sidecar"
@@ -33,6 +32,19 @@ import (
 var version = "dev"
 
 func main() {
+	// SIGTERM and SIGINT have been caught since package stopsignal was initialized, early in
+	// start-up and before anything in main (the GC setting, config loading): they cancel ctx
+	// instead of ending the process with the runtime's default (death by the signal, status
+	// 143). A signal at any moment of start-up thus stops the sidecar cleanly, with status 0;
+	// when nothing has started yet, there is nothing to drain (G5 in docs/guarantees.md).
+	ctx := stopsignal.Context()
+	code := profiled(func() int { return run(ctx, os.Args[1:], os.Stdout, os.Stderr) })
+	stopsignal.Stop()
+	os.Exit(code)
+}
+
+// profiled calls run after setting the GC target, under a CPU profile when asked for one.
+func profiled(run func() int) int {
 	// A sidecar shares its pod's memory with the app: collect more often than Go's
 	// default (heap goal 1.5x the live heap instead of 2x); GOGC overrides.
 	if os.Getenv("GOGC") == "" {
@@ -41,24 +53,31 @@ func main() {
 	// MQSIDECAR_CPUPROFILE=file writes a CPU profile of the whole run, and
 	// file.allocs its allocation profile (for `make bench`
 	// investigations); it is a developer aid, not configuration.
-	if path := os.Getenv("MQSIDECAR_CPUPROFILE"); path != "" {
-		if f, err := os.Create(path); err == nil {
-			_ = pprof.StartCPUProfile(f)
-			code := run(os.Args[1:], os.Stdout, os.Stderr)
-			pprof.StopCPUProfile()
-			f.Close()
-			if a, err := os.Create(path + ".allocs"); err == nil {
-				_ = pprof.Lookup("allocs").WriteTo(a, 0)
-				a.Close()
-			}
-			os.Exit(code)
-		}
+	path := os.Getenv("MQSIDECAR_CPUPROFILE")
+	if path == "" {
+		return run()
 	}
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	f, err := os.Create(path)
+	if err != nil {
+		return run()
+	}
+	_ = pprof.StartCPUProfile(f)
+	code := run()
+	pprof.StopCPUProfile()
+	f.Close()
+	if a, err := os.Create(path + ".allocs"); err == nil {
+		_ = pprof.Lookup("allocs").WriteTo(a, 0)
+		a.Close()
+	}
+	return code
 }
 
-func run(args []string, stdout, stderr io.Writer) int {
-	return cli.Execute(rootCommand(stdout, stderr), args, stderr)
+// run executes the command line args; ctx ends when the process is asked to stop
+// (SIGTERM/SIGINT). It returns the exit status.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	root := rootCommand(stdout, stderr)
+	root.SetContext(ctx)
+	return cli.Execute(root, args, stderr)
 }
 
 func rootCommand(stdout, stderr io.Writer) *cobra.Command {
@@ -103,9 +122,12 @@ func runCommand(stderr io.Writer) *cobra.Command {
 				return cli.Usage(err)
 			}
 			log := newLogger(stderr, cfg.Log)
+			ctx := cmd.Context() // cancelled by SIGTERM/SIGINT (main)
+			if ctx.Err() != nil {
+				log.Info("stop requested before start; nothing was consumed", "version", cli.Version(version))
+				return nil
+			}
 			log.Info("mqsidecar starting", "version", cli.Version(version), "config", cfg)
-			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-			defer stop()
 			sc, err := sidecar.New(cfg, log)
 			if err != nil {
 				log.Error("cannot start", "error", err)

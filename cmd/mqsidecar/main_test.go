@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"os/exec"
 	"strings"
 	"testing"
@@ -31,7 +32,7 @@ func TestNoKubernetesPackages(t *testing.T) {
 // TestInjectMoved: the former `mqsidecar inject` names its replacement and exits 2.
 func TestInjectMoved(t *testing.T) {
 	var stdout, stderr bytes.Buffer
-	code := run([]string{"inject", "--listen=:8443", "--sidecar-image=x:1"}, &stdout, &stderr)
+	code := run(context.Background(), []string{"inject", "--listen=:8443", "--sidecar-image=x:1"}, &stdout, &stderr)
 	if code != 2 || !strings.Contains(stderr.String(), "mqsidecar-injector") {
 		t.Errorf("exit %d, stderr %q; want 2 and a pointer to mqsidecar-injector", code, stderr.String())
 	}
@@ -41,15 +42,15 @@ func TestVersionAndExitStatus(t *testing.T) {
 	defer func(v string) { version = v }(version)
 	version = "v1.2.3-test"
 	var stdout, stderr bytes.Buffer
-	if code := run([]string{"version"}, &stdout, &stderr); code != 0 || stdout.String() != "mqsidecar v1.2.3-test\n" {
+	if code := run(context.Background(), []string{"version"}, &stdout, &stderr); code != 0 || stdout.String() != "mqsidecar v1.2.3-test\n" {
 		t.Errorf("version: exit %d, stdout %q, stderr %q", code, stdout.String(), stderr.String())
 	}
 	stdout.Reset()
-	if code := run([]string{"--version"}, &stdout, &stderr); code != 0 || stdout.String() != "mqsidecar v1.2.3-test\n" {
+	if code := run(context.Background(), []string{"--version"}, &stdout, &stderr); code != 0 || stdout.String() != "mqsidecar v1.2.3-test\n" {
 		t.Errorf("--version: exit %d, stdout %q, stderr %q", code, stdout.String(), stderr.String())
 	}
 	stderr.Reset()
-	if code := run([]string{"run", "--bogus"}, &stdout, &stderr); code != 2 || stderr.String() != "mqsidecar: unknown flag: --bogus\n" {
+	if code := run(context.Background(), []string{"run", "--bogus"}, &stdout, &stderr); code != 2 || stderr.String() != "mqsidecar: unknown flag: --bogus\n" {
 		t.Errorf("bad flag: exit %d, stderr %q; want 2", code, stderr.String())
 	}
 }
@@ -59,14 +60,14 @@ func TestVersionAndExitStatus(t *testing.T) {
 func TestHelp(t *testing.T) {
 	for _, args := range [][]string{{"--help"}, {"run", "--help"}, {"config", "validate", "--help"}} {
 		var stdout, stderr bytes.Buffer
-		code := run(args, &stdout, &stderr)
+		code := run(context.Background(), args, &stdout, &stderr)
 		out := stdout.String()
 		if code != 0 || !strings.Contains(out, "-h, --help ") || strings.Contains(out, "[=true|false]") {
 			t.Errorf("%v: exit %d, stderr %q, stdout:\n%s", args, code, stderr.String(), out)
 		}
 	}
 	var stdout, stderr bytes.Buffer
-	if run([]string{"--help"}, &stdout, &stderr); !strings.Contains(stdout.String(), "-v, --version ") {
+	if run(context.Background(), []string{"--help"}, &stdout, &stderr); !strings.Contains(stdout.String(), "-v, --version ") {
 		t.Errorf("--help does not list --version:\n%s", stdout.String())
 	}
 }
