@@ -46,7 +46,7 @@ brokers-stop:
 ## Adapter packages run one at a time (-p 1): their tests restart brokers. No -race here:
 ## the RocketMQ Go client has data races of its own (see adapters/rocketmq/doc.go); our
 ## code is race-checked by test-unit.
-E2E_ADAPTERS := ./adapters/kafka/ ./adapters/rabbitmq/ ./adapters/rocketmq/
+E2E_ADAPTERS := ./adapters/kafka/ ./adapters/rabbitmq/ ./adapters/rocketmq/ ./dedup/redisstore/
 test-e2e: build
 	@set -e; $(HARNESS)/all.sh start; \
 	status=0; ( set -e; $(E2E_ENV); export MQSIDECAR_BIN=$(CURDIR)/bin/mqsidecar; \
