@@ -44,8 +44,8 @@ brokers-stop:
 ## test-e2e: starts the brokers (installing what is missing), runs the e2e-tagged tests
 ## against them and the built binary, and stops the brokers again, pass or fail.
 ## Adapter packages run one at a time (-p 1): their tests restart brokers. No -race here:
-## the RocketMQ Go client has data races of its own (see adapters/rocketmq/doc.go); our
-## code is race-checked by test-unit.
+## the RocketMQ Go client has data races of its own ("Known client limitations" in the
+## package doc, adapters/rocketmq/rocketmq.go); our code is race-checked by test-unit.
 E2E_ADAPTERS := ./adapters/kafka/ ./adapters/rabbitmq/ ./adapters/rocketmq/ ./dedup/redisstore/
 test-e2e: build
 	@set -e; $(HARNESS)/all.sh start; \
