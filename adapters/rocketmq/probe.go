@@ -1,15 +1,12 @@
 package rocketmq
 
 import (
-	"encoding/binary"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"strings"
-	"sync/atomic"
 	"time"
+
+	"github.com/apache/rocketmq-client-go/v2/primitive"
 )
 
 // The Go client notices a broker outage only when a pull times out (30 s) and fails no
@@ -19,8 +16,6 @@ import (
 
 // reqGetRouteInfoByTopic is the name server's GET_ROUTEINFO_BY_TOPIC request code.
 const reqGetRouteInfoByTopic = 105
-
-var probeOpaque atomic.Int32
 
 // probe returns nil when a name server answers with a route for topic and every master
 // broker in it accepts a TCP connection.
@@ -79,54 +74,15 @@ func masterAddrs(body []byte) []string {
 	}
 }
 
-// remotingCall sends one RocketMQ remoting request (JSON header codec, no body) and returns
-// the response body. Frame: int32 total length, int32 header length (top byte: codec),
-// header, body.
+// remotingCall sends one request (no body, unsigned) and returns the response body when
+// the answer is a success.
 func remotingCall(addr string, code int, ext map[string]string, timeout time.Duration) ([]byte, error) {
-	conn, err := net.DialTimeout("tcp", addr, timeout)
+	r, err := invoke(addr, code, ext, nil, primitive.Credentials{}, timeout)
 	if err != nil {
 		return nil, err
 	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(timeout))
-	header, err := json.Marshal(map[string]any{
-		"code": code, "language": "GO", "version": 317, "opaque": probeOpaque.Add(1), "flag": 0, "extFields": ext,
-	})
-	if err != nil {
-		return nil, err
+	if r.Code != resSuccess {
+		return nil, fmt.Errorf("code %d: %s", r.Code, r.Remark)
 	}
-	frame := make([]byte, 8+len(header))
-	binary.BigEndian.PutUint32(frame[0:4], uint32(4+len(header)))
-	binary.BigEndian.PutUint32(frame[4:8], uint32(len(header)))
-	copy(frame[8:], header)
-	if _, err := conn.Write(frame); err != nil {
-		return nil, err
-	}
-	var n [4]byte
-	if _, err := io.ReadFull(conn, n[:]); err != nil {
-		return nil, err
-	}
-	size := binary.BigEndian.Uint32(n[:])
-	if size < 4 || size > 16<<20 {
-		return nil, fmt.Errorf("response frame of %d bytes", size)
-	}
-	buf := make([]byte, size)
-	if _, err := io.ReadFull(conn, buf); err != nil {
-		return nil, err
-	}
-	hl := binary.BigEndian.Uint32(buf[0:4]) & 0xFFFFFF
-	if int(hl) > len(buf)-4 {
-		return nil, errors.New("response header longer than its frame")
-	}
-	var resp struct {
-		Code   int    `json:"code"`
-		Remark string `json:"remark"`
-	}
-	if err := json.Unmarshal(buf[4:4+hl], &resp); err != nil {
-		return nil, fmt.Errorf("response header: %w", err)
-	}
-	if resp.Code != 0 {
-		return nil, fmt.Errorf("code %d: %s", resp.Code, resp.Remark)
-	}
-	return buf[4+hl:], nil
+	return r.body, nil
 }

@@ -187,9 +187,10 @@ func instanceName(configured string) string {
 type Option func(*options)
 
 type options struct {
-	log         *slog.Logger
-	m           *metrics.Metrics
-	maxInflight int
+	log           *slog.Logger
+	m             *metrics.Metrics
+	maxInflight   int
+	handoverGrace time.Duration
 }
 
 // WithLogger sets the logger (default slog.Default()); the client's own logs go through it
@@ -203,6 +204,12 @@ func WithMetrics(m *metrics.Metrics) Option { return func(o *options) { o.m = m 
 // concurrent mode (the client's consume goroutines per topic; the retry topic has its own
 // pool of the same size). Use delivery.max_inflight. Default 64.
 func WithMaxInflight(n int) Option { return func(o *options) { o.maxInflight = n } }
+
+// WithHandoverGrace sets how long a sidecar that takes over a message queue holds back the
+// messages an earlier owner reserved (they may still be on the wire there; see "Fleets" in
+// the package doc). Use app.timeout (plus the shutdown drain) for no overlap at all; the
+// default is 3 s.
+func WithHandoverGrace(d time.Duration) Option { return func(o *options) { o.handoverGrace = d } }
 
 // pushConsumer is the part of the client's push consumer the Source uses (a seam for unit
 // tests without a broker).
@@ -247,6 +254,15 @@ type Source struct {
 	dlqMarks map[string]time.Time // broker mode: coordinates → when marked
 
 	ready atomic.Pointer[error]
+
+	// Fleet state (fleet.go): the queues allocated to this source per topic, and the
+	// reservation group.
+	qmu           sync.Mutex
+	alloc         map[string]map[primitive.MessageQueue]*queueState
+	hwmGroup      string
+	hwmOff        atomic.Bool // the broker refused the reservation group
+	creds         primitive.Credentials
+	handoverGrace time.Duration
 }
 
 // inflight is one handed-out message awaiting settlement.
@@ -261,7 +277,7 @@ type inflight struct {
 // The topic must exist: the client fails to start on a topic without a route, and New
 // returns that error. deadLetterTarget is delivery.dead_letter.target ("" = none).
 func New(cfg config.RocketMQ, deadLetterTarget string, opts ...Option) (*Source, error) {
-	o := options{log: slog.Default(), maxInflight: defaultMaxInflight}
+	o := options{log: slog.Default(), maxInflight: defaultMaxInflight, handoverGrace: defaultHandoverGrace}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -287,6 +303,7 @@ func New(cfg config.RocketMQ, deadLetterTarget string, opts ...Option) (*Source,
 	installLogBridge(o.log)
 
 	s := newSource(cfg, deadLetterTarget, o)
+	s.creds = creds
 	resolver := primitive.NewPassthroughResolver(cfg.Nameservers)
 	copts := []consumer.Option{
 		consumer.WithNsResolver(resolver),
@@ -295,6 +312,7 @@ func New(cfg config.RocketMQ, deadLetterTarget string, opts ...Option) (*Source,
 		consumer.WithConsumerModel(consumer.Clustering),
 		consumer.WithConsumeFromWhere(consumer.ConsumeFromFirstOffset),
 		consumer.WithConsumerOrder(s.orderly),
+		consumer.WithStrategy(s.allocate),
 		consumer.WithConsumeMessageBatchMaxSize(1),
 		consumer.WithMaxReconsumeTimes(maxReconsumeTimes),
 		consumer.WithSuspendCurrentQueueTimeMillis(cfg.SuspendTime),
@@ -384,6 +402,14 @@ func newSource(cfg config.RocketMQ, deadLetterTarget string, o options) *Source 
 		changed:   make(chan struct{}),
 		pending:   make(map[*adapters.Delivery]*inflight),
 		dlqMarks:  make(map[string]time.Time),
+
+		alloc:         make(map[string]map[primitive.MessageQueue]*queueState),
+		hwmGroup:      cfg.Group + hwmGroupSuffix,
+		handoverGrace: o.handoverGrace,
+	}
+	if cfg.Namespace != "" {
+		// The client prefixes group names with the namespace; the raw requests must too.
+		s.hwmGroup = cfg.Namespace + "%" + s.hwmGroup
 	}
 	notStarted := errors.New("rocketmq: consumer not started")
 	s.ready.Store(&notStarted)
@@ -540,6 +566,19 @@ func (s *Source) consume(ctx context.Context, msgs ...*primitive.MessageExt) (co
 	infs := make([]*inflight, 0, len(msgs))
 	for _, m := range msgs {
 		inf := s.newInflight(m)
+		if !s.admit(m, inf.d) {
+			// Its queue was revoked (or the source is closing) before it was handed out.
+			s.forget(inf)
+			for _, inf := range infs {
+				inf.d.Settle(adapters.ErrNotDone)
+				<-inf.result
+				s.forget(inf)
+			}
+			if isClosed(s.closing) && (len(infs) == 0 || s.orderly) {
+				s.hold()
+			}
+			return s.notDone(ctx), nil
+		}
 		select {
 		case s.out <- inf.d:
 			infs = append(infs, inf)
@@ -665,6 +704,11 @@ func (s *Source) allMarked(msgs []*primitive.MessageExt) bool {
 
 // DeadLetter implements adapters.Source; see the package doc for the two modes.
 func (s *Source) DeadLetter(ctx context.Context, d *adapters.Delivery, f adapters.Failure) error {
+	if d.IsFenced() {
+		// Its queue was revoked: the new owner gets the message again, and a dead letter
+		// written here would be a second copy of a message someone else delivers.
+		return fmt.Errorf("rocketmq: dead-letter %q: its message queue was revoked: %w", d.ID, adapters.ErrStaleDelivery)
+	}
 	if s.brokerDLQ {
 		s.mu.Lock()
 		defer s.mu.Unlock()

@@ -1,0 +1,166 @@
+//go:build e2e
+
+package rocketmq
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/apache/rocketmq-client-go/v2/primitive"
+
+	"github.com/mqsidecar/mqsidecar/adapters"
+	"github.com/mqsidecar/mqsidecar/adapters/adaptertest"
+)
+
+// Two Sources in one consumer group against the real broker: what a fleet of sidecars does
+// to the adapter (fleet.go).
+
+// reqGetMaxOffset is the broker's GET_MAX_OFFSET request code.
+const reqGetMaxOffset = 30
+
+// savedOffsets returns, per queue of topic, group's saved offset (-1: none) and the queue's
+// max offset.
+func savedOffsets(t *testing.T, topic, group string, queues int) (saved, maxOff []int64) {
+	t.Helper()
+	_, broker := env(t)
+	for q := range queues {
+		mq := primitive.MessageQueue{Topic: topic, BrokerName: "broker-a", QueueId: q}
+		off, err := queryOffset(broker, group, mq, primitive.Credentials{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := invoke(broker, reqGetMaxOffset, map[string]string{"topic": topic, "queueId": strconv.Itoa(q)}, nil, primitive.Credentials{}, remotingTimeout)
+		if err != nil || r.Code != resSuccess {
+			t.Fatalf("max offset of %s/%d: %v %+v", topic, q, err, r)
+		}
+		m, _ := strconv.ParseInt(r.Ext["offset"], 10, 64)
+		saved, maxOff = append(saved, off), append(maxOff, m)
+	}
+	return saved, maxOff
+}
+
+// keyed returns n messages with n different keys, so the hash selector spreads them over
+// the queues.
+func keyed(prefix string, n int) []adaptertest.Message {
+	out := msgs(prefix, n, "")
+	for i := range out {
+		out[i].Key = fmt.Sprintf("k%d", i)
+	}
+	return out
+}
+
+// allocated returns how many queues of topic are allocated to s.
+func allocated(s *Source, topic string) int {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	return len(s.alloc[topic])
+}
+
+func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond) // polling the condition
+	}
+}
+
+// TestFleetOffsetsAfterRevoke reproduces the client's offset-store bug and checks the
+// workaround: A consumes both queues completely, B joins and takes one queue; the client's
+// persist at that revocation deletes A's in-memory offset of the queue A keeps, which gets
+// no further message. A stops cleanly before the client's first periodic persist (10 s
+// after its start): the group's saved offsets must still reach the end of both queues.
+func TestFleetOffsetsAfterRevoke(t *testing.T) {
+	env(t)
+	topic := fmt.Sprintf("fleet-off-%d", time.Now().UnixNano()%1e9)
+	createTopic(t, topic, 2)
+	ms := keyed("o", 40)
+	produce(t, newProducer(t), topic, ms...)
+	cfg := sourceConfig(t, topic, "concurrent", "topic")
+
+	t0 := time.Now()
+	a := open(t, cfg, "")
+	for range ms {
+		read(t, a, 30*time.Second).Settle(nil)
+	}
+	b := open(t, cfg, "")
+	waitUntil(t, 20*time.Second, "A to lose one queue to B", func() bool { return allocated(a, topic) == 1 })
+	closeSource(t, a)
+	if took := time.Since(t0); took > 9*time.Second {
+		t.Logf("A ran %s: the client's periodic persist (10 s after start) may have hidden the bug", took)
+	}
+	saved, maxOff := savedOffsets(t, topic, cfg.Group, 2)
+	for q := range saved {
+		if saved[q] != maxOff[q] {
+			t.Errorf("queue %d: saved offset %d after A stopped cleanly, want %d (everything was completed)", q, saved[q], maxOff[q])
+		}
+	}
+	closeSource(t, b)
+}
+
+// TestFleetFenceAndFlag: A holds deliveries of both queues unsettled when B joins. The
+// deliveries of the queue A loses are fenced at once, and their dead-lettering is refused
+// as stale; B gets that queue's messages again, every one flagged redelivered (they lie
+// below what A reserved before handing them out).
+func TestFleetFenceAndFlag(t *testing.T) {
+	env(t)
+	topic := fmt.Sprintf("fleet-fence-%d", time.Now().UnixNano()%1e9)
+	createTopic(t, topic, 2)
+	ms := keyed("f", 12)
+	produce(t, newProducer(t), topic, ms...)
+	cfg := sourceConfig(t, topic, "concurrent", "topic")
+
+	a := open(t, cfg, "dead-letters")
+	var held []*adapters.Delivery
+	for range ms {
+		d := read(t, a, 30*time.Second)
+		if d.Fenced == nil {
+			t.Fatalf("%s: no Fenced channel", d.ID)
+		}
+		held = append(held, d)
+	}
+	b := open(t, cfg, "")
+	var fenced []*adapters.Delivery
+	waitUntil(t, 20*time.Second, "deliveries of A's revoked queue fenced", func() bool {
+		fenced = fenced[:0]
+		for _, d := range held {
+			if d.IsFenced() {
+				fenced = append(fenced, d)
+			}
+		}
+		return len(fenced) > 0
+	})
+	moved := map[string]bool{}
+	for _, d := range fenced {
+		moved[d.ID] = true
+	}
+	err := a.DeadLetter(context.Background(), fenced[0], adapters.Failure{Reason: "permanent", Time: time.Now()})
+	if !errors.Is(err, adapters.ErrStaleDelivery) {
+		t.Errorf("DeadLetter of a fenced delivery: %v, want ErrStaleDelivery", err)
+	}
+	for _, d := range held {
+		if !moved[d.ID] && d.IsFenced() {
+			t.Errorf("%s: fenced although its queue stayed with A", d.ID)
+		}
+		d.Settle(nil) // a push that finished: too late for the moved queue
+	}
+	for len(moved) > 0 {
+		d := read(t, b, 30*time.Second)
+		if !moved[d.ID] {
+			t.Fatalf("B got %s, not of the moved queue", d.ID)
+		}
+		if !d.Redelivered {
+			t.Errorf("B got %s (queue %d offset %d) without the redelivered flag; A may have pushed it", d.ID, d.Partition, d.Offset)
+		}
+		delete(moved, d.ID)
+		d.Settle(nil)
+	}
+	closeSource(t, a)
+	closeSource(t, b)
+}
