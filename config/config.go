@@ -18,6 +18,7 @@ package config
 
 import (
 	"log/slog"
+	"net/url"
 	"time"
 )
 
@@ -168,14 +169,43 @@ type DeadLetter struct {
 	Target string `mapstructure:"target"`
 }
 
-// Dedup configures the bbolt deduplication store.
+// Dedup configures the deduplication store: the embedded bbolt file (one per replica), or
+// Redis shared by every replica of a fleet.
 type Dedup struct {
-	Enabled bool          `mapstructure:"enabled"`
-	Path    string        `mapstructure:"path"`
-	TTL     time.Duration `mapstructure:"ttl"`
+	Enabled bool `mapstructure:"enabled"`
+	// Store is "bbolt" (embedded, the default) or "redis" (shared by a fleet).
+	Store string        `mapstructure:"store"`
+	Path  string        `mapstructure:"path"` // bbolt only
+	TTL   time.Duration `mapstructure:"ttl"`
 	// MaxEntries bounds the number of recorded IDs; the oldest are forgotten first.
-	// 0 = bounded by TTL only.
-	MaxEntries int `mapstructure:"max_entries"`
+	// 0 = bounded by TTL only. bbolt only.
+	MaxEntries int        `mapstructure:"max_entries"`
+	Redis      DedupRedis `mapstructure:"redis"`
+}
+
+// DedupRedis configures the shared store (dedup.store: redis, package dedup/redisstore).
+type DedupRedis struct {
+	// Addrs: one server, the nodes of a cluster, or the Sentinels when MasterName is set.
+	Addrs []string `mapstructure:"addrs"`
+	// MasterName selects Sentinel: the name of the monitored master.
+	MasterName string `mapstructure:"master_name"`
+	Username   string `mapstructure:"username"`
+	Password   Secret `mapstructure:"password"`
+	// PasswordFile is read at load time and overrides Password.
+	PasswordFile string `mapstructure:"password_file"`
+	DB           int    `mapstructure:"db"`
+	TLS          TLS    `mapstructure:"tls"`
+	// WaitReplicas > 0 waits for that many replicas (WAIT) before a record counts as
+	// durable; 0 requires the server to run with appendonly yes and appendfsync always.
+	WaitReplicas int `mapstructure:"wait_replicas"`
+	// Lease is how long a replica's in-flight record stays its own without renewal (it is
+	// renewed every lease/3), so another replica takes a message over once its replica died.
+	Lease time.Duration `mapstructure:"lease"`
+	// KeyPrefix starts every key; "" derives it from the source (DedupKeyPrefix), so two
+	// services sharing one Redis never collide.
+	KeyPrefix string `mapstructure:"key_prefix"`
+	// Timeout bounds one round trip to Redis.
+	Timeout time.Duration `mapstructure:"timeout"`
 }
 
 // Admin is the /healthz /readyz /metrics listener.
@@ -247,11 +277,40 @@ func Defaults() Config {
 		},
 		Dedup: Dedup{
 			Enabled: true,
+			Store:   "bbolt",
 			Path:    "./data/dedup.db",
 			TTL:     168 * time.Hour,
+			Redis:   DedupRedis{Lease: 30 * time.Second, Timeout: 5 * time.Second},
 		},
 		Admin:           Admin{Listen: "127.0.0.1:9464"},
 		ShutdownTimeout: 30 * time.Second,
 		Log:             Log{Level: "info", Format: "json"},
 	}
+}
+
+// DedupKeyPrefix returns the key prefix of the shared dedup store: dedup.redis.key_prefix,
+// or one derived from the source so that every consumer group (queue) has its own keys:
+// "mqsidecar:kafka:<group>:", "mqsidecar:rocketmq:<namespace>%<group>:" (namespace when set),
+// "mqsidecar:rabbitmq:<vhost>:<queue>:".
+func (c Config) DedupKeyPrefix() string {
+	if p := c.Dedup.Redis.KeyPrefix; p != "" {
+		return p
+	}
+	switch c.Source.Kind {
+	case "kafka":
+		return "mqsidecar:kafka:" + c.Source.Kafka.Group + ":"
+	case "rocketmq":
+		g := c.Source.RocketMQ.Group
+		if ns := c.Source.RocketMQ.Namespace; ns != "" {
+			g = ns + "%" + g
+		}
+		return "mqsidecar:rocketmq:" + g + ":"
+	case "rabbitmq":
+		vhost := "/"
+		if u, err := url.Parse(c.Source.RabbitMQ.URL.Reveal()); err == nil && len(u.Path) > 1 {
+			vhost, _ = url.PathUnescape(u.Path[1:])
+		}
+		return "mqsidecar:rabbitmq:" + vhost + ":" + c.Source.RabbitMQ.Queue + ":"
+	}
+	return "mqsidecar:" + c.Source.Kind + ":"
 }

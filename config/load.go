@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/spf13/viper"
 
@@ -26,7 +27,7 @@ import (
 // Precedence, highest first: overrides, environment, file, Defaults(). overrides are flag
 // values keyed by dotted key ("log.level"); every entry is applied, including empty strings,
 // so the caller passes only the flags the user actually set. Values from the environment and
-// from overrides are strings: lists are comma-separated ("a:9092,b:9092"), durations need a
+// from overrides are strings: lists are comma- or space-separated ("a:9092,b:9092"), durations need a
 // unit ("10s"). An environment variable that is set but empty counts as set (to "").
 //
 // Every key is bound to its environment variable (EnvVar), so a key set only in the
@@ -36,7 +37,8 @@ import (
 // test suite's MQSIDECAR_E2E_*) are left alone.
 //
 // Secret files (source.kafka.sasl.password_file, source.rocketmq.secret_key_file,
-// source.rabbitmq.url_file) are read only for the selected source.kind; their content, with
+// source.rabbitmq.url_file) are read only for the selected source.kind, and
+// dedup.redis.password_file only with dedup.store: redis; their content, with
 // trailing line breaks removed, replaces the inline value. Relative paths (secret files, TLS
 // files, dedup.path) are relative to the working directory, not to the config file.
 //
@@ -283,7 +285,7 @@ func convert(raw any, f field) (reflect.Value, string) {
 				out = append(out, strings.TrimSpace(s))
 			}
 		default:
-			return reflect.Value{}, "expected a list of strings (a YAML list, or comma-separated in the environment), got " + describe(raw, f.secret())
+			return reflect.Value{}, "expected a list of strings (a YAML list, or comma- or space-separated in the environment), got " + describe(raw, f.secret())
 		}
 		if out == nil {
 			out = []string{}
@@ -442,19 +444,20 @@ func describe(raw any, secret bool) string {
 	return fmt.Sprintf("a value of type %T", raw)
 }
 
-// splitList splits a comma-separated list, trimming spaces and dropping empty entries.
+// splitList splits a list given as one string (environment, overrides) at commas and
+// white space, dropping empty entries: "a:1,b:2", "a:1, b:2" and "a:1 b:2" are the same
+// list. No list key holds values with spaces (addresses, topic names).
 func splitList(s string) []string {
 	out := []string{}
-	for part := range strings.SplitSeq(s, ",") {
-		if p := strings.TrimSpace(part); p != "" {
-			out = append(out, p)
-		}
+	for _, p := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || unicode.IsSpace(r) }) {
+		out = append(out, p)
 	}
 	return out
 }
 
-// readSecretFiles replaces inline secrets of the selected source with the content of their
-// *_file, if named. Only the selected source is read: an unused section must not fail startup.
+// readSecretFiles replaces inline secrets of the selected source (and of the Redis dedup
+// store, when it is the one in use) with the content of their *_file, if named. Only what is
+// in use is read: an unused section must not fail startup.
 func readSecretFiles(c *Config, add func(key, format string, args ...any)) {
 	read := func(key, path string, dst *Secret) {
 		if path == "" {
@@ -466,6 +469,9 @@ func readSecretFiles(c *Config, add func(key, format string, args ...any)) {
 			return
 		}
 		*dst = Secret(strings.TrimRight(string(b), "\r\n"))
+	}
+	if c.Dedup.Enabled && c.Dedup.Store == "redis" {
+		read("dedup.redis.password_file", c.Dedup.Redis.PasswordFile, &c.Dedup.Redis.Password)
 	}
 	switch c.Source.Kind {
 	case "kafka":

@@ -191,8 +191,8 @@ func TestFullYAML(t *testing.T) {
 		Enabled: true, CAFile: "testdata/tls/ca.pem", CertFile: "testdata/tls/client.pem",
 		KeyFile: "testdata/tls/client-key.pem", InsecureSkipVerify: true,
 	}
-	kafkaTLS, rabbitTLS := tlsFiles, tlsFiles
-	kafkaTLS.ServerName, rabbitTLS.ServerName = "kafka.internal", "rabbit.internal"
+	kafkaTLS, rabbitTLS, redisTLS := tlsFiles, tlsFiles, tlsFiles
+	kafkaTLS.ServerName, rabbitTLS.ServerName, redisTLS.ServerName = "kafka.internal", "rabbit.internal", "redis.internal"
 	want := Config{
 		Source: Source{
 			Kind: "kafka",
@@ -230,7 +230,15 @@ func TestFullYAML(t *testing.T) {
 			Backoff:    Backoff{Initial: 50 * time.Millisecond, Max: 5 * time.Second, Multiplier: 1.5},
 			DeadLetter: DeadLetter{Target: "orders.dlq"}, MaxMessageBytes: 1000000,
 		},
-		Dedup:           Dedup{Enabled: false, Path: "/var/lib/mqsidecar/dedup.db", TTL: 24 * time.Hour, MaxEntries: 1000000},
+		Dedup: Dedup{Enabled: false, Store: "redis", Path: "/var/lib/mqsidecar/dedup.db", TTL: 24 * time.Hour, MaxEntries: 1000000,
+			Redis: DedupRedis{
+				Addrs: []string{"redis-1.internal:6379", "redis-2.internal:6379"}, MasterName: "orders-master",
+				Username:     "sidecar",
+				Password:     "inline-redis-pw", // dedup disabled: its file is not read
+				PasswordFile: "testdata/secrets/redis-password", DB: 3, TLS: redisTLS,
+				WaitReplicas: 2, Lease: 45 * time.Second, KeyPrefix: "orders:dedup:", Timeout: 2 * time.Second,
+			},
+		},
 		Admin:           Admin{Listen: "0.0.0.0:9000"},
 		ShutdownTimeout: 45 * time.Second,
 		DrainDelay:      5 * time.Second,

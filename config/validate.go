@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Problem is one thing wrong with a configuration: the dotted key (or, for an unknown
@@ -465,14 +466,21 @@ func (c Config) checkDelivery(ck *checker) {
 
 func (c Config) checkRest(ck *checker) {
 	if d := c.Dedup; d.Enabled {
-		if strings.TrimSpace(d.Path) == "" {
-			ck.add("dedup.path", "required when dedup.enabled is true")
-		}
 		if d.TTL <= 0 {
 			ck.add("dedup.ttl", "must be greater than 0, got %s", d.TTL)
 		}
-		if d.MaxEntries < 0 {
-			ck.add("dedup.max_entries", "must be 0 (bounded by ttl only) or more, got %d", d.MaxEntries)
+		switch d.Store {
+		case "bbolt":
+			if strings.TrimSpace(d.Path) == "" {
+				ck.add("dedup.path", "required when dedup.enabled is true")
+			}
+			if d.MaxEntries < 0 {
+				ck.add("dedup.max_entries", "must be 0 (bounded by ttl only) or more, got %d", d.MaxEntries)
+			}
+		case "redis":
+			c.checkDedupRedis(ck)
+		default:
+			ck.oneOf("dedup.store", d.Store, "bbolt", "redis")
 		}
 	}
 	if l := c.Admin.Listen; l != "" {
@@ -502,4 +510,41 @@ func validInstanceName(name string) bool {
 		}
 	}
 	return true
+}
+
+func (c Config) checkDedupRedis(ck *checker) {
+	d, r := c.Dedup, c.Dedup.Redis
+	if len(r.Addrs) == 0 {
+		ck.add("dedup.redis.addrs", "required when dedup.store is redis: at least one host:port (the server, the cluster nodes, or the Sentinels with dedup.redis.master_name), e.g. [redis.internal:6379]")
+	} else {
+		ck.hostPorts("dedup.redis.addrs", r.Addrs)
+	}
+	if d.MaxEntries != 0 {
+		ck.add("dedup.max_entries", "applies to the bbolt store only; with dedup.store: redis the number of IDs is bounded by dedup.ttl (and the server's maxmemory): set it to 0")
+	}
+	if r.DB < 0 {
+		ck.add("dedup.redis.db", "must be 0 or more, got %d", r.DB)
+	}
+	if r.DB != 0 && len(r.Addrs) > 1 && r.MasterName == "" {
+		ck.add("dedup.redis.db", "is %d, but several dedup.redis.addrs without master_name mean a Redis Cluster, which has database 0 only", r.DB)
+	}
+	if r.Username != "" && r.Password == "" {
+		ck.add("dedup.redis.password", "required when dedup.redis.username is set (or set dedup.redis.password_file, or %s)", EnvVar("dedup.redis.password"))
+	}
+	if r.WaitReplicas < 0 {
+		ck.add("dedup.redis.wait_replicas", "must be 0 (the server fsyncs: appendonly yes, appendfsync always) or more, got %d", r.WaitReplicas)
+	}
+	if r.Timeout <= 0 {
+		ck.add("dedup.redis.timeout", "must be greater than 0, got %s", r.Timeout)
+	}
+	switch {
+	case r.Lease < time.Second:
+		ck.add("dedup.redis.lease", "must be at least 1s, got %s", r.Lease)
+	case r.Timeout > 0 && r.Lease < 2*r.Timeout:
+		ck.add("dedup.redis.lease", "is %s, but it must be at least twice dedup.redis.timeout (%s): leases are renewed every lease/3, and a renewal may take a timeout", r.Lease, r.Timeout)
+	}
+	if p := r.KeyPrefix; strings.ContainsAny(p, "{}") || strings.ContainsFunc(p, func(r rune) bool { return r < 0x20 || r == 0x7f || r == ' ' }) {
+		ck.add("dedup.redis.key_prefix", "%q must not contain { } (the ID is the key's hash tag), spaces or control characters", p)
+	}
+	ck.tls("dedup.redis.tls", r.TLS, r.TLS.Enabled, "set dedup.redis.tls.enabled: true, or remove the TLS options")
 }

@@ -361,6 +361,7 @@ const (
 	rocketSK    = "rocket-sk-2j8d"
 	amqpPW      = "amqp-pw-7h1x"
 	appPW       = "app-pw-5v0q"
+	redisPW     = "redis-pw-2m8d"
 	amqpURL     = "amqp://sidecar:" + amqpPW + "@rabbit.internal:5672/orders"
 	secretsHint = "secret leaked"
 )
@@ -372,6 +373,10 @@ func secretConfig() Config {
 	c.Source.RocketMQ.SecretKey = rocketSK
 	c.Source.RabbitMQ.URL = amqpURL
 	c.App.URL = "http://app:" + appPW + "@127.0.0.1:8080/in"
+	c.Dedup.Store = "redis"
+	c.Dedup.Redis.Addrs = []string{"redis.internal:6379"}
+	c.Dedup.Redis.Username = "sidecar"
+	c.Dedup.Redis.Password = redisPW
 	return c
 }
 
@@ -379,7 +384,7 @@ func secretConfig() Config {
 // it are unusual), so only the slog summary, which redacts URLs, is checked for appPW.
 func assertNoSecret(t *testing.T, what, s string, more ...string) {
 	t.Helper()
-	for _, secret := range append([]string{kafkaPW, rocketSK, amqpPW}, more...) {
+	for _, secret := range append([]string{kafkaPW, rocketSK, amqpPW, redisPW}, more...) {
 		if strings.Contains(s, secret) {
 			t.Errorf("%s: %s %q in:\n%s", what, secretsHint, secret, s)
 		}
