@@ -3,13 +3,11 @@ package injector
 import (
 	"encoding/json"
 	"fmt"
-	"maps"
 	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
-	"slices"
 	"strings"
 	"testing"
 
@@ -138,23 +136,14 @@ func TestExamplesConfigLoad(t *testing.T) {
 	if err != nil || len(paths) < 2 {
 		t.Fatalf("examples: %v %v", paths, err)
 	}
-	// The shared dedup store's keys (dedup.store, dedup.redis.*) are being added to the config
-	// package. Until they exist the loader would refuse them as unknown, so the examples load
-	// without them and only the checks above the loader cover them.
-	keys := config.Keys()
-	haveRedis := slices.Contains(keys, "dedup.store") && slices.Contains(keys, "dedup.redis.addrs") &&
-		slices.Contains(keys, "dedup.redis.password")
-	if !haveRedis {
-		t.Log("config has no dedup.store/dedup.redis.* yet: loading the examples without them")
-	}
 	for _, path := range paths {
 		t.Run(filepath.Base(path), func(t *testing.T) {
-			checkExample(t, readExample(t, path), haveRedis)
+			checkExample(t, readExample(t, path))
 		})
 	}
 }
 
-func checkExample(t *testing.T, ex example, haveRedis bool) {
+func checkExample(t *testing.T, ex example) {
 	h := newTestHandler(t, nil)
 	pod, podName := ex.pod(t, h)
 	resp, injected := reviewPod(t, h, pod)
@@ -241,19 +230,6 @@ func checkExample(t *testing.T, ex example, haveRedis bool) {
 	}
 	file = strings.ReplaceAll(file, SecretsDir+"/", secretsDir+"/")
 
-	if !haveRedis {
-		if d, ok := tree["dedup"].(map[string]any); ok {
-			delete(d, "store")
-			delete(d, "redis")
-		}
-		b, err := yaml.Marshal(tree)
-		if err != nil {
-			t.Fatal(err)
-		}
-		file = strings.ReplaceAll(string(b), SecretsDir+"/", secretsDir+"/")
-		maps.DeleteFunc(env, func(k, _ string) bool { return strings.HasPrefix(k, "MQSIDECAR_DEDUP_REDIS_") })
-		maps.DeleteFunc(fromSecret, func(k, _ string) bool { return strings.HasPrefix(k, "MQSIDECAR_DEDUP_REDIS_") })
-	}
 	path := filepath.Join(t.TempDir(), "config.yaml")
 	if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
 		t.Fatal(err)
@@ -288,7 +264,7 @@ func checkExample(t *testing.T, ex example, haveRedis bool) {
 	for name := range fromSecret {
 		t.Errorf("%s from a Secret matches no configuration key", name)
 	}
-	if haveRedis && store != "" {
+	if store != "" {
 		checks["dedup.store"] = store
 	}
 	for key, want := range checks {
