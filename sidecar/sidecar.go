@@ -22,6 +22,7 @@ import (
 	"github.com/mqsidecar/mqsidecar/admin"
 	"github.com/mqsidecar/mqsidecar/config"
 	"github.com/mqsidecar/mqsidecar/dedup"
+	"github.com/mqsidecar/mqsidecar/dedup/redisstore"
 	"github.com/mqsidecar/mqsidecar/metrics"
 )
 
@@ -36,26 +37,28 @@ type Sidecar struct {
 	Metrics *metrics.Metrics
 
 	admin    *admin.Server
-	store    *dedup.Store
+	store    store // nil when dedup is disabled
 	draining atomic.Bool
 	appOK    atomic.Pointer[error]
 	src      atomic.Pointer[adapters.Source]
 }
 
-// New opens the dedup store and binds the admin listener, so that a locked store or a busy
-// port fails before any broker is contacted.
+// store is what the sidecar needs of a dedup store: the gate's interface and Close.
+// *dedup.Store (bbolt) and *redisstore.Store implement it; a store that also has
+// Ready() error (Redis) takes part in /readyz.
+type store interface {
+	ackgate.Store
+	Close() error
+}
+
+// New opens the dedup store and binds the admin listener, so that a locked store, an
+// unreachable or non-durable Redis, or a busy port fails before any broker is contacted.
 func New(cfg config.Config, log *slog.Logger) (*Sidecar, error) {
 	s := &Sidecar{cfg: cfg, log: log, Metrics: metrics.New()}
 	pending := errors.New("app health not checked yet")
 	s.appOK.Store(&pending)
 	if cfg.Dedup.Enabled {
-		st, err := dedup.Open(cfg.Dedup.Path, dedup.Options{
-			TTL: cfg.Dedup.TTL, MaxEntries: cfg.Dedup.MaxEntries, Logger: log, Linger: storeLinger,
-			OnCommit: func(_ int, took time.Duration, entries int64) {
-				s.Metrics.DedupCommit.Observe(took.Seconds())
-				s.Metrics.DedupEntries.Set(float64(entries))
-			},
-		})
+		st, err := s.openStore()
 		if err != nil {
 			return nil, err
 		}
@@ -69,6 +72,40 @@ func New(cfg config.Config, log *slog.Logger) (*Sidecar, error) {
 		}
 	}
 	return s, nil
+}
+
+// openStore opens the store dedup.store names.
+func (s *Sidecar) openStore() (store, error) {
+	cfg := s.cfg
+	if cfg.Dedup.Store == "redis" {
+		r := cfg.Dedup.Redis
+		tlsCfg, err := r.TLS.ClientConfig()
+		if err != nil {
+			return nil, fmt.Errorf("dedup.redis.%w", err)
+		}
+		st, err := redisstore.New(redisstore.Options{
+			Addrs: r.Addrs, MasterName: r.MasterName, Username: r.Username, Password: r.Password.Reveal(),
+			DB: r.DB, TLS: tlsCfg, KeyPrefix: cfg.DedupKeyPrefix(), TTL: cfg.Dedup.TTL, Lease: r.Lease,
+			WaitReplicas: r.WaitReplicas, Timeout: r.Timeout, Logger: s.log,
+			OnCommit: func(_ int, took time.Duration) { s.Metrics.DedupCommit.Observe(took.Seconds()) },
+			OnError:  func(error) { s.Metrics.Error("store") },
+		})
+		if err != nil {
+			return nil, err
+		}
+		return st, nil
+	}
+	st, err := dedup.Open(cfg.Dedup.Path, dedup.Options{
+		TTL: cfg.Dedup.TTL, MaxEntries: cfg.Dedup.MaxEntries, Logger: s.log, Linger: storeLinger,
+		OnCommit: func(_ int, took time.Duration, entries int64) {
+			s.Metrics.DedupCommit.Observe(took.Seconds())
+			s.Metrics.DedupEntries.Set(float64(entries))
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
 }
 
 // AdminAddr is the bound admin address, "" when disabled.
@@ -89,6 +126,11 @@ func (s *Sidecar) ready() error {
 	}
 	if err := (*src).Ready(); err != nil {
 		return err
+	}
+	if r, ok := s.store.(interface{ Ready() error }); ok {
+		if err := r.Ready(); err != nil {
+			return fmt.Errorf("dedup store: %w", err)
+		}
 	}
 	return *s.appOK.Load()
 }
@@ -144,7 +186,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		Logger:               s.log,
 		Metrics:              s.Metrics,
 	})
-	s.log.Info("consuming", "kind", s.cfg.Source.Kind, "app", s.cfg.App.URL, "ordering", d.Ordering, "max_inflight", d.MaxInflight, "dedup", s.cfg.Dedup.Enabled)
+	s.log.Info("consuming", "kind", s.cfg.Source.Kind, "app", s.cfg.App.URL, "ordering", d.Ordering, "max_inflight", d.MaxInflight, "dedup", s.cfg.Dedup.Enabled, "dedup_store", s.cfg.Dedup.Store)
 	runErr := gate.Run(gateCtx)
 	stopGate()
 
@@ -163,8 +205,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	return nil
 }
 
-// gateStore returns the store as the gate's interface; a nil *dedup.Store must become a nil
-// interface, not a typed nil.
+// gateStore returns the store as the gate's interface (nil when dedup is disabled).
 func (s *Sidecar) gateStore() ackgate.Store {
 	if s.store == nil {
 		return nil
