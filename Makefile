@@ -46,7 +46,7 @@ brokers-stop:
 ## Adapter packages run one at a time (-p 1): their tests restart brokers. No -race here:
 ## the RocketMQ Go client has data races of its own ("Known client limitations" in the
 ## package doc, adapters/rocketmq/rocketmq.go); our code is race-checked by test-unit.
-E2E_ADAPTERS := ./adapters/kafka/ ./adapters/rabbitmq/ ./adapters/rocketmq/ ./dedup/redisstore/
+E2E_ADAPTERS := ./adapters/kafka/ ./adapters/rabbitmq/ ./adapters/rocketmq/ ./dedup/redisstore/ ./sidecar/
 test-e2e: build
 	@set -e; $(HARNESS)/all.sh start; \
 	status=0; ( set -e; $(E2E_ENV); export MQSIDECAR_BIN=$(CURDIR)/bin/mqsidecar; \
