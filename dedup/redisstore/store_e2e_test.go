@@ -320,3 +320,42 @@ func TestDurabilityCheck(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "Ready", func() bool { return s.Ready() == nil })
 }
+
+// A server reconfigured at run time to appendfsync everysec: writes are held (no done) and
+// Ready says why, until it is durable again.
+func TestDurabilityLostAtRunTime(t *testing.T) {
+	old := recheckEvery
+	recheckEvery = 200 * time.Millisecond
+	t.Cleanup(func() { recheckEvery = old }) // after the store's Close (cleanups run last first)
+	srv := startServer(t)
+	s := open(t, srv.addr, prefix(), nil)
+	c := client(t, srv.addr)
+	ctx, cancel := ctxTimeout(5 * time.Second)
+	defer cancel()
+	if err := c.ConfigSet(ctx, "appendfsync", "everysec").Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "Ready to report appendfsync", func() bool {
+		err := s.Ready()
+		return err != nil && strings.Contains(err.Error(), "appendfsync")
+	})
+	done := make(chan error, 1)
+	s.Put("d1", dedup.Entry{State: dedup.Completed}, func(err error) { done <- err })
+	select {
+	case err := <-done:
+		t.Fatalf("done(%v) while the server does not fsync", err)
+	case <-time.After(time.Second):
+	}
+	if err := c.ConfigSet(ctx, "appendfsync", "always").Err(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("no done after appendfsync always again; Ready: %v", s.Ready())
+	}
+	waitFor(t, 5*time.Second, "Ready", func() bool { return s.Ready() == nil })
+}

@@ -22,9 +22,10 @@ const (
 	// pingIdle: an idle writer pings Redis when nothing succeeded for this long, so Ready
 	// notices an outage without traffic.
 	pingIdle = time.Second
-	// recheckEvery: how often the durability settings are checked again.
-	recheckEvery = 30 * time.Second
 )
+
+// recheckEvery is how often the durability settings are checked again (a variable for tests).
+var recheckEvery = 30 * time.Second
 
 // errStopping ends a retry loop when Close was called.
 var errStopping = errors.New("stopping")
@@ -102,7 +103,8 @@ func (s *Store) maintain() {
 		s.renew()
 		s.lastRenew = now
 	}
-	if now.Sub(s.lastCheck) >= recheckEvery {
+	// While the server is known not to be durable, look again every second: writes wait.
+	if now.Sub(s.lastCheck) >= recheckEvery || s.durable != nil && now.Sub(s.lastCheck) >= time.Second {
 		s.lastCheck = now
 		ctx, cancel := context.WithTimeout(s.stopCtx, s.opts.Timeout)
 		err := s.checkDurability(ctx, false)
