@@ -52,7 +52,7 @@ func take(t *testing.T, s *Store, id string) dedup.Entry {
 // lives, and handed over (not Elsewhere, attempts kept) once A died and the lease expired.
 func TestElsewhereUntilLeaseExpires(t *testing.T) {
 	addr, p := harnessRedis(t), prefix()
-	a := open(t, addr, p, func(o *Options) { o.Lease = 900 * time.Millisecond })
+	a := open(t, addr, p, func(o *Options) { o.Lease = 1500 * time.Millisecond })
 	b := open(t, addr, p, nil)
 	if a.Owner() == b.Owner() {
 		t.Fatalf("two stores share the owner %q", a.Owner())
@@ -75,7 +75,7 @@ func TestElsewhereUntilLeaseExpires(t *testing.T) {
 	if prior := take(t, b, "m1"); !prior.Elsewhere {
 		t.Fatalf("B right after A died: %+v, want still Elsewhere (lease not expired)", prior)
 	}
-	time.Sleep(time.Second)
+	time.Sleep(1600 * time.Millisecond)
 	prior := take(t, b, "m1")
 	if prior.Elsewhere || prior.State != dedup.InFlight || prior.Attempts != 1 {
 		t.Fatalf("B after A's lease expired: %+v, want InFlight, 1 attempt, not elsewhere", prior)
@@ -114,10 +114,10 @@ func TestCloseReleases(t *testing.T) {
 // Renewal keeps a record held far longer than its lease; Completed ends the hold.
 func TestRenewalKeepsHold(t *testing.T) {
 	addr, p := harnessRedis(t), prefix()
-	a := open(t, addr, p, func(o *Options) { o.Lease = 600 * time.Millisecond })
+	a := open(t, addr, p, func(o *Options) { o.Lease = time.Second })
 	b := open(t, addr, p, nil)
 	take(t, a, "long")
-	time.Sleep(2 * time.Second) // more than three leases
+	time.Sleep(3500 * time.Millisecond) // more than three leases
 	if prior := take(t, b, "long"); !prior.Elsewhere {
 		t.Fatalf("B after 3 leases: %+v, want still Elsewhere (A renews)", prior)
 	}

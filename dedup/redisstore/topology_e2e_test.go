@@ -72,12 +72,12 @@ func TestCluster(t *testing.T) {
 	})
 	t.Run("leases", func(t *testing.T) {
 		pf := prefix()
-		x := open(t, a.addr, pf, func(o *Options) { o.Addrs = []string{a.addr, b.addr}; o.Lease = 600 * time.Millisecond })
+		x := open(t, a.addr, pf, func(o *Options) { o.Addrs = []string{a.addr, b.addr}; o.Lease = time.Second })
 		y := open(t, b.addr, pf, nil)
 		for i := range 10 {
 			take(t, x, fmt.Sprint("m", i))
 		}
-		time.Sleep(1500 * time.Millisecond) // renewed across both masters
+		time.Sleep(2500 * time.Millisecond) // renewed across both masters
 		for i := range 10 {
 			if prior := take(t, y, fmt.Sprint("m", i)); !prior.Elsewhere {
 				t.Fatalf("m%d: %+v, want Elsewhere (renewed)", i, prior)

@@ -33,7 +33,7 @@ var errStopping = errors.New("stopping")
 // run is the writer goroutine.
 func (s *Store) run() {
 	defer close(s.writerDone)
-	t := time.NewTicker(tick)
+	t := time.NewTicker(min(tick, s.opts.Lease/6)) // renewals within a sixth of a lease
 	defer t.Stop()
 	batch := make([]request, 0, s.opts.MaxBatch)
 	for {
