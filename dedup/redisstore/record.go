@@ -82,7 +82,9 @@ func (r record) entry(self string, now time.Time) dedup.Entry {
 	return e
 }
 
-// newRecord is what a write of e by owner self at time now stores.
+// newRecord is what a write of e by owner self at time now stores. An InFlight record is
+// stamped with the owner and a lease, except when e.Released: then it keeps the owner (for
+// inspection) but no lease, so no replica sees it Elsewhere.
 func newRecord(e dedup.Entry, self string, now time.Time, lease time.Duration) record {
 	r := record{state: e.State, attempts: e.Attempts, updated: now.UnixMilli()}
 	if !e.NextAttempt.IsZero() {
@@ -90,7 +92,9 @@ func newRecord(e dedup.Entry, self string, now time.Time, lease time.Duration) r
 	}
 	if e.State == dedup.InFlight {
 		r.owner = self
-		r.leaseUntil = now.Add(lease).UnixMilli()
+		if !e.Released {
+			r.leaseUntil = now.Add(lease).UnixMilli()
+		}
 	}
 	return r
 }

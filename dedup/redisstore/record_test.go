@@ -40,6 +40,9 @@ func TestRecordRoundTrip(t *testing.T) {
 	if r.entry("other", now).Elsewhere {
 		t.Error("the owner's own record is Elsewhere")
 	}
+	if r := newRecord(dedup.Entry{State: dedup.InFlight, Released: true}, "other", now, time.Second); r.entry("me", now).Elsewhere || r.leaseUntil != 0 {
+		t.Errorf("a released record holds a lease: %+v", r)
+	}
 	if r := newRecord(dedup.Entry{State: dedup.Completed}, "me", now, time.Second); r.owner != "" || r.leaseUntil != 0 {
 		t.Errorf("a Completed record carries an owner or lease: %+v", r)
 	}

@@ -46,8 +46,10 @@
 // When Update reads an InFlight record owned by another owner whose lease has not expired,
 // the prior handed to f has Elsewhere set: that replica may be pushing the message now.
 // A record whose lease expired (its replica died or lost Redis for longer than the lease)
-// is handed over as a plain InFlight record. Release ends a lease at once; Close releases
-// every lease the store holds, so the other replicas take over without waiting.
+// is handed over as a plain InFlight record. An InFlight write with Entry.Released (the
+// gate abandoning a message) and Release keep the record but end its lease at once, and
+// Close releases every lease the store holds, so the other replicas take over without
+// waiting.
 //
 // TTL: every write sets the key's expiry (PX) to Options.TTL; a lease renewal is a write,
 // so a record lives TTL after its last write or renewal. Expiry is Redis's: nothing scans.

@@ -111,6 +111,33 @@ func TestCloseReleases(t *testing.T) {
 	}
 }
 
+// An InFlight write with Released (the gate abandoning a pushed message) keeps the record
+// but no lease: another replica takes it at once, and the writer stops renewing it.
+func TestReleasedWrite(t *testing.T) {
+	addr, p := harnessRedis(t), prefix()
+	a := open(t, addr, p, nil)
+	b := open(t, addr, p, nil)
+	take(t, a, "r1")
+	if n := ownedLen(a); n != 1 {
+		t.Fatalf("A holds %d records, want 1", n)
+	}
+	ch := make(chan error, 1)
+	a.Update("r1", func(cur dedup.Entry) (dedup.Entry, bool) {
+		cur.Released = true
+		return cur, true
+	}, func(_ dedup.Entry, err error) { ch <- err })
+	if err := <-ch; err != nil {
+		t.Fatal(err)
+	}
+	if n := ownedLen(a); n != 0 {
+		t.Fatalf("A still renews %d records after releasing", n)
+	}
+	prior := take(t, b, "r1")
+	if prior.Elsewhere || prior.State != dedup.InFlight || prior.Attempts != 1 || prior.Released {
+		t.Fatalf("B after A released: %+v, want InFlight, 1 attempt, not elsewhere", prior)
+	}
+}
+
 // Renewal keeps a record held far longer than its lease; Completed ends the hold.
 func TestRenewalKeepsHold(t *testing.T) {
 	addr, p := harnessRedis(t), prefix()

@@ -246,7 +246,7 @@ func (s *Store) process(batch []request) {
 			if !o.write {
 				continue
 			}
-			if o.rec.state == dedup.InFlight && o.rec.owner == s.owner {
+			if o.rec.state == dedup.InFlight && o.rec.owner == s.owner && o.rec.leaseUntil != 0 {
 				s.owned[o.id] = ownedRecord{raw: o.final, rec: o.rec}
 			} else {
 				delete(s.owned, o.id)
