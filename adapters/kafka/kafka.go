@@ -78,6 +78,10 @@ func perPartitionBuffer(partitions int) int { return max(64, bufferTarget/max(1,
 // timeout.
 const revokeWait = 5 * time.Second
 
+// leaveWait bounds how long Close waits to leave the group (see Close): as long as another
+// member may spend in its revoke, so an ordinary rebalance still completes.
+const leaveWait = revokeWait
+
 // reserveStep is how far ahead of the records handed out the high-water mark is reserved
 // (see the package doc). A larger step means fewer reservation commits and, after a
 // kill -9, more never-pushed records flagged as redelivered (harmless, but noise).
@@ -898,10 +902,18 @@ func (s *Source) Close(ctx context.Context) error {
 		close(s.stop)
 		<-s.loopDone
 		s.commit(ctx, nil)
+		// Leaving waits for a rebalance in progress to complete (other members revoking,
+		// a join of this one), which can outlast any shutdown budget. Everything completed
+		// is committed by now and every delivery settled, so a leave cut short costs only
+		// this: the group keeps the member until its session times out.
 		done := make(chan struct{})
-		go func() { s.cl.Close(); close(done) }()
+		go func() { s.cl.CloseAllowingRebalance(); close(done) }()
+		t := time.NewTimer(leaveWait)
+		defer t.Stop()
 		select {
 		case <-done:
+		case <-t.C:
+			s.log.Warn("stopped without waiting for the group's rebalance in progress; the group drops this member after its session timeout", "waited", leaveWait)
 		case <-ctx.Done():
 			s.closeErr = fmt.Errorf("kafka: close: %w", ctx.Err())
 		}
@@ -925,7 +937,7 @@ func (s *Source) kill() {
 	s.closeOnce.Do(func() {
 		close(s.stop)
 		<-s.loopDone
-		s.cl.Close()
+		s.cl.CloseAllowingRebalance()
 		closed := fmt.Errorf("kafka: %w", adapters.ErrClosed)
 		s.ready.Store(&closed)
 	})

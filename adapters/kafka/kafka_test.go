@@ -439,3 +439,89 @@ func TestHeldPartitionsDoNotStarveOthers(t *testing.T) {
 	}
 	t.Logf("%d of %d records buffered while every lane is full", buffered, parts*perPart)
 }
+
+// TestCloseWhileJoiningARebalancingGroup: a member stopped while it joins a group that is
+// rebalancing (the other member still holds its partitions with records unsettled) closes
+// promptly and without an error.
+func TestCloseWhileJoiningARebalancingGroup(t *testing.T) {
+	brokers := newCluster(t)
+	createTopic(t, brokers, "join", 4)
+	produceN(t, brokers, "join", 4, 50)
+	cfg := testConfig(brokers, "join")
+	a, err := New(cfg, "", WithLogger(testLogger(t)), WithClientOptions(fastGroup...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(context.Background())
+	readN(t, a, 20) // a owns every partition, its records unsettled: a revoke waits for them
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		for ctx.Err() == nil {
+			if _, err := a.Read(ctx); err != nil {
+				return
+			}
+		}
+	}()
+	for _, wait := range []time.Duration{0, 50 * time.Millisecond, 300 * time.Millisecond, time.Second} {
+		b, err := New(cfg, "", WithLogger(testLogger(t)), WithClientOptions(fastGroup...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rctx, rcancel := context.WithCancel(context.Background())
+		readDone := make(chan struct{})
+		go func() { // as the gate does: Read until cancelled
+			defer close(readDone)
+			for {
+				if _, err := b.Read(rctx); err != nil {
+					return
+				}
+			}
+		}()
+		time.Sleep(wait)
+		rcancel()
+		<-readDone
+		start := time.Now()
+		cctx, ccancel := context.WithTimeout(context.Background(), 15*time.Second)
+		err = b.Close(cctx)
+		ccancel()
+		if took := time.Since(start); err != nil || took > 5*time.Second {
+			t.Fatalf("close %v after start: %v after %v", wait, err, took.Round(time.Millisecond))
+		}
+	}
+}
+
+// TestCloseDoesNotWaitOutAStuckRebalance: another member that blocks the rebalance (it
+// polled and does not allow rebalancing) cannot hold a joining member's shutdown for the
+// whole rebalance timeout.
+func TestCloseDoesNotWaitOutAStuckRebalance(t *testing.T) {
+	brokers := newCluster(t)
+	createTopic(t, brokers, "stuck", 2)
+	produceN(t, brokers, "stuck", 2, 5)
+	cfg := testConfig(brokers, "stuck")
+	slow := append(append([]kgo.Opt(nil), fastGroup...), kgo.RebalanceTimeout(30*time.Second))
+	a, err := New(cfg, "", WithLogger(testLogger(t)), WithClientOptions(slow...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.kill()
+	readN(t, a, 10)
+	// Poll without allowing the rebalance that b's join starts: a stalls it.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	a.cl.PollFetches(ctx)
+	cancel()
+	b, err := New(cfg, "", WithLogger(testLogger(t)), WithClientOptions(slow...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // b is joining, the rebalance is stuck behind a
+	start := time.Now()
+	cctx, ccancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer ccancel()
+	if err := b.Close(cctx); err != nil {
+		t.Fatalf("close: %v after %v", err, time.Since(start).Round(time.Millisecond))
+	}
+	if took := time.Since(start); took > leaveWait+3*time.Second {
+		t.Fatalf("close took %v with the rebalance stuck", took.Round(time.Millisecond))
+	}
+}
