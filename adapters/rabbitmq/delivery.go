@@ -43,6 +43,9 @@ func (s *Source) newDelivery(sess *session, m *amqp.Delivery) *adapters.Delivery
 		Lane:          s.lane,
 		DeliveryCount: count,
 		Redelivered:   m.Redelivered || count > 0,
+		// The channel's end fences the delivery: the broker requeues it for another
+		// consumer, and an acknowledgement can no longer reach the broker.
+		Fenced: sess.dead,
 	}
 	if !m.Timestamp.IsZero() && m.Timestamp.Unix() != 0 {
 		d.Time = m.Timestamp

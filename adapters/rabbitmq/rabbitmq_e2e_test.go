@@ -391,7 +391,8 @@ func TestDeadLetterFailures(t *testing.T) {
 	}
 }
 
-// TestStaleDeadLetter: a delivery whose channel died is neither dead-lettered nor acked.
+// TestStaleDeadLetter: a delivery whose channel died is fenced, and neither dead-lettered
+// nor acked.
 func TestStaleDeadLetter(t *testing.T) {
 	a := newAdmin(t)
 	q := uniqueName(t)
@@ -400,9 +401,15 @@ func TestStaleDeadLetter(t *testing.T) {
 	a.publish(q, msgs("stale", 1)...)
 	ts := open(t, q, srcOpts{deadLetter: target})
 	d := readOne(t, ts, 10*time.Second)
+	if d.IsFenced() {
+		t.Fatal("fenced while its channel is open")
+	}
 	gen := ts.gen.Load()
 	ts.cut.cut()
 	eventually(t, 10*time.Second, "the old channel is noticed dead", func() bool { return ts.gen.Load() > gen })
+	if !d.IsFenced() {
+		t.Fatal("a delivery of a dead channel is not fenced")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := ts.DeadLetter(ctx, d, adapters.Failure{Reason: "permanent"}); !errors.Is(err, ErrStaleDelivery) {
