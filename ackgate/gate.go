@@ -1,4 +1,4 @@
-// Package ackgate is the delivery engine and the only place the SPEC's guarantees live. It
+// Package ackgate is the delivery engine and the only place the guarantees of docs/guarantees.md live. It
 // reads deliveries from an adapters.Source, pushes each to the app over HTTP, classifies the
 // answer, retries, dead-letters, and finally settles the delivery so the adapter can
 // acknowledge it to the broker.
@@ -61,7 +61,7 @@ const admissionFactor = 4
 // Ordering selects how deliveries are grouped into sequential lanes.
 type Ordering string
 
-// Ordering modes (SPEC G3).
+// Ordering modes (G3 in docs/guarantees.md).
 const (
 	OrderPartition Ordering = "partition"
 	OrderKey       Ordering = "key"

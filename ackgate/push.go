@@ -69,7 +69,7 @@ type PushOptions struct {
 	Conns int
 }
 
-// Pusher performs the HTTP push of the SPEC's contract. It is safe for concurrent use.
+// Pusher performs the HTTP push of the contract in docs/guarantees.md ("The HTTP push"). It is safe for concurrent use.
 type Pusher struct {
 	opts PushOptions
 	pool *pool
@@ -122,7 +122,7 @@ func (p *Pusher) push(ctx context.Context, d *adapters.Delivery, attempt int, re
 	return classify(resp)
 }
 
-// classify applies the SPEC's response rules.
+// classify applies the response rules of docs/guarantees.md ("Answers").
 func classify(resp response) Result {
 	code, body := resp.status, resp.body
 	r := Result{Status: code}

@@ -53,7 +53,7 @@ type Header struct {
 //
 // All fields are set by the adapter before Read returns and are read-only afterwards.
 type Delivery struct {
-	// ID is the deduplication key (SPEC "Message ID"); never empty.
+	// ID is the deduplication key (docs/guarantees.md, "Message IDs"); never empty.
 	ID string
 	// Payload is the message body, pushed to the app unchanged.
 	Payload []byte

@@ -22,7 +22,7 @@ import (
 	"time"
 )
 
-// Config is the whole sidecar configuration (SPEC "Configuration").
+// Config is the whole sidecar configuration (docs/guarantees.md, "Configuration").
 type Config struct {
 	Source          Source        `mapstructure:"source"`
 	App             App           `mapstructure:"app"`
@@ -242,7 +242,7 @@ func (s Secret) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 // Reveal returns the secret value, for the one place that must use it.
 func (s Secret) Reveal() string { return string(s) }
 
-// Defaults returns the configuration used for every key not set elsewhere (SPEC values).
+// Defaults returns the configuration used for every key not set elsewhere (the values docs/guarantees.md and example.yaml name).
 func Defaults() Config {
 	return Config{
 		Source: Source{

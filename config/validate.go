@@ -41,7 +41,7 @@ func newValidationError(ps []Problem) *ValidationError {
 	return &ValidationError{Problems: ps}
 }
 
-// Validate checks every rule of SPEC "Configuration" and returns a *ValidationError listing
+// Validate checks every rule of docs/guarantees.md "Configuration" and returns a *ValidationError listing
 // every problem, or nil. Only the section of the selected source.kind is checked, so the
 // sections of other brokers may hold anything. Validate reads the file system for the TLS
 // files the selected source names (they must exist), but connects nowhere.

@@ -294,7 +294,7 @@ func TestHasDeadLetter(t *testing.T) {
 	}
 }
 
-// TestMaxAttemptsRule is SPEC's "max_attempts > 0 without a dead-letter target is a
+// TestMaxAttemptsRule is docs/guarantees.md's "max_attempts > 0 without a dead-letter target is a
 // configuration error unless drop_after_max_attempts: true", through Load as an operator
 // would hit it.
 func TestMaxAttemptsRule(t *testing.T) {

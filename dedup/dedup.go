@@ -1,5 +1,5 @@
 // Package dedup is the embedded bbolt store that remembers message IDs, so that the ack gate
-// never pushes a completed message twice (SPEC G2) and keeps retry state across restarts.
+// never pushes a completed message twice (G2 in docs/guarantees.md) and keeps retry state across restarts.
 //
 // # Contract
 //

@@ -321,7 +321,7 @@ func TestKfakeStoreLocked(t *testing.T) {
 // TestKfakeAppClosesWithoutAnswer: the app reads a push and closes the connection without
 // answering (it crashed mid-request, or a proxy cut it off). It may have acted on the
 // message, so the next push of that message must carry ce-redelivered: true and a higher
-// ce-deliveryattempt (SPEC G2, push contract). Pushes travel over keep-alive connections, so
+// ce-deliveryattempt (G2 and the push contract in docs/guarantees.md). Pushes travel over keep-alive connections, so
 // most of these closes hit a reused connection.
 func TestKfakeAppClosesWithoutAnswer(t *testing.T) {
 	t0 := time.Now()

@@ -281,7 +281,7 @@ func (p *sidecarProc) Kill9() {
 	p.kill()
 }
 
-// Term sends SIGTERM and requires exit status 0 within bound (SPEC G5).
+// Term sends SIGTERM and requires exit status 0 within bound (G5 in docs/guarantees.md).
 func (p *sidecarProc) Term(bound time.Duration) {
 	p.t.Helper()
 	t0 := time.Now()

@@ -179,7 +179,7 @@ func (r *rabbitEnv) syncMetadata() {
 	}
 }
 
-// RabbitMQ with prefetch > 1 promises no order (SPEC G3).
+// RabbitMQ with prefetch > 1 promises no order (G3 in docs/guarantees.md).
 func (r *rabbitEnv) orderPromised() bool { return false }
 
 // counts returns the queue's ready and unacknowledged message counts from rabbitmqctl.

@@ -58,7 +58,7 @@ func TestRocketMQE2EBrokerRestart(t *testing.T) {
 // TestRocketMQE2EBrokerOutageReadiness: a sidecar that has consumed everything (its pulls
 // wait at the broker, long polling) while the broker restarts (harness restart-broker: the
 // broker is down for 10-25 s on this machine): /readyz must turn false within
-// outageNoticeBound of the restart's start (SPEC: readiness = broker connected; the Kafka
+// outageNoticeBound of the restart's start (docs/guarantees.md: readiness = broker connected; the Kafka
 // and RabbitMQ sidecars notice within a few seconds), and true again after it; a message
 // produced after the restart must be delivered. The time from the broker's return to that
 // delivery is logged.

@@ -3,7 +3,7 @@
 // them down in reverse. It is what `mqsidecar run` and `mqsidecar demo` both execute, so the
 // demo exercises exactly the production path.
 //
-// Shutdown (SPEC G5): when ctx is cancelled, readiness turns false at once; the sidecar keeps
+// Shutdown (G5 in docs/guarantees.md): when ctx is cancelled, readiness turns false at once; the sidecar keeps
 // consuming for drain_delay (so Kubernetes endpoints update), then the gate stops reading and
 // drains within shutdown_timeout; the adapter commits what completed; the store is closed.
 package sidecar
