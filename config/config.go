@@ -56,6 +56,9 @@ type Kafka struct {
 	// GroupInstanceID enables static membership (KIP-345), e.g. the pod name.
 	GroupInstanceID string        `mapstructure:"group_instance_id"`
 	CommitInterval  time.Duration `mapstructure:"commit_interval"`
+	// SessionTimeout is how long the group waits for a silent member (a killed process)
+	// before it hands that member's partitions to the others.
+	SessionTimeout time.Duration `mapstructure:"session_timeout"`
 	// ClientID is sent to the brokers; defaults to "mqsidecar".
 	ClientID string    `mapstructure:"client_id"`
 	SASL     KafkaSASL `mapstructure:"sasl"`
@@ -250,6 +253,7 @@ func Defaults() Config {
 			Kafka: Kafka{
 				StartOffset:    "earliest",
 				CommitInterval: time.Second,
+				SessionTimeout: 45 * time.Second,
 				ClientID:       "mqsidecar",
 			},
 			RocketMQ: RocketMQ{

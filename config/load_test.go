@@ -199,7 +199,7 @@ func TestFullYAML(t *testing.T) {
 			Kafka: Kafka{
 				Brokers: []string{"kafka-1.internal:9092", "kafka-2.internal:9093"}, Group: "orders-sidecar",
 				Topics: []string{"orders", "payments"}, MessageID: "header:message-id", StartOffset: "latest",
-				GroupInstanceID: "pod-0", CommitInterval: 250 * time.Millisecond, ClientID: "sidecar-test",
+				GroupInstanceID: "pod-0", CommitInterval: 250 * time.Millisecond, SessionTimeout: 12 * time.Second, ClientID: "sidecar-test",
 				SASL: KafkaSASL{
 					Mechanism: "SCRAM-SHA-512", Username: "sidecar",
 					Password:     "s3cr3t-kafka-pw", // from password_file, trailing newline removed

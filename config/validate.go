@@ -329,6 +329,10 @@ func (c Config) checkKafka(ck *checker) {
 	if k.CommitInterval <= 0 {
 		ck.add("source.kafka.commit_interval", "must be greater than 0, got %s", k.CommitInterval)
 	}
+	// The brokers' defaults for group.min/max.session.timeout.ms.
+	if k.SessionTimeout < 6*time.Second || k.SessionTimeout > 30*time.Minute {
+		ck.add("source.kafka.session_timeout", "must be between 6s and 30m (the brokers' group.min/max.session.timeout.ms defaults), got %s", k.SessionTimeout)
+	}
 	s := k.SASL
 	if s.Mechanism == "" {
 		if s.Username != "" || s.Password != "" || s.PasswordFile != "" {

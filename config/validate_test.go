@@ -90,6 +90,7 @@ func TestValidationRules(t *testing.T) {
 		{"kafka message_id header empty", k, func(c *Config) { c.Source.Kafka.MessageID = "header:" }, "source.kafka.message_id", "header:<name>"},
 		{"kafka start_offset", k, func(c *Config) { c.Source.Kafka.StartOffset = "oldest" }, "source.kafka.start_offset", "earliest | latest"},
 		{"kafka commit_interval", k, func(c *Config) { c.Source.Kafka.CommitInterval = 0 }, "source.kafka.commit_interval", "greater than 0"},
+		{"kafka session_timeout too short", k, func(c *Config) { c.Source.Kafka.SessionTimeout = time.Second }, "source.kafka.session_timeout", "between 6s and 30m"},
 		{"kafka sasl mechanism", k, func(c *Config) {
 			c.Source.Kafka.SASL = KafkaSASL{Mechanism: "GSSAPI", Username: "u", Password: "p"}
 		}, "source.kafka.sasl.mechanism", "PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512"},
