@@ -1,14 +1,13 @@
 package rocketmq
 
 import (
+	"fmt"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/apache/rocketmq-client-go/v2/consumer"
 	"github.com/apache/rocketmq-client-go/v2/primitive"
-
-	"github.com/mqsidecar/mqsidecar/adapters"
 )
 
 // What the adapter does for a fleet (several sidecars in one consumer group); the package
@@ -20,9 +19,15 @@ const (
 	reserveStep = 64
 	// hwmGroupSuffix names the reservation group: <group>-mqsidecar-hwm.
 	hwmGroupSuffix = "-mqsidecar-hwm"
-	// defaultHandoverGrace is how long a new owner of a queue holds back the messages below
-	// the inherited reservation, see WithHandoverGrace.
-	defaultHandoverGrace = 3 * time.Second
+	// releasedMark is set in a reservation once its owner handed the queue over: its
+	// offset is saved and none of its pushes is on the wire any more. Queue offsets never
+	// come near 2^62.
+	releasedMark = int64(1) << 62
+	// handoverWait bounds how long a new owner waits for the release of a queue before it
+	// reads the queue's offset (an owner killed with -9 never releases).
+	handoverWait = 5 * time.Second
+	// releaseWait bounds how long a revoked queue's release waits for its pushes on the wire.
+	releaseWait = 30 * time.Second
 )
 
 // closedFence is the Fenced channel of a message whose queue is no longer allocated to this
@@ -34,20 +39,22 @@ var closedFence = func() chan struct{} { ch := make(chan struct{}); close(ch); r
 type queueState struct {
 	mq    primitive.MessageQueue
 	fence chan struct{} // closed when the queue is revoked
-	main  bool          // a queue of the subscribed topic (reservations apply), not %RETRY%
+	// dropped is closed when the allocation that revoked the queue returns to the client,
+	// which drops the queue right after: a verdict returned later is discarded.
+	dropped chan struct{}
+	main    bool // a queue of the subscribed topic (reservations apply), not %RETRY%
 
 	// mu guards the fields below and is held across a reservation's round trip, so no
 	// delivery of the queue is handed out beyond a reservation the broker has confirmed.
 	mu        sync.Mutex
-	addr      string    // the broker's address: the store host of the queue's messages
-	inherited int64     // -1 until read; offsets below it may have been pushed by an earlier owner
-	reserved  int64     // offsets below it may be pushed by this source (confirmed by the broker)
-	holdUntil time.Time // deliveries below inherited are not handed out before this
+	inherited int64 // -1 until read; offsets below it may have been pushed by an earlier owner
+	reserved  int64 // offsets below it may be pushed by this source (confirmed by the broker)
 }
 
 // allocate is the client's allocation strategy (the client's default, AllocateByAveragely),
-// wrapped to see which queues this source gains and loses. It runs in the client's rebalance
-// just before the client drops the queues it no longer owns.
+// wrapped to see which queues this source gains and loses. It runs in the client's
+// rebalance: the client drops the queues it no longer owns just after it returns, and reads
+// the saved offset of the queues it gains.
 func (s *Source) allocate(group, clientID string, mqAll []*primitive.MessageQueue, cidAll []string) []*primitive.MessageQueue {
 	res := consumer.AllocateByAveragely(group, clientID, mqAll, cidAll)
 	if len(mqAll) == 0 {
@@ -55,7 +62,7 @@ func (s *Source) allocate(group, clientID string, mqAll []*primitive.MessageQueu
 	}
 	topic := mqAll[0].Topic
 	next := make(map[primitive.MessageQueue]*queueState, len(res))
-	var revoked []string
+	var revoked, gained []*queueState
 	s.qmu.Lock()
 	prev := s.alloc[topic]
 	for _, mq := range res {
@@ -63,32 +70,158 @@ func (s *Source) allocate(group, clientID string, mqAll []*primitive.MessageQueu
 			next[*mq] = st
 			continue
 		}
-		next[*mq] = &queueState{
-			mq: *mq, fence: make(chan struct{}), inherited: -1,
-			main: !strings.HasPrefix(mq.Topic, "%RETRY%"),
-		}
+		st := &queueState{mq: *mq, fence: make(chan struct{}), dropped: make(chan struct{}), inherited: -1,
+			main: !strings.HasPrefix(mq.Topic, "%RETRY%")}
+		next[*mq] = st
+		gained = append(gained, st)
 	}
 	for mq, st := range prev {
 		if next[mq] == nil {
 			// Fencing: the gate starts no new push of these deliveries from now on.
 			close(st.fence)
-			revoked = append(revoked, mqString(mq))
+			revoked = append(revoked, st)
 		}
 	}
 	s.alloc[topic] = next
 	s.qmu.Unlock()
 	if len(revoked) > 0 {
-		s.log.Info("rocketmq queues revoked", "queues", revoked, "keeps", len(res))
-		// The client's workaround, see "Offsets in a fleet" in the package doc: right after
-		// this the client persists only the dropped queue and deletes every other queue's
-		// offset from memory. Persist them all first.
+		names := make([]string, len(revoked))
+		for i, st := range revoked {
+			names[i] = mqString(st.mq)
+		}
+		s.log.Info("rocketmq queues revoked", "queues", names, "keeps", len(res))
+		// The client's bug, see "Offsets in a fleet" in the package doc: right after this
+		// the client persists only the dropped queue and deletes every other queue's offset
+		// from memory. Persist them all first.
 		if p, ok := s.consumer.(interface{ PersistConsumerOffset() error }); ok {
 			if err := p.PersistConsumerOffset(); err != nil {
 				s.log.Warn("rocketmq: persisting offsets before a rebalance failed", "error", err)
 			}
 		}
+		mem := s.memoryOffsets()
+		for _, st := range revoked {
+			go s.release(st, mem, true)
+		}
+	}
+	s.awaitRelease(gained)
+	for _, st := range revoked {
+		close(st.dropped)
 	}
 	return res
+}
+
+// memoryOffsets returns the client's offsets in memory (nil without a client: unit tests).
+func (s *Source) memoryOffsets() map[primitive.MessageQueue]int64 {
+	if s.memOffsets == nil {
+		return nil
+	}
+	return s.memOffsets()
+}
+
+// release hands st's queue over: the offset the client holds for it (mem) is saved and
+// confirmed by the broker, then the reservation is marked released. With wait (a
+// revocation), the release first waits until no delivery of the queue is pending (the
+// gate let its pushes on the wire finish), at most releaseWait.
+func (s *Source) release(st *queueState, mem map[primitive.MessageQueue]int64, wait bool) {
+	addr, err := s.brokerAddr(st.mq)
+	if err != nil {
+		s.log.Warn("rocketmq: cannot hand a queue over", "queue", mqString(st.mq), "error", err)
+		return
+	}
+	if off, ok := mem[st.mq]; ok && off >= 0 {
+		if err := commitOffset(addr, s.group, st.mq, off, s.creds); err != nil {
+			s.log.Warn("rocketmq: saving a queue's offset at its handover failed", "queue", mqString(st.mq), "error", err)
+			return // no release mark: the next owner reads the offset after handoverWait
+		}
+	}
+	if wait {
+		deadline := time.Now().Add(releaseWait)
+		for s.pendingOf(st.mq) > 0 && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond) // polling the pending deliveries
+		}
+	}
+	if s.hwmOff.Load() {
+		return
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	h, err := queryOffset(addr, s.hwmGroup, st.mq, s.creds)
+	if err == nil {
+		err = s.commitReservation(addr, st, max(decodeMark(h), st.reserved)|releasedMark)
+	}
+	if err != nil {
+		s.log.Warn("rocketmq: marking a queue released failed", "queue", mqString(st.mq), "error", err)
+	}
+}
+
+// releaseAll hands over every queue allocated to this source (Close, once nothing is
+// pending any more).
+func (s *Source) releaseAll() {
+	var queues []*queueState
+	s.qmu.Lock()
+	for _, alloc := range s.alloc {
+		for _, st := range alloc {
+			queues = append(queues, st)
+		}
+	}
+	s.qmu.Unlock()
+	if len(queues) == 0 {
+		return
+	}
+	mem := s.memoryOffsets()
+	for _, st := range queues {
+		s.release(st, mem, false)
+	}
+}
+
+// awaitRelease waits until each gained queue was released by its previous owner (or was
+// never reserved), at most handoverWait: the client reads the queue's saved offset right
+// after, and an offset read before the previous owner saved its last one would go back to
+// the broker with every pull request (the client commits its offset with each pull).
+func (s *Source) awaitRelease(gained []*queueState) {
+	if s.hwmOff.Load() || len(gained) == 0 {
+		return
+	}
+	deadline := time.Now().Add(handoverWait)
+	for _, st := range gained {
+		addr, err := s.brokerAddr(st.mq)
+		if err != nil {
+			s.log.Warn("rocketmq: cannot wait for a queue's handover", "queue", mqString(st.mq), "error", err)
+			continue
+		}
+		for {
+			h, err := queryOffset(addr, s.hwmGroup, st.mq, s.creds)
+			if err == nil && (h < 0 || h&releasedMark != 0) {
+				break
+			}
+			if time.Now().After(deadline) {
+				s.log.Info("rocketmq: took a queue over without its release (its previous owner died?)", "queue", mqString(st.mq))
+				break
+			}
+			time.Sleep(50 * time.Millisecond) // polling the previous owner's release mark
+		}
+	}
+}
+
+// decodeMark returns the reserved offset of a reservation group offset (-1: none = 0).
+func decodeMark(h int64) int64 {
+	if h < 0 {
+		return 0
+	}
+	return h &^ releasedMark
+}
+
+// pendingOf counts the deliveries of mq handed out and not yet settled.
+func (s *Source) pendingOf(mq primitive.MessageQueue) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, inf := range s.pending {
+		if q := inf.msg.Queue; q != nil && *q == mq {
+			n++
+		}
+	}
+	return n
 }
 
 // queueOf returns the state of m's queue, closedFence's state (nil, fenced) when the queue is
@@ -113,66 +246,61 @@ func (s *Source) queueOf(m *primitive.MessageExt) (*queueState, <-chan struct{})
 
 // reserve makes sure the broker holds a reservation above m's offset before m is handed
 // out, and reports whether m lies below what an earlier owner reserved (it may have been
-// pushed already: the delivery is flagged redelivered) and until when it must be held back.
-func (s *Source) reserve(st *queueState, m *primitive.MessageExt) (redelivered bool, holdUntil time.Time, err error) {
+// pushed already: the delivery is flagged redelivered).
+func (s *Source) reserve(st *queueState, m *primitive.MessageExt) (redelivered bool, err error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if st.addr == "" {
-		st.addr = m.StoreHost
-	}
 	if !st.main || s.hwmOff.Load() {
-		return false, time.Time{}, nil
+		return false, nil
+	}
+	addr, err := s.brokerAddr(st.mq)
+	if err != nil {
+		return false, err
 	}
 	off := m.QueueOffset
 	if st.inherited < 0 {
-		h, err := queryOffset(st.addr, s.hwmGroup, st.mq, s.creds)
+		h, err := queryOffset(addr, s.hwmGroup, st.mq, s.creds)
 		if err != nil {
-			return false, time.Time{}, err
+			return false, err
 		}
-		st.inherited, st.reserved = max(h, 0), max(h, 0)
-		if st.inherited > 0 {
-			st.holdUntil = time.Now().Add(s.handoverGrace)
-		}
+		st.inherited, st.reserved = decodeMark(h), decodeMark(h)
 	}
 	if off >= st.reserved {
-		// Read before write: a reservation above ours means another member is handing out
+		// Read before write: a reservation above ours means another member handed out
 		// this queue too (the client's rebalances are not coordinated); what it may have
-		// pushed is flagged and held back like an inheritance.
-		cur, err := queryOffset(st.addr, s.hwmGroup, st.mq, s.creds)
+		// pushed is flagged.
+		h, err := queryOffset(addr, s.hwmGroup, st.mq, s.creds)
 		if err != nil {
-			return false, time.Time{}, err
+			return false, err
 		}
-		if cur > st.reserved {
+		if cur := decodeMark(h); cur > st.reserved {
 			s.log.Warn("rocketmq: another consumer reserved this queue meanwhile; its messages are flagged redelivered",
 				"queue", mqString(st.mq), "ours", st.reserved, "theirs", cur)
 			st.inherited = max(st.inherited, cur)
-			st.holdUntil = time.Now().Add(s.handoverGrace)
+			st.reserved = cur
 		}
-		want := max(off, cur) + reserveStep
-		if err := s.commitReservation(st, want); err != nil {
-			return false, time.Time{}, err
+		want := max(off, st.reserved) + reserveStep
+		if err := s.commitReservation(addr, st, want); err != nil {
+			return false, err
 		}
 		st.reserved = want
 	}
-	if off < st.inherited {
-		return true, st.holdUntil, nil
-	}
-	return false, time.Time{}, nil
+	return off < st.inherited, nil
 }
 
 // commitReservation saves want as the reservation group's offset of st's queue; the first
 // time the broker does not know the group, a heartbeat creates it. A broker that refuses
 // to create it turns reservations off (logged): replays after a queue moves are then not
 // flagged, as without this feature.
-func (s *Source) commitReservation(st *queueState, want int64) error {
-	err := commitOffset(st.addr, s.hwmGroup, st.mq, want, s.creds)
+func (s *Source) commitReservation(addr string, st *queueState, want int64) error {
+	err := commitOffset(addr, s.hwmGroup, st.mq, want, s.creds)
 	if err == nil || !isGroupNotExist(err) {
 		return err
 	}
-	if herr := announceGroup(st.addr, s.hwmGroup, s.instance+"-hwm", s.creds); herr != nil {
+	if herr := announceGroup(addr, s.hwmGroup, s.instance+"-hwm", s.creds); herr != nil {
 		return herr
 	}
-	err = commitOffset(st.addr, s.hwmGroup, st.mq, want, s.creds)
+	err = commitOffset(addr, s.hwmGroup, st.mq, want, s.creds)
 	if err != nil && isGroupNotExist(err) {
 		s.hwmOff.Store(true)
 		s.countError("broker")
@@ -188,29 +316,22 @@ func isGroupNotExist(err error) bool {
 	return err != nil && strings.Contains(err.Error(), errGroupNotExist.Error())
 }
 
-// admit prepares m's delivery d before it is handed out: its fence, and for a queue of the
+// admit prepares inf's delivery before it is handed out: its fence, and for a queue of the
 // subscribed topic the reservation (retried until it succeeds, the queue is revoked or the
-// source closes) and the flag and hold-back of what an earlier owner may have pushed. It
-// returns false when d must not be handed out (fenced or closing).
-func (s *Source) admit(m *primitive.MessageExt, d *adapters.Delivery) bool {
+// source closes) and the flag for what an earlier owner may have pushed. It returns false
+// when the delivery must not be handed out (fenced or closing).
+func (s *Source) admit(inf *inflight) bool {
+	m, d := inf.msg, inf.d
 	st, fence := s.queueOf(m)
 	d.Fenced = fence
+	inf.st = st
 	if st == nil {
 		return fence == nil
 	}
 	for attempt := 1; ; attempt++ {
-		red, hold, err := s.reserve(st, m)
+		red, err := s.reserve(st, m)
 		if err == nil {
 			d.Redelivered = d.Redelivered || red
-			if wait := time.Until(hold); wait > 0 {
-				select {
-				case <-time.After(wait):
-				case <-st.fence:
-					return false
-				case <-s.closing:
-					return false
-				}
-			}
 			return !isClosed(st.fence)
 		}
 		s.countError("broker")
@@ -224,5 +345,49 @@ func (s *Source) admit(m *primitive.MessageExt, d *adapters.Delivery) bool {
 		case <-s.closing:
 			return false
 		}
+	}
+}
+
+// brokerAddr returns the master address of mq's broker, from the name servers' route of
+// mq's topic (cached per broker name).
+func (s *Source) brokerAddr(mq primitive.MessageQueue) (string, error) {
+	s.qmu.Lock()
+	addr := s.addrs[mq.BrokerName]
+	s.qmu.Unlock()
+	if addr != "" {
+		return addr, nil
+	}
+	var lastErr error
+	for _, ns := range s.cfg.Nameservers {
+		body, err := remotingCall(ns, reqGetRouteInfoByTopic, map[string]string{"topic": mq.Topic}, remotingTimeout)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		s.qmu.Lock()
+		for name, a := range masterAddrByName(body) {
+			s.addrs[name] = a
+		}
+		addr = s.addrs[mq.BrokerName]
+		s.qmu.Unlock()
+		if addr != "" {
+			return addr, nil
+		}
+		lastErr = fmt.Errorf("no master of broker %s in the route", mq.BrokerName)
+	}
+	return "", fmt.Errorf("rocketmq: address of broker %s (topic %s): %w", mq.BrokerName, mq.Topic, lastErr)
+}
+
+// awaitDrop waits, for a delivery of a revoked queue that is not done, until the client
+// drops the queue (see queueState.dropped): a "not done" verdict returned before would make
+// the client send the message back to the retry topic, a copy beside the one the queue's
+// next owner reads.
+func (s *Source) awaitDrop(inf *inflight) {
+	if inf.st == nil || !isClosed(inf.st.fence) {
+		return
+	}
+	select {
+	case <-inf.st.dropped:
+	case <-s.released:
 	}
 }

@@ -74,6 +74,34 @@ func masterAddrs(body []byte) []string {
 	}
 }
 
+// masterAddrByName maps each broker name in a route body to its master (id 0) address;
+// see masterAddrs for the format (fastjson writes brokerAddrs before brokerName).
+func masterAddrByName(body []byte) map[string]string {
+	out := map[string]string{}
+	s := string(body)
+	for {
+		i := strings.Index(s, `"brokerAddrs":{`)
+		if i < 0 {
+			return out
+		}
+		s = s[i:]
+		addrs := masterAddrs([]byte(s[:strings.IndexByte(s, '}')+1]))
+		j := strings.Index(s, `"brokerName":"`)
+		if j < 0 {
+			return out
+		}
+		s = s[j+len(`"brokerName":"`):]
+		end := strings.IndexByte(s, '"')
+		if end < 0 {
+			return out
+		}
+		if len(addrs) > 0 {
+			out[s[:end]] = addrs[0]
+		}
+		s = s[end:]
+	}
+}
+
 // remotingCall sends one request (no body, unsigned) and returns the response body when
 // the answer is a success.
 func remotingCall(addr string, code int, ext map[string]string, timeout time.Duration) ([]byte, error) {

@@ -24,3 +24,14 @@ func TestProbeUnreachableNameServer(t *testing.T) {
 		t.Fatal("probe succeeded against a closed port")
 	}
 }
+
+func TestMasterAddrByName(t *testing.T) {
+	body := []byte(`{"brokerDatas":[{"brokerAddrs":{0:"127.0.0.1:20911"},"brokerName":"broker-a","cluster":"c"},` +
+		`{"brokerAddrs":{1:"10.0.0.3:10911",0:"10.0.0.2:10911"},"brokerName":"broker-b","cluster":"c"},` +
+		`{"brokerAddrs":{1:"10.0.0.9:10911"},"brokerName":"broker-c","cluster":"c"}],"queueDatas":[]}`)
+	got := masterAddrByName(body)
+	want := map[string]string{"broker-a": "127.0.0.1:20911", "broker-b": "10.0.0.2:10911"}
+	if len(got) != len(want) || got["broker-a"] != want["broker-a"] || got["broker-b"] != want["broker-b"] {
+		t.Errorf("masterAddrByName = %v, want %v", got, want)
+	}
+}

@@ -187,10 +187,9 @@ func instanceName(configured string) string {
 type Option func(*options)
 
 type options struct {
-	log           *slog.Logger
-	m             *metrics.Metrics
-	maxInflight   int
-	handoverGrace time.Duration
+	log         *slog.Logger
+	m           *metrics.Metrics
+	maxInflight int
 }
 
 // WithLogger sets the logger (default slog.Default()); the client's own logs go through it
@@ -204,12 +203,6 @@ func WithMetrics(m *metrics.Metrics) Option { return func(o *options) { o.m = m 
 // concurrent mode (the client's consume goroutines per topic; the retry topic has its own
 // pool of the same size). Use delivery.max_inflight. Default 64.
 func WithMaxInflight(n int) Option { return func(o *options) { o.maxInflight = n } }
-
-// WithHandoverGrace sets how long a sidecar that takes over a message queue holds back the
-// messages an earlier owner reserved (they may still be on the wire there; see "Fleets" in
-// the package doc). Use app.timeout (plus the shutdown drain) for no overlap at all; the
-// default is 3 s.
-func WithHandoverGrace(d time.Duration) Option { return func(o *options) { o.handoverGrace = d } }
 
 // pushConsumer is the part of the client's push consumer the Source uses (a seam for unit
 // tests without a broker).
@@ -257,12 +250,14 @@ type Source struct {
 
 	// Fleet state (fleet.go): the queues allocated to this source per topic, and the
 	// reservation group.
-	qmu           sync.Mutex
-	alloc         map[string]map[primitive.MessageQueue]*queueState
-	hwmGroup      string
-	hwmOff        atomic.Bool // the broker refused the reservation group
-	creds         primitive.Credentials
-	handoverGrace time.Duration
+	qmu        sync.Mutex
+	alloc      map[string]map[primitive.MessageQueue]*queueState
+	addrs      map[string]string // broker name → master address (brokerAddr)
+	hwmGroup   string
+	group      string                                  // the consumer group as the broker knows it (with the namespace)
+	memOffsets func() map[primitive.MessageQueue]int64 // the client's offsets in memory; nil in unit tests
+	hwmOff     atomic.Bool                             // the broker refused the reservation group
+	creds      primitive.Credentials
 }
 
 // inflight is one handed-out message awaiting settlement.
@@ -271,13 +266,14 @@ type inflight struct {
 	d      *adapters.Delivery
 	result chan error // written once, by Delivery.Ack
 	dlq    atomic.Bool
+	st     *queueState // its queue (fleet.go); nil when allocations are unknown
 }
 
 // New creates and starts the push consumer (and the dead-letter producer when configured).
 // The topic must exist: the client fails to start on a topic without a route, and New
 // returns that error. deadLetterTarget is delivery.dead_letter.target ("" = none).
 func New(cfg config.RocketMQ, deadLetterTarget string, opts ...Option) (*Source, error) {
-	o := options{log: slog.Default(), maxInflight: defaultMaxInflight, handoverGrace: defaultHandoverGrace}
+	o := options{log: slog.Default(), maxInflight: defaultMaxInflight}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -328,7 +324,7 @@ func New(cfg config.RocketMQ, deadLetterTarget string, opts ...Option) (*Source,
 	if !creds.IsEmpty() {
 		copts = append(copts, consumer.WithCredentials(creds))
 	}
-	c, err := rmq.NewPushConsumer(copts...)
+	c, err := consumer.NewPushConsumer(copts...)
 	if err != nil {
 		return nil, fmt.Errorf("rocketmq: new consumer for group %q: %w", cfg.Group, err)
 	}
@@ -338,6 +334,14 @@ func New(cfg config.RocketMQ, deadLetterTarget string, opts ...Option) (*Source,
 		return nil, fmt.Errorf("rocketmq: subscribe %q: %w", cfg.Topic, err)
 	}
 	s.consumer = c
+	s.memOffsets = func() map[primitive.MessageQueue]int64 {
+		info := c.GetConsumerRunningInfo(false)
+		out := make(map[primitive.MessageQueue]int64, len(info.MQTable))
+		for mq, pi := range info.MQTable {
+			out[mq] = pi.CommitOffset
+		}
+		return out
+	}
 
 	if deadLetterTarget != "" && !s.brokerDLQ {
 		popts := []producer.Option{
@@ -403,13 +407,15 @@ func newSource(cfg config.RocketMQ, deadLetterTarget string, o options) *Source 
 		pending:   make(map[*adapters.Delivery]*inflight),
 		dlqMarks:  make(map[string]time.Time),
 
-		alloc:         make(map[string]map[primitive.MessageQueue]*queueState),
-		hwmGroup:      cfg.Group + hwmGroupSuffix,
-		handoverGrace: o.handoverGrace,
+		alloc:    make(map[string]map[primitive.MessageQueue]*queueState),
+		addrs:    make(map[string]string),
+		hwmGroup: cfg.Group + hwmGroupSuffix,
+		group:    cfg.Group,
 	}
 	if cfg.Namespace != "" {
 		// The client prefixes group names with the namespace; the raw requests must too.
 		s.hwmGroup = cfg.Namespace + "%" + s.hwmGroup
+		s.group = cfg.Namespace + "%" + s.group
 	}
 	notStarted := errors.New("rocketmq: consumer not started")
 	s.ready.Store(&notStarted)
@@ -566,9 +572,10 @@ func (s *Source) consume(ctx context.Context, msgs ...*primitive.MessageExt) (co
 	infs := make([]*inflight, 0, len(msgs))
 	for _, m := range msgs {
 		inf := s.newInflight(m)
-		if !s.admit(m, inf.d) {
+		if !s.admit(inf) {
 			// Its queue was revoked (or the source is closing) before it was handed out.
 			s.forget(inf)
+			s.awaitDrop(inf)
 			for _, inf := range infs {
 				inf.d.Settle(adapters.ErrNotDone)
 				<-inf.result
@@ -610,6 +617,7 @@ func (s *Source) consume(ctx context.Context, msgs ...*primitive.MessageExt) (co
 		s.forget(inf)
 		if err != nil {
 			allDone = false
+			s.awaitDrop(inf)
 		} else if inf.dlq.Load() {
 			dlq = true
 		}
@@ -885,6 +893,9 @@ func (s *Source) Close(ctx context.Context) error {
 		case <-ctx.Done():
 		}
 	}
+	// Hand every queue over (fleet.go): its offset saved and confirmed, then the release
+	// mark the next owner waits for before it reads that offset.
+	s.releaseAll()
 	if err := s.consumer.Shutdown(); err != nil {
 		errs = append(errs, fmt.Errorf("rocketmq: close: consumer shutdown: %w", err))
 	}
