@@ -58,6 +58,7 @@ test-e2e: build
 bench:
 	$(GO) run ./bench -runs 5 -scenario partition
 	$(GO) run ./bench -runs 3 -scenario key
+	$(GO) run ./bench -runs 3 -scenario fleet
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

@@ -12,11 +12,24 @@
 // the commit covering the last offset, so a longer interval would add up to one interval to
 // every run, in steps, while the loop commits each batch synchronously.
 //
-// Usage: go run ./bench [-runs 5] [-messages N] [-scenario partition|key|none] [-only NAME]
+// The fleet scenario (-scenario fleet) is the partition workload (30k messages by default)
+// consumed by three sidecar processes in one consumer group, once with each replica's own
+// bbolt file and once with one Redis shared by the three (dedup.store: redis), alternating,
+// for each app profile of -app-delays (the instant app and one sleeping 0.2 ms per push by
+// default). The Redis is a private redis-server (appendonly yes, appendfsync always, on a
+// free loopback port, data in the temp dir), or the one MQSIDECAR_E2E_REDIS names; each run
+// uses a key prefix of its own and deletes its keys afterwards. Fetches are held (a kfake
+// control function) until the group is stable with three members owning all partitions, so
+// the replicas share the work from the first push. It reports the three replicas' total
+// msg/s, push-to-commit latency, the largest replica's peak RSS, the replicas' summed CPU per
+// message (and redis-server's own, when private) and the ratio redis/bbolt.
+//
+// Usage: go run ./bench [-runs 5] [-messages N] [-scenario partition|key|none|fleet] [-only NAME] [-app-delays 0,200us]
 //
 // Investigation aids: BENCH_DEBUG=1 prints the consumer's logs, memory lines and the
 // sidecar's metrics after each run; BENCH_CONSUMER_ENV="K=V ..." adds environment to the
-// consumer process (GODEBUG=gctrace=1, GOGC=..., MQSIDECAR_CPUPROFILE=file);
+// consumer process (GODEBUG=gctrace=1, GOGC=..., MQSIDECAR_CPUPROFILE=file; in the fleet
+// scenario each replica writes file.<store>.run<N>.replica<I>);
 // BENCH_SIDECAR_BIN=path runs that binary instead of building ./cmd/mqsidecar.
 package main
 
@@ -67,8 +80,9 @@ var scenarios = map[string]scenario{
 func main() {
 	mode := flag.String("mode", "", "internal: baseline (run the hand-written loop)")
 	runs := flag.Int("runs", 5, "runs per contender; medians are reported")
-	messages := flag.Int("messages", 0, "messages per run (default 50000; 10000 for -scenario key, whose baseline does 200 msg/s)")
-	scen := flag.String("scenario", "partition", "partition | key")
+	messages := flag.Int("messages", 0, "messages per run (default 50000; 10000 for -scenario key, whose baseline does 200 msg/s; 30000 for -scenario fleet)")
+	scen := flag.String("scenario", "partition", "partition | key | none | fleet")
+	appDelays := flag.String("app-delays", "0,200us", "-scenario fleet: the app profiles, comma-separated push latencies (0 = the instant app)")
 	only := flag.String("only", "", "run only the contenders whose name contains this (investigations; no ratios without the loop)")
 	brokers := flag.String("brokers", "", "internal")
 	appURL := flag.String("app", "", "internal")
@@ -76,6 +90,25 @@ func main() {
 	if *mode == "baseline" {
 		if err := baseline(strings.Split(*brokers, ","), *appURL); err != nil {
 			fmt.Fprintln(os.Stderr, "baseline:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if *scen == "fleet" {
+		var delays []time.Duration
+		for _, f := range strings.Split(*appDelays, ",") {
+			d, err := time.ParseDuration(strings.TrimSpace(f))
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "-app-delays:", err)
+				os.Exit(2)
+			}
+			delays = append(delays, d)
+		}
+		if *messages == 0 {
+			*messages = 30000
+		}
+		if err := fleet(*runs, *messages, delays, *only); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
 			os.Exit(1)
 		}
 		return
@@ -120,14 +153,9 @@ func bench(sc scenario, runs, n int, only string) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	bin := os.Getenv("BENCH_SIDECAR_BIN") // a prebuilt binary, to compare builds
-	if bin == "" {
-		bin = filepath.Join(dir, "mqsidecar")
-		build := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/mqsidecar")
-		build.Stdout, build.Stderr = os.Stderr, os.Stderr
-		if err := build.Run(); err != nil {
-			return fmt.Errorf("build mqsidecar: %w", err)
-		}
+	bin, err := sidecarBinary(dir)
+	if err != nil {
+		return err
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -346,6 +374,8 @@ type app struct {
 	last    time.Time
 	lastKey map[string]int64 // key → last offset pushed, for order checks
 	order   int
+	pushes  int          // every push, redeliveries included
+	slept   atomic.Int64 // nanoseconds the app spent in its delay (sleeps overshoot under load)
 }
 
 func newApp(ends []int64, delay time.Duration) *app {
@@ -360,13 +390,16 @@ func newApp(ends []int64, delay time.Duration) *app {
 func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.Copy(io.Discard, r.Body)
 	if a.delay > 0 {
+		t := time.Now()
 		time.Sleep(a.delay)
+		a.slept.Add(int64(time.Since(t)))
 	}
 	p, err1 := strconv.Atoi(r.Header.Get("ce-partition"))
 	off, err2 := strconv.ParseInt(r.Header.Get("ce-offset"), 10, 64)
 	now := time.Now()
 	if err1 == nil && err2 == nil && p < len(a.pushAt) && off < int64(len(a.pushAt[p])) {
 		a.mu.Lock()
+		a.pushes++
 		if a.first.IsZero() {
 			a.first = now
 		}
