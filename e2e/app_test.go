@@ -362,3 +362,14 @@ func holdAnswer(ctx context.Context, hold <-chan struct{}, delay time.Duration, 
 	}
 	return status
 }
+
+// quiet returns the counters and when the app last received a push (zero before the first).
+func (a *recApp) quiet() (appStats, time.Time) {
+	s := a.stats()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.pushes) == 0 {
+		return s, time.Time{}
+	}
+	return s, a.pushes[len(a.pushes)-1].At
+}

@@ -1,0 +1,270 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The fleet runner: several `mqsidecar run` processes consume one stream in one consumer
+// group (Kafka, RocketMQ) or from one queue (RabbitMQ), each with its own dedup store, all
+// pushing to one recording app, so that a message pushed by two replicas at once is caught
+// as a concurrent push and a message replayed by a new owner of a partition or queue is
+// caught as a duplicate. It ends with the drain check: once every replica stopped cleanly
+// (SIGTERM, exit 0), a fresh sidecar in the same group, with a fresh store and a fresh app,
+// must receive nothing the fleet's app already answered 2xx — the broker's saved
+// acknowledgements must cover everything the fleet completed.
+
+// fleetScenario parameterises runFleet.
+type fleetScenario struct {
+	label    string // names the table row
+	replicas int    // sidecars running at once; 0 = 3
+	messages int    // unique IDs
+	keys     int
+	dupShare float64 // producer duplicates
+	failPerK int     // first attempts failed per thousand IDs
+	appDelay time.Duration
+	// kills: kill -9 of a random running replica at as many points mid-stream; each is
+	// restarted at once with its own store (as a pod restarts with its volume).
+	kills int
+	// rolling: SIGTERM each replica in turn mid-stream (exit 0 required), each replaced by a
+	// new one with an empty store (a rolling update of pods without volumes).
+	rolling bool
+	// scale: start with one replica, scale to replicas at 20% of the IDs delivered and back
+	// to one (SIGTERM) at 60%.
+	scale bool
+	// sharedStore: the sidecars share one Redis dedup store (MQSIDECAR_E2E_REDIS) instead
+	// of one embedded store each; the test skips when the binary does not know the keys.
+	sharedStore bool
+	// quiet: once every ID was delivered, the fleet is stopped after the app saw no push
+	// for this long (replays of moved partitions or queues done); 0 = 1 s. A broker whose
+	// new owners hold back replays for a while needs more than that hold.
+	quiet   time.Duration
+	timeout time.Duration // for each wait on progress; 0 = 2 minutes
+}
+
+// fleetBroker is implemented by brokers whose sidecars need settings of their own per
+// replica (RocketMQ: a client instance name, which the broker uses to tell the members of a
+// group apart).
+type fleetBroker interface {
+	replicaEnv(replica string) []string
+}
+
+// drainWindow is how long the drain sidecar runs after it became ready. It asserts that
+// nothing arrives, so it is a fixed time; replays of saved offsets arrive within a second or
+// two of a consumer joining (the RocketMQ issue saw all of them within 8 s, most at once).
+const drainWindow = 6 * time.Second
+
+// replica is one member of the fleet: its config (own store) and its current process.
+type replica struct {
+	name string
+	cfg  *sidecarConfig
+	p    *sidecarProc
+}
+
+// runFleet runs s against b; see the comment at the top of the file. It requires every ID
+// delivered, no silent duplicates, no concurrent pushes of one ID, order where promised,
+// acknowledgements that never cover an unanswered message, nothing unacknowledged after the
+// fleet stopped, and a drain sidecar that receives nothing the fleet completed.
+func runFleet(t *testing.T, b brokerUnderTest, s fleetScenario) {
+	t0 := time.Now()
+	if s.replicas == 0 {
+		s.replicas = 3
+	}
+	if s.timeout == 0 {
+		s.timeout = 2 * time.Minute
+	}
+	if s.quiet == 0 {
+		s.quiet = time.Second
+	}
+	var sharedEnv []string
+	if s.sharedStore {
+		sharedEnv = sharedStoreEnv(t)
+	}
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("%s: seed %d, %s, %d replicas", b.name(), seed, b.describe(), s.replicas)
+	rng := rand.New(rand.NewPCG(seed, 11))
+
+	app := newRecApp(t, s.failPerK, s.appDelay)
+	// IDs unique per run: a shared store outlives the test.
+	msgs := workload(rng, fmt.Sprintf("f%x", seed&0xffffff), s.messages, s.keys, s.dupShare)
+	seq := 0
+	newReplica := func() *replica {
+		seq++
+		name := fmt.Sprintf("r%d", seq)
+		yaml, env := b.sidecarYAML(app.url(), filepath.Join(t.TempDir(), name+".db"))
+		env = append(env, sharedEnv...)
+		if fb, ok := b.(fleetBroker); ok {
+			env = append(env, fb.replicaEnv(name)...)
+		}
+		return &replica{name: name, cfg: newSidecarConfig(t, name, yaml, env...)}
+	}
+	var live []*replica
+	startNew := func() *replica {
+		r := newReplica()
+		r.p = r.cfg.start()
+		live = append(live, r)
+		return r
+	}
+	tails := func() string {
+		var sb strings.Builder
+		for _, r := range live {
+			fmt.Fprintf(&sb, "---- %s (%s) ----\n%s\n", r.p.label, r.p.exitString(), r.p.logTail(15))
+		}
+		return sb.String()
+	}
+	waitAt := func(n int, what string) {
+		select {
+		case <-app.deliveredReached(n):
+		case <-time.After(s.timeout):
+			t.Fatalf("%s: %d IDs not delivered within %s (%s)\n%s", what, n, s.timeout, app.stats(), tails())
+		}
+	}
+	stop := func(r *replica) {
+		r.p.Term(40 * time.Second)
+		live = slices.DeleteFunc(live, func(x *replica) bool { return x == r })
+	}
+
+	stopMon := ackMonitor(t, b, app)
+	first := s.replicas
+	if s.scale {
+		first = 1
+	}
+	for range first {
+		startNew()
+	}
+	waitProduced := produceInBackground(t, b, msgs, 100)
+
+	// Events at points spread over 10%..85% of the IDs, as in runKillRestart.
+	events := 0
+	switch {
+	case s.kills > 0:
+		w := s.messages * 75 / 100 / s.kills
+		for i := range s.kills {
+			at := s.messages/10 + i*w + rng.IntN(max(1, w))
+			waitAt(at, fmt.Sprintf("kill %d", i+1))
+			r := live[rng.IntN(len(live))]
+			r.p.Kill9()
+			t.Logf("kill %d: SIGKILL of %s at %d IDs delivered (%s)", i+1, r.p.label, at, app.stats())
+			r.p = r.cfg.start()
+			events++
+		}
+	case s.rolling:
+		old := append([]*replica(nil), live...)
+		w := s.messages * 75 / 100 / len(old)
+		for i, r := range old {
+			at := s.messages/10 + i*w + rng.IntN(max(1, w))
+			waitAt(at, fmt.Sprintf("rolling %d", i+1))
+			stop(r)
+			n := startNew()
+			t.Logf("rolling %d: %s replaced by %s (empty store) at %d IDs delivered (%s)", i+1, r.name, n.name, at, app.stats())
+			events++
+		}
+	case s.scale:
+		waitAt(s.messages/5, "scale up")
+		for range s.replicas - 1 {
+			startNew()
+		}
+		t.Logf("scaled 1 → %d at %s", len(live), app.stats())
+		waitAt(s.messages*3/5, "scale down")
+		for len(live) > 1 {
+			stop(live[len(live)-1])
+		}
+		t.Logf("scaled %d → 1 at %s", s.replicas, app.stats())
+		events = 2
+	}
+	waitProduced()
+	app.waitDelivered(t, s.messages, s.timeout, tails)
+
+	// Once the app saw no push for s.quiet (replays of moved queues done), every replica is
+	// stopped cleanly, one after the other, without waiting for periodic offset commits:
+	// what clean stops save must cover everything completed.
+	waitFor(t, s.timeout, fmt.Sprintf("the app quiet for %s", s.quiet), func() (bool, string) {
+		st, last := app.quiet()
+		return st.Inflight == 0 && time.Since(last) > s.quiet, st.String()
+	}, tails)
+	for len(live) > 0 {
+		stop(live[0])
+	}
+	stoppedErr := b.checkSettled()
+	if stoppedErr != nil {
+		t.Errorf("after every replica stopped cleanly, the broker holds unacknowledged messages: %v", stoppedErr)
+	}
+	viol, samples := stopMon()
+
+	replays := drainCheck(t, b, app)
+
+	pushes, conc := app.snapshot()
+	r := check(b.producedSoFar(), pushes, conc, b.orderPromised(), b.orderPromised())
+	store := "own stores"
+	if s.sharedStore {
+		store = "shared store"
+	}
+	printTable(t, row{Broker: b.name(), Test: fmt.Sprintf("fleet×%d %s", s.replicas, s.label), Kills: s.kills, Order: b.orderPromised(),
+		Took: time.Since(t0), Report: r,
+		Comments: fmt.Sprintf("%s, %d events, fail %d‰, app %s, drain got %d completed, %d ack samples",
+			store, events, s.failPerK, s.appDelay, len(replays), samples)})
+	r.requireClean(t)
+	if len(viol) > 0 {
+		t.Errorf("acknowledged messages the app never answered 2xx (G1):\n%s", strings.Join(viol, "\n"))
+	}
+	if len(replays) > 0 {
+		t.Errorf("drain check: after the fleet stopped cleanly, a fresh sidecar in the group received %d messages the app had already answered 2xx (their acknowledgements were never saved), e.g. %s",
+			len(replays), strings.Join(replays[:min(5, len(replays))], " "))
+	}
+}
+
+// drainCheck starts a fresh sidecar in the fleet's group (fresh embedded store, fresh app,
+// no shared store), lets it run for drainWindow and stops it; it returns the IDs it
+// received that done (the fleet's app) had answered 2xx.
+func drainCheck(t *testing.T, b brokerUnderTest, done *recApp) []string {
+	t.Helper()
+	app := newRecApp(t, 0, 0)
+	yaml, env := b.sidecarYAML(app.url(), filepath.Join(t.TempDir(), "drain.db"))
+	if fb, ok := b.(fleetBroker); ok {
+		env = append(env, fb.replicaEnv("drain")...)
+	}
+	p := newSidecarConfig(t, "drain", yaml, env...).start()
+	time.Sleep(drainWindow) // asserts that nothing arrives: a fixed window on purpose
+	p.Term(40 * time.Second)
+	ok := done.okSet()
+	pushes, _ := app.snapshot()
+	var replays []string
+	seen := map[string]bool{}
+	for _, ps := range pushes {
+		if ok[ps.ID] && !seen[ps.ID] {
+			seen[ps.ID] = true
+			replays = append(replays, fmt.Sprintf("%s(p%s@%s)", ps.ID, ps.Partition, ps.Offset))
+		}
+	}
+	t.Logf("drain check: the fresh sidecar received %d pushes, %d of IDs the fleet had completed", len(pushes), len(replays))
+	return replays
+}
+
+// sharedStoreEnv returns the environment that points a sidecar at the shared Redis dedup
+// store in MQSIDECAR_E2E_REDIS (e2e/harness/redis.sh), or skips the test when the binary
+// does not know the keys yet.
+func sharedStoreEnv(t *testing.T) []string {
+	t.Helper()
+	addr := brokerEnv(t, "MQSIDECAR_E2E_REDIS", "redis.sh")
+	env := []string{"MQSIDECAR_DEDUP_STORE=redis", "MQSIDECAR_DEDUP_REDIS_ADDRS=" + addr}
+	cfg := filepath.Join(t.TempDir(), "probe.yaml")
+	if err := os.WriteFile(cfg, []byte("source: {kind: kafka, kafka: {brokers: [127.0.0.1:1], topics: [t], group: g}}\napp: {url: http://127.0.0.1:1/}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	res := runCLI(t, 30*time.Second, env, "config", "validate", "--config", cfg)
+	if res.code != 0 && strings.Contains(res.output, "MQSIDECAR_DEDUP_STORE") {
+		t.Skipf("the binary has no shared dedup store yet: %s", strings.TrimSpace(res.output))
+	}
+	if res.code != 0 {
+		t.Fatalf("config validate with a shared store: exit %d\n%s", res.code, res.output)
+	}
+	return env
+}
