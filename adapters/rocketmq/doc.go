@@ -1,0 +1,170 @@
+// Package rocketmq is the RocketMQ adapter (github.com/apache/rocketmq-client-go/v2): a
+// clustering push consumer whose callbacks are bridged to the pull-based adapters.Source.
+//
+// # Bridge
+//
+// The client calls a consume callback with a batch of messages (the adapter sets the batch
+// size to 1, see below) and expects a verdict when the callback returns. The callback hands
+// each message to Read as a Delivery and blocks until every delivery of the batch is settled
+// (or the source closes), then returns: CONSUME_SUCCESS only when all were settled with nil.
+// At most max-inflight callbacks run at once (the client's consume goroutines), which is
+// the adapter's backpressure: a slow gate slows pulling.
+//
+// Concurrent mode (mode: concurrent, Lane ""): a delivery settled with an error makes the
+// callback return RECONSUME_LATER, and the client sends the message back to the group's
+// %RETRY% topic; the broker redelivers it after delay level 3 + reconsume times, with
+// DeliveryCount = reconsume times. The batch size is 1 because the v2 client ignores
+// ConsumeConcurrentlyContext.AckIndex: RECONSUME_LATER re-sends the whole batch, which would
+// re-send messages the gate already completed. The group's %RETRY% topic is created by the
+// broker on the first send-back, and a running client learns its route only on its 30 s
+// route refresh, so the very first retry of a new group can take up to about a minute.
+//
+// Orderly mode (mode: orderly, Lane "<topic>/<broker>/<queue id>"): the client locks each
+// message queue and calls the callback for one queue at a time, in queue order. A delivery
+// settled with an error returns SUSPEND_CURRENT_QUEUE_A_MOMENT with the context's suspend
+// time set to suspend_time (the client's default is -1 ms: an immediate, CPU-burning retry
+// loop); the same message is handed out again after the pause, DeliveryCount counting up.
+// The batch size is 1 here too: the client acknowledges an orderly batch as a whole, so a
+// larger batch would redeliver completed messages after a not-done one. Consequently a queue
+// has at most one unsettled delivery at a time; parallelism comes from the queues.
+//
+// # Retries and max_attempts
+//
+// The ack gate owns retries and dead-lettering (it retries in-process and dead-letters
+// after delivery.max_attempts). The broker must therefore never dead-letter behind the
+// gate's back: the client's MaxReconsumeTimes is set to 2^30 ("never"; the client's -1
+// would mean 16 in concurrent mode), so a message that the gate keeps settling as not done
+// (shutdowns, fencing) keeps coming back instead of silently landing in %DLQ%<group>.
+//
+// # Dead letters
+//
+// dead_letter_mode "topic" with delivery.dead_letter.target set: DeadLetter publishes the
+// payload to the target through a synchronous producer, with the user properties, KEYS,
+// TAGS and UNIQ_KEY of the original and adapters.FailureHeaders (plus
+// mqsidecar-dlq-group and mqsidecar-dlq-broker) as properties, and returns nil only for
+// SEND_OK. Properties with empty values are omitted (RocketMQ cannot carry them).
+//
+// dead_letter_mode "broker": the dead-letter write and the acknowledgement are one broker
+// operation, the consumer send-back with delay level -1, which stores the message in the
+// group's %DLQ% topic and only then lets the client advance past it. DeadLetter therefore
+// does no I/O: it marks the delivery and returns nil, and the gate's Settle(nil) that
+// follows makes the callback return that verdict (concurrent: RECONSUME_LATER with
+// DelayLevelWhenNextConsume = -1; orderly: SUSPEND with the message's reconsume times
+// beyond MaxReconsumeTimes, which the client sends back with delay level -1). If the
+// send-back fails, the client keeps the message and calls the callback again; the adapter
+// recognises the marked message (by broker, topic, queue and offset, for 10 minutes) and
+// answers with the same verdict without handing it out again. The remaining gap: if the
+// process dies after the gate recorded the ID as done but before the send-back reached the
+// broker, the redelivered message is a recorded duplicate for the gate and is acknowledged
+// without a %DLQ% copy. Use "topic" mode where every dead letter must be confirmed before
+// the ID is recorded.
+//
+// # Message ID
+//
+// message_id "uniq_key" (default): the UNIQ_KEY property the producer client generates (or
+// the producer set), which survives retries and the %RETRY% round trip. "keys": the first
+// of the message's KEYS. "property:<name>": that user property. When the chosen field is
+// absent the ID falls back, in this order, to UNIQ_KEY, to ORIGIN_MESSAGE_ID (set by the
+// broker on retry copies), and to the broker's offset message ID of the stored message
+// (broker address + commit log offset), which dedups redeliveries of that stored message
+// but not producer duplicates.
+//
+// # Shutdown
+//
+// Close: Read returns ErrClosed at once and nothing more is handed out. Deliveries not
+// settled by then are settled with ErrNotDone by the adapter (a later Settle from the gate
+// is ignored). In concurrent mode their callbacks return RECONSUME_LATER while the client
+// still runs, so they are sent back to the retry topic and the queue offsets can advance
+// past the completed ones; messages never handed out, and orderly queues, are held until
+// after the consumer's Shutdown (which marks the process queues dropped and persists the
+// offsets of what completed), so the client discards their verdict and they are redelivered
+// from the queue. The client's Shutdown does not wait for running callbacks; Close does,
+// bounded by its context. The client records a callback's verdict (the offset) just after
+// the callback returns, and Shutdown persists offsets once; the client offers no way to
+// observe that step, so Close waits between the last callback and Shutdown: 250 ms, or, when
+// a callback returned RECONSUME_LATER within the last 3 s (the client's send-back timeout),
+// until 3 s after it. A verdict recorded later is lost: a redelivery, never a loss. Close
+// then hands every queue over (see Fleets): each queue's offset saved and confirmed by the
+// broker, then its reservation marked released, before the consumer's Shutdown.
+//
+// # Fleets
+//
+// Several sidecars in one consumer group share the topic's queues; the client rebalances
+// them whenever a member joins or leaves. Three things make that safe.
+//
+// Offsets in a fleet (a workaround for the client). The client's offset store
+// (consumer/offset_store.go, remoteBrokerOffsetStore.persist) deletes from memory the offset
+// of every queue not in the list it is given, and the rebalance calls it with only the
+// queue being dropped (consumer.go, defaultConsumer.removeUnnecessaryMessageQueue): every
+// other queue's offset is forgotten, and a queue that gets no further message is never
+// persisted again, not even at Shutdown. The adapter wraps the allocation strategy (the
+// client's default, AllocateByAveragely, unchanged) to see revocations and persists every
+// queue's offset just before the client drops one. Second, every pull request carries the
+// client's offset of its queue and the broker saves it (PullMessageRequestHeader
+// commitOffset, sysFlag FLAG_COMMIT_OFFSET), so a new owner that read a queue's offset a
+// moment before the previous owner's last persist arrived writes the stale offset back
+// with each pull. Hence the handover: the previous owner saves the revoked queue's offset
+// with a confirmed (synchronous) request and then marks the queue released (below); the new
+// owner's allocation waits for that mark before the client reads the offset, at most 5 s
+// (handoverWait): an owner killed with -9 never releases, and its queues start from its
+// last periodic persist (every 5 s).
+//
+// Fencing. When a queue is revoked, the Fenced channel of every delivery handed out from it
+// is closed at once: the ack gate starts no new push of them and lets pushes on the wire
+// finish; DeadLetter of a fenced delivery returns an error wrapping
+// adapters.ErrStaleDelivery. A "not done" verdict of such a delivery waits until the client
+// has dropped the queue (the strategy returned), so the client discards it instead of
+// sending a retry copy beside the message the next owner reads. The release mark follows
+// once no delivery of the queue is pending any more (at most 30 s).
+//
+// Reservations: never silent, even without a shared store. A consumer offset is one number
+// per queue; RocketMQ 5.3 offers no metadata beside it (Kafka's commit metadata has no
+// counterpart), and the reconsume count is per stored message, set by the broker only on a
+// send-back, so it cannot mark a range of a queue. What the broker does keep per queue is
+// any group's offset: the adapter keeps how far it may have pushed in the consumer offsets
+// of a second group, <group>-mqsidecar-hwm ("the reservation", UPDATE_CONSUMER_OFFSET with
+// a confirmed request; a broker that auto-creates subscription groups, the default,
+// creates it on a heartbeat the adapter sends once; otherwise create it like the consumer
+// group). Before a message of the subscribed topic is handed out, the reservation of its
+// queue lies above its offset, raised 64 at a time (one request per 64 messages); bit 62
+// marks a released queue. A new owner reads the reservation at its first message of the
+// queue and flags every message below it redelivered (ce-redelivered: true), so a message
+// the previous owner may have pushed, completed or not, never reaches the app unflagged,
+// also after a kill -9 between two offset commits. With a shared dedup store the gate
+// recognises completed ones and does not push them at all.
+//
+// What is and is not flagged: flagged are all messages below the previous owners'
+// reservation, including up to 64 per handover that were never pushed (the reservation
+// runs ahead); retry-topic copies are flagged by their reconsume count. Not flagged, so a
+// replay of a completed message can reach the app unflagged with the embedded store alone:
+// when the broker refuses the reservation group (logged as an error once, reservations are
+// then off); when the broker loses consumer offsets (it flushes them to disk every 5 s,
+// flushConsumerOffsetInterval, so a broker crash can take back a reservation together with
+// the offsets); and while two members hand out one queue at the same time because one of
+// them has not yet seen a rebalance (the reservation is read before it is raised, and a
+// higher one found there flags from then on, but what both handed out before is not).
+// Orderly mode uses the same reservations.
+//
+// # Client state that is global to the process
+//
+// The client keys its instances by InstanceName: two consumers with one name share a client
+// and cannot both register a group, so every Source gets a unique instance name unless
+// source.rocketmq.instance_name sets a stable one (one Source per process). Its logger
+// (rlog) is global too: the adapter installs one bridge to log/slog per process, which logs
+// through the logger of the most recently created Source. Client info lines are logged at
+// debug (they are internal state); warnings and errors keep their level; message bodies in
+// log fields are never logged. Ready reports a pull failure seen in the client's log within
+// the last readyErrorWindow, which is process-wide as well.
+//
+// Known client limitations (apache/rocketmq-client-go): every consumer start creates
+// statistics goroutines that sleep until the next minute/hour/day boundary before they
+// notice Shutdown (issue #1147), so each restart of a Source leaves up to 10 sleeping
+// goroutines that exit by themselves; other client goroutines exit within ~10 s of Close.
+// A pull result that arrives exactly while Shutdown closes a process queue can panic the
+// client (issue #1051); Close pauses pulling first to make that window small. The race
+// detector reports data races inside the client: rmqClient.Shutdown writes an unsynchronised
+// flag that in-flight requests read (Close and kill pause the consumer and wait before
+// Shutdown, which keeps this out of the tests in practice), the expiry sweep reads the
+// process queue's tree map without its lock, and the orderly consumer polls the same map
+// without the lock on every run (orderly e2e tests are therefore skipped under -race).
+package rocketmq
