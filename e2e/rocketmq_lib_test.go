@@ -47,10 +47,10 @@ type rocketEnv struct {
 	produced []message
 	at       map[int]map[int64]string // queue ID → queue offset → ID of the copy stored there
 
-	spyOnce sync.Once
-	spyErr  error
-	spied   map[string]bool // IDs of the copies in the group's retry topic
-	spiedAt map[int64]bool  // their retry queue offsets
+	spyOnce     sync.Once
+	spyErr      error
+	spied       map[string]bool       // IDs of the copies in the group's retry topic
+	unexplained map[ackCand]time.Time // see ackViolations
 }
 
 // The message property carrying the ID (source.rocketmq.message_id: property:message-id).
@@ -307,15 +307,12 @@ func (r *rocketEnv) checkSettled() error {
 // ID the app answered 2xx, or of one the client sent back to the group's retry topic
 // (RECONSUME_LATER moves the offset past the original once the copy is stored: the sidecar
 // does that for deliveries left unfinished at a graceful shutdown, which the fleet tests do
-// mid-stream). A spy consumer in a group of its own reads the retry topic; while it has not
-// seen every copy there, unexplained offsets are left for the next sample.
+// mid-stream). A send-back with a delay level is stored in the broker's schedule topic
+// first and reaches the retry topic only after the delay, so an offset not covered by a 2xx
+// is a violation only if no copy of its ID reached the retry topic (read by a spy consumer
+// in a group of its own) within ackExplainWindow.
 func (r *rocketEnv) ackViolations(ok func() map[string]bool) ([]string, error) {
-	consumed, _, err := r.offsets(r.topic, r.queues)
-	if err != nil {
-		return nil, err
-	}
-	done := ok()
-	_, retryMax, err := r.offsets(r.retryTopic(), 1)
+	cands, err := r.uncovered(ok)
 	if err != nil {
 		return nil, err
 	}
@@ -324,22 +321,59 @@ func (r *rocketEnv) ackViolations(ok func() map[string]bool) ([]string, error) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	behind := int64(len(r.spiedAt)) < retryMax[0]
+	now := time.Now()
+	for _, c := range cands {
+		if _, seen := r.unexplained[c]; !seen {
+			r.unexplained[c] = now
+		}
+	}
 	var bad []string
-	for q, c := range consumed {
-		for off := int64(0); off < c; off++ {
-			if id, known := r.at[q][off]; known && !done[id] && !r.spied[id] {
-				if behind {
-					continue // maybe a copy the spy has not read yet: the next sample decides
-				}
-				bad = append(bad, fmt.Sprintf("queue %d offset %d (%s) consumed but never answered 2xx", q, off, id))
-				if len(bad) >= 5 {
-					return bad, nil
-				}
+	for c, first := range r.unexplained {
+		switch {
+		case r.spied[c.id]:
+			delete(r.unexplained, c)
+		case now.Sub(first) > ackExplainWindow:
+			delete(r.unexplained, c)
+			if len(bad) < 5 {
+				bad = append(bad, fmt.Sprintf("queue %d offset %d (%s) consumed while not answered 2xx, and never sent back to the retry topic", c.q, c.off, c.id))
 			}
 		}
 	}
 	return bad, nil
+}
+
+// ackExplainWindow bounds the wait for a retry copy: the harness's delay levels are 1-5 s.
+const ackExplainWindow = 10 * time.Second
+
+// ackCand is a consumed queue offset whose ID the app had not answered 2xx.
+type ackCand struct {
+	q   int
+	off int64
+	id  string
+}
+
+// uncovered returns the queue offsets below the group's consumer offsets that hold a copy
+// of an ID not in ok() (called after the offsets were read), at most 50.
+func (r *rocketEnv) uncovered(ok func() map[string]bool) ([]ackCand, error) {
+	consumed, _, err := r.offsets(r.topic, r.queues)
+	if err != nil {
+		return nil, err
+	}
+	done := ok()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []ackCand
+	for q, c := range consumed {
+		for off := int64(0); off < c; off++ {
+			if id, known := r.at[q][off]; known && !done[id] {
+				out = append(out, ackCand{q, off, id})
+				if len(out) >= 50 {
+					return out, nil
+				}
+			}
+		}
+	}
+	return out, nil
 }
 
 func (r *rocketEnv) sampleEvery() time.Duration { return 250 * time.Millisecond }
@@ -349,7 +383,7 @@ func (r *rocketEnv) sampleEvery() time.Duration { return 250 * time.Millisecond 
 func (r *rocketEnv) spyRetries() error {
 	r.spyOnce.Do(func() {
 		r.mu.Lock()
-		r.spied, r.spiedAt = map[string]bool{}, map[int64]bool{}
+		r.spied, r.unexplained = map[string]bool{}, map[ackCand]time.Time{}
 		r.mu.Unlock()
 		c, err := rmq.NewPushConsumer(
 			consumer.WithNsResolver(primitive.NewPassthroughResolver([]string{r.ns})),
@@ -366,7 +400,6 @@ func (r *rocketEnv) spyRetries() error {
 			defer r.mu.Unlock()
 			for _, m := range msgs {
 				r.spied[m.GetProperty(rocketIDProperty)] = true
-				r.spiedAt[m.QueueOffset] = true
 			}
 			return consumer.ConsumeSuccess, nil
 		})
