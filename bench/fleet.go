@@ -345,6 +345,18 @@ log: {level: warn}
 	a.mu.Unlock()
 	if os.Getenv("BENCH_DEBUG") != "" {
 		fmt.Println(allLogs())
+		for i, cmd := range cmds { // where the resident memory is: anonymous (heap, stacks) or file (binary, bbolt's mmap)
+			b, _ := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/status")
+			var f []string
+			for _, l := range strings.Split(string(b), "\n") {
+				for _, k := range []string{"VmHWM", "VmRSS", "RssAnon", "RssFile", "Threads"} {
+					if strings.HasPrefix(l, k+":") {
+						f = append(f, strings.Join(strings.Fields(l), " "))
+					}
+				}
+			}
+			fmt.Printf("    %s replica %d: %s\n", store, i, strings.Join(f, ", "))
+		}
 	}
 	if store == "redis" {
 		if err := rs.forget(prefix); err != nil {
