@@ -2,30 +2,38 @@ package config
 
 import (
 	"log/slog"
-	"net/url"
 	"reflect"
 	"strings"
 	"time"
 )
 
-// RedactURL returns raw with the password of its user info replaced by "xxxxx"
-// ("amqp://guest:xxxxx@host:5672/"), safe to log. A string that does not parse as a URL but
-// contains "@" is replaced entirely by "<redacted>", since its user info cannot be located.
+// RedactURL returns raw with everything between "://" and the last "@" replaced by
+// "xxxxx" ("amqp://xxxxx@host:5672/vhost"), safe to log. It does not parse raw, so a URL
+// that does not parse, or parses differently than it reads (a "#", "?" or "/" in the
+// password), is redacted just the same: nothing before the last "@" is shown beyond the
+// scheme. Without "://" (user:password@host:port), everything before the last "@" is
+// replaced. A string without "@" carries no user info and is returned unchanged.
 func RedactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		if strings.Contains(raw, "@") {
-			return "<redacted>"
-		}
+	at := strings.LastIndexByte(raw, '@')
+	if at < 0 {
 		return raw
 	}
-	return u.Redacted()
+	start := 0
+	if i := strings.Index(raw[:at], "://"); i >= 0 {
+		start = i + len("://")
+	}
+	return raw[:start] + "xxxxx" + raw[at:]
 }
 
 // urlKeys are the keys whose values are URLs that may carry a password in their user info.
-// For these, LogValue shows the URL with only the password redacted, which keeps the host and
-// vhost visible to an operator.
+// For these, LogValue shows the URL with its user info redacted (RedactURL), which keeps the
+// host and vhost visible to an operator.
 var urlKeys = map[string]bool{"source.rabbitmq.url": true, "app.url": true, "app.health_url": true}
+
+// addrKeys are the keys whose values are host:port lists. Validation refuses entries with
+// user info, but the summary may be logged for a configuration that failed validation, so
+// each entry goes through RedactURL too.
+var addrKeys = map[string]bool{"source.kafka.brokers": true, "source.rocketmq.nameservers": true, "dedup.redis.addrs": true}
 
 // LogValue implements slog.LogValuer: the configuration as nested groups, safe to log.
 // Secrets show as "<redacted>" (URLs as the URL with its password redacted), durations as
@@ -62,6 +70,12 @@ func logAttrs(v reflect.Value, prefix, kind string) []slog.Attr {
 			}
 		case urlKeys[key]:
 			out = append(out, slog.String(tag, RedactURL(fv.String())))
+		case addrKeys[key] && sf.Type.Kind() == reflect.Slice:
+			addrs := make([]string, fv.Len())
+			for j := range addrs {
+				addrs[j] = RedactURL(fv.Index(j).String())
+			}
+			out = append(out, slog.Any(tag, addrs))
 		case sf.Type == durationType:
 			out = append(out, slog.String(tag, time.Duration(fv.Int()).String()))
 		case sf.Type.Kind() == reflect.Struct:

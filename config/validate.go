@@ -92,15 +92,25 @@ func (c *checker) required(key, val string) {
 	}
 }
 
-// hostPorts checks a non-empty list of host:port addresses.
-func (c *checker) hostPorts(key string, addrs []string) {
+// hostPorts checks a non-empty list of host:port addresses. credHint names where
+// credentials belong instead ("" when the address has none). An entry is shown redacted
+// (RedactURL): one written as user:password@host:port or as a URL must not print its
+// password.
+func (c *checker) hostPorts(key string, addrs []string, credHint string) {
 	if len(addrs) == 0 {
 		c.add(key, "required: at least one host:port")
 		return
 	}
 	for i, a := range addrs {
-		if msg := checkHostPort(a, true); msg != "" {
-			c.add(key, "entry %d %q: %s", i+1, a, msg)
+		switch {
+		case strings.Contains(a, "@"):
+			c.add(key, "entry %d %q: must be host:port, without a user name or password (%s)", i+1, RedactURL(a), credHint)
+		case strings.Contains(a, "/"):
+			c.add(key, "entry %d %q: must be host:port, not a URL", i+1, RedactURL(a))
+		default:
+			if msg := checkHostPort(a, true); msg != "" {
+				c.add(key, "entry %d %q: %s", i+1, a, msg)
+			}
 		}
 	}
 }
@@ -165,13 +175,17 @@ func (c *checker) amqpURL(key, raw string) string {
 		c.add(key, "required (or set source.rabbitmq.url_file), e.g. amqp://user:password@127.0.0.1:5672/vhost")
 		return ""
 	}
+	if msg := UserinfoProblem(raw); msg != "" {
+		c.add(key, "%s", msg)
+		return ""
+	}
 	u, err := url.Parse(raw)
 	if err != nil {
 		stripped := stripUserinfo(raw)
 		_, err2 := url.Parse(stripped)
 		switch {
 		case err2 == nil:
-			c.add(key, "is not a valid URL: the user or password part is malformed (special characters in a password must be percent-encoded, e.g. %%40 for @); value not shown")
+			c.add(key, "is not a valid URL: the user or password part is malformed; %s; value not shown", percentEncodeHint)
 		case strings.Contains(stripped, "@"):
 			c.add(key, "is not a valid URL; details not shown because it may contain a password")
 		default:
@@ -194,6 +208,50 @@ func (c *checker) amqpURL(key, raw string) string {
 		}
 	}
 	return u.Scheme
+}
+
+// percentEncodeHint says how to write reserved characters in the user info of a URL.
+const percentEncodeHint = `percent-encode reserved characters in the user name and password: # as %23, ? as %3F, / as %2F, @ as %40, : as %3A, % as %25 (in Go: url.UserPassword(user, password).String())`
+
+// UserinfoProblem returns why the user info of the URL raw is ambiguous, or "" when it is
+// not (or raw has none). The user info is everything between "://" and the last "@".
+// It is ambiguous when a "/", "?" or "#" comes before the last "@" — net/url then ends the
+// authority early and reads the host (or port, or vhost) out of the user name or password,
+// so the client dials the wrong host and the password lands in fields that are logged —
+// or when more than one "@" precedes the host, where parsers disagree on which one ends
+// the user info. A "%" that does not start a %XX escape is refused for the same reason.
+// The message never contains any part of raw.
+func UserinfoProblem(raw string) string {
+	at := strings.LastIndexByte(raw, '@')
+	if at < 0 {
+		return ""
+	}
+	start := 0
+	if i := strings.Index(raw[:at], "://"); i >= 0 {
+		start = i + len("://")
+	}
+	userinfo := raw[start:at]
+	const notShown = " (value not shown: it may contain a password)"
+	switch {
+	case strings.ContainsAny(userinfo, "/?#"):
+		return `is ambiguous: a "/", "?" or "#" comes before the last "@", so the host would be read from the user name or password (an "@" in a vhost or query must be written %40); ` + percentEncodeHint + notShown
+	case strings.Contains(userinfo, "@"):
+		return `is ambiguous: it contains more than one "@" before the host; ` + percentEncodeHint + notShown
+	case badPercent(userinfo):
+		return `is ambiguous: a "%" in the user name or password does not start a %XX escape; ` + percentEncodeHint + notShown
+	}
+	return ""
+}
+
+// badPercent reports whether s has a "%" not followed by two hex digits.
+func badPercent(s string) bool {
+	isHex := func(b byte) bool { return '0' <= b && b <= '9' || 'a' <= b && b <= 'f' || 'A' <= b && b <= 'F' }
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' && (i+2 >= len(s) || !isHex(s[i+1]) || !isHex(s[i+2])) {
+			return true
+		}
+	}
+	return false
 }
 
 // stripUserinfo removes everything between "scheme://" and the last "@" of the authority.
@@ -314,7 +372,7 @@ func (c Config) problems() []Problem {
 
 func (c Config) checkKafka(ck *checker) {
 	k := c.Source.Kafka
-	ck.hostPorts("source.kafka.brokers", k.Brokers)
+	ck.hostPorts("source.kafka.brokers", k.Brokers, "credentials go in source.kafka.sasl")
 	ck.required("source.kafka.group", k.Group)
 	if len(k.Topics) == 0 {
 		ck.add("source.kafka.topics", "required: at least one topic")
@@ -355,7 +413,7 @@ func (c Config) checkKafka(ck *checker) {
 
 func (c Config) checkRocketMQ(ck *checker) {
 	r := c.Source.RocketMQ
-	ck.hostPorts("source.rocketmq.nameservers", r.Nameservers)
+	ck.hostPorts("source.rocketmq.nameservers", r.Nameservers, "credentials go in source.rocketmq.access_key and secret_key")
 	ck.required("source.rocketmq.group", r.Group)
 	if r.Topic == "" {
 		ck.add("source.rocketmq.topic", "required")
@@ -521,7 +579,7 @@ func (c Config) checkDedupRedis(ck *checker) {
 	if len(r.Addrs) == 0 {
 		ck.add("dedup.redis.addrs", "required when dedup.store is redis: at least one host:port (the server, the cluster nodes, or the Sentinels with dedup.redis.master_name), e.g. [redis.internal:6379]")
 	} else {
-		ck.hostPorts("dedup.redis.addrs", r.Addrs)
+		ck.hostPorts("dedup.redis.addrs", r.Addrs, "credentials go in dedup.redis.username and password")
 	}
 	if d.MaxEntries != 0 {
 		ck.add("dedup.max_entries", "applies to the bbolt store only; with dedup.store: redis the number of IDs is bounded by dedup.ttl (and the server's maxmemory): set it to 0")

@@ -438,3 +438,37 @@ func TestBackoff(t *testing.T) {
 		t.Fatalf("after reset: %v", d)
 	}
 }
+
+// TestAmbiguousURLRefused: a URL whose user info net/url would split in the wrong place
+// ("#", "?" or "/" in the password, several "@") is refused by New, before anything is
+// dialled or logged: accepted, it would dial the host "orders" and log the password as
+// part of the vhost or address.
+func TestAmbiguousURLRefused(t *testing.T) {
+	const pw = "Tr0ub4dor"
+	for _, u := range []string{
+		"amqp://orders:#" + pw + "@rabbit:5672/",
+		"amqp://orders:?" + pw + "@rabbit:5672/",
+		"amqp://orders:/" + pw + "@rabbit:5672/",
+		"amqp://orders:" + pw + "/x@rabbit:5672/",
+		"amqp://orders:" + pw + "@x@rabbit:5672/",
+		"amqp://orders:" + pw + "%zz@rabbit:5672/",
+		"amqp://orders:" + pw + "@rabbit:port/",
+	} {
+		name := strings.ReplaceAll(u, pw, "PW")
+		c := validConfig()
+		c.URL = config.Secret(u)
+		log, logs := testLogger(t)
+		s, err := New(c, "", WithLogger(log))
+		if err == nil {
+			_ = s.Close(context.Background())
+			t.Errorf("%s: New accepted it (dialling %s)", name, s.addr)
+			continue
+		}
+		if !strings.Contains(err.Error(), "url:") || !strings.Contains(err.Error(), "%23") {
+			t.Errorf("%s: error does not name the url and how to encode: %v", name, err)
+		}
+		if strings.Contains(err.Error(), pw) || strings.Contains(logs.String(), pw) {
+			t.Errorf("%s: password in the error or log: %v\n%s", name, err, logs)
+		}
+	}
+}

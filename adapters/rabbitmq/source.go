@@ -128,7 +128,7 @@ const (
 type Source struct {
 	// Immutable after New.
 	url        string // secret: carries the password; never logged
-	addr       string // host:port, for logs
+	addr       string // host:port, for logs (the URL's user info is unambiguous: see New)
 	vhost      string
 	user       string
 	queue      string
@@ -211,9 +211,19 @@ func New(cfg config.RabbitMQ, deadLetterTarget string, opts ...Option) (*Source,
 	if s.url == "" {
 		return nil, errors.New("rabbitmq: url: must be set")
 	}
+	// A URL whose user info net/url would split in the wrong place ("amqp://u:#pw@host/"
+	// reads as host "u") would dial the wrong host and put the password into the address
+	// or vhost, which are logged: refuse it before parsing.
+	if msg := config.UserinfoProblem(s.url); msg != "" {
+		return nil, fmt.Errorf("rabbitmq: url: %s", msg)
+	}
 	uri, err := amqp.ParseURI(s.url)
 	if err != nil {
-		return nil, fmt.Errorf("rabbitmq: url: not a valid AMQP URL (value not shown, it may hold a password): %v", redactURLError(err))
+		if strings.Contains(s.url, "@") {
+			// The reason may quote part of the user info ("invalid URL escape").
+			return nil, fmt.Errorf("rabbitmq: url: not a valid AMQP URL (value and details not shown, it may hold a password; %s)", urlEncodeHint)
+		}
+		return nil, fmt.Errorf("rabbitmq: url: not a valid AMQP URL: %v", redactURLError(err))
 	}
 	s.addr = net.JoinHostPort(uri.Host, strconv.Itoa(uri.Port))
 	s.vhost = uri.Vhost
@@ -252,6 +262,9 @@ func New(cfg config.RabbitMQ, deadLetterTarget string, opts ...Option) (*Source,
 	go s.run()
 	return s, nil
 }
+
+// urlEncodeHint says how to write reserved characters in the credentials of the URL.
+const urlEncodeHint = `special characters in the user name and password must be percent-encoded: # as %23, ? as %3F, / as %2F, @ as %40, : as %3A, % as %25`
 
 // redactURLError keeps the reason of a URL parse error without the URL itself, which
 // url.Error embeds verbatim (password included).
