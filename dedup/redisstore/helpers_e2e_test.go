@@ -71,6 +71,12 @@ type server struct {
 // durable (appendonly yes, appendfsync always) unless args override it.
 func startServer(t testing.TB, args ...string) *server {
 	t.Helper()
+	return startServerOn(t, freePort(t), args...)
+}
+
+// startServerOn is startServer on a given port.
+func startServerOn(t testing.TB, port int, args ...string) *server {
+	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		if os.Getenv("CI") == "true" {
@@ -78,7 +84,6 @@ func startServer(t testing.TB, args ...string) *server {
 		}
 		t.Skip("redis-server not found (e2e/harness/redis.sh start installs it)")
 	}
-	port := freePort(t)
 	s := &server{t: t, addr: "127.0.0.1:" + strconv.Itoa(port), dir: t.TempDir()}
 	s.args = append([]string{bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", s.dir,
 		"--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no",
@@ -101,7 +106,7 @@ func (s *server) start() {
 		ctx, cancel := ctxTimeout(time.Second)
 		err := c.Ping(ctx).Err()
 		cancel()
-		if err == nil {
+		if err == nil || redis.HasErrorPrefix(err, "NOAUTH") { // it answers (requirepass)
 			return
 		}
 		if time.Now().After(deadline) {

@@ -31,12 +31,16 @@
 // Durable: done(nil) means Redis acknowledged the write and, with WaitReplicas = 0, that
 // the server appends every write to its append-only file and fsyncs it before answering
 // (appendonly yes, appendfsync always): the record survives a kill -9 or power cut of the
-// Redis host. New checks both settings with CONFIG GET and refuses a server that reports
-// otherwise; where CONFIG is not permitted (managed Redis) it logs a warning that
-// durability could not be verified. With WaitReplicas = n > 0, the writer sends WAIT n after
-// each batch and calls done(nil) only once at least n replicas acknowledged every write of
-// the batch (durable against the loss of the primary, as far as Redis replication is;
-// appendfsync is then not checked). Until then it keeps waiting and Ready reports it.
+// Redis host. The writer checks both settings with CONFIG GET when it connects and every
+// 30 s. While the server reports otherwise (at start as later), no request is reported
+// done: they wait as in an outage, Ready names the setting and the fix, the finding is
+// logged once at error level, and the settings are checked every second, so that a CONFIG
+// SET on the server resumes the writes without a restart. Where CONFIG is not permitted
+// (managed Redis) a warning says that durability could not be verified. With
+// WaitReplicas = n > 0, the writer sends WAIT n after each batch and calls done(nil) only
+// once at least n replicas acknowledged every write of the batch (durable against the loss
+// of the primary, as far as Redis replication is; appendfsync is then not checked). Until
+// then it keeps waiting and Ready reports it.
 //
 // Leases: every Store has an owner ID unique per process run (host, pid, random). An
 // InFlight record is written with this owner and a lease until now+Options.Lease; every
@@ -58,6 +62,12 @@
 // compare lease expiries with their own clock. A lease is renewed to a full Lease every
 // Lease/3, so the replicas' clocks may disagree by up to about Lease/2 (15 s with the
 // default 30 s) before a live lease looks expired. Keep hosts on NTP.
+//
+// Start: New does not connect; the writer does, so a Redis that is down at start is an
+// outage like any other (below): requests queue and wait, and Ready reports "not connected
+// yet" with the last error until the first connection succeeds. Credentials the server
+// refuses (WRONGPASS, NOAUTH, NOPERM) are treated alike, logged once at error level and
+// retried every 10 s, so that a fixed ACL or password is picked up without a restart.
 //
 // Failures: when Redis is unreachable, slow or answers with an error, the writer retries
 // the whole batch with backoff (50 ms doubling to 2 s) until it succeeds; done is never
@@ -135,8 +145,10 @@ type Options struct {
 
 // Store is a dedup store in Redis. All methods are safe for concurrent use.
 type Store struct {
+	// rdb and cluster are set once by the writer when it connects, before up is closed.
 	rdb     redis.UniversalClient
 	cluster *redis.ClusterClient // nil unless rdb is a cluster client
+	up      chan struct{}        // closed once connected
 	opts    Options
 	owner   string
 	log     *slog.Logger
@@ -191,10 +203,9 @@ type request struct {
 	err   error
 }
 
-// New connects to Redis, checks durability (see the package doc) and starts the writer.
-// It fails when Redis cannot be reached within about Options.Timeout, when authentication
-// fails, or when the server is not durable as configured; the error names the setting and
-// the fix.
+// New validates opts and starts the writer, which connects to Redis (retrying until it
+// can), checks durability and loads its script (see the package doc). It fails only for
+// invalid options; until the writer is connected, Ready reports why not.
 func New(opts Options) (*Store, error) {
 	if opts.TTL <= 0 {
 		return nil, fmt.Errorf("dedup: redis: ttl must be > 0, got %s", opts.TTL)
@@ -228,35 +239,15 @@ func New(opts Options) (*Store, error) {
 		owner:      newOwner(),
 		log:        opts.Logger.With(slog.String("component", "dedup"), slog.String("store", "redis")),
 		now:        opts.Now,
+		up:         make(chan struct{}),
 		queue:      make(chan request, 4*opts.MaxBatch),
 		stop:       make(chan struct{}),
 		writerDone: make(chan struct{}),
 		owned:      map[string]ownedRecord{},
 	}
 	s.stopCtx, s.stopCancel = context.WithCancel(context.Background())
+	s.setNotReady(fmt.Errorf("dedup: redis %s: not connected yet", s.where()))
 	loggerOnce.Do(func() { redis.SetLogger(redisLogger{opts.Logger}) })
-	ctx, cancel := context.WithTimeout(context.Background(), 2*opts.Timeout)
-	defer cancel()
-	rdb, err := s.connect(ctx)
-	if err != nil {
-		return nil, err
-	}
-	s.rdb = rdb
-	s.cluster, _ = rdb.(*redis.ClusterClient)
-	if err := s.checkDurability(ctx, true); err != nil {
-		_ = rdb.Close()
-		return nil, err
-	}
-	if err := s.loadScript(ctx); err != nil {
-		_ = rdb.Close()
-		return nil, fmt.Errorf("dedup: redis %s: load script: %w", s.where(), err)
-	}
-	s.lastOK, s.lastRenew, s.lastCheck = time.Now(), time.Now(), time.Now()
-	s.log.Info("dedup store opened",
-		slog.String("addrs", s.where()), slog.Bool("cluster", s.cluster != nil),
-		slog.String("master_name", opts.MasterName), slog.String("key_prefix", opts.KeyPrefix),
-		slog.Duration("ttl", opts.TTL), slog.Duration("lease", opts.Lease),
-		slog.Int("wait_replicas", opts.WaitReplicas), slog.String("owner", s.owner))
 	go s.run()
 	return s, nil
 }
@@ -308,7 +299,7 @@ func (s *Store) connect(ctx context.Context) (redis.UniversalClient, error) {
 	info, err := rdb.Info(ctx, "cluster").Result()
 	if err != nil {
 		_ = rdb.Close()
-		return nil, fmt.Errorf("dedup: redis %s: cannot reach the server: %w", s.where(), err)
+		return nil, err
 	}
 	if _, isCluster := rdb.(*redis.ClusterClient); !isCluster && o.MasterName == "" && containsLine(info, "cluster_enabled:1") {
 		_ = rdb.Close()
@@ -316,7 +307,7 @@ func (s *Store) connect(ctx context.Context) (redis.UniversalClient, error) {
 		rdb = redis.NewUniversalClient(uo)
 		if err := rdb.Ping(ctx).Err(); err != nil {
 			_ = rdb.Close()
-			return nil, fmt.Errorf("dedup: redis cluster %s: cannot reach the cluster: %w", s.where(), err)
+			return nil, fmt.Errorf("cluster: %w", err)
 		}
 	}
 	return rdb, nil
@@ -340,7 +331,8 @@ func (s *Store) key(id string) string {
 func (s *Store) Owner() string { return s.owner }
 
 // Ready returns nil while Redis answers and every write is durable as configured, else the
-// reason (Redis unreachable, WAIT short of replicas, appendfsync changed, store closed).
+// reason (not connected yet, Redis unreachable, credentials refused, WAIT short of
+// replicas, appendonly or appendfsync not as required, store closed).
 func (s *Store) Ready() error {
 	if s.closed.Load() {
 		return fmt.Errorf("dedup: redis: %w", dedup.ErrClosed)
@@ -361,7 +353,8 @@ func (s *Store) setNotReady(err error) {
 
 // Get returns the record of id as Redis has it now (Unknown when absent or expired), with
 // Elsewhere set as Update's f would see it. It is synchronous and fails with the Redis error
-// when Redis does not answer within Options.Timeout, with ErrClosed after Close, and with
+// when Redis does not answer within Options.Timeout (with Ready's reason when the store is
+// not connected by then), with ErrClosed after Close, and with
 // ErrCorrupt for a value that is not a dedup record.
 func (s *Store) Get(id string) (dedup.Entry, error) {
 	if s.closed.Load() {
@@ -372,6 +365,11 @@ func (s *Store) Get(id string) (dedup.Entry, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.opts.Timeout)
 	defer cancel()
+	select {
+	case <-s.up:
+	case <-ctx.Done():
+		return dedup.Entry{}, fmt.Errorf("dedup: get %q: %w", id, s.Ready())
+	}
 	raw, err := s.rdb.Get(ctx, s.key(id)).Result()
 	switch {
 	case errors.Is(err, redis.Nil):
@@ -454,7 +452,8 @@ func (s *Store) PutSync(id string, e dedup.Entry) error {
 }
 
 // Close stops accepting requests, writes what is queued while Redis answers (a batch that
-// is failing, and everything after it, gets an error wrapping dedup.ErrClosed), releases
+// is failing, and everything after it, and everything when the store never connected, gets
+// an error wrapping dedup.ErrClosed), releases
 // the leases this store holds, and closes the connections. It is idempotent: later calls
 // return the first call's result.
 func (s *Store) Close() error {
@@ -462,8 +461,10 @@ func (s *Store) Close() error {
 		s.closed.Store(true)
 		close(s.stop)
 		<-s.writerDone
-		if err := s.rdb.Close(); err != nil {
-			s.closeErr = fmt.Errorf("dedup: redis: close: %w", err)
+		if s.rdb != nil { // nil when never connected
+			if err := s.rdb.Close(); err != nil {
+				s.closeErr = fmt.Errorf("dedup: redis: close: %w", err)
+			}
 		}
 		s.log.Info("dedup store closed")
 	})

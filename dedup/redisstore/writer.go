@@ -24,8 +24,14 @@ const (
 	pingIdle = time.Second
 )
 
-// recheckEvery is how often the durability settings are checked again (a variable for tests).
-var recheckEvery = 30 * time.Second
+// Variables for tests.
+var (
+	// recheckEvery is how often the durability settings are checked again.
+	recheckEvery = 30 * time.Second
+	// authRetry is how often a connection is tried again while the server refuses the
+	// credentials (a configuration error: no need to hammer it).
+	authRetry = 10 * time.Second
+)
 
 // errStopping ends a retry loop when Close was called.
 var errStopping = errors.New("stopping")
@@ -33,6 +39,11 @@ var errStopping = errors.New("stopping")
 // run is the writer goroutine.
 func (s *Store) run() {
 	defer close(s.writerDone)
+	if !s.connectLoop() {
+		s.givenUp = true // closed before it ever connected: what is queued gets ErrClosed
+		s.drain()
+		return
+	}
 	t := time.NewTicker(min(tick, s.opts.Lease/6)) // renewals within a sixth of a lease
 	defer t.Stop()
 	batch := make([]request, 0, s.opts.MaxBatch)
@@ -49,6 +60,87 @@ func (s *Store) run() {
 			return
 		}
 	}
+}
+
+// connectLoop opens the connection, retrying with the outage backoff (every authRetry
+// while the server refuses the credentials) until it succeeds, or until Close (false).
+// Meanwhile requests wait in the queue and Ready reports the last error.
+func (s *Store) connectLoop() bool {
+	loggedAuth := false
+	for attempt := 1; ; attempt++ {
+		err := s.open()
+		if err == nil {
+			return true
+		}
+		err = fmt.Errorf("dedup: redis %s: not connected yet: %w", s.where(), err)
+		if s.opts.OnError != nil {
+			s.opts.OnError(err)
+		}
+		wait, auth := backoff(attempt), isAuthError(err)
+		switch {
+		case auth:
+			wait = authRetry
+			if !loggedAuth {
+				s.log.Error("Redis refuses the credentials; writes wait (not acknowledged) until it accepts them: "+
+					"fix dedup.redis.username/password or the server's ACL", slog.Duration("retry_every", authRetry), slog.String("error", err.Error()))
+				loggedAuth = true
+			}
+		case s.failing == nil:
+			s.log.Warn("Redis not reachable yet; retrying with backoff, writes wait (not acknowledged)", slog.String("error", err.Error()))
+		}
+		s.failing = err
+		s.updateReady()
+		if s.sleep(wait) != nil {
+			return false
+		}
+	}
+}
+
+// open connects, checks durability and loads the script. A server found not durable is
+// connected all the same: the writer then holds every write until it is (noteDurable).
+func (s *Store) open() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*s.opts.Timeout)
+	defer cancel()
+	go func() { // Close ends an attempt at once
+		select {
+		case <-s.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	rdb, err := s.connect(ctx)
+	if err != nil {
+		return err
+	}
+	s.rdb = rdb
+	s.cluster, _ = rdb.(*redis.ClusterClient)
+	durable := s.checkDurability(ctx, true)
+	if durable != nil && !isDurabilityFinding(durable) {
+		err = durable
+	} else if lerr := s.loadScript(ctx); lerr != nil {
+		err = fmt.Errorf("load script: %w", lerr)
+	}
+	if err != nil {
+		_ = rdb.Close()
+		s.rdb, s.cluster = nil, nil
+		return err
+	}
+	s.lastOK, s.lastRenew, s.lastCheck = time.Now(), time.Now(), time.Now()
+	s.failing = nil
+	close(s.up)
+	o := s.opts
+	s.log.Info("dedup store connected",
+		slog.String("addrs", s.where()), slog.Bool("cluster", s.cluster != nil),
+		slog.String("master_name", o.MasterName), slog.String("key_prefix", o.KeyPrefix),
+		slog.Duration("ttl", o.TTL), slog.Duration("lease", o.Lease),
+		slog.Int("wait_replicas", o.WaitReplicas), slog.String("owner", s.owner))
+	s.noteDurable(durable)
+	return nil
+}
+
+// isAuthError reports a server refusing the credentials or the user's permissions.
+func isAuthError(err error) bool {
+	return redis.HasErrorPrefix(err, "WRONGPASS") || redis.HasErrorPrefix(err, "NOAUTH") || redis.HasErrorPrefix(err, "NOPERM")
 }
 
 // collect adds what is queued, up to MaxBatch.
@@ -135,7 +227,7 @@ func (s *Store) noteDurable(err error) {
 		return
 	}
 	if err != nil && s.durable == nil {
-		s.log.Error("Redis is no longer durable as required; holding every write until it is", slog.String("error", err.Error()))
+		s.log.Error("Redis is not durable as required; holding every write (not acknowledged) until it is, checked every second", slog.String("error", err.Error()))
 	} else if err == nil && s.durable != nil {
 		s.log.Info("Redis is durable again")
 	}
@@ -184,11 +276,14 @@ func (s *Store) updateReady() {
 	}
 }
 
-// sleep waits for the backoff of attempt n (1 = first retry), or returns errStopping.
-func (s *Store) sleep(n int) error {
-	d := minBackoff << min(n-1, 8)
-	d = min(d, maxBackoff)
-	d = d/2 + rand.N(d/2+1) // jitter, so a fleet does not retry in waves
+// backoff is the wait before retry n (1 = the first retry).
+func backoff(n int) time.Duration {
+	d := min(minBackoff<<min(n-1, 8), maxBackoff)
+	return d/2 + rand.N(d/2+1) // jitter, so a fleet does not retry in waves
+}
+
+// sleep waits for d, or returns errStopping.
+func (s *Store) sleep(d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -305,15 +400,19 @@ func (s *Store) writeAll(batch []request, ops []*idOps) error {
 				return nil
 			}
 		}
-		if errors.Is(err, errStopping) {
+		switch {
+		case errors.Is(err, errStopping):
 			return err
+		case isDurabilityFinding(err) && s.opts.OnError != nil:
+			s.opts.OnError(err) // logged and reported by Ready already (noteDurable)
+		case !isDurabilityFinding(err):
+			s.fail(err)
 		}
-		s.fail(err)
 		if s.closed.Load() {
 			return errStopping // Close ends the retries
 		}
 		attempt++
-		if s.sleep(attempt) != nil {
+		if s.sleep(backoff(attempt)) != nil {
 			return errStopping
 		}
 	}
