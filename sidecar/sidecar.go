@@ -51,8 +51,10 @@ type store interface {
 	Close() error
 }
 
-// New opens the dedup store and binds the admin listener, so that a locked store, an
-// unreachable or non-durable Redis, or a busy port fails before any broker is contacted.
+// New opens the dedup store and binds the admin listener, so that a locked store or a busy
+// port fails before any broker is contacted. A shared store (Redis) connects in the
+// background: Redis unreachable, not durable or refusing the credentials at start pauses
+// consumption and shows in /readyz, as an outage later does; it is not an exit.
 func New(cfg config.Config, log *slog.Logger) (*Sidecar, error) {
 	s := &Sidecar{cfg: cfg, log: log, Metrics: metrics.New()}
 	pending := errors.New("app health not checked yet")
@@ -120,17 +122,18 @@ func (s *Sidecar) ready() error {
 	if s.draining.Load() {
 		return errors.New("shutting down")
 	}
+	// The store first: while it is not connected, its reason is the one that matters.
+	if r, ok := s.store.(interface{ Ready() error }); ok {
+		if err := r.Ready(); err != nil {
+			return fmt.Errorf("dedup store: %w", err)
+		}
+	}
 	src := s.src.Load()
 	if src == nil {
 		return errors.New("not consuming yet")
 	}
 	if err := (*src).Ready(); err != nil {
 		return err
-	}
-	if r, ok := s.store.(interface{ Ready() error }); ok {
-		if err := r.Ready(); err != nil {
-			return fmt.Errorf("dedup store: %w", err)
-		}
 	}
 	return *s.appOK.Load()
 }
