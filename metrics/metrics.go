@@ -7,8 +7,11 @@
 package metrics
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // Push results, the values of the result label of mqsidecar_deliveries_total.
@@ -80,7 +83,7 @@ func New() *Metrics {
 			Name: "mqsidecar_deliveries_total", Help: "Push attempts to the app, by result.",
 		}, []string{"result"}),
 		ConsumerLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "mqsidecar_consumer_lag", Help: "Messages behind the head of the topic (high watermark minus committed offset).",
+			Name: "mqsidecar_consumer_lag", Help: "Messages behind the head of the topic (high watermark minus committed offset), over the partitions or queues this replica owns.",
 		}, []string{"topic"}),
 		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mqsidecar_errors_total", Help: "Runtime errors by kind (app, broker, store, dead_letter, commit).",
@@ -111,3 +114,39 @@ func (m *Metrics) Delivery(result string, seconds float64) {
 func (m *Metrics) Error(kind string) {
 	m.Errors.WithLabelValues(kind).Inc()
 }
+
+// SetConsumerLag sets mqsidecar_consumer_lag to lag, the lag by topic of the partitions
+// (queues) this replica owns now, and deletes the series of every topic it exported before
+// and owns no partition of any more. A replica that lost a topic in a rebalance must not
+// keep exporting its last value: dashboards sum the series of a fleet, and the new owner
+// exports the same lag. Update ConsumerLag only through this method.
+func (m *Metrics) SetConsumerLag(lag map[string]int64) {
+	lagMu.Lock()
+	defer lagMu.Unlock()
+	ch := make(chan prometheus.Metric)
+	go func() { m.ConsumerLag.Collect(ch); close(ch) }()
+	var gone []string
+	for pm := range ch {
+		var d dto.Metric
+		if pm.Write(&d) != nil {
+			continue
+		}
+		for _, l := range d.GetLabel() {
+			if _, ok := lag[l.GetValue()]; l.GetName() == "topic" && !ok {
+				gone = append(gone, l.GetValue())
+			}
+		}
+	}
+	for _, topic := range gone {
+		m.ConsumerLag.DeleteLabelValues(topic)
+	}
+	for topic, n := range lag {
+		m.ConsumerLag.WithLabelValues(topic).Set(float64(n))
+	}
+}
+
+// lagMu serializes SetConsumerLag, which a source may call from its lag ticker and from a
+// rebalance at once. (A package variable, not a field: Metrics holds collectors only.) A
+// caller that takes its snapshot under a lock of its own should call SetConsumerLag under
+// that lock too, so that an older snapshot never lands after a newer one.
+var lagMu sync.Mutex

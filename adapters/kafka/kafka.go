@@ -664,6 +664,7 @@ func (s *Source) revoked(ctx context.Context, cl *kgo.Client, revoked map[string
 		}
 	}
 	s.mu.Unlock()
+	s.reportLag() // drop the lag of topics this replica no longer owns now, not at the next tick
 	if len(revoked) > 0 {
 		s.log.Info("partitions revoked", "partitions", fmtParts(revoked), "unfinished_fenced", left)
 	}
@@ -683,6 +684,7 @@ func (s *Source) lost(_ context.Context, _ *kgo.Client, lost map[string][]int32)
 	}
 	s.mu.Unlock()
 	s.LaneFreed()
+	s.reportLag()
 	s.log.Warn("partitions lost; their in-flight records will not be committed", "partitions", fmtParts(lost))
 }
 
@@ -845,6 +847,9 @@ func (s *Source) ping() {
 	}
 }
 
+// reportLag exports the lag of the partitions this replica owns, by topic. A topic it owns
+// no partition of any more (revoked or lost) loses its series (metrics.SetConsumerLag), so
+// the sum over a fleet is the group's lag.
 func (s *Source) reportLag() {
 	s.mu.Lock()
 	lag := map[string]int64{}
@@ -859,10 +864,10 @@ func (s *Source) reportLag() {
 			lag[tp.topic] += 0
 		}
 	}
+	// Published under mu, so a report taken before a revoke cannot land after the
+	// revoke's own report and bring the dropped topic back.
+	s.m.SetConsumerLag(lag)
 	s.mu.Unlock()
-	for topic, n := range lag {
-		s.m.ConsumerLag.WithLabelValues(topic).Set(float64(n))
-	}
 }
 
 // Ready implements adapters.Source.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/mqsidecar/mqsidecar/adapters"
 	"github.com/mqsidecar/mqsidecar/adapters/adaptertest"
+	"github.com/mqsidecar/mqsidecar/metrics"
 )
 
 func newCluster(t *testing.T) []string {
@@ -523,5 +524,93 @@ func TestCloseDoesNotWaitOutAStuckRebalance(t *testing.T) {
 	}
 	if took := time.Since(start); took > leaveWait+3*time.Second {
 		t.Fatalf("close took %v with the rebalance stuck", took.Round(time.Millisecond))
+	}
+}
+
+// lagSeries returns this replica's mqsidecar_consumer_lag by topic (only the series it
+// exports).
+func lagSeries(t *testing.T, m *metrics.Metrics) map[string]float64 {
+	t.Helper()
+	mfs, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "mqsidecar_consumer_lag" {
+			continue
+		}
+		for _, mt := range mf.GetMetric() {
+			for _, l := range mt.GetLabel() {
+				if l.GetName() == "topic" {
+					out[l.GetValue()] = mt.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	return out
+}
+
+// TestLagOfLostTopicIsNotKept: a replica that loses every partition of a topic in a
+// rebalance stops exporting lag for it, so the fleet's sum is the group's lag, not that
+// plus a frozen value from the former owner.
+func TestLagOfLostTopicIsNotKept(t *testing.T) {
+	brokers := newCluster(t)
+	createTopic(t, brokers, "lag-a", 1)
+	createTopic(t, brokers, "lag-b", 1)
+	produceN(t, brokers, "lag-a", 1, 5)
+	produceN(t, brokers, "lag-b", 1, 5)
+	cfg := testConfig(brokers, "lag-a")
+	cfg.Group = "g-lag"
+	cfg.Topics = []string{"lag-a", "lag-b"}
+
+	ma, mb := metrics.New(), metrics.New()
+	a, err := New(cfg, "", WithLogger(testLogger(t)), WithMetrics(ma), WithClientOptions(fastGroup...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(context.Background())
+	held := readN(t, a, 10) // a owns both topics' partitions and holds every record: lag 5 each
+	waitFor(t, "a's lag of both topics", func() bool {
+		l := lagSeries(t, ma)
+		return l["lag-a"] == 5 && l["lag-b"] == 5
+	})
+
+	b, err := New(cfg, "", WithLogger(testLogger(t)), WithMetrics(mb), WithClientOptions(fastGroup...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	go func() {
+		for ctx.Err() == nil { // keep a polling so it takes part in the rebalance
+			if _, err := a.Read(ctx); err != nil {
+				return
+			}
+		}
+	}()
+	got := readN(t, b, 5) // b holds the moved topic's records: its lag there is 5
+	moved, kept := got[0].Source, "kafka://lag-a"
+	if moved == kept {
+		kept = "kafka://lag-b"
+	}
+	moved, kept = strings.TrimPrefix(moved, "kafka://"), strings.TrimPrefix(kept, "kafka://")
+	for _, d := range held {
+		if d.IsFenced() && d.Source != "kafka://"+moved {
+			t.Fatalf("a lost %s too", d.Source)
+		}
+	}
+	waitFor(t, "b's lag of "+moved, func() bool { return lagSeries(t, mb)[moved] == 5 })
+	time.Sleep(500 * time.Millisecond) // several of a's lag reports
+	la := lagSeries(t, ma)
+	if v, ok := la[moved]; ok && v != 0 {
+		t.Fatalf("a still reports lag %v for %s, which it lost to b (a: %v, b: %v)", v, moved, la, lagSeries(t, mb))
+	}
+	if la[kept] != 5 {
+		t.Fatalf("a's lag for %s, which it kept: %v, want 5", kept, la[kept])
+	}
+	if sum := la[moved] + lagSeries(t, mb)[moved]; sum != 5 {
+		t.Fatalf("the fleet's lag for %s sums to %v, want 5", moved, sum)
 	}
 }
