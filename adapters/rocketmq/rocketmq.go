@@ -726,9 +726,9 @@ func (s *Source) health() {
 			s.setReady(nil)
 		}
 		if s.m != nil {
-			for topic, lag := range s.consumer.GetOffsetDiffMap() {
-				s.m.ConsumerLag.WithLabelValues(topic).Set(float64(lag))
-			}
+			// The client reports the queues this replica holds now; a topic whose queues
+			// all went to other replicas loses its series instead of keeping its last value.
+			s.m.SetConsumerLag(s.consumer.GetOffsetDiffMap())
 		}
 	}
 }
