@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -23,13 +24,29 @@ import (
 // Transport hands every request to two goroutines per connection (a write loop and a read
 // loop); on the push path, which is every message, that costs more CPU than the sidecar's
 // own work. Here the pushing goroutine writes the request and reads the response itself:
-// one write and (usually) one read system call per push. The answer nearly every app gives
-// (HTTP/1.1, a status of 200 or more other than 204 and 304, unfolded header lines, one
-// Content-Length, the header block already buffered) is parsed by readSimple without
-// net/http's allocations; anything else (chunked, HTTP/1.0, a body until close, 1xx,
-// 204/304, folded or odd headers) goes to net/http.ReadResponse, so framing there follows
-// the standard library (readResponse; TestReadResponse checks that both parsers give the
-// same answers).
+// one write and (usually) one read system call per push.
+//
+// What it handles itself: the answer nearly every app gives (HTTP/1.1, a status of 200 or
+// more other than 204 and 304, header lines of token names and values without control
+// bytes, one Content-Length, the header block already buffered) is parsed by readSimple
+// without net/http's allocations. Everything else (chunked, HTTP/1.0, a body until close,
+// 1xx, 204/304, folded, duplicated or malformed headers) goes to net/http.ReadResponse, so
+// framing there follows the standard library. What net/http's Transport does around
+// ReadResponse is done here the same way (readResponse):
+//
+//   - informational answers (1xx other than 101: 100 Continue, 103 Early Hints, ...) are
+//     read and discarded, and the answer after them is the push's answer;
+//   - 101 Switching Protocols is a final answer the push cannot use: a failed push, and the
+//     connection is closed;
+//   - the status lines and headers of one exchange, informational answers included, may
+//     take at most maxHeaderBytes; beyond that the push fails and the connection is closed;
+//   - a body longer than max_response_bytes is not read, and the connection is closed.
+//
+// A connection is reused only when its framing is certain: the answer said keep-alive, its
+// body was read to the end, and no byte beyond it has arrived (bytes nobody asked for would
+// be read as the next push's answer). FuzzReadResponse checks readResponse against
+// net/http.ReadResponse: same status, body and reuse decision, and when the connection is
+// reused, the same end of the answer.
 type pool struct {
 	scheme, host, path string // host is host:port
 	hostHeader         string
@@ -49,6 +66,7 @@ type pool struct {
 
 type pconn struct {
 	c        net.Conn
+	lim      *limitReader // between c and br: bounds the header bytes of an answer
 	br       *bufio.Reader
 	bw       *bufio.Writer
 	lastUsed time.Time
@@ -116,7 +134,8 @@ func (p *pool) get(ctx context.Context, deadline time.Time) (*pconn, error) {
 		}
 		c = tc
 	}
-	return &pconn{c: c, br: bufio.NewReaderSize(c, 4096), bw: bufio.NewWriterSize(c, 4096)}, nil
+	lim := &limitReader{r: c, n: math.MaxInt64, max: maxHeaderBytes}
+	return &pconn{c: c, lim: lim, br: bufio.NewReaderSize(lim, 4096), bw: bufio.NewWriterSize(c, 4096)}, nil
 }
 
 // alive reports whether the app has not closed pc while it sat idle. It peeks at the
@@ -223,8 +242,9 @@ func (p *pool) do(ctx context.Context, deadline time.Time, writeHeaders func(*bu
 	if err := bw.Flush(); err != nil {
 		return r, err
 	}
-	r, keep, err := readResponse(pc.br, maxBody)
-	ok = err == nil && keep
+	r, keep, err := readResponse(pc.br, pc.lim, maxBody)
+	// Bytes already here beyond the answer were not asked for: the framing is in doubt.
+	ok = err == nil && keep && pc.br.Buffered() == 0
 	return r, err
 }
 
@@ -250,78 +270,146 @@ func (pc *pconn) close() {
 	pc.c.Close()
 }
 
-// readResponse reads one answer. The common case is parsed by readSimple without
-// net/http's allocations; everything else goes to net/http.ReadResponse. keep reports
-// whether the connection may carry another request.
-func readResponse(br *bufio.Reader, maxBody int64) (r response, keep bool, err error) {
-	if _, err := br.Peek(1); err != nil {
-		return r, false, fmt.Errorf("read response: %w", err)
+// maxHeaderBytes bounds the status lines and header blocks read for one push, informational
+// answers included, as net/http's Transport bounds them (its MaxResponseHeaderBytes; its
+// default is 10 MiB, this is net/http's DefaultMaxHeaderBytes, the server's limit): an app
+// that never ends its header block fails the push instead of growing the heap until
+// app.timeout.
+const maxHeaderBytes = 1 << 20
+
+// limitReader sits between a connection and its bufio.Reader: while an answer's header
+// block is read, at most n more bytes come from the connection (readResponse sets n to max
+// before the answer and lifts it for the body).
+type limitReader struct {
+	r   io.Reader
+	n   int64
+	max int64
+}
+
+func (l *limitReader) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		return 0, errHeaderLimit
 	}
-	if r, keep, ok, err := readSimple(br, maxBody); ok {
-		return r, keep, err
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
 	}
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		return r, false, fmt.Errorf("read response: %w", err)
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	return n, err
+}
+
+var errHeaderLimit = errors.New("header limit reached")
+
+// headerErr names the header limit when it caused err.
+func (l *limitReader) headerErr(err error) error {
+	if l.n <= 0 {
+		return fmt.Errorf("response status lines and headers exceed %d bytes", l.max)
 	}
-	defer resp.Body.Close()
-	r.status = resp.StatusCode
-	r.retryAfter = resp.Header.Get("Retry-After")
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxBody+1))
-	if err != nil {
-		return r, false, fmt.Errorf("read response body: %w", err)
+	return err
+}
+
+// readResponse reads one push's answer from br, which reads from lim: informational
+// answers (1xx but 101) are skipped, and all the header bytes together are bounded by
+// lim.max. The common answer is parsed by readSimple without net/http's allocations;
+// everything else by net/http.ReadResponse. keep reports whether the framing allows
+// another exchange on the connection; a body declared longer than maxBody is not read
+// (r.body nil, keep false).
+func readResponse(br *bufio.Reader, lim *limitReader, maxBody int64) (r response, keep bool, err error) {
+	lim.n = lim.max
+	defer func() { lim.n = math.MaxInt64 }()
+	for {
+		if _, err := br.Peek(1); err != nil {
+			return r, false, fmt.Errorf("read response: %w", lim.headerErr(err))
+		}
+		if r, contentLength, keep, ok := readSimple(br); ok {
+			lim.n = math.MaxInt64 // the header block is read; the body is not bounded by it
+			if contentLength > maxBody {
+				return r, false, nil
+			}
+			if contentLength > 0 {
+				r.body = make([]byte, contentLength)
+				if _, err := io.ReadFull(br, r.body); err != nil {
+					return response{}, false, fmt.Errorf("read response body: %w", err)
+				}
+			}
+			return r, keep, nil
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return r, false, fmt.Errorf("read response: %w", lim.headerErr(err))
+		}
+		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+			// Informational: no body (net/http reads none for 1xx); the answer follows.
+			continue
+		}
+		lim.n = math.MaxInt64
+		r.status = resp.StatusCode
+		r.retryAfter = resp.Header.Get("Retry-After")
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			// The app switched the connection to another protocol: what follows is not HTTP.
+			return r, false, nil
+		}
+		defer resp.Body.Close()
+		if resp.ContentLength > maxBody {
+			return r, false, nil // as readSimple: not read, the connection cannot be reused
+		}
+		b, err := io.ReadAll(io.LimitReader(resp.Body, maxBody+1))
+		if err != nil {
+			return response{status: r.status}, false, fmt.Errorf("read response body: %w", err)
+		}
+		if int64(len(b)) > maxBody {
+			return r, false, nil // the rest is unread: the connection cannot be reused
+		}
+		r.body = b
+		return r, !resp.Close, nil
 	}
-	if int64(len(b)) > maxBody {
-		return r, false, nil // the rest is unread: the connection cannot be reused
-	}
-	r.body = b
-	return r, !resp.Close, nil
 }
 
 // readSimple parses the answer nearly every app gives: HTTP/1.1, a status of 200 or more
-// (not 204 or 304), header lines without folding, and a body framed by one Content-Length,
-// with the whole header block already buffered. For anything else it consumes nothing and
-// returns ok=false. A body larger than maxBody is not read (r.body nil, keep false), as
-// with readResponse.
-func readSimple(br *bufio.Reader, maxBody int64) (r response, keep, ok bool, err error) {
+// (not 204 or 304), header lines of a token, a colon and a value without control bytes (no
+// folding), and a body framed by one Content-Length, with the whole header block already
+// buffered. It consumes the header block and returns the body's length; the caller reads
+// the body. For anything else it consumes nothing and returns ok=false, leaving the answer
+// to net/http, which rejects what is malformed and frames what is unusual.
+func readSimple(br *bufio.Reader) (r response, contentLength int64, keep, ok bool) {
 	buf, _ := br.Peek(br.Buffered())
 	end := bytes.Index(buf, crlfcrlf)
 	if end < 0 {
-		return r, false, false, nil
+		return r, 0, false, false
 	}
 	line, rest, _ := bytes.Cut(buf[:end+2], crlf)
-	if len(line) < 12 || string(line[:9]) != "HTTP/1.1 " || len(line) > 12 && line[12] != ' ' {
-		return r, false, false, nil
+	if len(line) < 12 || string(line[:9]) != "HTTP/1.1 " || len(line) > 12 && line[12] != ' ' || !validValue(line) {
+		return r, 0, false, false
 	}
 	for _, c := range line[9:12] {
 		if c < '0' || c > '9' {
-			return r, false, false, nil
+			return r, 0, false, false
 		}
 		r.status = r.status*10 + int(c-'0')
 	}
 	if r.status < 200 || r.status == http.StatusNoContent || r.status == http.StatusNotModified {
-		return r, false, false, nil
+		return r, 0, false, false
 	}
-	contentLength, keep := int64(-1), true
+	contentLength, keep = -1, true
 	for len(rest) > 0 {
 		line, rest, _ = bytes.Cut(rest, crlf)
 		name, value, found := bytes.Cut(line, colon)
-		if !found || len(name) == 0 || name[0] == ' ' || name[0] == '\t' {
-			return r, false, false, nil // folded or malformed: net/http decides
+		if !found || !validName(name) || !validValue(value) {
+			return r, 0, false, false // folded or malformed: net/http decides
 		}
-		value = bytes.TrimSpace(value)
+		value = trimOWS(value)
 		switch {
 		case ascii.EqualFold(name, "Content-Length"):
 			n, err := strconv.ParseUint(string(value), 10, 62)
 			if contentLength >= 0 || err != nil {
-				return r, false, false, nil
+				return r, 0, false, false
 			}
 			contentLength = int64(n)
 		case ascii.EqualFold(name, "Transfer-Encoding"):
-			return r, false, false, nil
+			return r, 0, false, false
 		case ascii.EqualFold(name, "Connection"):
 			for _, tok := range bytes.Split(value, comma) {
-				if ascii.EqualFold(bytes.TrimSpace(tok), "close") {
+				if ascii.EqualFold(trimOWS(tok), "close") {
 					keep = false
 				}
 			}
@@ -332,19 +420,49 @@ func readSimple(br *bufio.Reader, maxBody int64) (r response, keep, ok bool, err
 		}
 	}
 	if contentLength < 0 {
-		return r, false, false, nil // body until close: net/http decides
+		return r, 0, false, false // body until close: net/http decides
 	}
 	_, _ = br.Discard(end + 4)
-	if contentLength > maxBody {
-		return r, false, true, nil
+	return r, contentLength, keep, true
+}
+
+// validName reports whether b is an RFC 9110 token, as net/http requires of header names.
+func validName(b []byte) bool {
+	if len(b) == 0 {
+		return false
 	}
-	if contentLength > 0 {
-		r.body = make([]byte, contentLength)
-		if _, err := io.ReadFull(br, r.body); err != nil {
-			return response{}, false, true, fmt.Errorf("read response body: %w", err)
+	for _, c := range b {
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' {
+			continue
+		}
+		if bytes.IndexByte(tokenPunct, c) < 0 {
+			return false
 		}
 	}
-	return r, keep, true, nil
+	return true
+}
+
+// validValue rejects control bytes but tab, so that no line break hides in a line (net/http
+// reads a bare LF as the end of a line).
+func validValue(b []byte) bool {
+	for _, c := range b {
+		if c < 0x20 && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// trimOWS trims spaces and tabs, as net/http trims header values (and no other white
+// space: bytes.TrimSpace would also trim Unicode spaces).
+func trimOWS(b []byte) []byte {
+	for len(b) > 0 && (b[0] == ' ' || b[0] == '\t') {
+		b = b[1:]
+	}
+	for len(b) > 0 && (b[len(b)-1] == ' ' || b[len(b)-1] == '\t') {
+		b = b[:len(b)-1]
+	}
+	return b
 }
 
 var (
@@ -352,4 +470,6 @@ var (
 	crlfcrlf = []byte("\r\n\r\n")
 	colon    = []byte(":")
 	comma    = []byte(",")
+
+	tokenPunct = []byte("!#$%&'*+-.^_`|~")
 )

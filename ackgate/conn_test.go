@@ -184,11 +184,11 @@ func TestReadResponse(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			_, _, simple, _ := readSimple(bufioFull(c.raw), maxBody)
+			_, _, _, simple := readSimple(bufioFull(c.raw))
 			if simple != c.simple {
 				t.Fatalf("readSimple took it: %v, want %v", simple, c.simple)
 			}
-			got, gotKeep, gotErr := readResponse(bufioFull(c.raw), maxBody)
+			got, gotKeep, gotErr := readResponse(bufioFull(c.raw), &limitReader{max: maxHeaderBytes}, maxBody)
 
 			// The reference: net/http parses, the body is read up to maxBody+1.
 			var want response
