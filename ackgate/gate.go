@@ -526,7 +526,9 @@ func (g *Gate) process(it *item) {
 		}
 		wait := g.opts.Backoff.Delay(it.pushes)
 		if res.RetryAfter > wait {
-			wait = res.RetryAfter
+			// Honoured up to backoff.max, as after a restart: an app's Retry-After must not
+			// park its lane for longer than the sidecar's own longest wait.
+			wait = max(wait, min(res.RetryAfter, g.opts.Backoff.Max))
 		}
 		g.m.Retried.Inc()
 		g.log.Debug("push failed, retrying", "id", it.d.ID, "attempt", attempt, "status", res.Status, "error", errText(res.Err), "wait", wait)

@@ -365,7 +365,9 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 		return false
 	})
 	src := newFakeSource()
-	start(t, src, nil, opts(url))
+	o := opts(url)
+	o.Backoff.Max = 2 * time.Second // Retry-After is honoured up to backoff.max
+	start(t, src, nil, o)
 	src.send("slow-down", "p0", "")
 	waitFor(t, "settled", func() bool { return src.settledCount() == 1 })
 	if gap < time.Second {
