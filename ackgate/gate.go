@@ -173,6 +173,7 @@ type item struct {
 	key         string      // dedup key: the ID, hashed when too long for the store
 	prior       dedup.Entry // store state at admission
 	baseAttempt int         // pushes made before this admission (persisted, or the broker's count)
+	counted     int         // the attempts the record counts: pushes started, or about to be
 	redelivered bool
 	wrote       bool       // this admission wrote the in-flight mark (set on the store's writer)
 	marked      chan error // receives the result of the durable in-flight record
@@ -382,9 +383,18 @@ func (g *Gate) mark(it *item) {
 		it.baseAttempt = max(it.d.DeliveryCount, prior.Attempts)
 		it.redelivered = it.d.Redelivered || it.d.DeliveryCount > 0 || prior.State == dedup.InFlight
 		it.wrote = true
+		// Attempts counts pushes started, recorded before each push (see process).
+		if prior.State == dedup.InFlight && time.Until(prior.NextAttempt) > 0 {
+			// A retry scheduled by a previous run: not due yet, so the record keeps saying
+			// so; the push is counted when it is due.
+			it.counted = it.baseAttempt
+			return dedup.Entry{State: dedup.InFlight, Attempts: it.baseAttempt, NextAttempt: prior.NextAttempt}, true
+		}
 		// Recorded as if the first push had started: a crash before the push only makes
-		// the redelivery over-cautious (ce-redelivered), never silent.
-		return dedup.Entry{State: dedup.InFlight, Attempts: it.baseAttempt + 1}, true
+		// the redelivery over-cautious (ce-redelivered, one attempt counted too many),
+		// never silent.
+		it.counted = it.baseAttempt + 1
+		return dedup.Entry{State: dedup.InFlight, Attempts: it.counted}, true
 	}, func(_ dedup.Entry, err error) {
 		it.marked <- err
 	})
@@ -488,6 +498,9 @@ func (g *Gate) process(it *item) {
 			g.abandon(it)
 			return
 		}
+		if next := it.baseAttempt + it.pushes + 1; g.store != nil && next > it.counted && !g.countAttempt(it, next) {
+			return
+		}
 		select {
 		case g.pushSlots <- struct{}{}:
 		case <-g.stopping:
@@ -533,15 +546,36 @@ func (g *Gate) process(it *item) {
 		g.m.Retried.Inc()
 		g.log.Debug("push failed, retrying", "id", it.d.ID, "attempt", attempt, "status", res.Status, "error", errText(res.Err), "wait", wait)
 		if g.store != nil {
-			// Persist the count (as for admission, counting the push about to happen) and
-			// the time of the next attempt, so a restart continues both. Not waited for:
-			// losing it in a crash only repeats one backoff step.
-			g.store.Put(it.key, dedup.Entry{State: dedup.InFlight, Attempts: attempt + 1, NextAttempt: time.Now().Add(wait)}, func(error) {})
+			// Persist the time of the next attempt, so a restart continues the backoff.
+			// Attempts stays the pushes started: the next one is counted when it starts
+			// (countAttempt). Not waited for: losing it in a crash only repeats one
+			// backoff step.
+			g.store.Put(it.key, dedup.Entry{State: dedup.InFlight, Attempts: attempt, NextAttempt: time.Now().Add(wait)}, func(error) {})
 		}
 		if !g.park(it, wait) {
 			g.abandon(it)
 			return
 		}
+	}
+}
+
+// countAttempt records durably, before the push starts, that attempt number n starts now,
+// as admission does for the first push: a crash during the push then counts it. It
+// returns false when it settled it (stopping, or the store failed).
+func (g *Gate) countAttempt(it *item, n int) bool {
+	done := make(chan error, 1)
+	g.store.Put(it.key, dedup.Entry{State: dedup.InFlight, Attempts: n}, func(err error) { done <- err })
+	select {
+	case err := <-done:
+		if err != nil {
+			g.storeFailed(it, fmt.Errorf("%w: record attempt %d of %q: %v", ErrStore, n, it.d.ID, err))
+			return false
+		}
+		it.counted = n
+		return true
+	case <-g.hardCtx.Done():
+		g.abandon(it)
+		return false
 	}
 }
 
@@ -670,6 +704,10 @@ func (g *Gate) abandon(it *item) {
 				}
 				cur = it.prior
 				cur.Elsewhere = false
+			} else {
+				// No push is on the wire: a count recorded for one that did not start
+				// is taken back.
+				cur.Attempts = it.baseAttempt + it.pushes
 			}
 			cur.Released = true
 			return cur, true
