@@ -106,8 +106,8 @@
 // with each pull. Hence the handover: the previous owner saves the revoked queue's offset
 // with a confirmed (synchronous) request and then marks the queue released (below); the new
 // owner's allocation waits for that mark before the client reads the offset, at most 5 s
-// (handoverWait): an owner killed with -9 never releases, and its queues start from its
-// last periodic persist (every 5 s).
+// (handoverWait), and only when the group has other members: an owner killed with -9
+// never releases, and its queues start from its last periodic persist (every 5 s).
 //
 // Fencing. When a queue is revoked, the Fenced channel of every delivery handed out from it
 // is closed at once: the ack gate starts no new push of them and lets pushes on the wire

@@ -103,7 +103,11 @@ func (s *Source) allocate(group, clientID string, mqAll []*primitive.MessageQueu
 			go s.release(st, mem, true)
 		}
 	}
-	s.awaitRelease(gained)
+	if len(cidAll) > 1 {
+		// Alone in the group, no live member can still hold a queue: a member leaves only
+		// after it released its queues (Close), so a mark still held is a dead one's.
+		s.awaitRelease(gained)
+	}
 	for _, st := range revoked {
 		close(st.dropped)
 	}
