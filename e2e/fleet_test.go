@@ -42,6 +42,9 @@ type fleetScenario struct {
 	// sharedStore: the sidecars share one Redis dedup store (MQSIDECAR_E2E_REDIS) instead
 	// of one embedded store each.
 	sharedStore bool
+	// noReplays: no ID may be pushed again after the app answered it 2xx, flagged or not
+	// (what a shared store promises when no replica is killed between a 2xx and its record).
+	noReplays bool
 	// quiet: once every ID was delivered, the fleet is stopped after the app saw no push
 	// for this long (replays of moved partitions or queues done); 0 = 1 s. A broker whose
 	// new owners hold back replays for a while needs more than that hold.
@@ -226,6 +229,9 @@ func runFleet(t *testing.T, b brokerUnderTest, s fleetScenario) {
 		Comments: fmt.Sprintf("%s, %d events, fail %d‰, app %s, drain got %d completed, %d ack samples",
 			store, events, s.failPerK, s.appDelay, len(replays), samples)})
 	r.requireClean(t)
+	if s.noReplays && r.FlaggedDups > 0 {
+		t.Errorf("%d pushes of IDs the app had already answered 2xx (flagged), want none: %s", r.FlaggedDups, store)
+	}
 	if len(viol) > 0 {
 		t.Errorf("acknowledged messages the app never answered 2xx (G1):\n%s", strings.Join(viol, "\n"))
 	}

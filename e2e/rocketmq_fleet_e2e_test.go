@@ -63,3 +63,12 @@ func TestRocketMQE2EFleetSharedStore(t *testing.T) {
 	runFleet(t, r, fleetScenario{label: "kill-9 shared store", messages: 1000, keys: 64, dupShare: 0.1, kills: 3,
 		appDelay: 100 * time.Millisecond, sharedStore: true, quiet: rocketQuiet})
 }
+
+// TestRocketMQE2EFleetSharedStoreRolling: a rolling restart with the shared store and no
+// kill: a queue that moves to another replica replays nothing completed to the app, not
+// even flagged (the store knows it).
+func TestRocketMQE2EFleetSharedStoreRolling(t *testing.T) {
+	r := newRocketE2E(t, "fleetsharedroll", 4, "concurrent")
+	runFleet(t, r, fleetScenario{label: "rolling shared store", messages: 1500, keys: 64, appDelay: 5 * time.Millisecond,
+		rolling: true, sharedStore: true, noReplays: true, quiet: rocketQuiet})
+}
