@@ -349,7 +349,9 @@ func readResponse(br *bufio.Reader, lim *limitReader, maxBody int64) (r response
 			// The app switched the connection to another protocol: what follows is not HTTP.
 			return r, false, nil
 		}
-		defer resp.Body.Close()
+		// resp.Body is never closed: net/http's Close reads a body to its end (a chunked
+		// one, or one of a declared length), however long it is. A body not read to its
+		// end closes the connection instead.
 		if resp.ContentLength > maxBody {
 			return r, false, nil // as readSimple: not read, the connection cannot be reused
 		}

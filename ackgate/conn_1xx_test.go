@@ -253,3 +253,29 @@ func TestPushLargeHeadersUnderTheLimit(t *testing.T) {
 		t.Fatalf("verdict %v (%v)", r.Verdict, r.Err)
 	}
 }
+
+// A body longer than max_response_bytes is not read to its end, whatever its framing: the
+// push ends once the answer is known, and the connection is closed.
+func TestPushLongBodyNotDrained(t *testing.T) {
+	cases := map[string]struct{ head, fill string }{
+		"endless chunked":     {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", "4\r\nabcd\r\n"},
+		"huge content-length": {"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n", "a"},
+		"huge http/1.0":       {"HTTP/1.0 200 OK\r\nContent-Length: 1000000000000\r\n\r\n", "a"},
+		"until close":         {"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", "a"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			url := endlessServer(t, c.head, c.fill)
+			p := NewPusher(PushOptions{URL: url, Timeout: 5 * time.Second, MaxResponseBytes: 1024}, nil)
+			defer p.Close()
+			t0 := time.Now()
+			r := p.Push(context.Background(), &adapters.Delivery{ID: "x"}, 1, false)
+			if r.Verdict != Success {
+				t.Fatalf("verdict %v (%v), want success", r.Verdict, r.Err)
+			}
+			if d := time.Since(t0); d > 2*time.Second {
+				t.Fatalf("took %v: the body was drained", d)
+			}
+		})
+	}
+}
