@@ -1,6 +1,7 @@
 package rocketmq
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -361,7 +362,7 @@ func (s *Source) brokerAddr(mq primitive.MessageQueue) (string, error) {
 	if addr != "" {
 		return addr, nil
 	}
-	var lastErr error
+	lastErr := errors.New("no name server configured")
 	for _, ns := range s.cfg.Nameservers {
 		body, err := remotingCall(ns, reqGetRouteInfoByTopic, map[string]string{"topic": mq.Topic}, remotingTimeout)
 		if err != nil {

@@ -1,0 +1,90 @@
+package rocketmq
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/apache/rocketmq-client-go/v2/consumer"
+	"github.com/apache/rocketmq-client-go/v2/primitive"
+
+	"github.com/mqsidecar/mqsidecar/adapters"
+)
+
+// TestFencing drives the allocation strategy and the callback bridge without a broker
+// (reservations off): a delivery of a queue the next rebalance takes away is fenced at once,
+// its dead letter is refused as stale, and its "not done" verdict waits until the strategy
+// returned (the client drops the queue right after); a delivery of a kept queue is not
+// fenced; a message of a queue no longer allocated is not handed out at all.
+func TestFencing(t *testing.T) {
+	s := bridgeSource("concurrent", "topic")
+	defer s.Close(context.Background())
+	s.hwmOff.Store(true)
+	q0 := &primitive.MessageQueue{Topic: "orders", BrokerName: "broker-a", QueueId: 0}
+	q1 := &primitive.MessageQueue{Topic: "orders", BrokerName: "broker-a", QueueId: 1}
+	all := []*primitive.MessageQueue{q0, q1}
+	if got := s.allocate("g", "a", all, []string{"a"}); len(got) != 2 {
+		t.Fatalf("alone: allocated %d queues, want 2", len(got))
+	}
+	msgOn := func(q *primitive.MessageQueue, id string) *primitive.MessageExt {
+		m := testMsg(map[string]string{"UNIQ_KEY": id}, "x")
+		m.Queue = q
+		return m
+	}
+	kept, lost := call(s, msgOn(q0, "kept")), call(s, msgOn(q1, "lost"))
+	var dKept, dLost *adapters.Delivery
+	for range 2 {
+		d := readOne(t, s)
+		if d.Fenced == nil || d.IsFenced() {
+			t.Fatalf("%s: Fenced %v, want an open channel", d.ID, d.Fenced)
+		}
+		if d.ID == "kept" {
+			dKept = d
+		} else {
+			dLost = d
+		}
+	}
+
+	// "b" joins: AllocateByAveragely keeps q0 with "a" and gives q1 to "b".
+	if got := s.allocate("g", "a", all, []string{"a", "b"}); len(got) != 1 || *got[0] != *q0 {
+		t.Fatalf("with b: allocated %v, want [q0]", got)
+	}
+	if !dLost.IsFenced() {
+		t.Error("delivery of the revoked queue not fenced")
+	}
+	if dKept.IsFenced() {
+		t.Error("delivery of the kept queue fenced")
+	}
+	err := s.DeadLetter(context.Background(), dLost, adapters.Failure{Reason: "permanent", Time: time.Now()})
+	if !errors.Is(err, adapters.ErrStaleDelivery) {
+		t.Errorf("DeadLetter of a fenced delivery: %v, want ErrStaleDelivery", err)
+	}
+	dLost.Settle(adapters.ErrNotDone)
+	if v := wait(t, lost); v.res != consumer.ConsumeRetryLater {
+		t.Errorf("fenced, not done → %v, want ConsumeRetryLater (discarded by the client)", v.res)
+	}
+	dKept.Settle(nil)
+	if v := wait(t, kept); v.res != consumer.ConsumeSuccess {
+		t.Errorf("kept, done → %v, want ConsumeSuccess", v.res)
+	}
+
+	// A callback for q1 that starts after the revocation: not handed out.
+	late := call(s, msgOn(q1, "late"))
+	if v := wait(t, late); v.res != consumer.ConsumeRetryLater {
+		t.Errorf("message of a revoked queue → %v, want ConsumeRetryLater", v.res)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if d, err := s.Read(ctx); err == nil {
+		t.Errorf("Read handed out %s of a revoked queue", d.ID)
+	}
+}
+
+func TestDecodeMark(t *testing.T) {
+	for _, tc := range []struct{ h, want int64 }{{-1, 0}, {0, 0}, {640, 640}, {640 | releasedMark, 640}} {
+		if got := decodeMark(tc.h); got != tc.want {
+			t.Errorf("decodeMark(%d) = %d, want %d", tc.h, got, tc.want)
+		}
+	}
+}
