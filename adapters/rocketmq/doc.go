@@ -137,8 +137,8 @@
 // reservation, including up to 64 per handover that were never pushed (the reservation
 // runs ahead); retry-topic copies are flagged by their reconsume count. Not flagged, so a
 // replay of a completed message can reach the app unflagged with the embedded store alone:
-// when the broker refuses the reservation group (logged as an error once, reservations are
-// then off); when the broker loses consumer offsets (it flushes them to disk every 5 s,
+// when the broker refuses the reservation group or the ACL does not allow it (logged as an
+// error once, reservations and handover marks are then off); when the broker loses consumer offsets (it flushes them to disk every 5 s,
 // flushConsumerOffsetInterval, so a broker crash can take back a reservation together with
 // the offsets); and while two members hand out one queue at the same time because one of
 // them has not yet seen a rebalance (the reservation is read before it is raised, and a

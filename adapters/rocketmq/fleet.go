@@ -295,22 +295,21 @@ func (s *Source) reserve(st *queueState, m *primitive.MessageExt) (redelivered b
 
 // commitReservation saves want as the reservation group's offset of st's queue; the first
 // time the broker does not know the group, a heartbeat creates it. A broker that refuses
-// to create it turns reservations off (logged): replays after a queue moves are then not
-// flagged, as without this feature.
+// to create it, or an ACL that does not allow it, turns reservations off (logged): replays
+// after a queue moves are then not flagged, as without this feature.
 func (s *Source) commitReservation(addr string, st *queueState, want int64) error {
 	err := commitOffset(addr, s.hwmGroup, st.mq, want, s.creds)
-	if err == nil || !isGroupNotExist(err) {
-		return err
-	}
-	if herr := announceGroup(addr, s.hwmGroup, s.instance+"-hwm", s.creds); herr != nil {
-		return herr
-	}
-	err = commitOffset(addr, s.hwmGroup, st.mq, want, s.creds)
 	if err != nil && isGroupNotExist(err) {
+		if herr := announceGroup(addr, s.hwmGroup, s.instance+"-hwm", s.creds); herr != nil {
+			return herr
+		}
+		err = commitOffset(addr, s.hwmGroup, st.mq, want, s.creds)
+	}
+	if err != nil && (isGroupNotExist(err) || errors.Is(err, errNoPermission)) {
 		s.hwmOff.Store(true)
 		s.countError("broker")
-		s.log.Error("rocketmq: the reservation group cannot be created (broker without autoCreateSubscriptionGroup?); "+
-			"create it like the consumer group, else a completed message replayed after its queue moved to another sidecar is not flagged ce-redelivered",
+		s.log.Error("rocketmq: the reservation group cannot be used (broker without autoCreateSubscriptionGroup, or no ACL permission); "+
+			"create it and allow it like the consumer group, else a completed message replayed after its queue moved to another sidecar is not flagged ce-redelivered",
 			"group", s.hwmGroup, "error", err)
 		return nil
 	}

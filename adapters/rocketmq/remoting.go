@@ -31,6 +31,7 @@ const (
 	resSuccess          = 0
 	resQueryNotFound    = 22
 	resGroupNotExist    = 26
+	resNoPermission     = 16
 	responseFlag        = 1 // bit of the header flag that marks a response
 	maxRemotingFrameLen = 16 << 20
 )
@@ -153,8 +154,12 @@ func queryOffset(addr, group string, mq primitive.MessageQueue, creds primitive.
 	return off, nil
 }
 
-// errGroupNotExist: the broker knows no subscription group of that name.
-var errGroupNotExist = errors.New("subscription group does not exist")
+// errGroupNotExist: the broker knows no subscription group of that name; errNoPermission:
+// the ACL does not allow the request.
+var (
+	errGroupNotExist = errors.New("subscription group does not exist")
+	errNoPermission  = errors.New("no permission")
+)
 
 // commitOffset saves group's offset of mq at the broker addr and returns once the broker
 // confirmed it (the Go client sends these one-way).
@@ -168,6 +173,8 @@ func commitOffset(addr, group string, mq primitive.MessageQueue, off int64, cred
 		return fmt.Errorf("rocketmq: save offset %d of %s for %s at %s: %w", off, mqString(mq), group, addr, err)
 	case r.Code == resGroupNotExist:
 		return fmt.Errorf("rocketmq: save offset %d of %s for %s at %s: %w (%s)", off, mqString(mq), group, addr, errGroupNotExist, r.Remark)
+	case r.Code == resNoPermission:
+		return fmt.Errorf("rocketmq: save offset %d of %s for %s at %s: %w (%s)", off, mqString(mq), group, addr, errNoPermission, r.Remark)
 	case r.Code != resSuccess:
 		return fmt.Errorf("rocketmq: save offset %d of %s for %s at %s: code %d: %s", off, mqString(mq), group, addr, r.Code, r.Remark)
 	}
