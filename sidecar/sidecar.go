@@ -189,7 +189,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		Logger:               s.log,
 		Metrics:              s.Metrics,
 	})
-	s.log.Info("consuming", "kind", s.cfg.Source.Kind, "app", s.cfg.App.URL, "ordering", d.Ordering, "max_inflight", d.MaxInflight, "dedup", s.cfg.Dedup.Enabled, "dedup_store", s.cfg.Dedup.Store)
+	s.log.Info("consuming", "kind", s.cfg.Source.Kind, "app", config.RedactURL(s.cfg.App.URL), "ordering", d.Ordering, "max_inflight", d.MaxInflight, "dedup", s.cfg.Dedup.Enabled, "dedup_store", s.cfg.Dedup.Store)
 	runErr := gate.Run(gateCtx)
 	stopGate()
 
@@ -234,7 +234,7 @@ func (s *Sidecar) watchApp(ctx, appCtx context.Context) error {
 		}
 		resp.Body.Close()
 		if resp.StatusCode < 200 || resp.StatusCode > 299 {
-			return fmt.Errorf("app health: %s answered %d", s.cfg.App.HealthURL, resp.StatusCode)
+			return fmt.Errorf("app health: %s answered %d", config.RedactURL(s.cfg.App.HealthURL), resp.StatusCode)
 		}
 		return nil
 	}
@@ -245,11 +245,11 @@ func (s *Sidecar) watchApp(ctx, appCtx context.Context) error {
 			s.log.Warn("app not healthy", "error", err)
 			s.Metrics.AppReady.Set(0)
 		case err == nil && *prev != nil:
-			s.log.Info("app healthy", "health_url", s.cfg.App.HealthURL)
+			s.log.Info("app healthy", "health_url", config.RedactURL(s.cfg.App.HealthURL))
 			s.Metrics.AppReady.Set(1)
 		}
 	}
-	s.log.Info("waiting for the app to be healthy before consuming", "health_url", s.cfg.App.HealthURL)
+	s.log.Info("waiting for the app to be healthy before consuming", "health_url", config.RedactURL(s.cfg.App.HealthURL))
 	for delay := 100 * time.Millisecond; ; delay = min(delay*2, 2*time.Second) {
 		err := check()
 		update(err)
