@@ -281,10 +281,20 @@ func (g *Gate) drain() {
 	case <-time.After(g.opts.DrainTimeout):
 		g.log.Warn("drain timeout: cancelling pushes still on the wire", "timeout", g.opts.DrainTimeout, "inflight", g.inflightN.Load())
 		g.hardCancel()
-		<-done
+		select {
+		case <-done:
+		case <-time.After(storeGrace):
+			// What is left waits for the store to record its completion (a Redis that
+			// is down): it stays unacknowledged, and the broker redelivers it.
+			g.log.Warn("stopping with deliveries still waiting for the dedup store; they stay unacknowledged", "inflight", g.inflightN.Load())
+		}
 	}
 	g.hardCancel()
 }
+
+// storeGrace bounds how long the drain waits, after its timeout, for deliveries whose
+// completion the store has not confirmed yet.
+const storeGrace = 5 * time.Second
 
 // stop begins the drain once; err, when non-nil, is recorded as the fatal cause.
 func (g *Gate) stop(err error) {
@@ -461,7 +471,9 @@ func (g *Gate) process(it *item) {
 				g.storeFailed(it, fmt.Errorf("%w: record in-flight %q: %v", ErrStore, it.d.ID, err))
 				return
 			}
-		case <-g.hardCtx.Done():
+		case <-g.stopping:
+			// Never pushed: abandoned at once, not after the drain timeout (a store that
+			// does not answer, such as a Redis that is down, must not hold the shutdown).
 			g.abandon(it)
 			return
 		}
@@ -573,7 +585,7 @@ func (g *Gate) countAttempt(it *item, n int) bool {
 		}
 		it.counted = n
 		return true
-	case <-g.hardCtx.Done():
+	case <-g.stopping:
 		g.abandon(it)
 		return false
 	}

@@ -1061,3 +1061,56 @@ func TestAbandonReleasesTheClaim(t *testing.T) {
 		t.Fatalf("after abandon: %v, want in flight (it was pushed)", e.State)
 	}
 }
+
+// silentStore answers admission marks only when marks is set, and never confirms a Put: a
+// shared store whose server went away.
+type silentStore struct{ marks bool }
+
+func (s silentStore) Update(_ string, f func(dedup.Entry) (dedup.Entry, bool), done func(dedup.Entry, error)) {
+	if s.marks && done != nil {
+		f(dedup.Entry{})
+		done(dedup.Entry{}, nil)
+	}
+}
+
+func (silentStore) Put(string, dedup.Entry, func(error)) {}
+
+func TestShutdownDoesNotWaitForAnUnansweredMark(t *testing.T) {
+	a, url := newApp(t, nil)
+	src := newFakeSource()
+	o := opts(url)
+	o.DrainTimeout = time.Minute
+	_, stop := start(t, src, silentStore{}, o)
+	src.send("waiting", "p0", "")
+	waitFor(t, "admitted", func() bool { return src.reads.Load() == 1 })
+	t0 := time.Now()
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(t0); took > 2*time.Second {
+		t.Fatalf("shutdown took %v waiting for a mark the store never confirmed", took)
+	}
+	if r := src.results("waiting"); len(r) != 1 || !errors.Is(r[0], adapters.ErrNotDone) || a.count("waiting") != 0 {
+		t.Fatalf("settled %v after %d pushes, want not done and never pushed", r, a.count("waiting"))
+	}
+}
+
+func TestShutdownDoesNotWaitForeverForAnUnconfirmedCompletion(t *testing.T) {
+	a, url := newApp(t, nil)
+	src := newFakeSource()
+	o := opts(url)
+	o.DrainTimeout = 200 * time.Millisecond
+	_, stop := start(t, src, silentStore{marks: true}, o)
+	src.send("answered", "p0", "")
+	waitFor(t, "pushed", func() bool { return a.count("answered") == 1 })
+	t0 := time.Now()
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(t0); took > o.DrainTimeout+storeGrace+2*time.Second {
+		t.Fatalf("shutdown took %v", took)
+	}
+	if r := src.results("answered"); len(r) != 0 {
+		t.Fatalf("settled %v although its completion was never recorded", r)
+	}
+}
