@@ -85,7 +85,7 @@
 // a callback returned RECONSUME_LATER within the last 3 s (the client's send-back timeout),
 // until 3 s after it. A verdict recorded later is lost: a redelivery, never a loss. Close
 // then hands every queue over (see Fleets): each queue's offset saved and confirmed by the
-// broker, then its reservation marked released, before the consumer's Shutdown.
+// broker, then its reservation marked saved and released, before the consumer's Shutdown.
 //
 // # Fleets
 //
@@ -103,19 +103,24 @@
 // client's offset of its queue and the broker saves it (PullMessageRequestHeader
 // commitOffset, sysFlag FLAG_COMMIT_OFFSET), so a new owner that read a queue's offset a
 // moment before the previous owner's last persist arrived writes the stale offset back
-// with each pull. Hence the handover: the previous owner saves the revoked queue's offset
-// with a confirmed (synchronous) request and then marks the queue released (below); the new
-// owner's allocation waits for that mark before the client reads the offset, at most 5 s
-// (handoverWait), and only when the group has other members: an owner killed with -9
-// never releases, and its queues start from its last periodic persist (every 5 s).
+// with each pull. Hence the handover, kept in the reservation (below) as two marks: the
+// previous owner saves the revoked queue's offset with a confirmed (synchronous) request and
+// marks the queue saved, in its rebalance; it marks it released once no delivery of the
+// queue is pending any more (pushes on the wire finished, at most 30 s). The new owner's
+// rebalance waits for the saved mark before the client reads the offset, at most 1 s
+// (handoverWait: the allocation being applied ages meanwhile), and only when the group has
+// other members; the messages it inherits (below the reservation) wait for the released
+// mark, at most 3 s after it took the queue (inheritHold), so the two owners do not push one
+// message at once. An owner killed with -9 marks nothing: its queues start from its last
+// periodic persist (every 5 s) after those waits. Close hands every queue over the same way
+// before the consumer's Shutdown.
 //
 // Fencing. When a queue is revoked, the Fenced channel of every delivery handed out from it
 // is closed at once: the ack gate starts no new push of them and lets pushes on the wire
 // finish; DeadLetter of a fenced delivery returns an error wrapping
 // adapters.ErrStaleDelivery. A "not done" verdict of such a delivery waits until the client
 // has dropped the queue (the strategy returned), so the client discards it instead of
-// sending a retry copy beside the message the next owner reads. The release mark follows
-// once no delivery of the queue is pending any more (at most 30 s).
+// sending a retry copy beside the message the next owner reads.
 //
 // Reservations: never silent, even without a shared store. A consumer offset is one number
 // per queue; RocketMQ 5.3 offers no metadata beside it (Kafka's commit metadata has no
@@ -123,27 +128,27 @@
 // send-back, so it cannot mark a range of a queue. What the broker does keep per queue is
 // any group's offset: the adapter keeps how far it may have pushed in the consumer offsets
 // of a second group, <group>-mqsidecar-hwm ("the reservation", UPDATE_CONSUMER_OFFSET with
-// a confirmed request; a broker that auto-creates subscription groups, the default,
-// creates it on a heartbeat the adapter sends once; otherwise create it like the consumer
-// group). Before a message of the subscribed topic is handed out, the reservation of its
-// queue lies above its offset, raised 64 at a time (one request per 64 messages); bit 62
-// marks a released queue. A new owner reads the reservation at its first message of the
-// queue and flags every message below it redelivered (ce-redelivered: true), so a message
-// the previous owner may have pushed, completed or not, never reaches the app unflagged,
-// also after a kill -9 between two offset commits. With a shared dedup store the gate
-// recognises completed ones and does not push them at all.
+// a confirmed request; a broker that auto-creates subscription groups, the default, creates
+// it on a heartbeat the adapter sends once; otherwise create it like the consumer group).
+// Before a message of the subscribed topic is handed out, the reservation of its queue lies
+// above its offset, raised 64 at a time (one request per 64 messages); bits 61 and 62 are
+// the handover marks. A new owner reads the reservation at its first message of the queue
+// and flags every message below it redelivered (ce-redelivered: true), so a message the
+// previous owner may have pushed, completed or not, never reaches the app unflagged, also
+// after a kill -9 between two offset commits. With a shared dedup store the gate recognises
+// completed ones and does not push them at all.
 //
 // What is and is not flagged: flagged are all messages below the previous owners'
-// reservation, including up to 64 per handover that were never pushed (the reservation
-// runs ahead); retry-topic copies are flagged by their reconsume count. Not flagged, so a
-// replay of a completed message can reach the app unflagged with the embedded store alone:
-// when the broker refuses the reservation group or the ACL does not allow it (logged as an
-// error once, reservations and handover marks are then off); when the broker loses consumer offsets (it flushes them to disk every 5 s,
-// flushConsumerOffsetInterval, so a broker crash can take back a reservation together with
-// the offsets); and while two members hand out one queue at the same time because one of
-// them has not yet seen a rebalance (the reservation is read before it is raised, and a
-// higher one found there flags from then on, but what both handed out before is not).
-// Orderly mode uses the same reservations.
+// reservation, including up to 64 per handover that were never pushed (the reservation runs
+// ahead); retry-topic copies are flagged by their reconsume count. Not flagged, so a replay
+// of a completed message can reach the app unflagged with the embedded store alone: when
+// the broker refuses the reservation group or the ACL does not allow it (logged as an error
+// once, reservations and handover marks are then off); when the broker loses consumer
+// offsets (it flushes them to disk every 5 s, flushConsumerOffsetInterval, so a broker
+// crash can take back a reservation together with the offsets); and while two members hand
+// out one queue at the same time because one of them has not yet seen a rebalance (the
+// reservation is read before it is raised, and a higher one found there flags from then on,
+// but what both handed out before is not). Orderly mode uses the same reservations.
 //
 // # Client state that is global to the process
 //

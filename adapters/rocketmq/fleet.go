@@ -20,13 +20,19 @@ const (
 	reserveStep = 64
 	// hwmGroupSuffix names the reservation group: <group>-mqsidecar-hwm.
 	hwmGroupSuffix = "-mqsidecar-hwm"
-	// releasedMark is set in a reservation once its owner handed the queue over: its
-	// offset is saved and none of its pushes is on the wire any more. Queue offsets never
-	// come near 2^62.
+	// Two marks in a reservation (queue offsets never come near 2^61): savedMark once its
+	// owner saved the queue's offset at a handover (confirmed by the broker), releasedMark
+	// once none of its pushes of the queue is on the wire any more either.
+	savedMark    = int64(1) << 61
 	releasedMark = int64(1) << 62
-	// handoverWait bounds how long a new owner waits for the release of a queue before it
-	// reads the queue's offset (an owner killed with -9 never releases).
-	handoverWait = 5 * time.Second
+	markBits     = savedMark | releasedMark
+	// handoverWait bounds how long a new owner's rebalance waits for savedMark before the
+	// client reads the queue's offset (an owner killed with -9 never marks). Short: the
+	// allocation being applied gets older meanwhile.
+	handoverWait = time.Second
+	// inheritHold bounds how long a new owner holds back the messages an earlier owner
+	// reserved while releasedMark is missing (its pushes may still be on the wire).
+	inheritHold = 3 * time.Second
 	// releaseWait bounds how long a revoked queue's release waits for its pushes on the wire.
 	releaseWait = 30 * time.Second
 )
@@ -43,7 +49,12 @@ type queueState struct {
 	// dropped is closed when the allocation that revoked the queue returns to the client,
 	// which drops the queue right after: a verdict returned later is discarded.
 	dropped chan struct{}
-	main    bool // a queue of the subscribed topic (reservations apply), not %RETRY%
+	// acquired is when the queue was allocated; inheritDone is closed once the messages
+	// below inherited may be pushed (the earlier owner released it, or inheritHold passed).
+	acquired    time.Time
+	inheritDone chan struct{}
+	watchOnce   sync.Once
+	main        bool // a queue of the subscribed topic (reservations apply), not %RETRY%
 
 	// mu guards the fields below and is held across a reservation's round trip, so no
 	// delivery of the queue is handed out beyond a reservation the broker has confirmed.
@@ -72,7 +83,7 @@ func (s *Source) allocate(group, clientID string, mqAll []*primitive.MessageQueu
 			continue
 		}
 		st := &queueState{mq: *mq, fence: make(chan struct{}), dropped: make(chan struct{}), inherited: -1,
-			main: !strings.HasPrefix(mq.Topic, "%RETRY%")}
+			main: !strings.HasPrefix(mq.Topic, "%RETRY%"), acquired: time.Now(), inheritDone: make(chan struct{})}
 		next[*mq] = st
 		gained = append(gained, st)
 	}
@@ -101,7 +112,9 @@ func (s *Source) allocate(group, clientID string, mqAll []*primitive.MessageQueu
 		}
 		mem := s.memoryOffsets()
 		for _, st := range revoked {
-			go s.release(st, mem, true)
+			if s.handOver(st, mem) {
+				go s.release(st, true)
+			}
 		}
 	}
 	if len(cidAll) > 1 {
@@ -123,40 +136,55 @@ func (s *Source) memoryOffsets() map[primitive.MessageQueue]int64 {
 	return s.memOffsets()
 }
 
-// release hands st's queue over: the offset the client holds for it (mem) is saved and
-// confirmed by the broker, then the reservation is marked released. With wait (a
-// revocation), the release first waits until no delivery of the queue is pending (the
-// gate let its pushes on the wire finish), at most releaseWait.
-func (s *Source) release(st *queueState, mem map[primitive.MessageQueue]int64, wait bool) {
+// handOver saves the offset the client holds for st's queue (mem) with a request the
+// broker confirms, then sets savedMark: the next owner reads the offset only after that.
+// It reports whether the queue can be released (false: the offset could not be saved).
+func (s *Source) handOver(st *queueState, mem map[primitive.MessageQueue]int64) bool {
 	addr, err := s.brokerAddr(st.mq)
 	if err != nil {
 		s.log.Warn("rocketmq: cannot hand a queue over", "queue", mqString(st.mq), "error", err)
-		return
+		return false
 	}
 	if off, ok := mem[st.mq]; ok && off >= 0 {
 		if err := commitOffset(addr, s.group, st.mq, off, s.creds); err != nil {
 			s.log.Warn("rocketmq: saving a queue's offset at its handover failed", "queue", mqString(st.mq), "error", err)
-			return // no release mark: the next owner reads the offset after handoverWait
+			return false // no marks: the next owner reads the offset after handoverWait
 		}
 	}
+	return s.mark(st, addr, savedMark)
+}
+
+// release sets releasedMark on st's reservation; with wait (a revocation) once no delivery
+// of the queue is pending any more (the gate let its pushes on the wire finish), at most
+// releaseWait.
+func (s *Source) release(st *queueState, wait bool) {
 	if wait {
 		deadline := time.Now().Add(releaseWait)
 		for s.pendingOf(st.mq) > 0 && time.Now().Before(deadline) {
 			time.Sleep(20 * time.Millisecond) // polling the pending deliveries
 		}
 	}
+	if addr, err := s.brokerAddr(st.mq); err == nil {
+		s.mark(st, addr, savedMark|releasedMark)
+	}
+}
+
+// mark sets bits on st's reservation, keeping the highest reservation.
+func (s *Source) mark(st *queueState, addr string, bits int64) bool {
 	if s.hwmOff.Load() {
-		return
+		return true
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	h, err := queryOffset(addr, s.hwmGroup, st.mq, s.creds)
 	if err == nil {
-		err = s.commitReservation(addr, st, max(decodeMark(h), st.reserved)|releasedMark)
+		err = s.commitReservation(addr, st, max(decodeMark(h), st.reserved)|bits)
 	}
 	if err != nil {
-		s.log.Warn("rocketmq: marking a queue released failed", "queue", mqString(st.mq), "error", err)
+		s.log.Warn("rocketmq: marking a queue handed over failed", "queue", mqString(st.mq), "error", err)
+		return false
 	}
+	return true
 }
 
 // releaseAll hands over every queue allocated to this source (Close, once nothing is
@@ -175,14 +203,17 @@ func (s *Source) releaseAll() {
 	}
 	mem := s.memoryOffsets()
 	for _, st := range queues {
-		s.release(st, mem, false)
+		if s.handOver(st, mem) {
+			s.release(st, false)
+		}
 	}
 }
 
-// awaitRelease waits until each gained queue was released by its previous owner (or was
-// never reserved), at most handoverWait: the client reads the queue's saved offset right
-// after, and an offset read before the previous owner saved its last one would go back to
-// the broker with every pull request (the client commits its offset with each pull).
+// awaitRelease waits until the previous owner of each gained queue saved its offset
+// (savedMark, or the queue was never reserved), at most handoverWait: the client reads the
+// queue's saved offset right after, and an offset read before the previous owner saved its
+// last one would go back to the broker with every pull request (the client commits its
+// offset with each pull).
 func (s *Source) awaitRelease(gained []*queueState) {
 	if s.hwmOff.Load() || len(gained) == 0 {
 		return
@@ -196,11 +227,11 @@ func (s *Source) awaitRelease(gained []*queueState) {
 		}
 		for {
 			h, err := queryOffset(addr, s.hwmGroup, st.mq, s.creds)
-			if err == nil && (h < 0 || h&releasedMark != 0) {
+			if err == nil && (h < 0 || h&markBits != 0) {
 				break
 			}
 			if time.Now().After(deadline) {
-				s.log.Info("rocketmq: took a queue over without its release (its previous owner died?)", "queue", mqString(st.mq))
+				s.log.Info("rocketmq: took a queue over that its previous owner did not hand over (it died?)", "queue", mqString(st.mq))
 				break
 			}
 			time.Sleep(50 * time.Millisecond) // polling the previous owner's release mark
@@ -213,7 +244,32 @@ func decodeMark(h int64) int64 {
 	if h < 0 {
 		return 0
 	}
-	return h &^ releasedMark
+	return h &^ markBits
+}
+
+// watchInheritance closes st.inheritDone once the reservation st inherited is released
+// (h, read at st's first message, is checked first) or inheritHold after the queue was
+// acquired, whichever comes first; it gives up when the queue is revoked.
+func (s *Source) watchInheritance(st *queueState, addr string, h int64) {
+	st.watchOnce.Do(func() {
+		if h < 0 || h&releasedMark != 0 || decodeMark(h) == 0 {
+			close(st.inheritDone)
+			return
+		}
+		go func() {
+			defer close(st.inheritDone)
+			for time.Since(st.acquired) < inheritHold {
+				select {
+				case <-st.fence:
+					return
+				case <-time.After(100 * time.Millisecond): // polling the earlier owner's release mark
+				}
+				if h, err := queryOffset(addr, s.hwmGroup, st.mq, s.creds); err == nil && h&releasedMark != 0 {
+					return
+				}
+			}
+		}()
+	})
 }
 
 // pendingOf counts the deliveries of mq handed out and not yet settled.
@@ -269,6 +325,7 @@ func (s *Source) reserve(st *queueState, m *primitive.MessageExt) (redelivered b
 			return false, err
 		}
 		st.inherited, st.reserved = decodeMark(h), decodeMark(h)
+		s.watchInheritance(st, addr, h)
 	}
 	if off >= st.reserved {
 		// Read before write: a reservation above ours means another member handed out
@@ -336,6 +393,16 @@ func (s *Source) admit(inf *inflight) bool {
 		red, err := s.reserve(st, m)
 		if err == nil {
 			d.Redelivered = d.Redelivered || red
+			if red {
+				// The earlier owner may still have it on the wire.
+				select {
+				case <-st.inheritDone:
+				case <-st.fence:
+					return false
+				case <-s.closing:
+					return false
+				}
+			}
 			return !isClosed(st.fence)
 		}
 		s.countError("broker")

@@ -82,7 +82,7 @@ func TestFencing(t *testing.T) {
 }
 
 func TestDecodeMark(t *testing.T) {
-	for _, tc := range []struct{ h, want int64 }{{-1, 0}, {0, 0}, {640, 640}, {640 | releasedMark, 640}} {
+	for _, tc := range []struct{ h, want int64 }{{-1, 0}, {0, 0}, {640, 640}, {640 | releasedMark, 640}, {640 | savedMark, 640}, {640 | markBits, 640}} {
 		if got := decodeMark(tc.h); got != tc.want {
 			t.Errorf("decodeMark(%d) = %d, want %d", tc.h, got, tc.want)
 		}
