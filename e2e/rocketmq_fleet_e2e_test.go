@@ -15,8 +15,9 @@ import (
 // to another replica.
 
 // rocketQuiet is fleetScenario.quiet for RocketMQ: a sidecar that takes over a queue of a
-// replica killed with -9 waits up to 5 s for a release that never comes (the adapter's
-// handoverWait) before it replays what the dead one left unsaved.
+// replica killed with -9 waits up to 1 s for a handover that never comes, then holds the
+// inherited messages up to 3 s (the adapter's handoverWait and inheritHold) before it
+// replays what the dead one left unsaved.
 const rocketQuiet = 6 * time.Second
 
 // replicaEnv gives every replica its own client instance name: the broker tells the members
