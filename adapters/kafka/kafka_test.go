@@ -119,6 +119,20 @@ func readN(t *testing.T, s *Source, n int) []*adapters.Delivery {
 	return out
 }
 
+// keepReading reads from s in the background, leaving what it reads unsettled, until the
+// test ends: a member that stops reading cannot take part in a rebalance.
+func keepReading(t *testing.T, s *Source) {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() {
+		for ctx.Err() == nil {
+			if _, err := s.Read(ctx); err != nil {
+				return
+			}
+		}
+	}()
+}
+
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
@@ -184,15 +198,7 @@ func TestRevokedPartitionsAreFenced(t *testing.T) {
 	defer b.Close(context.Background())
 	// b joining revokes one partition from a: a waits revokeWait for its in-flight records,
 	// then gives the partition up; b must then receive that partition's records again.
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	go func() {
-		for ctx.Err() == nil { // keep a polling so it takes part in the rebalance
-			if _, err := a.Read(ctx); err != nil {
-				return
-			}
-		}
-	}()
+	keepReading(t, a) // so that it takes part in the rebalance
 	got := readN(t, b, 5)
 	moved := got[0].Partition
 	for _, d := range held {
@@ -454,16 +460,8 @@ func TestCloseWhileJoiningARebalancingGroup(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Close(context.Background())
-	readN(t, a, 20) // a owns every partition, its records unsettled: a revoke waits for them
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		for ctx.Err() == nil {
-			if _, err := a.Read(ctx); err != nil {
-				return
-			}
-		}
-	}()
+	readN(t, a, 20)   // a owns every partition, its records unsettled: a revoke waits for them
+	keepReading(t, a) // so that it takes part in the rebalance
 	for _, wait := range []time.Duration{0, 50 * time.Millisecond, 300 * time.Millisecond, time.Second} {
 		b, err := New(cfg, "", WithLogger(testLogger(t)), WithClientOptions(fastGroup...))
 		if err != nil {
@@ -581,15 +579,7 @@ func TestLagOfLostTopicIsNotKept(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close(context.Background())
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	go func() {
-		for ctx.Err() == nil { // keep a polling so it takes part in the rebalance
-			if _, err := a.Read(ctx); err != nil {
-				return
-			}
-		}
-	}()
+	keepReading(t, a)     // so that it takes part in the rebalance
 	got := readN(t, b, 5) // b holds the moved topic's records: its lag there is 5
 	moved, kept := got[0].Source, "kafka://lag-a"
 	if moved == kept {
