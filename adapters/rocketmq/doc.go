@@ -1,6 +1,22 @@
 // Package rocketmq is the RocketMQ adapter (github.com/apache/rocketmq-client-go/v2): a
 // clustering push consumer whose callbacks are bridged to the pull-based adapters.Source.
 //
+// # Starting
+//
+// New fails only on a configuration error. The client's Start fails at once when it finds no
+// route for the topic, whether no name server answers or one answers without a route, so
+// the adapter asks the name servers for the route itself (probe.go) and starts the consumer
+// only once one answers with it; until then Ready reports which it is ("rocketmq: name
+// server 127.0.0.1:9876 unreachable: ..." or "rocketmq: topic "t" does not exist: name
+// server ... answers but has no route for it ...", errors.Is ErrNameServerUnreachable or
+// ErrTopicNotExist), and a goroutine retries, 1 s doubling to 30 s, until the consumer
+// starts or Close. Both are retried: a topic may be created later. Probing first also keeps
+// failed attempts from piling up the client's statistics goroutines (see the client
+// limitations below). A broker that is down while the name server still routes the topic
+// does not hold the start back: the client retries its pulls and Ready reports the broker.
+// Close during the retries stops them (waiting, bounded by its context, for an attempt in
+// progress, which bails out on seeing Close) and leaves no goroutine behind.
+//
 // # Bridge
 //
 // The client calls a consume callback with a batch of messages (the adapter sets the batch

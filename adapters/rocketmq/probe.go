@@ -1,6 +1,7 @@
 package rocketmq
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -14,27 +15,97 @@ import (
 // probe asks a name server for the topic's route and dials every master broker of it, on
 // each health tick: a refused connection shows at once.
 
-// reqGetRouteInfoByTopic is the name server's GET_ROUTEINFO_BY_TOPIC request code.
-const reqGetRouteInfoByTopic = 105
+// reqGetRouteInfoByTopic is the name server's GET_ROUTEINFO_BY_TOPIC request code;
+// resTopicNotExist its answer for a topic it has no route for (TOPIC_NOT_EXIST).
+const (
+	reqGetRouteInfoByTopic = 105
+	resTopicNotExist       = 17
+)
+
+// Why the route of the topic could not be had (errors.Is): no name server answered, or one
+// answered that it has no route for the topic.
+var (
+	ErrNameServerUnreachable = errors.New("rocketmq: name server unreachable")
+	ErrTopicNotExist         = errors.New("rocketmq: topic does not exist")
+)
+
+// routeError is one name server's failure to give a route; kind is one of the errors above
+// or nil (another answer).
+type routeError struct {
+	msg  string
+	kind error
+	err  error
+}
+
+func (e *routeError) Error() string { return e.msg }
+func (e *routeError) Unwrap() []error {
+	if e.kind == nil {
+		return []error{e.err}
+	}
+	return []error{e.kind, e.err}
+}
+
+// routeErrors joins the failures of several name servers on one line.
+type routeErrors []error
+
+func (e routeErrors) Error() string {
+	msgs := make([]string, len(e))
+	for i, err := range e {
+		msgs[i] = err.Error()
+	}
+	return strings.Join(msgs, "; ")
+}
+func (e routeErrors) Unwrap() []error { return e }
+
+// route asks the name servers, in order, for the route of topic and returns the first
+// answer with one. Errors say per name server whether it was unreachable
+// (ErrNameServerUnreachable) or answered without a route (ErrTopicNotExist); the adapter
+// retries both, a topic may be created later.
+func route(nameservers []string, topic string, timeout time.Duration) ([]byte, error) {
+	var errs routeErrors
+	for _, ns := range nameservers {
+		r, err := invoke(ns, reqGetRouteInfoByTopic, map[string]string{"topic": topic}, nil, primitive.Credentials{}, timeout)
+		switch {
+		case err != nil:
+			errs = append(errs, &routeError{
+				msg:  fmt.Sprintf("rocketmq: name server %s unreachable: %v", ns, err),
+				kind: ErrNameServerUnreachable, err: err,
+			})
+		case r.Code == resSuccess:
+			return r.body, nil
+		case r.Code == resTopicNotExist:
+			errs = append(errs, &routeError{
+				msg: fmt.Sprintf("rocketmq: topic %q does not exist: name server %s answers but has no route for it "+
+					"(not created yet, or none of its brokers registered); retried, it may be created later", topic, ns),
+				kind: ErrTopicNotExist, err: fmt.Errorf("code %d: %s", r.Code, r.Remark),
+			})
+		default:
+			err := fmt.Errorf("code %d: %s", r.Code, r.Remark)
+			errs = append(errs, &routeError{
+				msg: fmt.Sprintf("rocketmq: name server %s: route of topic %q: %v", ns, topic, err), err: err,
+			})
+		}
+	}
+	if len(errs) == 1 {
+		return nil, errs[0]
+	}
+	return nil, errs
+}
+
+// probeRoute is route without the body.
+func probeRoute(nameservers []string, topic string, timeout time.Duration) error {
+	_, err := route(nameservers, topic, timeout)
+	return err
+}
 
 // probe returns nil when a name server answers with a route for topic and every master
 // broker in it accepts a TCP connection.
 func probe(nameservers []string, topic string, timeout time.Duration) error {
-	var brokers []string
-	var lastErr error
-	for _, ns := range nameservers {
-		body, err := remotingCall(ns, reqGetRouteInfoByTopic, map[string]string{"topic": topic}, timeout)
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		brokers = masterAddrs(body)
-		lastErr = nil
-		break
+	body, err := route(nameservers, topic, timeout)
+	if err != nil {
+		return err
 	}
-	if lastErr != nil {
-		return fmt.Errorf("rocketmq: route of topic %q (is the broker down?): %w", topic, lastErr)
-	}
+	brokers := masterAddrs(body)
 	if len(brokers) == 0 {
 		return fmt.Errorf("rocketmq: the name servers know no broker for topic %q", topic)
 	}

@@ -50,6 +50,12 @@ const (
 	persistGrace = 200 * time.Millisecond
 	// healthInterval is how often readiness and consumer lag are refreshed.
 	healthInterval = 5 * time.Second
+	// startBackoffMin and startBackoffMax bound the pause between two attempts to start the
+	// consumer while the name server is unreachable or has no route for the topic (doubling).
+	startBackoffMin = time.Second
+	startBackoffMax = 30 * time.Second
+	// startProbeTimeout bounds the route request to each name server before a start attempt.
+	startProbeTimeout = 2 * time.Second
 )
 
 // clientConsumeTimeout is the client's ConsumeTimeout. The client uses it for three things:
@@ -115,8 +121,15 @@ type Source struct {
 	suspend   time.Duration
 	instance  string
 
-	consumer pushConsumer
+	consumer pushConsumer // nil until the consumer started (guarded by startMu until then)
 	producer rmq.Producer // nil unless dead_letter_mode topic with a target
+
+	// Starting (see New): newConsumer builds a subscribed, unstarted consumer; startMu
+	// orders a start attempt against Close; startDone is closed when the goroutine that
+	// retries the start exits (nil when New started the consumer itself).
+	newConsumer func() (pushConsumer, func() map[primitive.MessageQueue]int64, error)
+	startMu     sync.Mutex
+	startDone   chan struct{}
 
 	out      chan *adapters.Delivery // unbuffered: a callback hands a delivery to Read
 	closing  chan struct{}           // closed when Close (or kill) starts
@@ -161,8 +174,10 @@ type inflight struct {
 }
 
 // New creates and starts the push consumer (and the dead-letter producer when configured).
-// The topic must exist: the client fails to start on a topic without a route, and New
-// returns that error. deadLetterTarget is delivery.dead_letter.target ("" = none).
+// It fails only on a configuration error: when no name server answers, or none has a route
+// for the topic (it does not exist yet), New returns the Source with Ready reporting which
+// of the two it is, and retries the start in the background (1 s doubling to 30 s) until it
+// succeeds or Close. deadLetterTarget is delivery.dead_letter.target ("" = none).
 func New(cfg config.RocketMQ, deadLetterTarget string, opts ...Option) (*Source, error) {
 	o := options{log: slog.Default(), maxInflight: defaultMaxInflight}
 	for _, opt := range opts {
@@ -215,23 +230,25 @@ func New(cfg config.RocketMQ, deadLetterTarget string, opts ...Option) (*Source,
 	if !creds.IsEmpty() {
 		copts = append(copts, consumer.WithCredentials(creds))
 	}
-	c, err := consumer.NewPushConsumer(copts...)
-	if err != nil {
-		return nil, fmt.Errorf("rocketmq: new consumer for group %q: %w", cfg.Group, err)
-	}
-	sel := consumer.MessageSelector{Type: consumer.TAG, Expression: cfg.Tags}
-	if err := c.Subscribe(cfg.Topic, sel, s.consume); err != nil {
-		_ = c.Shutdown()
-		return nil, fmt.Errorf("rocketmq: subscribe %q: %w", cfg.Topic, err)
-	}
-	s.consumer = c
-	s.memOffsets = func() map[primitive.MessageQueue]int64 {
-		info := c.GetConsumerRunningInfo(false)
-		out := make(map[primitive.MessageQueue]int64, len(info.MQTable))
-		for mq, pi := range info.MQTable {
-			out[mq] = pi.CommitOffset
+	s.newConsumer = func() (pushConsumer, func() map[primitive.MessageQueue]int64, error) {
+		c, err := consumer.NewPushConsumer(copts...)
+		if err != nil {
+			return nil, nil, fmt.Errorf("rocketmq: new consumer for group %q: %w", cfg.Group, err)
 		}
-		return out
+		sel := consumer.MessageSelector{Type: consumer.TAG, Expression: cfg.Tags}
+		if err := c.Subscribe(cfg.Topic, sel, s.consume); err != nil {
+			_ = c.Shutdown()
+			return nil, nil, fmt.Errorf("rocketmq: subscribe %q: %w", cfg.Topic, err)
+		}
+		mem := func() map[primitive.MessageQueue]int64 {
+			info := c.GetConsumerRunningInfo(false)
+			out := make(map[primitive.MessageQueue]int64, len(info.MQTable))
+			for mq, pi := range info.MQTable {
+				out[mq] = pi.CommitOffset
+			}
+			return out
+		}
+		return c, mem, nil
 	}
 
 	if deadLetterTarget != "" && !s.brokerDLQ {
@@ -250,31 +267,88 @@ func New(cfg config.RocketMQ, deadLetterTarget string, opts ...Option) (*Source,
 		}
 		p, err := rmq.NewProducer(popts...)
 		if err != nil {
-			_ = c.Shutdown()
 			return nil, fmt.Errorf("rocketmq: new dead-letter producer: %w", err)
 		}
+		// Starting the producer contacts no server; it finds routes on its first send.
 		if err := p.Start(); err != nil {
-			_ = c.Shutdown()
 			return nil, fmt.Errorf("rocketmq: start dead-letter producer: %w", err)
 		}
 		s.producer = p
 	}
 
+	// A name server that is down, or has no route for the topic yet, does not fail New (the
+	// client would fail Start with "route info not found"): Ready reports why and the start is
+	// retried in the background until it succeeds or Close.
+	if err := s.tryStart(); err != nil {
+		s.notStarted(err, startBackoffMin)
+		s.startDone = make(chan struct{})
+		go s.retryStart()
+	}
+	return s, nil
+}
+
+// tryStart makes one attempt to start the consumer: only once a name server answers with a
+// route for the topic (without one the client's Start fails, and every attempt of the client
+// would leave statistics goroutines behind, see the package doc).
+func (s *Source) tryStart() error {
+	if err := probeRoute(s.cfg.Nameservers, s.routeTopic(), startProbeTimeout); err != nil {
+		return err
+	}
+	s.startMu.Lock()
+	defer s.startMu.Unlock()
+	if s.closed.Load() {
+		// Before building the consumer: the client's Shutdown of a consumer that never
+		// started dereferences state only Start sets.
+		return fmt.Errorf("rocketmq: %w", adapters.ErrClosed)
+	}
+	c, mem, err := s.newConsumer()
+	if err != nil {
+		return err
+	}
+	// Set before Start: the client's rebalance calls the strategy (fleet.go) from then on.
+	s.consumer, s.memOffsets = c, mem
 	if err := c.Start(); err != nil {
 		// Start shuts the consumer down itself when the topic has no route.
 		_ = c.Shutdown()
-		if s.producer != nil {
-			_ = s.producer.Shutdown()
-		}
-		return nil, fmt.Errorf("rocketmq: start consumer (group %q, topic %q, name servers %v): %w",
-			cfg.Group, cfg.Topic, cfg.Nameservers, err)
+		s.consumer, s.memOffsets = nil, nil
+		return fmt.Errorf("rocketmq: start consumer (group %q, topic %q, name servers %v): %w",
+			s.cfg.Group, s.cfg.Topic, s.cfg.Nameservers, err)
 	}
 	s.setReady(nil)
 	go s.health()
-	s.log.Info("rocketmq consumer started", "topic", cfg.Topic, "group", cfg.Group, "mode", cfg.Mode,
-		"tags", cfg.Tags, "nameservers", cfg.Nameservers, "instance", s.instance,
-		"dead_letter_mode", cfg.DeadLetterMode, "dead_letter_target", deadLetterTarget)
-	return s, nil
+	s.log.Info("rocketmq consumer started", "topic", s.cfg.Topic, "group", s.cfg.Group, "mode", s.cfg.Mode,
+		"tags", s.cfg.Tags, "nameservers", s.cfg.Nameservers, "instance", s.instance,
+		"dead_letter_mode", s.cfg.DeadLetterMode, "dead_letter_target", s.dlTarget)
+	return nil
+}
+
+// retryStart retries tryStart with backoff (startBackoffMin doubling to startBackoffMax)
+// until it succeeds or Close; Ready reports the last failure meanwhile.
+func (s *Source) retryStart() {
+	defer close(s.startDone)
+	delay := startBackoffMin
+	for {
+		t := time.NewTimer(delay)
+		select {
+		case <-s.closing:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		err := s.tryStart()
+		if err == nil || s.closed.Load() {
+			return
+		}
+		delay = min(2*delay, startBackoffMax)
+		s.notStarted(err, delay)
+	}
+}
+
+// notStarted reports a failed start attempt in Ready and the log.
+func (s *Source) notStarted(err error, retryIn time.Duration) {
+	s.countError("broker")
+	s.setReady(fmt.Errorf("%w (consumer not started; next attempt in %s)", err, retryIn))
+	s.log.Warn("rocketmq consumer not started, retrying", "error", err, "retry_in", retryIn)
 }
 
 // newSource builds the Source state without a client (shared with unit tests).
@@ -742,6 +816,14 @@ func (s *Source) Close(ctx context.Context) error {
 	start := time.Now()
 	s.log.Info("rocketmq source closing")
 	closedErr := fmt.Errorf("rocketmq: %w", adapters.ErrClosed)
+	s.startMu.Lock()
+	started := s.consumer != nil
+	s.startMu.Unlock()
+	if !started {
+		// Still retrying the start (a start attempt that gets past this sees closed and
+		// shuts its consumer down): stop the retries, nothing was handed out.
+		return s.closeUnstarted(ctx, closedErr, start)
+	}
 	// Pause pulling first: fewer messages arrive while draining, and the client's
 	// pull-vs-shutdown race (issue #1051) gets a smaller window.
 	s.consumer.Suspend()
@@ -811,11 +893,45 @@ func (s *Source) Close(ctx context.Context) error {
 	return err
 }
 
+// closeUnstarted is Close of a source whose consumer never started: it stops the start
+// retries (waiting for the attempt in progress, bounded by ctx) and the dead-letter producer.
+func (s *Source) closeUnstarted(ctx context.Context, closedErr error, start time.Time) error {
+	close(s.closing)
+	var errs []error
+	if s.startDone != nil {
+		select {
+		case <-s.startDone:
+		case <-ctx.Done():
+			errs = append(errs, fmt.Errorf("rocketmq: close: waiting for the start attempt in progress: %w", ctx.Err()))
+		}
+	}
+	s.setReady(closedErr)
+	s.mu.Lock()
+	s.entered = false
+	s.mu.Unlock()
+	close(s.released)
+	if s.producer != nil {
+		if err := s.producer.Shutdown(); err != nil {
+			errs = append(errs, fmt.Errorf("rocketmq: close: dead-letter producer shutdown: %w", err))
+		}
+	}
+	err := errors.Join(errs...)
+	s.log.Info("rocketmq source closed before its consumer started", "took", time.Since(start), "error", err)
+	return err
+}
+
 // kill abandons the source as kill -9 would, for tests: the consumer is shut down before any
 // callback returns, so nothing unsettled is sent back or acknowledged, and Close afterwards
 // only waits for the callbacks.
 func (s *Source) kill() {
 	if !s.closed.CompareAndSwap(false, true) {
+		return
+	}
+	s.startMu.Lock()
+	started := s.consumer != nil
+	s.startMu.Unlock()
+	if !started {
+		_ = s.closeUnstarted(context.Background(), fmt.Errorf("rocketmq: %w", adapters.ErrClosed), time.Now())
 		return
 	}
 	close(s.stopHC)
