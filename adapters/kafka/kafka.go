@@ -183,7 +183,8 @@ type Source struct {
 	// will settle any more.
 	closing   atomic.Bool
 	ready     atomic.Pointer[error]
-	fetchErr  atomic.Bool // a fetch error was logged and not yet followed by success
+	fetchErr  atomic.Bool  // a fetch error was logged and not yet followed by success
+	polls     atomic.Int64 // pollUntilWake calls (tests: no busy loop while lanes are held)
 	stop      chan struct{}
 	loopDone  chan struct{}
 	closeOnce sync.Once
@@ -339,26 +340,26 @@ func (s *Source) Read(ctx context.Context) (*adapters.Delivery, error) {
 }
 
 // pollUntilWake polls the client until records arrive, a lane is freed (LaneFreed), or ctx
-// ends.
+// ends. A wake it consumes is not passed on: Read looks at every lane again (next) before
+// it waits again, so the freed lane is seen; passing the wake on made every later poll
+// return at once, a busy loop for as long as all lanes stayed held.
 func (s *Source) pollUntilWake(ctx context.Context) kgo.Fetches {
+	s.polls.Add(1)
 	pctx, cancel := context.WithCancel(ctx)
-	woke := make(chan bool, 1)
+	defer cancel()
+	polled := make(chan struct{})
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		select {
 		case <-s.wake:
 			cancel()
-			woke <- true
-		case <-pctx.Done():
-			woke <- false
+		case <-polled:
 		}
 	}()
 	fetches := s.cl.PollFetches(pctx)
-	cancel()
-	if <-woke {
-		// The wake may have come after the poll returned on its own: pass it on, so the
-		// next wait does not miss it (a spurious wake only costs a look).
-		s.LaneFreed()
-	}
+	close(polled)
+	<-done
 	return fetches
 }
 

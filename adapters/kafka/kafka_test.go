@@ -604,3 +604,41 @@ func TestLagOfLostTopicIsNotKept(t *testing.T) {
 		t.Fatalf("the fleet's lag for %s sums to %v, want 5", moved, sum)
 	}
 }
+
+// TestHeldLanesDoNotBusyLoop: while every partition with records is held by the gate and
+// the others have nothing, Read waits for a wake or records instead of polling in a loop —
+// also after a wake that found its lane full again.
+func TestHeldLanesDoNotBusyLoop(t *testing.T) {
+	brokers := newCluster(t)
+	createTopic(t, brokers, "busy", 2)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	for i := range 20 { // partition 0 only: partition 1 stays empty (starved)
+		id := fmt.Sprintf("b-%d", i)
+		if err := cl.ProduceSync(context.Background(), &kgo.Record{Topic: "busy", Partition: 0, Value: []byte(id),
+			Headers: []kgo.RecordHeader{{Key: "message-id", Value: []byte(id)}}}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := New(testConfig(brokers, "busy"), "", WithLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	var full atomic.Bool
+	s.LimitLanes(func(string) bool { return full.Load() })
+	readN(t, s, 1)
+	full.Store(true) // the gate holds partition 0 from now on
+	keepReading(t, s)
+	waitFor(t, "Read waiting for a wake", func() bool { return s.polls.Load() > 0 })
+	time.Sleep(200 * time.Millisecond)
+	s.LaneFreed() // a wake that finds the lane full again
+	before := s.polls.Load()
+	time.Sleep(time.Second)
+	if n := s.polls.Load() - before; n > 10 {
+		t.Fatalf("%d polls in a second while every lane was held: a busy loop", n)
+	}
+}
