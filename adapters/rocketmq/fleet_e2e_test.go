@@ -106,8 +106,8 @@ func TestFleetOffsetsAfterRevoke(t *testing.T) {
 
 // TestFleetFenceAndFlag: A holds deliveries of both queues unsettled when B joins. The
 // deliveries of the queue A loses are fenced at once, and their dead-lettering is refused
-// as stale; B gets that queue's messages again, every one flagged redelivered (they lie
-// below what A reserved before handing them out).
+// as stale; A abandons them, and B gets that queue's messages again, every one flagged
+// redelivered (they lie below what A reserved before handing them out).
 func TestFleetFenceAndFlag(t *testing.T) {
 	env(t)
 	topic := fmt.Sprintf("fleet-fence-%d", time.Now().UnixNano()%1e9)
@@ -148,7 +148,15 @@ func TestFleetFenceAndFlag(t *testing.T) {
 		if !moved[d.ID] && d.IsFenced() {
 			t.Errorf("%s: fenced although its queue stayed with A", d.ID)
 		}
-		d.Settle(nil) // a push that finished: too late for the moved queue
+		if moved[d.ID] {
+			// As the gate settles a fenced delivery that was not on the wire: abandoned.
+			// (One whose push finished is settled done; whether that late acknowledgement
+			// still reaches the broker before B reads the offset is a race, and either
+			// outcome is correct, so this test does not rely on it.)
+			d.Settle(adapters.ErrNotDone)
+			continue
+		}
+		d.Settle(nil)
 	}
 	for len(moved) > 0 {
 		d := read(t, b, 30*time.Second)
