@@ -16,35 +16,15 @@ import (
 	"time"
 )
 
-// redisStartYAML is a Kafka sidecar config with the shared dedup store on redisAddr.
-func redisStartYAML(brokers []string, topic, group, appURL, redisAddr, keyPrefix string) string {
-	return fmt.Sprintf(`# written by the e2e tests
-source:
-  kind: kafka
-  kafka:
-    brokers: [%s]
-    group: %s
-    topics: [%s]
-    message_id: "header:message-id"
-    commit_interval: 100ms
-app:
-  url: %s
-  timeout: 5s
-delivery:
-  max_inflight: 16
-  backoff: {initial: 20ms, max: 500ms, multiplier: 2}
-dedup:
-  store: redis
-  ttl: 1h
-  redis:
-    addrs: [%s]
-    key_prefix: %q
-    timeout: 500ms
-admin:
-  listen: 127.0.0.1:0
-shutdown_timeout: 2s
-log: {level: info, format: json}
-`, strings.Join(brokers, ", "), group, topic, appURL, redisAddr, keyPrefix)
+// redisStartConfig is the e2e Kafka sidecar config (kafkaConfig) with the shared dedup
+// store on redisAddr.
+func redisStartConfig(t *testing.T, brokers []string, topic, group, appURL, redisAddr string) *sidecarConfig {
+	yaml := kafkaConfig{brokers: brokers, topic: topic, group: group, appURL: appURL,
+		dedupPath: filepath.Join(t.TempDir(), "unused.db")}.yaml()
+	return newSidecarConfig(t, "sidecar", yaml,
+		"MQSIDECAR_DEDUP_STORE=redis", "MQSIDECAR_DEDUP_REDIS_ADDRS="+redisAddr,
+		"MQSIDECAR_DEDUP_REDIS_KEY_PREFIX="+redisKeyPrefix(), "MQSIDECAR_DEDUP_REDIS_TIMEOUT=500ms",
+		"MQSIDECAR_DEDUP_TTL=1h", "MQSIDECAR_SHUTDOWN_TIMEOUT=2s")
 }
 
 // startRedisOn starts a durable redis-server on addr (127.0.0.1:port); the test's cleanup
@@ -116,7 +96,7 @@ func TestRedisE2EDownAtStart(t *testing.T) {
 	t.Run("delivers once Redis is up", func(t *testing.T) {
 		app := newRecApp(t, 0, 0)
 		redisAddr := freeAddr(t)
-		cfg := newSidecarConfig(t, "sidecar", redisStartYAML(brokers, topic, "g-up", app.url(), redisAddr, redisKeyPrefix()))
+		cfg := redisStartConfig(t, brokers, topic, "g-up", app.url(), redisAddr)
 		p := cfg.startNoWait()
 		waitStore(t, p)
 		time.Sleep(2 * time.Second) // the messages are read and wait for their in-flight record
@@ -148,7 +128,7 @@ func TestRedisE2EDownAtStart(t *testing.T) {
 
 	t.Run("SIGTERM while waiting exits 0", func(t *testing.T) {
 		app := newRecApp(t, 0, 0)
-		cfg := newSidecarConfig(t, "sidecar", redisStartYAML(brokers, topic, "g-term", app.url(), freeAddr(t), redisKeyPrefix()))
+		cfg := redisStartConfig(t, brokers, topic, "g-term", app.url(), freeAddr(t))
 		p := cfg.startNoWait()
 		waitStore(t, p)
 		// Messages admitted and waiting for the store: the drain must abandon them.
