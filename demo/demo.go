@@ -23,12 +23,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/mqsidecar/mqsidecar/config"
+	"github.com/mqsidecar/mqsidecar/metrics"
 	"github.com/mqsidecar/mqsidecar/sidecar"
 )
 
@@ -132,13 +131,13 @@ func Run(ctx context.Context, o Options) error {
 	m := sc.Metrics
 	progress := func() {
 		fmt.Fprintf(o.Out, "%5.1fs  produced %5d  received %5.0f  delivered %5d/%d  pushes %5.0f  retried %4.0f  deduplicated %4.0f  acked %5.0f\n",
-			time.Since(start).Seconds(), produced.Load(), value(m.Received), app.delivered(), o.Messages,
-			value(m.Deliveries), value(m.Retried), value(m.Deduplicated), value(m.Acked))
+			time.Since(start).Seconds(), produced.Load(), metrics.CounterSum(m.Received), app.delivered(), o.Messages,
+			metrics.CounterSum(m.Deliveries), metrics.CounterSum(m.Retried), metrics.CounterSum(m.Deduplicated), metrics.CounterSum(m.Acked))
 	}
 	var timedOut bool
 	producing := true
 wait:
-	for producing || int64(value(m.Acked)) < produced.Load() {
+	for producing || int64(metrics.CounterSum(m.Acked)) < produced.Load() {
 		select {
 		case err := <-produceErr:
 			if err != nil {
@@ -168,8 +167,8 @@ wait:
 	fmt.Fprintf(o.Out, "\nsummary after %.1fs\n", time.Since(start).Seconds())
 	fmt.Fprintf(o.Out, "  produced            %6d records (%d unique IDs, %d producer duplicates)\n", produced.Load(), o.Messages, produced.Load()-int64(o.Messages))
 	fmt.Fprintf(o.Out, "  delivered           %6d unique IDs answered 2xx\n", s.delivered)
-	fmt.Fprintf(o.Out, "  pushes              %6.0f (%0.f retried after a failure)\n", value(m.Deliveries), value(m.Retried))
-	fmt.Fprintf(o.Out, "  deduplicated        %6.0f records acknowledged without a push\n", value(m.Deduplicated))
+	fmt.Fprintf(o.Out, "  pushes              %6.0f (%0.f retried after a failure)\n", metrics.CounterSum(m.Deliveries), metrics.CounterSum(m.Retried))
+	fmt.Fprintf(o.Out, "  deduplicated        %6.0f records acknowledged without a push\n", metrics.CounterSum(m.Deduplicated))
 	fmt.Fprintf(o.Out, "  silent duplicates   %6d (a completed ID pushed again without ce-redelivered)\n", s.silentDups)
 	fmt.Fprintf(o.Out, "  lost                %6d\n", lost)
 	switch {
@@ -314,18 +313,4 @@ func (a *app) summary() summary {
 		s.silentDups += v.silentDups
 	}
 	return s
-}
-
-// value reads a counter's current value (for any collector holding one series, the sum).
-func value(c prometheus.Collector) float64 {
-	ch := make(chan prometheus.Metric, 16)
-	go func() { c.Collect(ch); close(ch) }()
-	var sum float64
-	for m := range ch {
-		var d dto.Metric
-		if m.Write(&d) == nil && d.Counter != nil {
-			sum += d.Counter.GetValue()
-		}
-	}
-	return sum
 }

@@ -150,3 +150,18 @@ func (m *Metrics) SetConsumerLag(lag map[string]int64) {
 // caller that takes its snapshot under a lock of its own should call SetConsumerLag under
 // that lock too, so that an older snapshot never lands after a newer one.
 var lagMu sync.Mutex
+
+// CounterSum returns the sum of the counter series c holds (one series: its value). For the
+// demo's summary and for tests; it is not on a hot path.
+func CounterSum(c prometheus.Collector) float64 {
+	ch := make(chan prometheus.Metric, 16)
+	go func() { c.Collect(ch); close(ch) }()
+	var sum float64
+	for m := range ch {
+		var d dto.Metric
+		if m.Write(&d) == nil && d.Counter != nil {
+			sum += d.Counter.GetValue()
+		}
+	}
+	return sum
+}

@@ -17,14 +17,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/mqsidecar/mqsidecar/config"
 	"github.com/mqsidecar/mqsidecar/dedup"
 	"github.com/mqsidecar/mqsidecar/dedup/redisstore"
+	"github.com/mqsidecar/mqsidecar/metrics"
 )
 
 // TestSharedRedisStore runs two sidecars one after the other on one Redis store (dedup.store:
@@ -93,10 +92,10 @@ func TestSharedRedisStore(t *testing.T) {
 		done := make(chan error, 1)
 		go func() { done <- sc.Run(ctx) }()
 		deadline := time.Now().Add(30 * time.Second)
-		for value(sc.Metrics.Acked) < n {
+		for metrics.CounterSum(sc.Metrics.Acked) < n {
 			if time.Now().After(deadline) {
 				stop()
-				t.Fatalf("group %s: %v of %d acknowledged", group, value(sc.Metrics.Acked), n)
+				t.Fatalf("group %s: %v of %d acknowledged", group, metrics.CounterSum(sc.Metrics.Acked), n)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
@@ -116,11 +115,11 @@ func TestSharedRedisStore(t *testing.T) {
 		return sc
 	}
 	first := run("g1")
-	if d := value(first.Metrics.Deliveries); d != n {
+	if d := metrics.CounterSum(first.Metrics.Deliveries); d != n {
 		t.Fatalf("first sidecar: %v pushes, want %d", d, n)
 	}
 	second := run("g2")
-	if d, dd := value(second.Metrics.Deliveries), value(second.Metrics.Deduplicated); d != 0 || dd != n {
+	if d, dd := metrics.CounterSum(second.Metrics.Deliveries), metrics.CounterSum(second.Metrics.Deduplicated); d != 0 || dd != n {
 		t.Fatalf("second sidecar: %v pushes and %v deduplicated, want 0 and %d (all completed in Redis)", d, dd, n)
 	}
 	mu.Lock()
@@ -159,18 +158,4 @@ func produce(t *testing.T, brokers []string, topic string, n int) {
 			t.Fatal(err)
 		}
 	}
-}
-
-// value sums a counter (or a counter vector) of the sidecar's metrics.
-func value(c prometheus.Collector) float64 {
-	ch := make(chan prometheus.Metric, 16)
-	go func() { c.Collect(ch); close(ch) }()
-	var sum float64
-	for m := range ch {
-		var d dto.Metric
-		if m.Write(&d) == nil && d.Counter != nil {
-			sum += d.Counter.GetValue()
-		}
-	}
-	return sum
 }
