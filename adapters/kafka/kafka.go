@@ -141,7 +141,8 @@ type partState struct {
 	// inherited is the mark the previous owners left: records below it are flagged
 	// Redelivered. Both -1 when none.
 	reserved, inherited int64
-	// reserving asks the next commit to raise the mark to handedOut+reserveStep.
+	// reserving asks the next commit to raise the mark reserveStep past the next record
+	// to hand out (see commit).
 	reserving bool
 	handedOut int64 // offset of the last record handed out, -1 none
 }
