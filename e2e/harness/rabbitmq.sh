@@ -125,8 +125,11 @@ beam_pid() {
 			return 0
 		fi
 	fi
-	# Pid file lost (or not yet written): our node is the only VM started with our HOME.
-	pid=$(pgrep -f -- "beam.*-home $R_HOME " | head -n1 || true)
+	# Pid file lost (or not yet written): our node is the VM started with our HOME that boots
+	# the rabbit application. rabbitmqctl runs a VM with the same HOME (the harness's own
+	# calls, and the tests' samples of queue counters), which must not pass for the node: a
+	# start right after a stop would find it and refuse ("running but does not answer").
+	pid=$(pgrep -f -- "beam.*-home $R_HOME .*-s rabbit boot" | head -n1 || true)
 	[[ -n $pid ]] && pid_alive "$pid" "-home $R_HOME" && echo "$pid"
 }
 
