@@ -25,6 +25,9 @@ type push struct {
 	Redelivered bool   // ce-redelivered: true
 	Status      int    // what the app answered; 0 = connection closed without an answer
 	At          time.Time
+	// From names the pusher: the app URL's "from" query parameter (a fleet replica) and the
+	// connection's remote address, for reports on duplicates.
+	From string
 }
 
 // appMode is what the app does with a push.
@@ -146,7 +149,7 @@ func (a *recApp) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ID: id, Key: r.Header.Get("ce-partitionkey"),
 		Partition: r.Header.Get("ce-partition"), Offset: r.Header.Get("ce-offset"),
 		Attempt: attempt, Redelivered: r.Header.Get("ce-redelivered") == "true",
-		At: time.Now(),
+		At: time.Now(), From: r.URL.Query().Get("from") + "@" + r.RemoteAddr,
 	}
 	a.mu.Lock()
 	p.Seq = len(a.pushes)

@@ -80,7 +80,13 @@ func check(produced []message, pushes []push, concurrent []string, checkOrder, c
 	}
 	for i, id := range concurrent {
 		if i < 3 {
-			problem("concurrent pushes of %s", id)
+			var all []string
+			for _, p := range pushes {
+				if p.ID == id {
+					all = append(all, fmt.Sprintf("[#%d by %s at %s: attempt %d redelivered=%v status %d]", p.Seq, p.From, p.At.Format("15:04:05.000000"), p.Attempt, p.Redelivered, p.Status))
+				}
+			}
+			problem("concurrent pushes of %s: %s", id, strings.Join(all, " "))
 		}
 	}
 
@@ -102,6 +108,7 @@ func check(produced []message, pushes []push, concurrent []string, checkOrder, c
 
 	firstOK := map[string]int{} // ID → Seq of its first 2xx
 	seen := map[string]bool{}
+	history := map[string]string{} // ID → its earlier pushes, for the problem lines
 	sorted := append([]push(nil), pushes...)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Seq < sorted[j].Seq })
 	for _, p := range sorted {
@@ -120,7 +127,7 @@ func check(produced []message, pushes []push, concurrent []string, checkOrder, c
 				r.FlaggedDups++
 			} else {
 				r.SilentDups++
-				problem("silent duplicate: %s pushed again (attempt %d, push #%d) after a 2xx, without ce-redelivered", p.ID, p.Attempt, p.Seq)
+				problem("silent duplicate: %s pushed again (attempt %d, push #%d by %s) after a 2xx, without ce-redelivered; before: %s", p.ID, p.Attempt, p.Seq, p.From, history[p.ID])
 			}
 		}
 		if seen[p.ID] && !p.Redelivered {
@@ -128,6 +135,7 @@ func check(produced []message, pushes []push, concurrent []string, checkOrder, c
 			problem("unflagged repeat: %s pushed again (attempt %d, push #%d) without ce-redelivered", p.ID, p.Attempt, p.Seq)
 		}
 		seen[p.ID] = true
+		history[p.ID] += fmt.Sprintf("[#%d by %s at %s: attempt %d redelivered=%v status %d] ", p.Seq, p.From, p.At.Format("15:04:05.000000"), p.Attempt, p.Redelivered, p.Status)
 		if p.Status >= 200 && p.Status < 300 {
 			if _, done := firstOK[p.ID]; !done {
 				firstOK[p.ID] = p.Seq

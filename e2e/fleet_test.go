@@ -107,7 +107,7 @@ func runFleet(t *testing.T, b brokerUnderTest, s fleetScenario) {
 	newReplica := func() *replica {
 		seq++
 		name := fmt.Sprintf("r%d", seq)
-		yaml, env := b.sidecarYAML(app.url(), filepath.Join(t.TempDir(), name+".db"))
+		yaml, env := b.sidecarYAML(app.url()+"?from="+name, filepath.Join(t.TempDir(), name+".db"))
 		env = append(env, sharedEnv...)
 		if fb, ok := b.(fleetBroker); ok {
 			env = append(env, fb.replicaEnv(name)...)
@@ -165,7 +165,7 @@ func runFleet(t *testing.T, b brokerUnderTest, s fleetScenario) {
 			waitAt(at, fmt.Sprintf("kill %d", i+1))
 			r := live[rng.IntN(len(live))]
 			r.p.Kill9()
-			t.Logf("kill %d: SIGKILL of %s at %d IDs delivered (%s)", i+1, r.p.label, at, app.stats())
+			t.Logf("kill %d: SIGKILL of %s at %s, %d IDs delivered (%s)", i+1, r.p.label, time.Now().Format("15:04:05.000000"), at, app.stats())
 			// One acknowledgement sample right after each kill, as runKillRestart takes (the
 			// periodic ones are rare on RabbitMQ, whose CLI is slow).
 			if bad, err := b.ackViolations(app.okSet); err != nil {
