@@ -27,7 +27,7 @@ test: lint test-unit test-k8s test-e2e
 ## lint: gofmt, go vet (with and without the e2e tag) and golangci-lint (.golangci.yml),
 ## installed once into $(LINT_BIN) (a cold install builds it from the Go module proxy).
 GOLANGCI_LINT_VERSION := v2.15.0
-LINT_BIN := $(or $(MQSIDECAR_CACHE),$(HOME)/.cache/mqsidecar)/bin
+LINT_BIN := $(or $(MQSIDECAR_CACHE),$(or $(HOME),/root)/.cache/mqsidecar)/bin
 GOLANGCI_LINT := $(LINT_BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
 lint: $(GOLANGCI_LINT)
