@@ -24,10 +24,22 @@ demo:
 ## checks, then real brokers started on loopback and the e2e suite against them.
 test: lint test-unit test-k8s test-e2e
 
-lint:
+## lint: gofmt, go vet (with and without the e2e tag) and golangci-lint (.golangci.yml),
+## installed once into $(LINT_BIN) (a cold install builds it from the Go module proxy).
+GOLANGCI_LINT_VERSION := v2.15.0
+LINT_BIN := $(or $(MQSIDECAR_CACHE),$(or $(HOME),/root)/.cache/mqsidecar)/bin
+GOLANGCI_LINT := $(LINT_BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
+
+lint: $(GOLANGCI_LINT)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 	$(GO) vet -tags e2e $(PKGS)
+	$(GOLANGCI_LINT) run $(PKGS)
+
+$(GOLANGCI_LINT):
+	@mkdir -p $(LINT_BIN)/.install
+	GOBIN=$(LINT_BIN)/.install $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+	mv $(LINT_BIN)/.install/golangci-lint $@
 
 test-unit:
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)

@@ -2,6 +2,11 @@
 // flags. It decodes them once (viper), validates the result, and hands plain structs to the
 // rest of the program; ackgate, dedup and the adapters never import viper.
 //
+// Each broker's section (source.kafka, source.rabbitmq, source.rocketmq) is declared,
+// defaulted and checked in the broker's own folder (adapters/<kind>/settings.go, the
+// interface settings.Broker); this package composes the sections into the file's shape
+// (Source), and holds the general sections (app, delivery, dedup, admin, log) itself.
+//
 // Contract: Load either returns a Config that passed Validate, or an error whose text names
 // every offending key and what is wrong with it ("delivery.max_inflight: must be at least 1,
 // got 0"). Unknown keys are errors, so a typo never silently falls back to a default.
@@ -17,9 +22,13 @@
 package config
 
 import (
-	"log/slog"
-	"net/url"
+	"reflect"
 	"time"
+
+	"github.com/mqsidecar/mqsidecar/adapters/kafka"
+	"github.com/mqsidecar/mqsidecar/adapters/rabbitmq"
+	"github.com/mqsidecar/mqsidecar/adapters/rocketmq"
+	"github.com/mqsidecar/mqsidecar/internal/settings"
 )
 
 // Config is the whole sidecar configuration (docs/guarantees.md, "Configuration").
@@ -36,7 +45,9 @@ type Config struct {
 	Log        Log           `mapstructure:"log"`
 }
 
-// Source selects and configures the broker adapter.
+// Source selects and configures the broker adapter. Each broker's section is declared,
+// defaulted and checked in the broker's own folder (adapters/<kind>/settings.go); a field
+// here, tagged with the section's name, is all it takes to make it a source.kind (brokers).
 type Source struct {
 	Kind     string   `mapstructure:"kind"` // kafka | rocketmq | rabbitmq
 	Kafka    Kafka    `mapstructure:"kafka"`
@@ -44,98 +55,28 @@ type Source struct {
 	RabbitMQ RabbitMQ `mapstructure:"rabbitmq"`
 }
 
-// Kafka configures adapters/kafka.
-type Kafka struct {
-	Brokers []string `mapstructure:"brokers"`
-	Group   string   `mapstructure:"group"`
-	Topics  []string `mapstructure:"topics"`
-	// MessageID is "header:<name>" or "key"; "" means coordinates topic/partition/offset.
-	// When the named header or key is absent, the coordinates are used.
-	MessageID   string `mapstructure:"message_id"`
-	StartOffset string `mapstructure:"start_offset"` // earliest | latest
-	// GroupInstanceID enables static membership (KIP-345), e.g. the pod name.
-	GroupInstanceID string        `mapstructure:"group_instance_id"`
-	CommitInterval  time.Duration `mapstructure:"commit_interval"`
-	// SessionTimeout is how long the group waits for a silent member (a killed process)
-	// before it hands that member's partitions to the others.
-	SessionTimeout time.Duration `mapstructure:"session_timeout"`
-	// ClientID is sent to the brokers; defaults to "mqsidecar".
-	ClientID string    `mapstructure:"client_id"`
-	SASL     KafkaSASL `mapstructure:"sasl"`
-	TLS      TLS       `mapstructure:"tls"`
-}
-
-// KafkaSASL configures SASL authentication. Mechanism "" disables it.
-type KafkaSASL struct {
-	Mechanism    string `mapstructure:"mechanism"` // PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
-	Username     string `mapstructure:"username"`
-	Password     Secret `mapstructure:"password"`
-	PasswordFile string `mapstructure:"password_file"` // read at load time, overrides Password
-}
-
-// TLS configures client TLS for a broker connection. Files named here must exist (checked
-// by Validate); cert_file and key_file go together. For Kafka, the other keys require
-// enabled: true (setting ca_file alone does not switch TLS on, it is an error).
-type TLS struct {
-	Enabled            bool   `mapstructure:"enabled"`
-	CAFile             string `mapstructure:"ca_file"`
-	CertFile           string `mapstructure:"cert_file"`
-	KeyFile            string `mapstructure:"key_file"`
-	ServerName         string `mapstructure:"server_name"`
-	InsecureSkipVerify bool   `mapstructure:"insecure_skip_verify"`
-}
-
-// RocketMQ configures adapters/rocketmq.
-type RocketMQ struct {
-	Nameservers []string `mapstructure:"nameservers"`
-	Group       string   `mapstructure:"group"`
-	Topic       string   `mapstructure:"topic"`
-	Tags        string   `mapstructure:"tags"`
-	// MessageID is "uniq_key", "keys" or "property:<name>".
-	MessageID string `mapstructure:"message_id"`
-	Mode      string `mapstructure:"mode"` // concurrent | orderly
-	// DeadLetterMode "topic" publishes to delivery.dead_letter.target; "broker" lets the
-	// broker move the message to its %DLQ% topic for the group.
-	DeadLetterMode string `mapstructure:"dead_letter_mode"`
-	Namespace      string `mapstructure:"namespace"`
-	AccessKey      string `mapstructure:"access_key"`
-	SecretKey      Secret `mapstructure:"secret_key"`
-	SecretKeyFile  string `mapstructure:"secret_key_file"`
-	// SuspendTime is how long an orderly queue pauses before a retry.
-	SuspendTime time.Duration `mapstructure:"suspend_time"`
-	// InstanceName is the client instance name, part of the client ID the broker knows the
-	// consumer by. Set it to something stable per instance (the pod name) so that a
-	// restarted sidecar is the same client and, in orderly mode, takes its queue locks back
-	// at once instead of waiting for them to expire (60 s). "" = unique per process.
-	InstanceName string `mapstructure:"instance_name"`
-}
-
-// RabbitMQ configures adapters/rabbitmq.
-type RabbitMQ struct {
-	// URL is the AMQP URL; it may carry a password, so it is a Secret.
-	URL      Secret `mapstructure:"url"`
-	URLFile  string `mapstructure:"url_file"` // read at load time, overrides URL
-	Queue    string `mapstructure:"queue"`
-	Prefetch int    `mapstructure:"prefetch"`
-	// MessageID is "message_id" (the AMQP property) or "header:<name>".
-	MessageID string `mapstructure:"message_id"`
-	// Declare declares the queue (durable) when true; by default the queue is only checked
-	// passively and a missing queue is a clear error.
-	Declare bool `mapstructure:"declare"`
-	// DeadLetterMode "publish" publishes to delivery.dead_letter.target with confirms;
-	// "nack" rejects without requeue into the queue's own dead-letter exchange.
-	DeadLetterMode string `mapstructure:"dead_letter_mode"`
-	// TLS refines the TLS of an amqps:// URL. The AMQP client uses TLS exactly when the URL
-	// scheme is amqps, so TLS options next to an amqp:// URL are a validation error.
-	TLS TLS `mapstructure:"tls"`
-}
+// The broker sections, declared in their adapters' folders.
+type (
+	// Kafka configures adapters/kafka.
+	Kafka = kafka.Settings
+	// KafkaSASL configures SASL authentication of adapters/kafka.
+	KafkaSASL = kafka.SASL
+	// RocketMQ configures adapters/rocketmq.
+	RocketMQ = rocketmq.Settings
+	// RabbitMQ configures adapters/rabbitmq.
+	RabbitMQ = rabbitmq.Settings
+	// TLS configures client TLS for a broker or Redis connection.
+	TLS = settings.TLS
+	// Secret is a string that never prints: fmt, slog and JSON see "<redacted>".
+	Secret = settings.Secret
+)
 
 // App is the local application the sidecar pushes to.
 type App struct {
-	URL     string        `mapstructure:"url"`
+	URL     string        `mapstructure:"url" log:"url"`
 	Timeout time.Duration `mapstructure:"timeout"`
 	// HealthURL, when set, gates consumption: nothing is fetched until it answers 2xx.
-	HealthURL string `mapstructure:"health_url"`
+	HealthURL string `mapstructure:"health_url" log:"url"`
 	// EventType is the ce-type header value.
 	EventType string `mapstructure:"event_type"`
 	// MaxResponseBytes bounds how much of the app's answer is read.
@@ -189,7 +130,7 @@ type Dedup struct {
 // DedupRedis configures the shared store (dedup.store: redis, package dedup/redisstore).
 type DedupRedis struct {
 	// Addrs: one server, the nodes of a cluster, or the Sentinels when MasterName is set.
-	Addrs []string `mapstructure:"addrs"`
+	Addrs []string `mapstructure:"addrs" log:"addrs"`
 	// MasterName selects Sentinel: the name of the monitored master.
 	MasterName string `mapstructure:"master_name"`
 	Username   string `mapstructure:"username"`
@@ -222,52 +163,14 @@ type Log struct {
 	Format string `mapstructure:"format"` // json | text
 }
 
-// Secret is a string that never prints: fmt, slog and JSON see "<redacted>".
-type Secret string
-
-// String implements fmt.Stringer.
-func (s Secret) String() string {
-	if s == "" {
-		return ""
-	}
-	return "<redacted>"
-}
-
-// GoString implements fmt.GoStringer, so %#v redacts too.
-func (s Secret) GoString() string { return s.String() }
-
-// LogValue implements slog.LogValuer.
-func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
-
-// MarshalText implements encoding.TextMarshaler, so JSON and YAML output redact.
-func (s Secret) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
-
-// Reveal returns the secret value, for the one place that must use it.
-func (s Secret) Reveal() string { return string(s) }
-
 // Defaults returns the configuration used for every key not set elsewhere (the values docs/guarantees.md and example.yaml name).
 func Defaults() Config {
 	return Config{
 		Source: Source{
-			Kind: "kafka",
-			Kafka: Kafka{
-				StartOffset:    "earliest",
-				CommitInterval: time.Second,
-				SessionTimeout: 45 * time.Second,
-				ClientID:       "mqsidecar",
-			},
-			RocketMQ: RocketMQ{
-				Tags:           "*",
-				MessageID:      "uniq_key",
-				Mode:           "concurrent",
-				SuspendTime:    time.Second,
-				DeadLetterMode: "topic",
-			},
-			RabbitMQ: RabbitMQ{
-				Prefetch:       64,
-				MessageID:      "message_id",
-				DeadLetterMode: "publish",
-			},
+			Kind:     "kafka",
+			Kafka:    kafka.Defaults(),
+			RocketMQ: rocketmq.Defaults(),
+			RabbitMQ: rabbitmq.Defaults(),
 		},
 		App: App{
 			Timeout:          10 * time.Second,
@@ -295,26 +198,45 @@ func Defaults() Config {
 // DedupKeyPrefix returns the key prefix of the shared dedup store: dedup.redis.key_prefix,
 // or one derived from the source so that every consumer group (queue) has its own keys:
 // "mqsidecar:kafka:<group>:", "mqsidecar:rocketmq:<namespace>%<group>:" (namespace when set),
-// "mqsidecar:rabbitmq:<vhost>:<queue>:".
+// "mqsidecar:rabbitmq:<vhost>:<queue>:" (each broker's settings.Broker.DedupKeyPrefix).
 func (c Config) DedupKeyPrefix() string {
 	if p := c.Dedup.Redis.KeyPrefix; p != "" {
 		return p
 	}
-	switch c.Source.Kind {
-	case "kafka":
-		return "mqsidecar:kafka:" + c.Source.Kafka.Group + ":"
-	case "rocketmq":
-		g := c.Source.RocketMQ.Group
-		if ns := c.Source.RocketMQ.Namespace; ns != "" {
-			g = ns + "%" + g
-		}
-		return "mqsidecar:rocketmq:" + g + ":"
-	case "rabbitmq":
-		vhost := "/"
-		if u, err := url.Parse(c.Source.RabbitMQ.URL.Reveal()); err == nil && len(u.Path) > 1 {
-			vhost, _ = url.PathUnescape(u.Path[1:])
-		}
-		return "mqsidecar:rabbitmq:" + vhost + ":" + c.Source.RabbitMQ.Queue + ":"
+	if b := c.Source.broker(); b != nil {
+		return b.DedupKeyPrefix()
 	}
 	return "mqsidecar:" + c.Source.Kind + ":"
+}
+
+// Kinds returns the broker kinds, the names of Source's sections in declaration order.
+func Kinds() []string {
+	var out []string
+	t := reflect.TypeFor[Source]()
+	for i := range t.NumField() {
+		if tag := t.Field(i).Tag.Get("mapstructure"); t.Field(i).Type.Kind() == reflect.Struct && tag != "" {
+			out = append(out, tag)
+		}
+	}
+	return out
+}
+
+// broker returns the section source.kind selects, nil for an unknown kind.
+func (s *Source) broker() settings.Broker {
+	if f := s.section(); f.IsValid() {
+		return f.Interface().(settings.Broker)
+	}
+	return nil
+}
+
+// section returns the addressable field of Source that source.kind names.
+func (s *Source) section() reflect.Value {
+	v := reflect.ValueOf(s).Elem()
+	t := v.Type()
+	for i := range t.NumField() {
+		if t.Field(i).Type.Kind() == reflect.Struct && s.Kind != "" && t.Field(i).Tag.Get("mapstructure") == s.Kind {
+			return v.Field(i)
+		}
+	}
+	return reflect.Value{}
 }

@@ -6,10 +6,12 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/mqsidecar/mqsidecar/internal/settings"
 )
 
 // EnvPrefix starts every environment variable that overrides a configuration key.
-const EnvPrefix = "MQSIDECAR_"
+const EnvPrefix = settings.EnvPrefix
 
 // field describes one leaf key of Config: where it lives in the struct and what it holds.
 type field struct {
@@ -88,8 +90,6 @@ func Keys() []string {
 
 // EnvVar returns the environment variable that overrides key: EnvPrefix followed by the key
 // upper-cased with "." replaced by "_" ("log.level" → "MQSIDECAR_LOG_LEVEL").
-func EnvVar(key string) string {
-	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
-}
+func EnvVar(key string) string { return settings.EnvVar(key) }
 
 func (s *schema) isLeaf(key string) bool { _, ok := s.byKey[key]; return ok }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/spf13/viper"
 
+	"github.com/mqsidecar/mqsidecar/internal/settings"
 	"github.com/mqsidecar/mqsidecar/internal/textdist"
 )
 
@@ -473,12 +474,11 @@ func readSecretFiles(c *Config, add func(key, format string, args ...any)) {
 	if c.Dedup.Enabled && c.Dedup.Store == "redis" {
 		read("dedup.redis.password_file", c.Dedup.Redis.PasswordFile, &c.Dedup.Redis.Password)
 	}
-	switch c.Source.Kind {
-	case "kafka":
-		read("source.kafka.sasl.password_file", c.Source.Kafka.SASL.PasswordFile, &c.Source.Kafka.SASL.Password)
-	case "rocketmq":
-		read("source.rocketmq.secret_key_file", c.Source.RocketMQ.SecretKeyFile, &c.Source.RocketMQ.SecretKey)
-	case "rabbitmq":
-		read("source.rabbitmq.url_file", c.Source.RabbitMQ.URLFile, &c.Source.RabbitMQ.URL)
+	if f := c.Source.section(); f.IsValid() {
+		if sf, ok := f.Addr().Interface().(settings.SecretFiler); ok {
+			for _, x := range sf.SecretFiles() {
+				read(x.Key, x.Path, x.Dst)
+			}
+		}
 	}
 }

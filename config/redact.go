@@ -5,35 +5,19 @@ import (
 	"reflect"
 	"strings"
 	"time"
+
+	"github.com/mqsidecar/mqsidecar/internal/settings"
 )
 
 // RedactURL returns raw with everything between "://" and the last "@" replaced by
-// "xxxxx" ("amqp://xxxxx@host:5672/vhost"), safe to log. It does not parse raw, so a URL
-// that does not parse, or parses differently than it reads (a "#", "?" or "/" in the
-// password), is redacted just the same: nothing before the last "@" is shown beyond the
-// scheme. Without "://" (user:password@host:port), everything before the last "@" is
-// replaced. A string without "@" carries no user info and is returned unchanged.
-func RedactURL(raw string) string {
-	at := strings.LastIndexByte(raw, '@')
-	if at < 0 {
-		return raw
-	}
-	start := 0
-	if i := strings.Index(raw[:at], "://"); i >= 0 {
-		start = i + len("://")
-	}
-	return raw[:start] + "xxxxx" + raw[at:]
-}
+// "xxxxx", safe to log (settings.RedactURL).
+func RedactURL(raw string) string { return settings.RedactURL(raw) }
 
-// urlKeys are the keys whose values are URLs that may carry a password in their user info.
-// For these, LogValue shows the URL with its user info redacted (RedactURL), which keeps the
-// host and vhost visible to an operator.
-var urlKeys = map[string]bool{"source.rabbitmq.url": true, "app.url": true, "app.health_url": true}
-
-// addrKeys are the keys whose values are host:port lists. Validation refuses entries with
-// user info, but the summary may be logged for a configuration that failed validation, so
-// each entry goes through RedactURL too.
-var addrKeys = map[string]bool{"source.kafka.brokers": true, "source.rocketmq.nameservers": true, "dedup.redis.addrs": true}
+// A field tagged log:"url" holds a URL that may carry a password in its user info: LogValue
+// shows it with its user info redacted (RedactURL), which keeps the host and vhost visible
+// to an operator. A field tagged log:"addrs" holds a host:port list: validation refuses
+// entries with user info, but the summary may be logged for a configuration that failed
+// validation, so each entry goes through RedactURL too.
 
 // LogValue implements slog.LogValuer: the configuration as nested groups, safe to log.
 // Secrets show as "<redacted>" (URLs as the URL with its password redacted), durations as
@@ -60,17 +44,18 @@ func logAttrs(v reflect.Value, prefix, kind string) []slog.Attr {
 			continue // an unused broker section is noise
 		}
 		fv := v.Field(i)
+		logTag := sf.Tag.Get("log")
 		switch {
 		case sf.Type == secretType:
 			s := Secret(fv.String())
-			if urlKeys[key] && s != "" {
+			if logTag == "url" && s != "" {
 				out = append(out, slog.String(tag, RedactURL(s.Reveal())))
 			} else {
 				out = append(out, slog.String(tag, s.String()))
 			}
-		case urlKeys[key]:
+		case logTag == "url":
 			out = append(out, slog.String(tag, RedactURL(fv.String())))
-		case addrKeys[key] && sf.Type.Kind() == reflect.Slice:
+		case logTag == "addrs" && sf.Type.Kind() == reflect.Slice:
 			addrs := make([]string, fv.Len())
 			for j := range addrs {
 				addrs[j] = RedactURL(fv.Index(j).String())

@@ -350,7 +350,7 @@ func TestValidationErrorFormat(t *testing.T) {
 		t.Errorf("entries out of order:\n%v", err)
 	}
 	// Error sorts even a hand-built, unsorted error.
-	hand := &ValidationError{Problems: []Problem{{"b", "2"}, {"a", "1"}}}
+	hand := &ValidationError{Problems: []Problem{{Key: "b", Message: "2"}, {Key: "a", Message: "1"}}}
 	if hand.Error() != "config: a: 1\nconfig: b: 2" {
 		t.Errorf("%q", hand.Error())
 	}

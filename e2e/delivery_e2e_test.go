@@ -215,28 +215,10 @@ func printDeliveryTable(t testing.TB, rows ...deliveryRow) {
 // kafkaDeliveryYAML is a Kafka sidecar config with the given delivery section (indented
 // lines under "delivery:").
 func kafkaDeliveryYAML(k *kafkaEnv, group, appURL, dedupPath, delivery string) string {
-	return fmt.Sprintf(`# written by the e2e tests
-source:
-  kind: kafka
-  kafka:
-    brokers: [%s]
-    group: %s
-    topics: [%s]
-    message_id: "header:message-id"
-    group_instance_id: %s-0
-    commit_interval: 100ms
-app:
-  url: %s
-  timeout: 5s
-delivery:
-%s
-dedup:
-  path: %s
-admin:
-  listen: 127.0.0.1:0
-shutdown_timeout: 10s
-log: {level: info, format: json}
-`, strings.Join(k.brokers, ", "), group, k.topic, group, appURL, delivery, dedupPath)
+	return kafkaConfig{
+		brokers: k.brokers, topic: k.topic, group: group, instanceID: group + "-0",
+		appURL: appURL, dedupPath: dedupPath,
+	}.withDelivery(delivery)
 }
 
 // createKafkaTopic creates an extra topic (a dead-letter target) on k's cluster.
@@ -891,27 +873,9 @@ func TestRabbitMQE2EDeadLetter(t *testing.T) {
 		}
 		return answer{status: http.StatusOK}
 	})
-	cfg := newSidecarConfig(t, "sidecar", fmt.Sprintf(`# written by the e2e tests
-source:
-  kind: rabbitmq
-  rabbitmq:
-    queue: %s
-    prefetch: 32
-    message_id: message_id
-app:
-  url: %s
-  timeout: 5s
-delivery:
-  max_inflight: 32
-  backoff: {initial: 20ms, max: 500ms, multiplier: 2}
-  dead_letter: {target: %s/dead}
-dedup:
-  path: %s
-admin:
-  listen: 127.0.0.1:0
-shutdown_timeout: 10s
-log: {level: info, format: json}
-`, r.queue, app.url(), exchange, filepath.Join(t.TempDir(), "dedup.db")), "MQSIDECAR_SOURCE_RABBITMQ_URL="+r.url)
+	cfg := newSidecarConfig(t, "sidecar", sidecarYAML("rabbitmq", fmt.Sprintf("    queue: %s\n    prefetch: 32\n    message_id: message_id", r.queue),
+		app.url(), "  max_inflight: 32\n  backoff: {initial: 20ms, max: 500ms, multiplier: 2}\n  dead_letter: {target: "+exchange+"/dead}",
+		filepath.Join(t.TempDir(), "dedup.db"), ""), "MQSIDECAR_SOURCE_RABBITMQ_URL="+r.url)
 	p := cfg.start()
 	tail := func() string { return p.logTail(30) }
 	app.waitSucceeded(t, goodIDs, 2*time.Minute, tail)

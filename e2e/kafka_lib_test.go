@@ -245,37 +245,25 @@ type kafkaConfig struct {
 }
 
 func (c kafkaConfig) yaml() string {
-	if c.commitInterval == "" {
-		c.commitInterval = "100ms"
-	}
 	if c.ordering == "" {
 		c.ordering = "partition"
 	}
-	return fmt.Sprintf(`# written by the e2e tests
-source:
-  kind: kafka
-  kafka:
-    brokers: [%s]
+	return c.withDelivery(fmt.Sprintf("  ordering: %s\n%s\n%s", c.ordering, e2eDelivery, c.deliveryExtra))
+}
+
+// withDelivery is the config with delivery as its delivery section (the lines under
+// "delivery:"), instead of the one ordering and deliveryExtra describe.
+func (c kafkaConfig) withDelivery(delivery string) string {
+	if c.commitInterval == "" {
+		c.commitInterval = "100ms"
+	}
+	section := fmt.Sprintf(`    brokers: [%s]
     group: %s
     topics: [%s]
     message_id: "header:message-id"
     group_instance_id: %q
-    commit_interval: %s
-app:
-  url: %s
-  timeout: 5s
-delivery:
-  ordering: %s
-  max_inflight: 64
-  backoff: {initial: 20ms, max: 500ms, multiplier: 2}
-%s
-dedup:
-  path: %s
-admin:
-  listen: 127.0.0.1:0
-shutdown_timeout: 10s
-log: {level: info, format: json}
-%s`, strings.Join(c.brokers, ", "), c.group, c.topic, c.instanceID, c.commitInterval, c.appURL, c.ordering, c.deliveryExtra, c.dedupPath, c.extra)
+    commit_interval: %s`, strings.Join(c.brokers, ", "), c.group, c.topic, c.instanceID, c.commitInterval)
+	return sidecarYAML("kafka", section, c.appURL, delivery, c.dedupPath, c.extra)
 }
 
 // The kafkaEnv side of brokerUnderTest (scenario_test.go).

@@ -80,6 +80,35 @@ func sidecarBinary(t testing.TB) string {
 	return binPath
 }
 
+// e2eDelivery is the delivery section of most e2e configs (lines under "delivery:"): fast
+// retries, so that a test does not wait for the production backoff.
+const e2eDelivery = "  max_inflight: 64\n  backoff: {initial: 20ms, max: 500ms, multiplier: 2}"
+
+// sidecarYAML is the one sidecar config of the e2e tests: source.kind and its section
+// (section: the lines under source.<kind>, indented by four spaces), the app, the delivery
+// section (lines under "delivery:", indented by two spaces; e2eDelivery in most tests), the
+// dedup file, an ephemeral admin port, shutdown_timeout 10s and JSON logs at info. extra is
+// appended verbatim (top-level keys).
+func sidecarYAML(kind, section, appURL, delivery, dedupPath, extra string) string {
+	return fmt.Sprintf(`# written by the e2e tests
+source:
+  kind: %s
+  %s:
+%s
+app:
+  url: %s
+  timeout: 5s
+delivery:
+%s
+dedup:
+  path: %s
+admin:
+  listen: 127.0.0.1:0
+shutdown_timeout: 10s
+log: {level: info, format: json}
+%s`, kind, kind, strings.TrimRight(section, "\n"), appURL, strings.TrimRight(delivery, "\n"), dedupPath, extra)
+}
+
 // sidecarConfig is one config file and every process started from it, so that failure
 // output can show all their logs. Create it with newSidecarConfig.
 type sidecarConfig struct {

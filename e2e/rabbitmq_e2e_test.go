@@ -125,26 +125,7 @@ func (r *rabbitEnv) producedSoFar() []message {
 }
 
 func (r *rabbitEnv) sidecarYAML(appURL, dedupPath string) (string, []string) {
-	return fmt.Sprintf(`# written by the e2e tests
-source:
-  kind: rabbitmq
-  rabbitmq:
-    queue: %s
-    prefetch: 64
-    message_id: message_id
-app:
-  url: %s
-  timeout: 5s
-delivery:
-  max_inflight: 64
-  backoff: {initial: 20ms, max: 500ms, multiplier: 2}
-dedup:
-  path: %s
-admin:
-  listen: 127.0.0.1:0
-shutdown_timeout: 10s
-log: {level: info, format: json}
-`, r.queue, appURL, dedupPath), []string{"MQSIDECAR_SOURCE_RABBITMQ_URL=" + r.url} // the URL carries a password: environment, not file
+	return sidecarYAML("rabbitmq", "    queue: "+r.queue+"\n    prefetch: 64\n    message_id: message_id", appURL, e2eDelivery, dedupPath, ""), []string{"MQSIDECAR_SOURCE_RABBITMQ_URL=" + r.url} // the URL carries a password: environment, not file
 }
 
 // checkIntact checks that the durable queue survived a broker restart (passive declare). A

@@ -424,30 +424,14 @@ type rocketConfig struct {
 }
 
 func (c rocketConfig) yaml() string {
-	return fmt.Sprintf(`# written by the e2e tests
-source:
-  kind: rocketmq
-  rocketmq:
-    nameservers: [%s]
+	section := fmt.Sprintf(`    nameservers: [%s]
     group: %s
     topic: %s
     message_id: "property:%s"
     mode: %s
     suspend_time: 100ms
-    instance_name: %s-sidecar
-app:
-  url: %s
-  timeout: 5s
-delivery:
-  max_inflight: 64
-  backoff: {initial: 20ms, max: 500ms, multiplier: 2}
-dedup:
-  path: %s
-admin:
-  listen: 127.0.0.1:0
-shutdown_timeout: 10s
-log: {level: info, format: json}
-`, c.ns, c.group, c.topic, rocketIDProperty, c.mode, c.group, c.appURL, c.dedupPath)
+    instance_name: %s-sidecar`, c.ns, c.group, c.topic, rocketIDProperty, c.mode, c.group)
+	return sidecarYAML("rocketmq", section, c.appURL, e2eDelivery, c.dedupPath, "")
 }
 
 // queueSpread describes how many copies went to each queue (for logs).

@@ -165,3 +165,12 @@ func CounterSum(c prometheus.Collector) float64 {
 	}
 	return sum
 }
+
+// SetSourceReady sets mqsidecar_source_ready: 1 when the broker connection is up.
+func (m *Metrics) SetSourceReady(up bool) {
+	if up {
+		m.SourceReady.Set(1)
+	} else {
+		m.SourceReady.Set(0)
+	}
+}

@@ -227,8 +227,12 @@ func (s *Sidecar) watchApp(ctx, appCtx context.Context) error {
 		return nil
 	}
 	client := &http.Client{Timeout: 2 * time.Second}
-	check := func() error {
-		resp, err := client.Get(s.cfg.App.HealthURL)
+	check := func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.cfg.App.HealthURL, nil)
+		if err != nil {
+			return fmt.Errorf("app health: %w", err)
+		}
+		resp, err := client.Do(req)
 		if err != nil {
 			return fmt.Errorf("app health: %w", err)
 		}
@@ -251,7 +255,10 @@ func (s *Sidecar) watchApp(ctx, appCtx context.Context) error {
 	}
 	s.log.Info("waiting for the app to be healthy before consuming", "health_url", config.RedactURL(s.cfg.App.HealthURL))
 	for delay := 100 * time.Millisecond; ; delay = min(delay*2, 2*time.Second) {
-		err := check()
+		err := check(ctx)
+		if ctx.Err() != nil {
+			return ctx.Err() // stopped while the check ran: its failure is no news
+		}
 		update(err)
 		if err == nil {
 			break
@@ -270,7 +277,9 @@ func (s *Sidecar) watchApp(ctx, appCtx context.Context) error {
 			case <-appCtx.Done():
 				return
 			case <-t.C:
-				update(check())
+				if err := check(appCtx); appCtx.Err() == nil {
+					update(err)
+				}
 			}
 		}
 	}()

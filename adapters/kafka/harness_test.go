@@ -11,13 +11,12 @@ import (
 
 	"github.com/mqsidecar/mqsidecar/adapters"
 	"github.com/mqsidecar/mqsidecar/adapters/adaptertest"
-	"github.com/mqsidecar/mqsidecar/config"
 )
 
 // testConfig is a consumer of topic in group "g-<topic>" reading IDs from the message-id
 // header.
-func testConfig(brokers []string, topic string) config.Kafka {
-	c := config.Defaults().Source.Kafka
+func testConfig(brokers []string, topic string) Settings {
+	c := Defaults()
 	c.Brokers = brokers
 	c.Group = "g-" + topic
 	c.Topics = []string{topic}

@@ -56,8 +56,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 
 	"github.com/mqsidecar/mqsidecar/adapters"
-	"github.com/mqsidecar/mqsidecar/config"
-	"github.com/mqsidecar/mqsidecar/metrics"
+	"github.com/mqsidecar/mqsidecar/internal/settings"
 )
 
 // lowWater is the number of buffered records below which Read tops up from the client's
@@ -96,8 +95,9 @@ type Option func(*Source)
 // WithLogger sets the logger (default slog.Default()).
 func WithLogger(l *slog.Logger) Option { return func(s *Source) { s.log = l } }
 
-// WithMetrics sets the metrics the adapter reports consumer lag and errors to.
-func WithMetrics(m *metrics.Metrics) Option { return func(s *Source) { s.m = m } }
+// WithEvents sets where the adapter reports readiness, consumer lag and errors (default
+// adapters.NoEvents).
+func WithEvents(e adapters.Events) Option { return func(s *Source) { s.ev = e } }
 
 // WithClientOptions appends raw franz-go options (tests: shorter session timeouts).
 func WithClientOptions(opts ...kgo.Opt) Option {
@@ -157,10 +157,10 @@ func (ps *partState) fence() {
 
 // Source is the Kafka adapter. Create it with New.
 type Source struct {
-	cfg   config.Kafka
+	cfg   Settings
 	dlq   string
 	log   *slog.Logger
-	m     *metrics.Metrics
+	ev    adapters.Events
 	extra []kgo.Opt
 	cl    *kgo.Client
 
@@ -194,7 +194,11 @@ type Source struct {
 
 // New creates the consumer. It does not wait for the brokers: a broker that is down at
 // start is retried by the client while Ready reports the problem.
-func New(cfg config.Kafka, deadLetterTopic string, opts ...Option) (*Source, error) {
+func New(cfg Settings, deadLetterTopic string, opts ...Option) (*Source, error) {
+	var ck settings.Checker
+	if cfg.Check(&ck, deadLetterTopic); len(ck.Problems) > 0 {
+		return nil, ck.Err("kafka")
+	}
 	s := &Source{
 		cfg: cfg, dlq: deadLetterTopic, log: slog.Default(),
 		parts: map[topicPartition]*partState{},
@@ -204,8 +208,8 @@ func New(cfg config.Kafka, deadLetterTopic string, opts ...Option) (*Source, err
 	for _, o := range opts {
 		o(s)
 	}
-	if s.m == nil {
-		s.m = metrics.New()
+	if s.ev == nil {
+		s.ev = adapters.NoEvents{}
 	}
 	s.log = s.log.With("source", "kafka")
 	notReady := errors.New("kafka: not connected yet")
@@ -424,7 +428,7 @@ func (s *Source) buffer(fetches kgo.Fetches) {
 		}
 	})
 	if fetchErr != nil {
-		s.m.Error("broker")
+		s.ev.Error(adapters.ErrorBroker)
 		if !s.fetchErr.Swap(true) {
 			s.log.Warn("fetch failing; the client keeps retrying", "error", fetchErr)
 		}
@@ -778,7 +782,7 @@ func (s *Source) commit(ctx context.Context, only map[string][]int32) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if failed != nil {
-		s.m.Error("commit")
+		s.ev.Error(adapters.ErrorCommit)
 		s.log.Warn("commit failed; will retry", "error", failed)
 		for _, ps := range committed {
 			if s.parts[ps.tp] == ps {
@@ -842,15 +846,11 @@ func (s *Source) ping() {
 	case err == nil && *prev != nil:
 		s.log.Info("broker connected", "brokers", s.cfg.Brokers)
 	}
-	if err == nil {
-		s.m.SourceReady.Set(1)
-	} else {
-		s.m.SourceReady.Set(0)
-	}
+	s.ev.SetSourceReady(err == nil)
 }
 
 // reportLag exports the lag of the partitions this replica owns, by topic. A topic it owns
-// no partition of any more (revoked or lost) loses its series (metrics.SetConsumerLag), so
+// no partition of any more (revoked or lost) loses its series (adapters.Events.SetConsumerLag), so
 // the sum over a fleet is the group's lag.
 func (s *Source) reportLag() {
 	s.mu.Lock()
@@ -868,7 +868,7 @@ func (s *Source) reportLag() {
 	}
 	// Published under mu, so a report taken before a revoke cannot land after the
 	// revoke's own report and bring the dropped topic back.
-	s.m.SetConsumerLag(lag)
+	s.ev.SetConsumerLag(lag)
 	s.mu.Unlock()
 }
 

@@ -563,7 +563,7 @@ func TestLagOfLostTopicIsNotKept(t *testing.T) {
 	cfg.Topics = []string{"lag-a", "lag-b"}
 
 	ma, mb := metrics.New(), metrics.New()
-	a, err := New(cfg, "", WithLogger(testLogger(t)), WithMetrics(ma), WithClientOptions(fastGroup...))
+	a, err := New(cfg, "", WithLogger(testLogger(t)), WithEvents(ma), WithClientOptions(fastGroup...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -574,7 +574,7 @@ func TestLagOfLostTopicIsNotKept(t *testing.T) {
 		return l["lag-a"] == 5 && l["lag-b"] == 5
 	})
 
-	b, err := New(cfg, "", WithLogger(testLogger(t)), WithMetrics(mb), WithClientOptions(fastGroup...))
+	b, err := New(cfg, "", WithLogger(testLogger(t)), WithEvents(mb), WithClientOptions(fastGroup...))
 	if err != nil {
 		t.Fatal(err)
 	}

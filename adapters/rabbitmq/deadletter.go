@@ -91,7 +91,7 @@ func (s *Source) DeadLetter(ctx context.Context, d *adapters.Delivery, f adapter
 	}
 	p := v.(*pending)
 	if !p.sess.alive() || p.resolved.Load() {
-		s.metrics.Inc(EventDeadLetterFailed)
+		s.event(EventDeadLetterFailed)
 		return fmt.Errorf("rabbitmq: dead-letter %q: %w", d.ID, ErrStaleDelivery)
 	}
 	var err error
@@ -104,10 +104,10 @@ func (s *Source) DeadLetter(ctx context.Context, d *adapters.Delivery, f adapter
 		}
 	}
 	if err != nil {
-		s.metrics.Inc(EventDeadLetterFailed)
+		s.event(EventDeadLetterFailed)
 		return err
 	}
-	s.metrics.Inc(EventDeadLettered)
+	s.event(EventDeadLettered)
 	return nil
 }
 

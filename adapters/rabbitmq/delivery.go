@@ -63,7 +63,7 @@ func (s *Source) settle(d *adapters.Delivery, p *pending, err error) {
 		return // already rejected by a nack-mode DeadLetter
 	}
 	if s.killed.Load() || !p.sess.enqueue(ackOp{tag: p.tag, ack: err == nil}) {
-		s.metrics.Inc(EventStaleSettle)
+		s.event(EventStaleSettle)
 		s.log.Debug("rabbitmq: settlement dropped, its channel is closed; the broker redelivers the message",
 			slog.String("id", d.ID), slog.Uint64("generation", p.sess.gen), slog.Bool("done", err == nil))
 	}
@@ -81,7 +81,7 @@ func (s *Source) messageID(m *amqp.Delivery) string {
 	if id != "" {
 		return id
 	}
-	s.metrics.Inc(EventMissingID)
+	s.event(EventMissingID)
 	now := time.Now().UnixNano()
 	last := s.idWarn.Load()
 	if now-last >= int64(time.Minute) && s.idWarn.CompareAndSwap(last, now) {

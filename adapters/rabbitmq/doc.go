@@ -100,7 +100,7 @@
 //
 // The URL is a secret: it is never logged and never part of an error; logs name the host,
 // port, vhost and user only. New refuses a URL whose user info is ambiguous (a "#", "?"
-// or "/" before the last "@", several "@": config.UserinfoProblem), since net/url would
+// or "/" before the last "@", several "@": UserinfoProblem, in Settings.Check), since net/url would
 // take the host, port or vhost out of the password — dialling the wrong host and logging
 // the password as an address.
 //

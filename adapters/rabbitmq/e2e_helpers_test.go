@@ -21,7 +21,7 @@ import (
 
 	"github.com/mqsidecar/mqsidecar/adapters"
 	"github.com/mqsidecar/mqsidecar/adapters/adaptertest"
-	"github.com/mqsidecar/mqsidecar/config"
+	"github.com/mqsidecar/mqsidecar/internal/settings"
 )
 
 // brokerURL returns MQSIDECAR_E2E_RABBITMQ; without it the test is skipped, or fails under
@@ -280,10 +280,10 @@ type testSource struct {
 // test fails.
 func open(t *testing.T, queue string, o srcOpts) *testSource {
 	t.Helper()
-	cfg := config.Defaults().Source.RabbitMQ
-	cfg.URL = config.Secret(brokerURL(t))
+	cfg := Defaults()
+	cfg.URL = settings.Secret(brokerURL(t))
 	if o.url != "" {
-		cfg.URL = config.Secret(o.url)
+		cfg.URL = settings.Secret(o.url)
 	}
 	cfg.Queue = queue
 	if o.prefetch > 0 {
@@ -298,7 +298,7 @@ func open(t *testing.T, queue string, o srcOpts) *testSource {
 	}
 	log, logs := testLogger(t)
 	ts := &testSource{cut: &cutter{}, logs: logs, metrics: &recordingMetrics{}}
-	s, err := New(cfg, o.deadLetter, WithLogger(log), WithMetrics(ts.metrics),
+	s, err := New(cfg, o.deadLetter, WithLogger(log), WithEvents(ts.metrics), withTrace(ts.metrics.Inc),
 		WithBackoff(50*time.Millisecond, time.Second), WithPublishTimeout(10*time.Second), withDialer(ts.cut.dial))
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -322,7 +322,7 @@ type recordingMetrics struct {
 	states []bool
 }
 
-func (m *recordingMetrics) SetConnected(up bool) {
+func (m *recordingMetrics) SetSourceReady(up bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if n := len(m.states); n == 0 || m.states[n-1] != up {

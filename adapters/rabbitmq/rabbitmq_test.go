@@ -15,7 +15,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/mqsidecar/mqsidecar/adapters"
-	"github.com/mqsidecar/mqsidecar/config"
+	"github.com/mqsidecar/mqsidecar/internal/settings"
 )
 
 // logBuffer is a goroutine-safe log sink.
@@ -42,7 +42,7 @@ func testLogger(t *testing.T) (*slog.Logger, *logBuffer) {
 	return slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug})), b
 }
 
-// countingMetrics records events for assertions.
+// countingMetrics records events for assertions: the trace (Inc) and adapters.Events.
 type countingMetrics struct {
 	mu        sync.Mutex
 	events    map[Event]int
@@ -58,7 +58,7 @@ func (m *countingMetrics) Inc(e Event) {
 	m.events[e]++
 }
 
-func (m *countingMetrics) SetConnected(up bool) {
+func (m *countingMetrics) SetSourceReady(up bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.connected = up
@@ -82,8 +82,8 @@ func eventually(t *testing.T, within time.Duration, what string, cond func() boo
 	}
 }
 
-func validConfig() config.RabbitMQ {
-	c := config.Defaults().Source.RabbitMQ
+func validConfig() Settings {
+	c := Defaults()
 	c.URL = "amqp://guest:guest@127.0.0.1:5672/"
 	c.Queue = "orders"
 	return c
@@ -92,25 +92,25 @@ func validConfig() config.RabbitMQ {
 func TestNewValidation(t *testing.T) {
 	cases := []struct {
 		name   string
-		mutate func(*config.RabbitMQ)
+		mutate func(*Settings)
 		target string
 		want   string
 	}{
-		{"no url", func(c *config.RabbitMQ) { c.URL = "" }, "", "url: must be set"},
-		{"bad scheme", func(c *config.RabbitMQ) { c.URL = "http://u:hunter2@h/" }, "", "url: not a valid AMQP URL"},
-		{"bad url", func(c *config.RabbitMQ) { c.URL = "amqp://u:hunter2@h:notaport/" }, "", "url: not a valid AMQP URL"},
-		{"no queue", func(c *config.RabbitMQ) { c.Queue = "" }, "", "queue: must be set"},
-		{"prefetch 0", func(c *config.RabbitMQ) { c.Prefetch = 0 }, "", "prefetch: must be between 1 and 65535, got 0"},
-		{"prefetch big", func(c *config.RabbitMQ) { c.Prefetch = 70000 }, "", "prefetch: must be between 1 and 65535"},
-		{"message id", func(c *config.RabbitMQ) { c.MessageID = "key" }, "", "message_id: must be"},
-		{"empty header", func(c *config.RabbitMQ) { c.MessageID = "header:" }, "", "message_id: must be"},
-		{"dl mode", func(c *config.RabbitMQ) { c.DeadLetterMode = "drop" }, "", "dead_letter_mode: must be"},
-		{"dl target", func(c *config.RabbitMQ) {}, "/", "names neither an exchange nor a routing key"},
-		{"dl space", func(c *config.RabbitMQ) {}, "dl x/k", "spaces or control characters"},
-		{"tls needs amqps", func(c *config.RabbitMQ) { c.TLS.Enabled = true }, "", "tls.enabled: needs an amqps:// URL"},
-		{"tls ca", func(c *config.RabbitMQ) {
+		{"no url", func(c *Settings) { c.URL = "" }, "", "url: required"},
+		{"bad scheme", func(c *Settings) { c.URL = "http://u:hunter2@h/" }, "", "url: must start with amqp:// or amqps://"},
+		{"bad url", func(c *Settings) { c.URL = "amqp://u:hunter2@h:notaport/" }, "", "url: is not a valid URL"},
+		{"no queue", func(c *Settings) { c.Queue = "" }, "", "queue: required"},
+		{"prefetch 0", func(c *Settings) { c.Prefetch = 0 }, "", "prefetch: must be between 1 and 65535, got 0"},
+		{"prefetch big", func(c *Settings) { c.Prefetch = 70000 }, "", "prefetch: must be between 1 and 65535"},
+		{"message id", func(c *Settings) { c.MessageID = "key" }, "", "message_id: must be"},
+		{"empty header", func(c *Settings) { c.MessageID = "header:" }, "", `message_id: "header:" names no header`},
+		{"dl mode", func(c *Settings) { c.DeadLetterMode = "drop" }, "", "dead_letter_mode: must be"},
+		{"dl target", func(c *Settings) {}, "/", "names neither an exchange nor a routing key"},
+		{"dl space", func(c *Settings) {}, "dl x/k", "spaces or control characters"},
+		{"tls needs amqps", func(c *Settings) { c.TLS.Enabled = true }, "", "TLS needs an amqps:// URL"},
+		{"tls ca", func(c *Settings) {
 			c.URL = "amqps://h/"
-			c.TLS = config.TLS{Enabled: true, CAFile: "/nonexistent/ca.pem"}
+			c.TLS = settings.TLS{Enabled: true, CAFile: "/nonexistent/ca.pem"}
 		}, "", "tls.ca_file"},
 	}
 	for _, tc := range cases {
@@ -269,7 +269,7 @@ func TestMessageID(t *testing.T) {
 	c := validConfig()
 	c.URL = "amqp://guest:guest@127.0.0.1:1/"
 	c.MessageID = "header:Message-Id"
-	s, err := New(c, "", WithLogger(log), WithMetrics(metrics))
+	s, err := New(c, "", WithLogger(log), WithEvents(metrics), withTrace(metrics.Inc))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,7 +317,7 @@ func TestUnreachable(t *testing.T) {
 	base := runtime.NumGoroutine()
 	log, logs := testLogger(t)
 	c := validConfig()
-	c.URL = config.Secret("amqp://user:hunter2@" + addr + "/")
+	c.URL = settings.Secret("amqp://user:hunter2@" + addr + "/")
 	s, err := New(c, "dlx", WithLogger(log), WithBackoff(10*time.Millisecond, 50*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
@@ -376,7 +376,7 @@ func TestCloseDuringHandshake(t *testing.T) {
 	}()
 	base := runtime.NumGoroutine()
 	c := validConfig()
-	c.URL = config.Secret("amqp://guest:guest@" + ln.Addr().String() + "/")
+	c.URL = settings.Secret("amqp://guest:guest@" + ln.Addr().String() + "/")
 	s, err := New(c, "")
 	if err != nil {
 		t.Fatal(err)
@@ -456,7 +456,7 @@ func TestAmbiguousURLRefused(t *testing.T) {
 	} {
 		name := strings.ReplaceAll(u, pw, "PW")
 		c := validConfig()
-		c.URL = config.Secret(u)
+		c.URL = settings.Secret(u)
 		log, logs := testLogger(t)
 		s, err := New(c, "", WithLogger(log))
 		if err == nil {
@@ -472,3 +472,7 @@ func TestAmbiguousURLRefused(t *testing.T) {
 		}
 	}
 }
+
+// Error and SetConsumerLag complete adapters.Events; the trace counts the errors.
+func (m *countingMetrics) Error(string)                    {}
+func (m *countingMetrics) SetConsumerLag(map[string]int64) {}

@@ -219,7 +219,7 @@ func (ss *session) drop(n int) {
 	ss.dropped += n
 	ss.mu.Unlock()
 	for range n {
-		ss.s.metrics.Inc(EventStaleSettle)
+		ss.s.event(EventStaleSettle)
 	}
 }
 

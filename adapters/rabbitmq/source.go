@@ -19,7 +19,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/mqsidecar/mqsidecar/adapters"
-	"github.com/mqsidecar/mqsidecar/config"
+	"github.com/mqsidecar/mqsidecar/internal/settings"
 )
 
 // Errors of this package, beside the shared ones in package adapters. Classify with
@@ -46,10 +46,11 @@ var errClosing = errors.New("closing")
 // errConsumerCancelled ends a consume pass when the broker cancelled the consumer.
 var errConsumerCancelled = errors.New("consumer cancelled by the broker (queue deleted or node failover)")
 
-// Event names what Metrics.Inc counts.
+// Event names one thing that happened in the source. Events that are errors are counted
+// through adapters.Events.Error (errorKind); tests trace all of them (withTrace).
 type Event string
 
-// Events counted through Metrics.Inc.
+// The events of the source.
 const (
 	// EventConnected: a connection was established and consuming started.
 	EventConnected Event = "connected"
@@ -70,26 +71,36 @@ const (
 	EventDeadLetterFailed Event = "dead_letter_failed"
 )
 
-// Metrics receives the adapter's events, for the sidecar's Prometheus metrics. Methods
-// must be cheap and safe for concurrent use.
-type Metrics interface {
-	// Inc counts one event.
-	Inc(Event)
-	// SetConnected reports whether the source is connected and consuming.
-	SetConnected(bool)
+// errorKind is the adapters.Events error kind e counts as, "" for none.
+func (e Event) errorKind() string {
+	switch e {
+	case EventConnectFailed, EventConnectionLost, EventConsumerCancelled:
+		return adapters.ErrorBroker
+	case EventDeadLetterFailed:
+		return adapters.ErrorDeadLetter
+	case EventMissingID:
+		return adapters.ErrorMissingID
+	}
+	return ""
 }
 
-type noMetrics struct{}
-
-func (noMetrics) Inc(Event)         {}
-func (noMetrics) SetConnected(bool) {}
+// event reports e: to the trace (tests), and as an error to the events when it is one.
+func (s *Source) event(e Event) {
+	if s.trace != nil {
+		s.trace(e)
+	}
+	if k := e.errorKind(); k != "" {
+		s.events.Error(k)
+	}
+}
 
 // Option configures New.
 type Option func(*options)
 
 type options struct {
 	log            *slog.Logger
-	metrics        Metrics
+	events         adapters.Events
+	trace          func(Event)
 	backoffMin     time.Duration
 	backoffMax     time.Duration
 	publishTimeout time.Duration
@@ -99,8 +110,12 @@ type options struct {
 // WithLogger sets the logger (default slog.Default()).
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
-// WithMetrics sets the metrics hook (default: none).
-func WithMetrics(m Metrics) Option { return func(o *options) { o.metrics = m } }
+// WithEvents sets where the adapter reports readiness and errors (default
+// adapters.NoEvents).
+func WithEvents(e adapters.Events) Option { return func(o *options) { o.events = e } }
+
+// withTrace sees every Event (tests).
+func withTrace(f func(Event)) Option { return func(o *options) { o.trace = f } }
 
 // WithBackoff sets the reconnect backoff: the first wait is about min, doubling up to max
 // (defaults 500ms and 30s), with jitter.
@@ -140,7 +155,8 @@ type Source struct {
 	dl         deadLetterTarget
 	tlsConfig  *tls.Config
 	log        *slog.Logger
-	metrics    Metrics
+	events     adapters.Events
+	trace      func(Event)
 	backoffMin time.Duration
 	backoffMax time.Duration
 	pubTimeout time.Duration
@@ -168,13 +184,17 @@ type Source struct {
 
 type readyState struct{ err error }
 
-// New validates cfg and returns a Source that connects in the background; it does not
+// New checks cfg (Settings.Check) and returns a Source that connects in the background; it does not
 // touch the network. deadLetterTarget is delivery.dead_letter.target: "" for none, else
 // "exchange[/routing-key]" (used in dead_letter_mode "publish" only).
-func New(cfg config.RabbitMQ, deadLetterTarget string, opts ...Option) (*Source, error) {
+func New(cfg Settings, deadLetterTarget string, opts ...Option) (*Source, error) {
+	var ck settings.Checker
+	if cfg.Check(&ck, deadLetterTarget); len(ck.Problems) > 0 {
+		return nil, ck.Err("rabbitmq")
+	}
 	o := options{
 		log:            slog.Default(),
-		metrics:        noMetrics{},
+		events:         adapters.NoEvents{},
 		backoffMin:     500 * time.Millisecond,
 		backoffMax:     30 * time.Second,
 		publishTimeout: 30 * time.Second,
@@ -186,8 +206,8 @@ func New(cfg config.RabbitMQ, deadLetterTarget string, opts ...Option) (*Source,
 	if o.log == nil {
 		o.log = slog.Default()
 	}
-	if o.metrics == nil {
-		o.metrics = noMetrics{}
+	if o.events == nil {
+		o.events = adapters.NoEvents{}
 	}
 	if o.backoffMin <= 0 || o.backoffMax < o.backoffMin {
 		return nil, fmt.Errorf("rabbitmq: invalid backoff %v..%v", o.backoffMin, o.backoffMax)
@@ -199,7 +219,8 @@ func New(cfg config.RabbitMQ, deadLetterTarget string, opts ...Option) (*Source,
 		prefetch:   cfg.Prefetch,
 		declare:    cfg.Declare,
 		log:        o.log,
-		metrics:    o.metrics,
+		events:     o.events,
+		trace:      o.trace,
 		backoffMin: o.backoffMin,
 		backoffMax: o.backoffMax,
 		pubTimeout: o.publishTimeout,
@@ -208,15 +229,9 @@ func New(cfg config.RabbitMQ, deadLetterTarget string, opts ...Option) (*Source,
 		closing:    make(chan struct{}),
 		runDone:    make(chan struct{}),
 	}
-	if s.url == "" {
-		return nil, errors.New("rabbitmq: url: must be set")
-	}
-	// A URL whose user info net/url would split in the wrong place ("amqp://u:#pw@host/"
-	// reads as host "u") would dial the wrong host and put the password into the address
-	// or vhost, which are logged: refuse it before parsing.
-	if msg := config.UserinfoProblem(s.url); msg != "" {
-		return nil, fmt.Errorf("rabbitmq: url: %s", msg)
-	}
+	// Check refused a URL whose user info net/url would split in the wrong place
+	// ("amqp://u:#pw@host/" reads as host "u"), which would dial the wrong host and put the
+	// password into the address or vhost, which are logged.
 	uri, err := amqp.ParseURI(s.url)
 	if err != nil {
 		if strings.Contains(s.url, "@") {
@@ -228,21 +243,11 @@ func New(cfg config.RabbitMQ, deadLetterTarget string, opts ...Option) (*Source,
 	s.addr = net.JoinHostPort(uri.Host, strconv.Itoa(uri.Port))
 	s.vhost = uri.Vhost
 	s.user = uri.Username
-	if s.queue == "" {
-		return nil, errors.New("rabbitmq: queue: must be set")
-	}
 	if len(s.queue) > 255 {
 		return nil, fmt.Errorf("rabbitmq: queue: name longer than 255 bytes (%d)", len(s.queue))
 	}
-	if s.prefetch < 1 || s.prefetch > 65535 {
-		return nil, fmt.Errorf("rabbitmq: prefetch: must be between 1 and 65535, got %d", s.prefetch)
-	}
-	switch id := cfg.MessageID; {
-	case id == "" || id == "message_id":
-	case strings.HasPrefix(id, "header:") && len(id) > len("header:"):
-		s.idHeader = strings.TrimPrefix(id, "header:")
-	default:
-		return nil, fmt.Errorf("rabbitmq: message_id: must be \"message_id\" or \"header:<name>\", got %q", id)
+	if name, ok := strings.CutPrefix(cfg.MessageID, "header:"); ok { // else "message_id" (Check)
+		s.idHeader = name
 	}
 	s.source = "rabbitmq://" + url.PathEscape(s.vhost) + "/" + s.queue
 	if s.prefetch == 1 {
@@ -251,7 +256,7 @@ func New(cfg config.RabbitMQ, deadLetterTarget string, opts ...Option) (*Source,
 	if s.dl, err = parseDeadLetter(cfg.DeadLetterMode, deadLetterTarget, s.queue); err != nil {
 		return nil, err
 	}
-	if s.tlsConfig, err = tlsConfig(cfg.TLS, uri); err != nil {
+	if s.tlsConfig, err = tlsConfig(cfg.TLS); err != nil {
 		return nil, err
 	}
 
@@ -277,12 +282,10 @@ func redactURLError(err error) error {
 }
 
 // tlsConfig builds the client TLS configuration; nil means amqp091's default for amqps.
-func tlsConfig(c config.TLS, uri amqp.URI) (*tls.Config, error) {
+// Check refused tls.enabled with an amqp:// URL.
+func tlsConfig(c settings.TLS) (*tls.Config, error) {
 	if !c.Enabled {
 		return nil, nil
-	}
-	if uri.Scheme != "amqps" {
-		return nil, errors.New("rabbitmq: tls.enabled: needs an amqps:// URL")
 	}
 	tc, err := c.ClientConfig()
 	if err != nil {
@@ -331,7 +334,7 @@ func (s *Source) setReady(err error) {
 	default:
 	}
 	s.ready.Store(&readyState{err: err})
-	s.metrics.SetConnected(err == nil)
+	s.events.SetSourceReady(err == nil)
 }
 
 // Close stops consuming, flushes settled acknowledgements, and closes the channel and
@@ -450,7 +453,7 @@ func (s *Source) run() {
 			if s.stopping() {
 				return
 			}
-			s.metrics.Inc(EventConnectFailed)
+			s.event(EventConnectFailed)
 			s.setReady(err)
 			dl.failed(s.log, err)
 			if !s.sleep(bo.next(), nil) {
@@ -465,7 +468,7 @@ func (s *Source) run() {
 			return
 		}
 		sess.teardown(s)
-		s.metrics.Inc(EventConnectionLost)
+		s.event(EventConnectionLost)
 		s.setReady(fmt.Errorf("rabbitmq: connection lost: %w", err))
 		s.log.Warn("rabbitmq: connection lost; reconnecting", slog.String("error", err.Error()),
 			slog.Uint64("generation", sess.gen), slog.Duration("lived", time.Since(started).Round(time.Millisecond)))
@@ -576,7 +579,7 @@ func (s *Source) serve(sess *session, bo *backoff, dl *downLog) error {
 			if sess.isDead() || s.stopping() {
 				return errors.Join(err, sess.err())
 			}
-			s.metrics.Inc(EventConnectFailed)
+			s.event(EventConnectFailed)
 			s.setReady(err)
 			dl.failed(s.log, err)
 			if !s.sleep(bo.next(), sess) {
@@ -588,7 +591,7 @@ func (s *Source) serve(sess *session, bo *backoff, dl *downLog) error {
 			continue
 		}
 		s.setReady(nil)
-		s.metrics.Inc(EventConnected)
+		s.event(EventConnected)
 		s.log.Info("rabbitmq: consuming", slog.String("addr", s.addr), slog.Int("prefetch", s.prefetch),
 			slog.Uint64("generation", sess.gen), slog.Int("failed_attempts", dl.attempts))
 		dl.reset()
@@ -596,7 +599,7 @@ func (s *Source) serve(sess *session, bo *backoff, dl *downLog) error {
 		if !errors.Is(err, errConsumerCancelled) {
 			return err
 		}
-		s.metrics.Inc(EventConsumerCancelled)
+		s.event(EventConsumerCancelled)
 		s.setReady(fmt.Errorf("rabbitmq: %w", err))
 		s.log.Warn("rabbitmq: consumer cancelled by the broker (queue deleted or node failover); re-subscribing",
 			slog.Uint64("generation", sess.gen))

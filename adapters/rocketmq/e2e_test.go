@@ -41,7 +41,6 @@ import (
 
 	"github.com/mqsidecar/mqsidecar/adapters"
 	"github.com/mqsidecar/mqsidecar/adapters/adaptertest"
-	"github.com/mqsidecar/mqsidecar/config"
 )
 
 // env returns the name server and broker addresses, skipping (or failing under CI).
@@ -222,9 +221,9 @@ func readTopic(t *testing.T, topic string, n int, timeout time.Duration) []adapt
 	return append([]adaptertest.Message(nil), got...)
 }
 
-func sourceConfig(t *testing.T, topic, mode, dlMode string) config.RocketMQ {
+func sourceConfig(t *testing.T, topic, mode, dlMode string) Settings {
 	ns, _ := env(t)
-	return config.RocketMQ{
+	return Settings{
 		Nameservers:    []string{ns},
 		Group:          "g-" + topic,
 		Topic:          topic,
@@ -236,7 +235,7 @@ func sourceConfig(t *testing.T, topic, mode, dlMode string) config.RocketMQ {
 	}
 }
 
-func open(t *testing.T, cfg config.RocketMQ, dl string) *Source {
+func open(t *testing.T, cfg Settings, dl string) *Source {
 	t.Helper()
 	s, err := New(cfg, dl, WithLogger(testLogger(t)), WithMaxInflight(16))
 	if err != nil {

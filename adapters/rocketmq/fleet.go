@@ -9,6 +9,8 @@ import (
 
 	"github.com/apache/rocketmq-client-go/v2/consumer"
 	"github.com/apache/rocketmq-client-go/v2/primitive"
+
+	"github.com/mqsidecar/mqsidecar/adapters"
 )
 
 // What the adapter does for a fleet (several sidecars in one consumer group); the package
@@ -364,7 +366,7 @@ func (s *Source) commitReservation(addr string, st *queueState, want int64) erro
 	}
 	if err != nil && (isGroupNotExist(err) || errors.Is(err, errNoPermission)) {
 		s.hwmOff.Store(true)
-		s.countError("broker")
+		s.countError(adapters.ErrorBroker)
 		s.log.Error("rocketmq: the reservation group cannot be used (broker without autoCreateSubscriptionGroup, or no ACL permission); "+
 			"create it and allow it like the consumer group, else a completed message replayed after its queue moved to another sidecar is not flagged ce-redelivered",
 			"group", s.hwmGroup, "error", err)
@@ -405,7 +407,7 @@ func (s *Source) admit(inf *inflight) bool {
 			}
 			return !isClosed(st.fence)
 		}
-		s.countError("broker")
+		s.countError(adapters.ErrorBroker)
 		if attempt == 1 || attempt%10 == 0 {
 			s.log.Warn("rocketmq: reserving before a push failed; retrying", "queue", mqString(st.mq), "attempt", attempt, "error", err)
 		}

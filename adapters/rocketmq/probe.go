@@ -1,6 +1,7 @@
 package rocketmq
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -110,7 +111,7 @@ func probe(nameservers []string, topic string, timeout time.Duration) error {
 		return fmt.Errorf("rocketmq: the name servers know no broker for topic %q", topic)
 	}
 	for _, addr := range brokers {
-		c, err := net.DialTimeout("tcp", addr, timeout)
+		c, err := (&net.Dialer{Timeout: timeout}).DialContext(context.Background(), "tcp", addr)
 		if err != nil {
 			return fmt.Errorf("rocketmq: broker %s unreachable: %w", addr, err)
 		}

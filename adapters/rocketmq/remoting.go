@@ -1,6 +1,7 @@
 package rocketmq
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/sha1"
 	"encoding/base64"
@@ -54,7 +55,7 @@ type remotingReply struct {
 // the Go client's ACL hook signs it. Frame: int32 length of the rest, int32 header length
 // (top byte: codec, 0 = JSON), header, body.
 func invoke(addr string, code int, ext map[string]string, body []byte, creds primitive.Credentials, timeout time.Duration) (*remotingReply, error) {
-	conn, err := net.DialTimeout("tcp", addr, timeout)
+	conn, err := (&net.Dialer{Timeout: timeout}).DialContext(context.Background(), "tcp", addr)
 	if err != nil {
 		return nil, err
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,8 +16,7 @@ import (
 	"github.com/apache/rocketmq-client-go/v2/producer"
 
 	"github.com/mqsidecar/mqsidecar/adapters"
-	"github.com/mqsidecar/mqsidecar/config"
-	"github.com/mqsidecar/mqsidecar/metrics"
+	"github.com/mqsidecar/mqsidecar/internal/settings"
 )
 
 // Errors of this adapter. Callers classify with errors.Is.
@@ -85,7 +83,7 @@ type Option func(*options)
 
 type options struct {
 	log         *slog.Logger
-	m           *metrics.Metrics
+	ev          adapters.Events
 	maxInflight int
 }
 
@@ -93,8 +91,9 @@ type options struct {
 // as well (see the package doc).
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
-// WithMetrics sets the metrics the adapter reports readiness, consumer lag and errors to.
-func WithMetrics(m *metrics.Metrics) Option { return func(o *options) { o.m = m } }
+// WithEvents sets where the adapter reports readiness, consumer lag and errors (default
+// adapters.NoEvents).
+func WithEvents(e adapters.Events) Option { return func(o *options) { o.ev = e } }
 
 // WithMaxInflight bounds how many messages are handed out and unsettled at once in
 // concurrent mode (the client's consume goroutines per topic; the retry topic has its own
@@ -112,10 +111,10 @@ type pushConsumer interface {
 
 // Source is the RocketMQ adapter. Create it with New.
 type Source struct {
-	cfg       config.RocketMQ
+	cfg       Settings
 	dlTarget  string
 	log       *slog.Logger
-	m         *metrics.Metrics
+	ev        adapters.Events
 	orderly   bool
 	brokerDLQ bool
 	suspend   time.Duration
@@ -178,7 +177,7 @@ type inflight struct {
 // for the topic (it does not exist yet), New returns the Source with Ready reporting which
 // of the two it is, and retries the start in the background (1 s doubling to 30 s) until it
 // succeeds or Close. deadLetterTarget is delivery.dead_letter.target ("" = none).
-func New(cfg config.RocketMQ, deadLetterTarget string, opts ...Option) (*Source, error) {
+func New(cfg Settings, deadLetterTarget string, opts ...Option) (*Source, error) {
 	o := options{log: slog.Default(), maxInflight: defaultMaxInflight}
 	for _, opt := range opts {
 		opt(&o)
@@ -186,22 +185,11 @@ func New(cfg config.RocketMQ, deadLetterTarget string, opts ...Option) (*Source,
 	if o.maxInflight < 1 {
 		o.maxInflight = 1
 	}
-	if err := check(cfg, deadLetterTarget); err != nil {
-		return nil, err
+	var ck settings.Checker
+	if cfg.Check(&ck, deadLetterTarget); len(ck.Problems) > 0 {
+		return nil, ck.Err("rocketmq")
 	}
-	if cfg.Tags == "" {
-		cfg.Tags = "*"
-	}
-	if cfg.MessageID == "" {
-		cfg.MessageID = "uniq_key"
-	}
-	if cfg.SuspendTime <= 0 {
-		cfg.SuspendTime = time.Second
-	}
-	creds, err := credentials(cfg)
-	if err != nil {
-		return nil, err
-	}
+	creds := credentials(cfg)
 	installLogBridge(o.log)
 
 	s := newSource(cfg, deadLetterTarget, o)
@@ -346,18 +334,21 @@ func (s *Source) retryStart() {
 
 // notStarted reports a failed start attempt in Ready and the log.
 func (s *Source) notStarted(err error, retryIn time.Duration) {
-	s.countError("broker")
+	s.countError(adapters.ErrorBroker)
 	s.setReady(fmt.Errorf("%w (consumer not started; next attempt in %s)", err, retryIn))
 	s.log.Warn("rocketmq consumer not started, retrying", "error", err, "retry_in", retryIn)
 }
 
 // newSource builds the Source state without a client (shared with unit tests).
-func newSource(cfg config.RocketMQ, deadLetterTarget string, o options) *Source {
+func newSource(cfg Settings, deadLetterTarget string, o options) *Source {
+	if o.ev == nil {
+		o.ev = adapters.NoEvents{}
+	}
 	s := &Source{
 		cfg:       cfg,
 		dlTarget:  deadLetterTarget,
 		log:       o.log.With("source", "rocketmq", "topic", cfg.Topic, "group", cfg.Group),
-		m:         o.m,
+		ev:        o.ev,
 		orderly:   cfg.Mode == "orderly",
 		brokerDLQ: cfg.DeadLetterMode == "broker",
 		suspend:   cfg.SuspendTime,
@@ -387,60 +378,13 @@ func newSource(cfg config.RocketMQ, deadLetterTarget string, o options) *Source 
 	return s
 }
 
-// check validates what the adapter relies on; config.Validate reports the same problems
-// with key names, this guards direct callers.
-func check(cfg config.RocketMQ, dl string) error {
-	var errs []error
-	if len(cfg.Nameservers) == 0 {
-		errs = append(errs, errors.New("nameservers: at least one name server address is required"))
-	}
-	if cfg.Group == "" {
-		errs = append(errs, errors.New("group: required"))
-	}
-	if cfg.Topic == "" {
-		errs = append(errs, errors.New("topic: required"))
-	}
-	switch cfg.Mode {
-	case "", "concurrent", "orderly":
-	default:
-		errs = append(errs, fmt.Errorf("mode: must be concurrent or orderly, got %q", cfg.Mode))
-	}
-	switch cfg.DeadLetterMode {
-	case "", "topic":
-	case "broker":
-		if dl != "" {
-			errs = append(errs, fmt.Errorf("dead_letter_mode broker sends to %%DLQ%%%s; a dead-letter target %q makes no sense with it", cfg.Group, dl))
-		}
-	default:
-		errs = append(errs, fmt.Errorf("dead_letter_mode: must be topic or broker, got %q", cfg.DeadLetterMode))
-	}
-	if _, _, err := parseMessageID(cfg.MessageID); err != nil {
-		errs = append(errs, err)
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("rocketmq: invalid configuration: %w", err)
-	}
-	return nil
-}
-
-// credentials returns the ACL credentials; a secret_key_file not yet read by config.Load is
-// read here.
-func credentials(cfg config.RocketMQ) (primitive.Credentials, error) {
+// credentials returns the ACL credentials (empty without an access key; Check requires the
+// secret key with it, which config.Load read from secret_key_file when that was named).
+func credentials(cfg Settings) primitive.Credentials {
 	if cfg.AccessKey == "" {
-		return primitive.Credentials{}, nil
+		return primitive.Credentials{}
 	}
-	secret := cfg.SecretKey.Reveal()
-	if secret == "" && cfg.SecretKeyFile != "" {
-		b, err := os.ReadFile(cfg.SecretKeyFile)
-		if err != nil {
-			return primitive.Credentials{}, fmt.Errorf("rocketmq: read secret_key_file: %w", err)
-		}
-		secret = strings.TrimSpace(string(b))
-	}
-	if secret == "" {
-		return primitive.Credentials{}, errors.New("rocketmq: access_key is set but the secret key is empty")
-	}
-	return primitive.Credentials{AccessKey: cfg.AccessKey, SecretKey: secret}, nil
+	return primitive.Credentials{AccessKey: cfg.AccessKey, SecretKey: cfg.SecretKey.Reveal()}
 }
 
 // Read implements adapters.Source.
@@ -715,11 +659,11 @@ func (s *Source) DeadLetter(ctx context.Context, d *adapters.Delivery, f adapter
 	msg := s.deadLetterMessage(d, orig, f)
 	res, err := s.producer.SendSync(ctx, msg)
 	if err != nil {
-		s.countError("dead_letter")
+		s.countError(adapters.ErrorDeadLetter)
 		return fmt.Errorf("rocketmq: dead-letter %q to %q: %w", d.ID, s.dlTarget, err)
 	}
 	if res.Status != primitive.SendOK {
-		s.countError("dead_letter")
+		s.countError(adapters.ErrorDeadLetter)
 		return fmt.Errorf("rocketmq: dead-letter %q to %q: broker answered %s, not SEND_OK", d.ID, s.dlTarget, sendStatus(res.Status))
 	}
 	return nil
@@ -751,20 +695,10 @@ func (s *Source) setReady(err error) {
 	case err == nil && *prev != nil && !errors.Is(*prev, adapters.ErrClosed):
 		s.log.Info("rocketmq source ready")
 	}
-	if s.m != nil {
-		if err == nil {
-			s.m.SourceReady.Set(1)
-		} else {
-			s.m.SourceReady.Set(0)
-		}
-	}
+	s.ev.SetSourceReady(err == nil)
 }
 
-func (s *Source) countError(kind string) {
-	if s.m != nil {
-		s.m.Error(kind)
-	}
-}
+func (s *Source) countError(kind string) { s.ev.Error(kind) }
 
 // routeTopic is the topic as the name server knows it (with the namespace prefix).
 func (s *Source) routeTopic() string {
@@ -789,21 +723,19 @@ func (s *Source) health() {
 		when, msg := lastPullError()
 		if when.After(seen) {
 			seen = when
-			s.countError("broker")
+			s.countError(adapters.ErrorBroker)
 		}
 		if err := probe(s.cfg.Nameservers, s.routeTopic(), 2*time.Second); err != nil {
-			s.countError("broker")
+			s.countError(adapters.ErrorBroker)
 			s.setReady(err)
 		} else if time.Since(when) < readyErrorWindow {
 			s.setReady(fmt.Errorf("rocketmq: pulling from the broker failed %s ago: %s", time.Since(when).Round(time.Second), msg))
 		} else {
 			s.setReady(nil)
 		}
-		if s.m != nil {
-			// The client reports the queues this replica holds now; a topic whose queues
-			// all went to other replicas loses its series instead of keeping its last value.
-			s.m.SetConsumerLag(s.consumer.GetOffsetDiffMap())
-		}
+		// The client reports the queues this replica holds now; a topic whose queues all
+		// went to other replicas loses its series instead of keeping its last value.
+		s.ev.SetConsumerLag(s.consumer.GetOffsetDiffMap())
 	}
 }
 

@@ -18,7 +18,7 @@ import (
 	"github.com/apache/rocketmq-client-go/v2/primitive"
 
 	"github.com/mqsidecar/mqsidecar/adapters"
-	"github.com/mqsidecar/mqsidecar/config"
+	"github.com/mqsidecar/mqsidecar/internal/settings"
 )
 
 func testMsg(props map[string]string, body string) *primitive.MessageExt {
@@ -60,7 +60,7 @@ func TestMessageID(t *testing.T) {
 }
 
 func TestDeliveryFields(t *testing.T) {
-	s := newSource(config.RocketMQ{Topic: "orders", Group: "g", MessageID: "uniq_key", Mode: "orderly", Namespace: "ns"},
+	s := newSource(Settings{Topic: "orders", Group: "g", MessageID: "uniq_key", Mode: "orderly", Namespace: "ns"},
 		"", options{log: slog.Default()})
 	m := testMsg(map[string]string{
 		"UNIQ_KEY": "U1", "KEYS": "k1", "TAGS": "t", "RECONSUME_TIME": "2", "__RMQ.TRANSIENT.X": "1",
@@ -91,7 +91,7 @@ func TestDeliveryFields(t *testing.T) {
 }
 
 func TestDeadLetterMessage(t *testing.T) {
-	s := newSource(config.RocketMQ{Topic: "orders", Group: "g"}, "orders-dlq", options{log: slog.Default()})
+	s := newSource(Settings{Topic: "orders", Group: "g"}, "orders-dlq", options{log: slog.Default()})
 	m := testMsg(map[string]string{"UNIQ_KEY": "U1", "KEYS": "k1", "TAGS": "t", "DELAY": "3", "x-h": "v\x01w"}, "body")
 	d := s.delivery(m)
 	f := adapters.Failure{Reason: "permanent", Status: 422, Error: "", Attempts: 3, Time: time.Unix(0, 0)}
@@ -160,7 +160,7 @@ func (f *fakeConsumer) Suspend()                           {}
 func (f *fakeConsumer) GetOffsetDiffMap() map[string]int64 { return nil }
 
 func bridgeSource(mode, dlMode string) *Source {
-	s := newSource(config.RocketMQ{Topic: "orders", Group: "g", Mode: mode, DeadLetterMode: dlMode, SuspendTime: 700 * time.Millisecond},
+	s := newSource(Settings{Topic: "orders", Group: "g", Mode: mode, DeadLetterMode: dlMode, SuspendTime: 700 * time.Millisecond},
 		"", options{log: slog.Default()})
 	s.consumer = &fakeConsumer{}
 	s.setReady(nil)
@@ -338,19 +338,23 @@ func TestBridgeClose(t *testing.T) {
 	}
 }
 
+// TestCheck: New refuses settings that Check refuses (the rules config.Validate reports
+// too), before it contacts anything.
 func TestCheck(t *testing.T) {
-	ok := config.RocketMQ{Nameservers: []string{"127.0.0.1:9876"}, Group: "g", Topic: "t"}
-	if err := check(ok, ""); err != nil {
-		t.Fatalf("check(valid) = %v", err)
+	ok := Defaults()
+	ok.Nameservers, ok.Group, ok.Topic = []string{"127.0.0.1:9876"}, "g", "t"
+	var ck settings.Checker
+	if ok.Check(&ck, ""); ck.Err("rocketmq") != nil {
+		t.Fatalf("Check(valid) = %v", ck.Err("rocketmq"))
 	}
 	bad := ok
 	bad.Nameservers = nil
 	bad.Mode = "fifo"
 	bad.DeadLetterMode = "broker"
-	err := check(bad, "dlq")
-	for _, want := range []string{"nameservers", "mode", "dead-letter target"} {
+	_, err := New(bad, "dlq")
+	for _, want := range []string{"nameservers", "mode", "delivery.dead_letter.target"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("check(bad) = %v, want it to mention %q", err, want)
+			t.Errorf("New(bad) = %v, want it to mention %q", err, want)
 		}
 	}
 }

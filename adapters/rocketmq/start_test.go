@@ -12,8 +12,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/mqsidecar/mqsidecar/config"
 )
 
 // freeAddr returns a loopback address nothing listens on (a port just released).
@@ -32,7 +30,8 @@ func freeAddr(t *testing.T) string {
 // server, and Close during the start retries returns promptly.
 func TestNewNameServerDown(t *testing.T) {
 	ns := freeAddr(t)
-	cfg := config.RocketMQ{Nameservers: []string{ns}, Group: "g-ns-down", Topic: "t-ns-down"}
+	cfg := Defaults()
+	cfg.Nameservers, cfg.Group, cfg.Topic = []string{ns}, "g-ns-down", "t-ns-down"
 	s, err := New(cfg, "", WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
 	if err != nil {
 		t.Fatalf("New with the name server down: %v", err)

@@ -2,95 +2,89 @@
 # rocketmq.sh — a RocketMQ 5.3.x name server + broker for the e2e tests, on loopback, from the
 # Maven Central jars (no Docker, no distribution zip).
 #
-#   rocketmq.sh start            install what is missing, start both, wait for "boot success"
-#   rocketmq.sh stop             stop both (pid files), no-op when not running
-#   rocketmq.sh restart          stop + start, keeping the store ("broker restart mid-stream")
-#   rocketmq.sh restart-broker   stop + start the broker only (name server keeps running)
-#   rocketmq.sh reset            stop + wipe the store + start
-#   rocketmq.sh status           exit 0 when both run and answer, 1 otherwise
-#   rocketmq.sh env              print the export lines for the tests
-#   rocketmq.sh topic NAME [QUEUES]  create/update a topic (default 4 queues) on the cluster
-#
-# Environment (all optional):
-#   MQSIDECAR_E2E_DIR                data root (default /tmp/mqsidecar-e2e); ours is <root>/rocketmq
-#   MQSIDECAR_CACHE                  jar cache root (default ~/.cache/mqsidecar)
-#   MQSIDECAR_ROCKETMQ_VERSION       default 5.3.3 (see VERSION below for why not 5.3.4)
-#   MQSIDECAR_ROCKETMQ_NAMESRV_PORT  default 19876
-#   MQSIDECAR_ROCKETMQ_BROKER_PORT   default 20911; the broker also binds PORT-2 (fast channel)
-#                                    and PORT+1 (HA), so keep those free as well
-#   MQSIDECAR_ROCKETMQ_START_TIMEOUT seconds to wait for each "boot success" (default 120)
-#   MQSIDECAR_MAVEN_ARGS             extra arguments for mvn (e.g. -Dmaven.repo.local=...)
+# Usage: rocketmq.sh start|stop|restart [--hard]|kill|reset|status|env|logs [N]|topic NAME [QUEUES]|restart-broker
+# The lifecycle verbs are lib.sh's (the contract the other broker scripts share); see
+# README.md in this directory for the environment variables and the file layout.
 #
 # Layout under <root>/rocketmq: home/ (ROCKETMQ_HOME and user.home, so the logs land in
 # home/logs/rocketmqlogs), store/, conf/, namesrv.out, broker.out, *.pid.
-set -euo pipefail
 
 HARNESS_NAME=rocketmq
-HARNESS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+# The variables are MQSIDECAR_E2E_ROCKETMQ_*, like the other brokers'; the older names
+# without E2E_ (MQSIDECAR_ROCKETMQ_*) still work, since CI scripts set them.
+#
 # 5.3.4 is the newest 5.3.x broker/namesrv on Maven Central, but its rocketmq-client,
 # rocketmq-remoting and rocketmq-tools artifacts were never published there, so the broker
 # cannot be resolved; 5.3.3 is the newest complete 5.3.x release.
-VERSION=${MQSIDECAR_ROCKETMQ_VERSION:-5.3.3}
-E2E_DIR=${MQSIDECAR_E2E_DIR:-/tmp/mqsidecar-e2e}
-CACHE_ROOT=${MQSIDECAR_CACHE:-${HOME:-/root}/.cache/mqsidecar}
-NAMESRV_PORT=${MQSIDECAR_ROCKETMQ_NAMESRV_PORT:-19876}
-BROKER_PORT=${MQSIDECAR_ROCKETMQ_BROKER_PORT:-20911}
-START_TIMEOUT=${MQSIDECAR_ROCKETMQ_START_TIMEOUT:-120}
-HOST=127.0.0.1
+VERSION=${MQSIDECAR_E2E_ROCKETMQ_VERSION:-${MQSIDECAR_ROCKETMQ_VERSION:-5.3.3}}
+NAMESRV_PORT=${MQSIDECAR_E2E_ROCKETMQ_NAMESRV_PORT:-${MQSIDECAR_ROCKETMQ_NAMESRV_PORT:-19876}}
+BROKER_PORT=${MQSIDECAR_E2E_ROCKETMQ_BROKER_PORT:-${MQSIDECAR_ROCKETMQ_BROKER_PORT:-20911}}
+START_TIMEOUT=${MQSIDECAR_E2E_START_TIMEOUT:-${MQSIDECAR_ROCKETMQ_START_TIMEOUT:-120}}
+STOP_TIMEOUT=${MQSIDECAR_E2E_STOP_TIMEOUT:-30}
+HOST=$E2E_HOST
 
 DATA=$E2E_DIR/rocketmq
-LIB=$CACHE_ROOT/rocketmq-$VERSION/lib
+LIB=$CACHE_DIR/rocketmq-$VERSION/lib
 RMQ_HOME=$DATA/home
 NAMESRV_PID=$DATA/namesrv.pid
 BROKER_PID=$DATA/broker.pid
 NAMESRV_OUT=$DATA/namesrv.out
 BROKER_OUT=$DATA/broker.out
 BROKER_LOG=$RMQ_HOME/logs/rocketmqlogs/broker.log
+NAMESRV_MARK=org.apache.rocketmq.namesrv.NamesrvStartup
+BROKER_MARK=org.apache.rocketmq.broker.BrokerStartup
 
-# log, die, now_ms, elapsed_since, log_tail, port_open: shared with the other broker scripts.
-# shellcheck source=lib.sh
-source "$HARNESS_DIR/lib.sh"
+usage() {
+	cat <<EOF
+usage: $0 start|stop|restart [--hard]|kill|reset|status|env|logs [N]|topic NAME [QUEUES]|restart-broker
+  start           resolve the jars if missing, start the name server and the broker, wait for both
+  stop            SIGTERM (the broker first: it unregisters), SIGKILL after ${STOP_TIMEOUT}s
+  restart         stop + start keeping the store; --hard kills both with SIGKILL first (a crash)
+  kill            SIGKILL both and leave them down (bring them back with start)
+  reset           stop + wipe the store and logs + start
+  status          exit 0 when both run and answer on $HOST:$NAMESRV_PORT and $HOST:$BROKER_PORT
+  env             print export lines for the e2e tests
+  logs [N]        print the tail of the name server's and the broker's logs
+  topic NAME [Q]  create or update a topic (default 4 queues) with mqadmin
+  restart-broker  stop + start the broker only (the name server keeps running)
+EOF
+}
 
 # pid_of PIDFILE MARKER — print the pid when the process runs and its command line contains
 # MARKER (a recycled pid from a stale pid file does not count).
 pid_of() {
-	local f=$1 marker=$2 pid
-	[[ -f $f ]] || return 1
-	pid=$(tr -dc '0-9' <"$f")
-	[[ -n $pid ]] || return 1
-	kill -0 "$pid" 2>/dev/null || return 1
-	[[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]] || return 1
-	tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$marker" || return 1
-	echo "$pid"
+	pidfile_alive "$1" "$2" || return 1
+	tr -dc '0-9' <"$1"
 }
-NAMESRV_MARK=org.apache.rocketmq.namesrv.NamesrvStartup
-BROKER_MARK=org.apache.rocketmq.broker.BrokerStartup
 
 # install — resolve the jars once into the cache (Maven only when the cache is incomplete).
 install() {
 	if [[ -f $LIB/.complete ]]; then
 		return 0
 	fi
-	command -v java >/dev/null || die "java not found (RocketMQ $VERSION needs a JDK/JRE 8+; apt-get install openjdk-17-jre-headless)"
-	command -v mvn >/dev/null || die "mvn not found (apt-get install maven)"
-	mkdir -p "$CACHE_ROOT"
-	local lock=$CACHE_ROOT/rocketmq-$VERSION.lock
-	exec 9>"$lock"
-	flock 9
+	need_cmd java openjdk-17-jre-headless
+	need_cmd mvn maven
+	mkdir -p "$CACHE_DIR"
+	local lock=$CACHE_DIR/rocketmq-$VERSION.lock
+	# fd 8: fd 9 holds the broker's lifecycle lock (with_lock in lib.sh).
+	exec 8>"$lock"
+	flock 8
 	if [[ -f $LIB/.complete ]]; then
-		flock -u 9
+		flock -u 8
 		return 0
 	fi
 	local t0 tmp
 	t0=$(now_ms)
-	tmp=$CACHE_ROOT/rocketmq-$VERSION/lib.tmp.$$
+	tmp=$CACHE_DIR/rocketmq-$VERSION/lib.tmp.$$
 	rm -rf "$tmp"
 	log "resolving RocketMQ $VERSION jars from Maven Central (cold download)"
 	# shellcheck disable=SC2086  # MQSIDECAR_MAVEN_ARGS is a list of arguments
 	if ! mvn -q -B -f "$HARNESS_DIR/rocketmq/pom.xml" -Drocketmq.version="$VERSION" -Drmq.out="$tmp" \
-		${MQSIDECAR_MAVEN_ARGS:-} dependency:copy-dependencies >"$CACHE_ROOT/rocketmq-$VERSION.mvn.log" 2>&1; then
-		log_tail "$CACHE_ROOT/rocketmq-$VERSION.mvn.log" 40
+		${MQSIDECAR_MAVEN_ARGS:-} dependency:copy-dependencies >"$CACHE_DIR/rocketmq-$VERSION.mvn.log" 2>&1; then
+		log_tail "$CACHE_DIR/rocketmq-$VERSION.mvn.log" 40
 		rm -rf "$tmp"
 		die "maven could not resolve RocketMQ $VERSION"
 	fi
@@ -98,7 +92,7 @@ install() {
 	mv "$tmp" "$LIB"
 	touch "$LIB/.complete"
 	log "jars cached in $LIB ($(find "$LIB" -name '*.jar' | wc -l) jars, $(du -sh "$LIB" | cut -f1)) in $(elapsed_since "$t0")"
-	flock -u 9
+	flock -u 8
 }
 
 # write_conf — the name server and broker configuration, regenerated on every start so port
@@ -166,9 +160,8 @@ start_namesrv() {
 	t0=$(now_ms)
 	: >"$NAMESRV_OUT"
 	# shellcheck disable=SC2046  # java_opts is a list of options
-	ROCKETMQ_HOME=$RMQ_HOME setsid nohup java $(java_opts 256m 64m 64m) -cp "$LIB/*" \
-		"$NAMESRV_MARK" -c "$DATA/conf/namesrv.conf" >"$NAMESRV_OUT" 2>&1 </dev/null &
-	echo $! >"$NAMESRV_PID"
+	ROCKETMQ_HOME=$RMQ_HOME spawn_bg "$NAMESRV_PID" "$NAMESRV_OUT" java $(java_opts 256m 64m 64m) -cp "$LIB/*" \
+		"$NAMESRV_MARK" -c "$DATA/conf/namesrv.conf"
 	wait_boot namesrv "$NAMESRV_PID" "$NAMESRV_MARK" "$NAMESRV_OUT" "The Name Server boot success" ||
 		die "name server did not start"
 	log "name server up on $HOST:$NAMESRV_PORT (pid $(cat "$NAMESRV_PID")) in $(elapsed_since "$t0")"
@@ -190,9 +183,8 @@ start_broker() {
 	log_lines=$(wc -l <"$BROKER_LOG" 2>/dev/null || echo 0)
 	: >"$BROKER_OUT"
 	# shellcheck disable=SC2046
-	ROCKETMQ_HOME=$RMQ_HOME setsid nohup java $(java_opts 512m 256m 256m) -cp "$LIB/*" \
-		"$BROKER_MARK" -c "$DATA/conf/broker.conf" >"$BROKER_OUT" 2>&1 </dev/null &
-	echo $! >"$BROKER_PID"
+	ROCKETMQ_HOME=$RMQ_HOME spawn_bg "$BROKER_PID" "$BROKER_OUT" java $(java_opts 512m 256m 256m) -cp "$LIB/*" \
+		"$BROKER_MARK" -c "$DATA/conf/broker.conf"
 	wait_boot broker "$BROKER_PID" "$BROKER_MARK" "$BROKER_OUT" "boot success" ||
 		die "broker did not start"
 	# Topics created right after start must land on a broker the name server knows: wait for
@@ -207,24 +199,24 @@ start_broker() {
 	log "broker up on $HOST:$BROKER_PORT (pid $(cat "$BROKER_PID")) in $(elapsed_since "$t0")"
 }
 
-# stop_one NAME PIDFILE MARKER — SIGTERM (the broker flushes and unregisters), SIGKILL after 30 s.
+# stop_one NAME PIDFILE MARKER — SIGTERM (the broker flushes and unregisters), SIGKILL after
+# STOP_TIMEOUT; returns once the process is gone.
 stop_one() {
-	local name=$1 pidf=$2 mark=$3 pid i
-	if ! pid=$(pid_of "$pidf" "$mark"); then
-		rm -f "$pidf"
-		return 0
+	local name=$1 pidf=$2 mark=$3 pid
+	if pid=$(pid_of "$pidf" "$mark"); then
+		stop_pid "$pid" "$STOP_TIMEOUT" "$mark" || die "could not stop $name (pid $pid)"
+		log "$name stopped"
 	fi
-	kill -TERM "$pid" 2>/dev/null || true
-	for ((i = 0; i < 60; i++)); do
-		pid_of "$pidf" "$mark" >/dev/null || { rm -f "$pidf"; log "$name stopped"; return 0; }
-		sleep 0.5
-	done
-	log "$name (pid $pid) ignored SIGTERM for 30s; killing it"
-	kill -KILL "$pid" 2>/dev/null || true
-	for ((i = 0; i < 20; i++)); do
-		pid_of "$pidf" "$mark" >/dev/null || break
-		sleep 0.5
-	done
+	rm -f "$pidf"
+}
+
+# kill_one NAME PIDFILE MARKER — SIGKILL (a crash) and wait until the process is gone.
+kill_one() {
+	local name=$1 pidf=$2 mark=$3 pid
+	if pid=$(pid_of "$pidf" "$mark"); then
+		kill_pid_hard "$pid" "$mark" || die "could not kill $name (pid $pid)"
+		log "$name killed with SIGKILL (pid $pid)"
+	fi
 	rm -f "$pidf"
 }
 
@@ -236,7 +228,7 @@ admin() {
 		org.apache.rocketmq.tools.command.MQAdminStartup "$@"
 }
 
-cmd_start() {
+do_start() {
 	local t0
 	t0=$(now_ms)
 	install
@@ -247,10 +239,33 @@ cmd_start() {
 	log "RocketMQ $VERSION ready in $(elapsed_since "$t0"): namesrv $HOST:$NAMESRV_PORT, broker $HOST:$BROKER_PORT"
 }
 
-cmd_stop() {
+do_stop() {
 	# Broker first: it unregisters from the name server on shutdown.
 	stop_one broker "$BROKER_PID" "$BROKER_MARK"
 	stop_one namesrv "$NAMESRV_PID" "$NAMESRV_MARK"
+	wait_ports_closed "$BROKER_PORT" "$NAMESRV_PORT" || die "ports still in use after the stop"
+}
+
+do_kill() {
+	kill_one broker "$BROKER_PID" "$BROKER_MARK"
+	kill_one namesrv "$NAMESRV_PID" "$NAMESRV_MARK"
+	wait_ports_closed "$BROKER_PORT" "$NAMESRV_PORT" || die "ports still in use after the kill"
+}
+
+lifecycle_verbs rocketmq "$DATA"
+
+cmd_restart-broker() {
+	with_lock rocketmq
+	stop_one broker "$BROKER_PID" "$BROKER_MARK"
+	install
+	write_conf
+	start_broker
+}
+
+cmd_logs() {
+	log_tail "$NAMESRV_OUT" 20
+	log_tail "$BROKER_OUT" 20
+	log_tail "$BROKER_LOG" "${1:-80}"
 }
 
 cmd_status() {
@@ -291,32 +306,4 @@ cmd_topic() {
 	log "topic $name ($queues queues) created in $(elapsed_since "$t0")"
 }
 
-main() {
-	local cmd=${1:-}
-	shift || true
-	case $cmd in
-	start) cmd_start ;;
-	stop) cmd_stop ;;
-	restart) cmd_stop; cmd_start ;;
-	restart-broker)
-		stop_one broker "$BROKER_PID" "$BROKER_MARK"
-		install
-		write_conf
-		start_broker
-		;;
-	reset)
-		cmd_stop
-		rm -rf "$DATA"
-		cmd_start
-		;;
-	status) cmd_status ;;
-	env) cmd_env ;;
-	topic) cmd_topic "$@" ;;
-	*)
-		echo "usage: $0 {start|stop|restart|restart-broker|reset|status|env|topic NAME [QUEUES]}" >&2
-		exit 2
-		;;
-	esac
-}
-
-main "$@"
+run_verb "$@"

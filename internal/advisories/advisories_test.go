@@ -5,6 +5,7 @@
 package advisories
 
 import (
+	"errors"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -25,7 +26,7 @@ var advisories = []struct {
 func TestNoModuleVersionWithAKnownAdvisory(t *testing.T) {
 	out, err := exec.Command("go", "list", "-m", "-f", "{{.Path}} {{.Version}}", "all").Output()
 	if err != nil {
-		if ee, ok := err.(*exec.ExitError); ok {
+		if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
 			t.Fatalf("go list -m all: %v\n%s", err, ee.Stderr)
 		}
 		t.Fatalf("go list -m all: %v", err)

@@ -1,4 +1,4 @@
-package config
+package settings
 
 import (
 	"crypto/tls"
@@ -7,7 +7,19 @@ import (
 	"os"
 )
 
-// ClientConfig builds the *tls.Config for a broker connection; nil when TLS is disabled.
+// TLS configures client TLS for a connection. Files named here must exist (checked by
+// Check); cert_file and key_file go together. For Kafka, the other keys require
+// enabled: true (setting ca_file alone does not switch TLS on, it is an error).
+type TLS struct {
+	Enabled            bool   `mapstructure:"enabled"`
+	CAFile             string `mapstructure:"ca_file"`
+	CertFile           string `mapstructure:"cert_file"`
+	KeyFile            string `mapstructure:"key_file"`
+	ServerName         string `mapstructure:"server_name"`
+	InsecureSkipVerify bool   `mapstructure:"insecure_skip_verify"`
+}
+
+// ClientConfig builds the *tls.Config for a connection; nil when TLS is disabled.
 func (t TLS) ClientConfig() (*tls.Config, error) {
 	if !t.Enabled {
 		return nil, nil
