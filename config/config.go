@@ -20,6 +20,8 @@ import (
 	"log/slog"
 	"net/url"
 	"time"
+
+	"github.com/mqsidecar/mqsidecar/dedup"
 )
 
 // Config is the whole sidecar configuration (docs/guarantees.md, "Configuration").
@@ -181,6 +183,7 @@ type Dedup struct {
 	Path  string        `mapstructure:"path"` // bbolt only
 	TTL   time.Duration `mapstructure:"ttl"`
 	// MaxEntries bounds the number of recorded IDs; the oldest are forgotten first.
+	// Default dedup.DefaultMaxEntries (4 million, about 660 MB at most: see its doc);
 	// 0 = bounded by TTL only. bbolt only.
 	MaxEntries int        `mapstructure:"max_entries"`
 	Redis      DedupRedis `mapstructure:"redis"`
@@ -284,7 +287,9 @@ func Defaults() Config {
 			Store:   "bbolt",
 			Path:    "./data/dedup.db",
 			TTL:     168 * time.Hour,
-			Redis:   DedupRedis{Lease: 30 * time.Second, Timeout: 5 * time.Second},
+			// A bound by default, so the default volume never fills (dedup.DefaultMaxEntries).
+			MaxEntries: dedup.DefaultMaxEntries,
+			Redis:      DedupRedis{Lease: 30 * time.Second, Timeout: 5 * time.Second},
 		},
 		Admin:           Admin{Listen: "127.0.0.1:9464"},
 		ShutdownTimeout: 30 * time.Second,

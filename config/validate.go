@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/mqsidecar/mqsidecar/dedup"
 )
 
 // Problem is one thing wrong with a configuration: the dotted key (or, for an unknown
@@ -581,7 +583,7 @@ func (c Config) checkDedupRedis(ck *checker) {
 	} else {
 		ck.hostPorts("dedup.redis.addrs", r.Addrs, "credentials go in dedup.redis.username and password")
 	}
-	if d.MaxEntries != 0 {
+	if d.MaxEntries != 0 && d.MaxEntries != dedup.DefaultMaxEntries {
 		ck.add("dedup.max_entries", "applies to the bbolt store only; with dedup.store: redis the number of IDs is bounded by dedup.ttl (and the server's maxmemory): set it to 0")
 	}
 	if r.DB < 0 {

@@ -45,11 +45,17 @@ type Sidecar struct {
 
 // store is what the sidecar needs of a dedup store: the gate's interface and Close.
 // *dedup.Store (bbolt) and *redisstore.Store implement it; a store that also has
-// Ready() error (Redis) takes part in /readyz.
+// Ready() error takes part in /readyz (Redis: unreachable; bbolt: paused on a full disk).
 type store interface {
 	ackgate.Store
 	Close() error
 }
+
+// Both stores report their readiness (see ready).
+var (
+	_ interface{ Ready() error } = (*dedup.Store)(nil)
+	_ interface{ Ready() error } = (*redisstore.Store)(nil)
+)
 
 // New opens the dedup store and binds the admin listener, so that a locked store or a busy
 // port fails before any broker is contacted. A shared store (Redis) connects in the
