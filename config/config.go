@@ -141,7 +141,15 @@ type App struct {
 	// EventType is the ce-type header value.
 	EventType string `mapstructure:"event_type"`
 	// MaxResponseBytes bounds how much of the app's answer is read.
-	MaxResponseBytes int64 `mapstructure:"max_response_bytes"`
+	MaxResponseBytes int64  `mapstructure:"max_response_bytes"`
+	TLS              AppTLS `mapstructure:"tls"`
+}
+
+// AppTLS configures an https app (app.url and app.health_url).
+type AppTLS struct {
+	// CAFile is a PEM file of the CAs that sign the app's certificate (for example a
+	// self-signed one); "" means the system's roots.
+	CAFile string `mapstructure:"ca_file"`
 }
 
 // Delivery configures the ack gate.

@@ -488,6 +488,13 @@ func (c Config) checkApp(ck *checker) {
 	if a.MaxResponseBytes <= 0 {
 		ck.add("app.max_response_bytes", "must be greater than 0, got %d", a.MaxResponseBytes)
 	}
+	if f := a.TLS.CAFile; f != "" {
+		if _, err := a.TLS.ClientConfig(); err != nil {
+			ck.add("app.tls.ca_file", "%s (a PEM file of the CAs that sign the app's certificate)", strings.TrimPrefix(err.Error(), "app.tls.ca_file: "))
+		} else if !strings.HasPrefix(strings.ToLower(a.URL), "https://") && !strings.HasPrefix(strings.ToLower(a.HealthURL), "https://") {
+			ck.add("app.tls.ca_file", "is set, but neither app.url nor app.health_url is https://")
+		}
+	}
 }
 
 func (c Config) checkDelivery(ck *checker) {

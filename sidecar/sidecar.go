@@ -10,6 +10,7 @@ package sidecar
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -37,7 +38,8 @@ type Sidecar struct {
 	Metrics *metrics.Metrics
 
 	admin    *admin.Server
-	store    store // nil when dedup is disabled
+	store    store       // nil when dedup is disabled
+	appTLS   *tls.Config // app.tls: nil = the system's roots
 	draining atomic.Bool
 	appOK    atomic.Pointer[error]
 	src      atomic.Pointer[adapters.Source]
@@ -148,6 +150,11 @@ func (s *Sidecar) ready() error {
 // clean shutdown.
 func (s *Sidecar) Run(ctx context.Context) error {
 	defer s.closeAll()
+	appTLS, err := s.cfg.App.TLS.ClientConfig()
+	if err != nil {
+		return err
+	}
+	s.appTLS = appTLS
 	appCtx, stopHealth := context.WithCancel(context.Background())
 	defer stopHealth()
 	if err := s.watchApp(ctx, appCtx); err != nil {
@@ -183,6 +190,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		Push: ackgate.PushOptions{
 			URL: s.cfg.App.URL, Timeout: s.cfg.App.Timeout, EventType: s.cfg.App.EventType,
 			MaxResponseBytes: s.cfg.App.MaxResponseBytes, MaxMessageBytes: d.MaxMessageBytes,
+			TLS: appTLS,
 		},
 		Ordering:             ackgate.Ordering(d.Ordering),
 		MaxInflight:          d.MaxInflight,
@@ -232,7 +240,7 @@ func (s *Sidecar) watchApp(ctx, appCtx context.Context) error {
 		s.Metrics.AppReady.Set(1)
 		return nil
 	}
-	client := &http.Client{Timeout: 2 * time.Second}
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: s.appTLS, Proxy: http.ProxyFromEnvironment}}
 	check := func() error {
 		resp, err := client.Get(s.cfg.App.HealthURL)
 		if err != nil {
