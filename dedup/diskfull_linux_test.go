@@ -6,47 +6,11 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mqsidecar/mqsidecar/internal/testfs"
 )
-
-// smallFS mounts a tmpfs of size bytes for the test and returns its directory. It needs
-// root (CAP_SYS_ADMIN), as CI has; elsewhere the test is skipped, saying why: a full disk
-// is only proved on a real file system, bbolt offers no file layer to inject faults into.
-func smallFS(t *testing.T, size int) string {
-	t.Helper()
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d", size)); err != nil {
-		t.Skipf("cannot mount a small tmpfs for the full-disk test (needs root): %v", err)
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-		}
-	})
-	return dir
-}
-
-// fillFS writes a file in dir until the file system is full and returns its path.
-func fillFS(t *testing.T, dir string) string {
-	t.Helper()
-	p := filepath.Join(dir, "filler")
-	f, err := os.Create(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf := make([]byte, 4096)
-	for {
-		if _, err := f.Write(buf); err != nil {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Fatalf("fill: %v", err)
-			}
-			return p
-		}
-	}
-}
 
 // TestFullDiskPausesAndResumes: on a file system with no room left, commits neither fail
 // nor report success: the records wait (no done callback fires, so the gate acknowledges
@@ -56,7 +20,7 @@ func TestFullDiskPausesAndResumes(t *testing.T) {
 	defer func(lo, hi time.Duration) { pauseRetryMin, pauseRetryMax = lo, hi }(pauseRetryMin, pauseRetryMax)
 	pauseRetryMin, pauseRetryMax = 10*time.Millisecond, 50*time.Millisecond
 
-	dir := smallFS(t, 4<<20)
+	dir := testfs.Small(t, 4<<20)
 	path := filepath.Join(dir, "dedup.db")
 	s := openT(t, path, Options{TTL: time.Hour})
 	for i := range 100 {
@@ -64,7 +28,7 @@ func TestFullDiskPausesAndResumes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	filler := fillFS(t, dir)
+	filler := testfs.Fill(t, dir)
 	if err := s.Ready(); err != nil {
 		t.Fatalf("Ready before any failed commit: %v", err)
 	}
@@ -147,9 +111,9 @@ func TestFullDiskCloseFailsWhatWaits(t *testing.T) {
 	defer func(lo, hi time.Duration) { pauseRetryMin, pauseRetryMax = lo, hi }(pauseRetryMin, pauseRetryMax)
 	pauseRetryMin, pauseRetryMax = 10*time.Millisecond, 50*time.Millisecond
 
-	dir := smallFS(t, 2<<20)
+	dir := testfs.Small(t, 2<<20)
 	s := openT(t, filepath.Join(dir, "dedup.db"), Options{TTL: time.Hour})
-	fillFS(t, dir)
+	testfs.Fill(t, dir)
 	errs := make(chan error, 1)
 	go func() {
 		for i := 0; ; i++ {
