@@ -1,12 +1,10 @@
 package dedup
 
 import (
-	"bytes"
 	"fmt"
 	"log/slog"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -57,7 +55,7 @@ func TestStartWarnsWhenHistoryDoesNotFit(t *testing.T) {
 			if err := s.Close(); err != nil {
 				t.Fatal(err)
 			}
-			var logs lockedBuffer
+			var logs syncBuffer
 			log := slog.New(slog.NewTextHandler(&logs, nil))
 			s = openT(t, path, Options{TTL: time.Hour, MaxEntries: c.max, Now: clock, Logger: log})
 			_ = s.Close()
@@ -70,21 +68,4 @@ func TestStartWarnsWhenHistoryDoesNotFit(t *testing.T) {
 			}
 		})
 	}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
