@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -67,5 +68,51 @@ func TestStartWarnsWhenHistoryDoesNotFit(t *testing.T) {
 				t.Fatalf("the warning does not give the numbers:\n%s", logs.String())
 			}
 		})
+	}
+}
+
+// TestRateWarningWhileRunning: the writer measures the rate of new IDs every rateEvery and
+// warns when ttl × rate does not fit in max_entries, again only when the rate doubles (not
+// when it stays), and says so when it fits again.
+func TestRateWarningWhileRunning(t *testing.T) {
+	old := rateEvery
+	t.Cleanup(func() { rateEvery = old }) // after the store's Close (cleanups run last-in first-out)
+	rateEvery = time.Second
+	clk := newFakeClock()
+	var logs syncBuffer
+	s := openT(t, filepath.Join(t.TempDir(), "d.db"), Options{
+		TTL: 8 * time.Second, MaxEntries: 50, Now: clk.Now, Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	time.Sleep(300 * time.Millisecond) // the first tick starts the measurement
+	next := 0
+	phase := func(ids int) {
+		var wg sync.WaitGroup
+		for range ids {
+			wg.Add(1)
+			s.Put(fmt.Sprint("id-", next), Entry{State: Completed, Attempts: 1}, func(error) { wg.Done() })
+			next++
+		}
+		wg.Wait()
+		clk.Advance(time.Second)
+		time.Sleep(400 * time.Millisecond) // a few ticks (every 125 ms with this ttl)
+	}
+	count := func(s string) int { return strings.Count(logs.String(), s) }
+	const warn, fits = "does not fit in max_entries", "fits in max_entries again"
+
+	phase(100) // 100/s × 8 s = 800 > 50
+	if count(warn) != 1 {
+		t.Fatalf("after 100 IDs/s: %d warnings, want 1:\n%s", count(warn), logs.String())
+	}
+	phase(120) // not materially different: no new warning
+	if count(warn) != 1 {
+		t.Fatalf("after 120 IDs/s: %d warnings, want still 1:\n%s", count(warn), logs.String())
+	}
+	phase(400) // more than doubled
+	if count(warn) != 2 || !strings.Contains(logs.String(), "ids_per_second=400") {
+		t.Fatalf("after 400 IDs/s: %d warnings, want 2 (one at 400/s):\n%s", count(warn), logs.String())
+	}
+	phase(0) // nothing new: fits
+	if count(fits) != 1 {
+		t.Fatalf("after 0 IDs/s: %d 'fits again' lines, want 1:\n%s", count(fits), logs.String())
 	}
 }
