@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/mqsidecar/mqsidecar/internal/testfs"
 )
 
@@ -93,6 +95,20 @@ func TestFullDiskPausesAndResumes(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
+	// The failed transactions left the file consistent: bbolt's own check finds nothing.
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.View(func(tx *bolt.Tx) error {
+		for err := range tx.Check() {
+			return err
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("bbolt check after the pause: %v", err)
+	}
+	_ = db.Close()
 	s = openT(t, path, Options{TTL: time.Hour})
 	for _, id := range []string{"before-0", "before-99", "during-000000", fmt.Sprintf("during-%06d", n-1)} {
 		e, err := s.Get(id)
