@@ -43,6 +43,7 @@ $(GOLANGCI_LINT):
 
 test-unit:
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+	$(GO) test -run '^$$' -fuzz '^FuzzReadResponse$$' -fuzztime 20s ./internal/appclient/
 
 test-k8s:
 	bash hack/test-k8s.sh
@@ -71,6 +72,7 @@ bench:
 	$(GO) run ./bench -runs 5 -scenario partition
 	$(GO) run ./bench -runs 3 -scenario key
 	$(GO) run ./bench -runs 3 -scenario fleet
+	$(GO) test ./ackgate/ -run '^$$' -bench '^BenchmarkPushClient$$' -benchtime 20000x -count 5
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

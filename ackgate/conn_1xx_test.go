@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/mqsidecar/mqsidecar/adapters"
+	"github.com/mqsidecar/mqsidecar/internal/appclient"
 )
 
 // An informational answer (103 Early Hints, as net/http's WriteHeader(103) or Node's
@@ -215,7 +216,7 @@ func endlessServer(t *testing.T, head, fill string) string {
 }
 
 // An answer whose header block never ends (one endless header, or endless informational
-// answers) fails the push once maxHeaderBytes were read, long before app.timeout.
+// answers) fails the push once appclient.MaxHeaderBytes were read, long before app.timeout.
 func TestPushHeaderLimit(t *testing.T) {
 	cases := map[string]struct{ head, fill string }{
 		"endless header":       {"HTTP/1.1 200 OK\r\nX-Endless: ", "a"},
@@ -244,7 +245,7 @@ func TestPushHeaderLimit(t *testing.T) {
 func TestPushLargeHeadersUnderTheLimit(t *testing.T) {
 	body := strings.Repeat("b", 3000)
 	url, _ := rawServer(t, func(int) (string, bool) {
-		return "HTTP/1.1 200 OK\r\nX-Big: " + strings.Repeat("a", maxHeaderBytes-200) + "\r\nContent-Length: 3000\r\n\r\n" + body, false
+		return "HTTP/1.1 200 OK\r\nX-Big: " + strings.Repeat("a", appclient.MaxHeaderBytes-200) + "\r\nContent-Length: 3000\r\n\r\n" + body, false
 	})
 	p := NewPusher(PushOptions{URL: url, Timeout: 5 * time.Second, MaxResponseBytes: 4096}, nil)
 	defer p.Close()

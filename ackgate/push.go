@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/mqsidecar/mqsidecar/adapters"
+	"github.com/mqsidecar/mqsidecar/internal/appclient"
 )
 
 // Verdict is the gate's reading of one push.
@@ -67,12 +69,14 @@ type PushOptions struct {
 	// Conns bounds the keep-alive pool; set it to max_inflight so every in-flight push can
 	// reuse a connection.
 	Conns int
+	// TLS configures an https app (app.tls: its CA file); nil means the system's roots.
+	TLS *tls.Config
 }
 
 // Pusher performs the HTTP push of the contract in docs/guarantees.md ("The HTTP push"). It is safe for concurrent use.
 type Pusher struct {
 	opts PushOptions
-	pool *pool
+	pool *appclient.Client
 	err  error // a bad URL: every push fails permanently with it
 	// invalidHeader is called once per header not forwarded, with its name.
 	invalidHeader func(name string)
@@ -87,14 +91,14 @@ func NewPusher(opts PushOptions, invalidHeader func(name string)) *Pusher {
 		invalidHeader = func(string) {}
 	}
 	p := &Pusher{opts: opts, invalidHeader: invalidHeader}
-	p.pool, p.err = newPool(opts.URL, opts.Conns)
+	p.pool, p.err = appclient.New(appclient.Options{URL: opts.URL, Conns: opts.Conns, TLS: opts.TLS})
 	return p
 }
 
 // Close releases idle connections.
 func (p *Pusher) Close() {
 	if p.pool != nil {
-		p.pool.close()
+		p.pool.Close()
 	}
 }
 
@@ -113,7 +117,7 @@ func (p *Pusher) push(ctx context.Context, d *adapters.Delivery, attempt int, re
 	if p.opts.MaxMessageBytes > 0 && len(d.Payload) > p.opts.MaxMessageBytes {
 		return Result{Verdict: Permanent, Err: fmt.Errorf("payload of %d bytes exceeds delivery.max_message_bytes (%d)", len(d.Payload), p.opts.MaxMessageBytes)}
 	}
-	resp, err := p.pool.do(ctx, time.Now().Add(p.opts.Timeout), func(w *bufio.Writer) {
+	resp, err := p.pool.Do(ctx, time.Now().Add(p.opts.Timeout), func(w *bufio.Writer) {
 		p.writeHeaders(w, d, attempt, redelivered)
 	}, d.Payload, p.opts.MaxResponseBytes)
 	if err != nil {
@@ -123,15 +127,15 @@ func (p *Pusher) push(ctx context.Context, d *adapters.Delivery, attempt int, re
 }
 
 // classify applies the response rules of docs/guarantees.md ("Answers").
-func classify(resp response) Result {
-	code, body := resp.status, resp.body
+func classify(resp appclient.Response) Result {
+	code, body := resp.Status, resp.Body
 	r := Result{Status: code}
 	switch {
 	case code >= 200 && code < 300:
 		return daprAnswer(r, body)
 	case code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable:
 		r.Verdict = Retry
-		r.RetryAfter = parseRetryAfter(resp.retryAfter, time.Now())
+		r.RetryAfter = parseRetryAfter(resp.RetryAfter, time.Now())
 	case code >= 500, code == http.StatusRequestTimeout:
 		r.Verdict = Retry
 	case code >= 400:
@@ -215,12 +219,16 @@ var reserved = map[string]bool{
 // writeHeaders writes the forwarded message headers, then the CloudEvents binary-mode
 // headers (after, so nothing from the message can override them), as CRLF lines.
 func (p *Pusher) writeHeaders(w *bufio.Writer, d *adapters.Delivery, attempt int, redelivered bool) {
-	line := func(k, v string) {
+	p.eachHeader(d, attempt, redelivered, func(k, v string) {
 		w.WriteString(k)
 		w.WriteString(": ")
 		w.WriteString(v)
 		w.WriteString("\r\n")
-	}
+	})
+}
+
+// eachHeader calls line with each header of the push in the order writeHeaders writes them.
+func (p *Pusher) eachHeader(d *adapters.Delivery, attempt int, redelivered bool, line func(k, v string)) {
 	for _, kv := range d.Headers {
 		name := http.CanonicalHeaderKey(kv.Key)
 		if name == "Content-Type" {

@@ -28,6 +28,7 @@ import (
 	"github.com/mqsidecar/mqsidecar/adapters/kafka"
 	"github.com/mqsidecar/mqsidecar/adapters/rabbitmq"
 	"github.com/mqsidecar/mqsidecar/adapters/rocketmq"
+	"github.com/mqsidecar/mqsidecar/dedup"
 	"github.com/mqsidecar/mqsidecar/internal/settings"
 )
 
@@ -80,7 +81,15 @@ type App struct {
 	// EventType is the ce-type header value.
 	EventType string `mapstructure:"event_type"`
 	// MaxResponseBytes bounds how much of the app's answer is read.
-	MaxResponseBytes int64 `mapstructure:"max_response_bytes"`
+	MaxResponseBytes int64  `mapstructure:"max_response_bytes"`
+	TLS              AppTLS `mapstructure:"tls"`
+}
+
+// AppTLS configures an https app (app.url and app.health_url).
+type AppTLS struct {
+	// CAFile is a PEM file of the CAs that sign the app's certificate (for example a
+	// self-signed one); "" means the system's roots.
+	CAFile string `mapstructure:"ca_file"`
 }
 
 // Delivery configures the ack gate.
@@ -122,6 +131,7 @@ type Dedup struct {
 	Path  string        `mapstructure:"path"` // bbolt only
 	TTL   time.Duration `mapstructure:"ttl"`
 	// MaxEntries bounds the number of recorded IDs; the oldest are forgotten first.
+	// Default dedup.DefaultMaxEntries (4 million, about 660 MB at most: see its doc);
 	// 0 = bounded by TTL only. bbolt only.
 	MaxEntries int        `mapstructure:"max_entries"`
 	Redis      DedupRedis `mapstructure:"redis"`
@@ -187,7 +197,9 @@ func Defaults() Config {
 			Store:   "bbolt",
 			Path:    "./data/dedup.db",
 			TTL:     168 * time.Hour,
-			Redis:   DedupRedis{Lease: 30 * time.Second, Timeout: 5 * time.Second},
+			// A bound by default, so the default volume never fills (dedup.DefaultMaxEntries).
+			MaxEntries: dedup.DefaultMaxEntries,
+			Redis:      DedupRedis{Lease: 30 * time.Second, Timeout: 5 * time.Second},
 		},
 		Admin:           Admin{Listen: "127.0.0.1:9464"},
 		ShutdownTimeout: 30 * time.Second,

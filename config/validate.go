@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mqsidecar/mqsidecar/dedup"
 	"github.com/mqsidecar/mqsidecar/internal/settings"
 )
 
@@ -113,6 +114,13 @@ func (c Config) checkApp(ck *checker) {
 	if a.MaxResponseBytes <= 0 {
 		ck.Add("app.max_response_bytes", "must be greater than 0, got %d", a.MaxResponseBytes)
 	}
+	if f := a.TLS.CAFile; f != "" {
+		if _, err := a.TLS.ClientConfig(); err != nil {
+			ck.Add("app.tls.ca_file", "%s (a PEM file of the CAs that sign the app's certificate)", strings.TrimPrefix(err.Error(), "app.tls.ca_file: "))
+		} else if !strings.HasPrefix(strings.ToLower(a.URL), "https://") && !strings.HasPrefix(strings.ToLower(a.HealthURL), "https://") {
+			ck.Add("app.tls.ca_file", "is set, but neither app.url nor app.health_url is https://")
+		}
+	}
 }
 
 func (c Config) checkDelivery(ck *checker) {
@@ -191,7 +199,7 @@ func (c Config) checkDedupRedis(ck *checker) {
 	} else {
 		ck.HostPorts("dedup.redis.addrs", r.Addrs, "credentials go in dedup.redis.username and password")
 	}
-	if d.MaxEntries != 0 {
+	if d.MaxEntries != 0 && d.MaxEntries != dedup.DefaultMaxEntries {
 		ck.Add("dedup.max_entries", "applies to the bbolt store only; with dedup.store: redis the number of IDs is bounded by dedup.ttl (and the server's maxmemory): set it to 0")
 	}
 	if r.DB < 0 {

@@ -57,6 +57,7 @@ func TestValidBases(t *testing.T) {
 // TestValidationRules: each bad input yields a problem on the expected key, and only there.
 func TestValidationRules(t *testing.T) {
 	dir := t.TempDir()
+	ca := writeTestCA(t, dir)
 	pem := filepath.Join(dir, "x.pem")
 	if err := os.WriteFile(pem, []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
@@ -104,6 +105,9 @@ func TestValidationRules(t *testing.T) {
 		{"kafka tls cert without key", k, func(c *Config) { c.Source.Kafka.TLS = TLS{Enabled: true, CertFile: pem} }, "source.kafka.tls.key_file", "required when"},
 		{"kafka tls key without cert", k, func(c *Config) { c.Source.Kafka.TLS = TLS{Enabled: true, KeyFile: pem} }, "source.kafka.tls.cert_file", "required when"},
 		{"kafka tls options while disabled", k, func(c *Config) { c.Source.Kafka.TLS = TLS{CAFile: pem, InsecureSkipVerify: true} }, "source.kafka.tls.enabled", "source.kafka.tls.ca_file, source.kafka.tls.insecure_skip_verify are set"},
+		{"app tls ca missing", k, func(c *Config) { c.App.URL = "https://app:8443/in"; c.App.TLS.CAFile = missing }, "app.tls.ca_file", "missing.pem"},
+		{"app tls ca not pem", k, func(c *Config) { c.App.URL = "https://app:8443/in"; c.App.TLS.CAFile = "validate_test.go" }, "app.tls.ca_file", "no PEM certificate"},
+		{"app tls ca with http app", k, func(c *Config) { c.App.TLS.CAFile = ca }, "app.tls.ca_file", "neither app.url nor app.health_url is https://"},
 		{"kafka dead-letter topic name", k, func(c *Config) { c.Delivery.DeadLetter.Target = "orders/dlq" }, "delivery.dead_letter.target", "not a valid Kafka topic"},
 
 		// rocketmq

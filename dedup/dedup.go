@@ -35,7 +35,19 @@
 // Size: with Options.MaxEntries > 0 a slice is also closed once it holds MaxEntries/8 IDs,
 // and when the slices together hold more than MaxEntries IDs the oldest slice is dropped
 // before its TTL (logged once at warn level). The count is approximate: an ID rewritten in a
-// newer slice is counted in both until the older slice goes.
+// newer slice is counted in both until the older slice goes. The store measures the rate of
+// new IDs (from the IDs on disk at Open, then every minute) and warns when TTL × that rate
+// does not fit in MaxEntries, and again when the rate has doubled or halved since.
+//
+// Full disk: a commit that fails because the file system has no room (ENOSPC or EDQUOT, from
+// bbolt's writes, fdatasync or file growth) pauses the writer instead of failing: no done
+// callback fires, so nothing is acknowledged that is not on disk, and nothing queued is
+// lost; the same batch is tried again (after 100 ms, backing off to every 5 s) until it
+// commits. Meanwhile Ready returns an error wrapping ErrDiskFull, and Put and Update block
+// once the queue is full. When space is back the writer resumes by itself. Close during a
+// pause tries once more, then fails the waiting records with ErrDiskFull. bbolt rolls back a
+// failed transaction completely; the pages it wrote before failing are free pages of the
+// last committed state, so the file stays consistent.
 //
 // Clock: all times come from Options.Now, the wall clock, because records must outlive
 // restarts. A clock that jumps forward ages every record by the jump, so records expire
@@ -151,7 +163,8 @@ type Options struct {
 	// TTL is how long an ID is remembered after its last write. Required, > 0.
 	TTL time.Duration
 	// MaxEntries bounds the number of remembered IDs, approximately; the oldest slice of
-	// IDs is forgotten first. 0 = bounded by TTL only.
+	// IDs is forgotten first. 0 = bounded by TTL only. The sidecar's default is
+	// DefaultMaxEntries.
 	MaxEntries int
 	// LockTimeout is how long Open waits for the file lock; <= 0 means 1s.
 	LockTimeout time.Duration
@@ -218,12 +231,16 @@ type Store struct {
 	writerDone chan struct{}
 	closeOnce  sync.Once
 	closeErr   error
+	// paused is set while commits wait for disk space (see commitWith); nil otherwise.
+	paused atomic.Pointer[pauseState]
 
 	// Owned by the writer goroutine (and by Open before it starts).
 	slices       []slice // oldest first
 	nextSeq      uint64
 	evictWarned  bool
 	failing      bool
+	added        int64 // IDs newly counted since Open (see watchRate)
+	rate         rateWatch
 	arena        []byte    // reused for keys and values of each batch
 	dataSize     int64     // bbolt's data size after the last commit
 	statsWritten time.Time // when the newest slice's stats were last persisted
@@ -309,6 +326,7 @@ func Open(path string, opts Options) (*Store, error) {
 		slog.Int("max_entries", opts.MaxEntries),
 		slog.Int64("file_bytes", s.st.fileBytes.Load()),
 		slog.Duration("took", time.Since(began)))
+	s.judgeHistory()
 	go s.run()
 	return s, nil
 }

@@ -33,6 +33,7 @@ func (s *Store) run() {
 			// then hold ~N records instead of alternating between two halves of ~N/2.
 			runtime.Gosched()
 		case <-tick.C:
+			s.watchRate(s.now())
 			if s.needsHousekeeping(s.now().UnixNano()) {
 				s.commit(nil)
 			} else if n := len(s.slices); n > 0 && s.slices[n-1].dirty && time.Since(s.statsWritten) >= statsEvery {
@@ -135,6 +136,7 @@ type txState struct {
 	slices           []slice
 	nextSeq          uint64
 	expired, evicted int
+	added            int64 // IDs newly counted in a slice (the write rate, see watchRate)
 	arena            []byte
 	// flushStats writes the newest slice's stats too (they are otherwise written at most
 	// every statsEvery, see apply); wroteStats reports that all stats are now on disk.
@@ -154,8 +156,106 @@ func (s *Store) commit(batch []request) {
 }
 
 // commitWith is commit; flush also persists the newest slice's stats (used by Close).
+//
+// A commit that fails because the disk is full is not reported to the callbacks: the
+// writer pauses (Ready says why) and tries the same batch again, first after
+// pauseRetryMin, then at most every pauseRetryMax, until it commits, so nothing is
+// acknowledged that is not on disk and nothing queued is lost. Meanwhile the queue fills
+// and Put blocks (backpressure up to the producers). Only Close ends the pause: it tries
+// once more and then fails what is left with an error wrapping ErrDiskFull.
 func (s *Store) commitWith(batch []request, flush bool) {
 	began := time.Now()
+	err := s.tryCommit(batch, flush, began)
+	if diskFull(err) {
+		s.st.commitErrors.Add(1)
+		err = s.pause(batch, flush, err)
+	}
+	if err != nil {
+		err = fmt.Errorf("dedup: commit %d records to %s: %w", len(batch), s.path, err)
+		s.st.commitErrors.Add(1)
+		if !s.failing {
+			s.failing = true
+			s.log.Error("dedup commits failing; records are not being stored", slog.Any("error", err))
+		}
+	} else if s.failing {
+		s.failing = false
+		s.log.Info("dedup commits recovered")
+	}
+	for i := range batch {
+		r := &batch[i]
+		switch {
+		case r.udone == nil:
+			r.done(err)
+		case err != nil:
+			r.udone(Entry{}, err)
+		case r.err != nil:
+			r.udone(Entry{}, fmt.Errorf("dedup: update %q: %w", r.id, r.err))
+		default:
+			r.udone(r.prior, nil)
+		}
+	}
+}
+
+// Retry intervals of a commit paused on a full disk. Each retry costs a failed
+// transaction and, after it, bbolt's rescan of the free pages (NoFreelistSync).
+var (
+	pauseRetryMin = 100 * time.Millisecond
+	pauseRetryMax = 5 * time.Second
+)
+
+// pause retries the batch whose commit failed with err, a full disk, until it commits
+// (nil) or Close was called and one more try failed (that error, wrapping ErrDiskFull).
+// Ready reports the pause meanwhile. Writer only.
+func (s *Store) pause(batch []request, flush bool, err error) error {
+	since := time.Now()
+	s.paused.Store(&pauseState{since: since, waiting: len(batch) + len(s.queue), err: err})
+	s.log.Error("dedup store paused: the disk is full; nothing more is admitted or acknowledged until its records can be written (free space on the volume, or lower dedup.max_entries); retrying",
+		slog.Int("records_waiting", len(batch)), slog.Int64("file_bytes", s.fileSize()), slog.Any("error", err))
+	wait := pauseRetryMin
+	for tries := 1; ; tries++ {
+		stopping := false
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-s.stop:
+			t.Stop()
+			stopping = true
+		}
+		err = s.tryCommit(batch, flush, time.Now())
+		if err == nil {
+			s.paused.Store(nil)
+			s.log.Info("dedup store resumed: records are written again",
+				slog.Duration("paused", time.Since(since)), slog.Int("retries", tries))
+			return nil
+		}
+		if !diskFull(err) {
+			s.paused.Store(nil)
+			return err
+		}
+		if stopping {
+			// Close: what is left stays unacknowledged (the broker redelivers it). Ready
+			// keeps saying why until the process ends.
+			return fmt.Errorf("%w: %w", ErrDiskFull, err)
+		}
+		s.st.commitErrors.Add(1)
+		s.paused.Store(&pauseState{since: since, waiting: len(batch) + len(s.queue), err: err})
+		wait = min(2*wait, pauseRetryMax)
+	}
+}
+
+// pauseState is what Ready reports while commits are paused on a full disk.
+type pauseState struct {
+	since   time.Time
+	waiting int // records of the paused batch plus those queued behind it, when last tried
+	err     error
+}
+
+// tryCommit writes batch in one transaction and, when it commits, makes its effects the
+// writer's state. It calls no callback. Writer only.
+func (s *Store) tryCommit(batch []request, flush bool, began time.Time) error {
+	for i := range batch {
+		batch[i].prior, batch[i].err = Entry{}, nil // a retried batch is applied afresh
+	}
 	now := s.now().UnixNano()
 	ts := txState{
 		slices:     slices.Clone(s.slices),
@@ -172,65 +272,44 @@ func (s *Store) commitWith(batch []request, flush bool) {
 		}()
 		return s.apply(tx, now, batch, &ts)
 	})
-	took := time.Since(began)
 	if err != nil {
-		err = fmt.Errorf("dedup: commit %d records to %s: %w", len(batch), s.path, err)
-		s.st.commitErrors.Add(1)
-		if !s.failing {
-			s.failing = true
-			s.log.Error("dedup commits failing; records are not being stored", slog.Any("error", err))
-		}
-	} else {
-		for i := range ts.slices {
-			ts.slices[i].b = nil
-		}
-		s.slices, s.nextSeq = ts.slices, ts.nextSeq
-		s.publishSlices()
-		s.st.commits.Add(1)
-		s.st.lastBatch.Store(int64(len(batch)))
-		s.st.lastCommit.Store(int64(took))
-		if s.opts.OnCommit != nil {
-			s.opts.OnCommit(len(batch), took, s.st.entries.Load())
-		}
-		if ts.size != s.dataSize {
-			// The file grows in steps; stat it only when bbolt's high-water mark moved.
-			s.dataSize = ts.size
-			s.st.fileBytes.Store(s.fileSize())
-		}
-		if ts.wroteStats {
-			s.statsWritten = began
-		}
-		if cap(ts.arena) <= 1<<20 {
-			s.arena = ts.arena
-		}
-		s.st.expired.Add(uint64(ts.expired))
-		s.st.evicted.Add(uint64(ts.evicted))
-		if s.failing {
-			s.failing = false
-			s.log.Info("dedup commits recovered")
-		}
-		if ts.expired > 0 {
-			s.log.Debug("dedup slices expired", slog.Int("slices", ts.expired))
-		}
-		if ts.evicted > 0 && !s.evictWarned {
-			s.evictWarned = true
-			s.log.Warn("dedup store reached max_entries; forgetting the oldest IDs before their TTL (logged once)",
-				slog.Int("max_entries", s.opts.MaxEntries), slog.Duration("ttl", s.ttl))
-		}
+		return err
 	}
-	for i := range batch {
-		r := &batch[i]
-		switch {
-		case r.udone == nil:
-			r.done(err)
-		case err != nil:
-			r.udone(Entry{}, err)
-		case r.err != nil:
-			r.udone(Entry{}, fmt.Errorf("dedup: update %q: %w", r.id, r.err))
-		default:
-			r.udone(r.prior, nil)
-		}
+	took := time.Since(began)
+	for i := range ts.slices {
+		ts.slices[i].b = nil
 	}
+	s.slices, s.nextSeq = ts.slices, ts.nextSeq
+	s.publishSlices()
+	s.added += ts.added
+	s.st.commits.Add(1)
+	s.st.lastBatch.Store(int64(len(batch)))
+	s.st.lastCommit.Store(int64(took))
+	if s.opts.OnCommit != nil {
+		s.opts.OnCommit(len(batch), took, s.st.entries.Load())
+	}
+	if ts.size != s.dataSize {
+		// The file grows in steps; stat it only when bbolt's high-water mark moved.
+		s.dataSize = ts.size
+		s.st.fileBytes.Store(s.fileSize())
+	}
+	if ts.wroteStats {
+		s.statsWritten = began
+	}
+	if cap(ts.arena) <= 1<<20 {
+		s.arena = ts.arena
+	}
+	s.st.expired.Add(uint64(ts.expired))
+	s.st.evicted.Add(uint64(ts.evicted))
+	if ts.expired > 0 {
+		s.log.Debug("dedup slices expired", slog.Int("slices", ts.expired))
+	}
+	if ts.evicted > 0 && !s.evictWarned {
+		s.evictWarned = true
+		s.log.Warn("dedup store reached max_entries; forgetting the oldest IDs before their TTL (logged once)",
+			slog.Int("max_entries", s.opts.MaxEntries), slog.Duration("ttl", s.ttl))
+	}
+	return nil
 }
 
 // apply performs expiry, the batch's writes in order, and eviction inside tx.
@@ -327,6 +406,7 @@ func (s *Store) apply(tx *bolt.Tx, now int64, batch []request, ts *txState) erro
 		if known == nil || *known != cur.name {
 			if cur.b.Get(key) == nil {
 				cur.count++
+				ts.added++
 			}
 		}
 		if err := cur.b.Put(key, val); err != nil {

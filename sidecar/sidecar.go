@@ -10,6 +10,7 @@ package sidecar
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -37,7 +38,8 @@ type Sidecar struct {
 	Metrics *metrics.Metrics
 
 	admin    *admin.Server
-	store    store // nil when dedup is disabled
+	store    store       // nil when dedup is disabled
+	appTLS   *tls.Config // app.tls: nil = the system's roots
 	draining atomic.Bool
 	appOK    atomic.Pointer[error]
 	src      atomic.Pointer[adapters.Source]
@@ -45,11 +47,17 @@ type Sidecar struct {
 
 // store is what the sidecar needs of a dedup store: the gate's interface and Close.
 // *dedup.Store (bbolt) and *redisstore.Store implement it; a store that also has
-// Ready() error (Redis) takes part in /readyz.
+// Ready() error takes part in /readyz (Redis: unreachable; bbolt: paused on a full disk).
 type store interface {
 	ackgate.Store
 	Close() error
 }
+
+// Both stores report their readiness (see ready).
+var (
+	_ interface{ Ready() error } = (*dedup.Store)(nil)
+	_ interface{ Ready() error } = (*redisstore.Store)(nil)
+)
 
 // New opens the dedup store and binds the admin listener, so that a locked store or a busy
 // port fails before any broker is contacted. A shared store (Redis) connects in the
@@ -142,6 +150,11 @@ func (s *Sidecar) ready() error {
 // clean shutdown.
 func (s *Sidecar) Run(ctx context.Context) error {
 	defer s.closeAll()
+	appTLS, err := s.cfg.App.TLS.ClientConfig()
+	if err != nil {
+		return err
+	}
+	s.appTLS = appTLS
 	appCtx, stopHealth := context.WithCancel(context.Background())
 	defer stopHealth()
 	if err := s.watchApp(ctx, appCtx); err != nil {
@@ -177,6 +190,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		Push: ackgate.PushOptions{
 			URL: s.cfg.App.URL, Timeout: s.cfg.App.Timeout, EventType: s.cfg.App.EventType,
 			MaxResponseBytes: s.cfg.App.MaxResponseBytes, MaxMessageBytes: d.MaxMessageBytes,
+			TLS: appTLS,
 		},
 		Ordering:             ackgate.Ordering(d.Ordering),
 		MaxInflight:          d.MaxInflight,
@@ -226,7 +240,7 @@ func (s *Sidecar) watchApp(ctx, appCtx context.Context) error {
 		s.Metrics.AppReady.Set(1)
 		return nil
 	}
-	client := &http.Client{Timeout: 2 * time.Second}
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: s.appTLS, Proxy: http.ProxyFromEnvironment}}
 	check := func(ctx context.Context) error {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.cfg.App.HealthURL, nil)
 		if err != nil {

@@ -1,4 +1,4 @@
-package ackgate
+package appclient
 
 import (
 	"bufio"
@@ -19,10 +19,11 @@ import (
 // the same place). A disagreement there is a desynchronised connection: one push reading
 // another's answer.
 //
-// `go test ./ackgate/` runs the seed corpus below (and any crashers saved under
-// testdata/fuzz/FuzzReadResponse) as a normal test. A longer run, by hand:
+// `go test ./internal/appclient/` runs the seed corpus below (and any crashers saved under
+// testdata/fuzz/FuzzReadResponse) as a normal test; `make test` also fuzzes it for 20 s. A
+// longer run, by hand:
 //
-//	go test ./ackgate/ -run '^$' -fuzz '^FuzzReadResponse$' -fuzztime 10m
+//	go test ./internal/appclient/ -run '^$' -fuzz '^FuzzReadResponse$' -fuzztime 10m
 func FuzzReadResponse(f *testing.F) {
 	const ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 	seeds := []string{
@@ -100,9 +101,9 @@ func FuzzReadResponse(f *testing.F) {
 			}
 			return
 		}
-		if got.status != want.status || got.retryAfter != want.retryAfter || string(got.body) != string(want.body) || gotKeep != wantKeep {
+		if got.Status != want.Status || got.RetryAfter != want.RetryAfter || string(got.Body) != string(want.Body) || gotKeep != wantKeep {
 			t.Fatalf("got %d %q %q keep=%v, net/http %d %q %q keep=%v",
-				got.status, got.retryAfter, got.body, gotKeep, want.status, want.retryAfter, want.body, wantKeep)
+				got.Status, got.RetryAfter, got.Body, gotKeep, want.Status, want.RetryAfter, want.Body, wantKeep)
 		}
 		if gotKeep && gotPos != wantPos {
 			t.Fatalf("connection kept, but the answer ended at byte %d, net/http's at %d", gotPos, wantPos)
@@ -114,7 +115,7 @@ func FuzzReadResponse(f *testing.F) {
 // written out: ReadResponse in a loop that skips informational answers but 101, with the
 // header bytes of all of them bounded together (Transport.readLoop and readResponse); then
 // the body, which the pusher reads up to maxBody, unless it is declared longer.
-func referenceReadResponse(br *bufio.Reader, lim *limitReader, maxBody int64) (r response, keep bool, err error) {
+func referenceReadResponse(br *bufio.Reader, lim *limitReader, maxBody int64) (r Response, keep bool, err error) {
 	lim.n = lim.max
 	for {
 		if _, err := br.Peek(1); err != nil {
@@ -128,7 +129,7 @@ func referenceReadResponse(br *bufio.Reader, lim *limitReader, maxBody int64) (r
 			continue
 		}
 		lim.n = math.MaxInt64
-		r.status, r.retryAfter = resp.StatusCode, resp.Header.Get("Retry-After")
+		r.Status, r.RetryAfter = resp.StatusCode, resp.Header.Get("Retry-After")
 		if resp.StatusCode == http.StatusSwitchingProtocols || resp.ContentLength > maxBody {
 			return r, false, nil
 		}
@@ -140,7 +141,7 @@ func referenceReadResponse(br *bufio.Reader, lim *limitReader, maxBody int64) (r
 			return r, false, nil
 		}
 		if len(b) > 0 {
-			r.body = b
+			r.Body = b
 		}
 		return r, !resp.Close, nil
 	}
