@@ -34,6 +34,16 @@ type Config struct {
 	// already false, so that Kubernetes endpoints update before the drain starts.
 	DrainDelay time.Duration `mapstructure:"drain_delay"`
 	Log        Log           `mapstructure:"log"`
+	Durability Durability    `mapstructure:"durability"`
+}
+
+// Durability configures the broker durability audit (package durability): the checks of
+// `mqsidecar doctor`, run at start and every Interval by a running sidecar.
+type Durability struct {
+	// Require refuses to start (exit 3) when a check at start finds a risk.
+	Require bool `mapstructure:"require"`
+	// Interval between two background checks; 0 checks at start only.
+	Interval time.Duration `mapstructure:"interval"`
 }
 
 // Source selects and configures the broker adapter.
@@ -128,6 +138,13 @@ type RabbitMQ struct {
 	// TLS refines the TLS of an amqps:// URL. The AMQP client uses TLS exactly when the URL
 	// scheme is amqps, so TLS options next to an amqp:// URL are a validation error.
 	TLS TLS `mapstructure:"tls"`
+	// ManagementURL is the management HTTP API ("http://127.0.0.1:15672"), read by the
+	// durability checks for what AMQP cannot tell (queue durability, type, policies);
+	// "" = those are reported unknown. The user and password default to the AMQP URL's.
+	ManagementURL          string `mapstructure:"management_url"`
+	ManagementUsername     string `mapstructure:"management_username"`
+	ManagementPassword     Secret `mapstructure:"management_password"`
+	ManagementPasswordFile string `mapstructure:"management_password_file"` // overrides ManagementPassword
 }
 
 // App is the local application the sidecar pushes to.
@@ -289,6 +306,7 @@ func Defaults() Config {
 		Admin:           Admin{Listen: "127.0.0.1:9464"},
 		ShutdownTimeout: 30 * time.Second,
 		Log:             Log{Level: "info", Format: "json"},
+		Durability:      Durability{Interval: 5 * time.Minute},
 	}
 }
 

@@ -480,5 +480,6 @@ func readSecretFiles(c *Config, add func(key, format string, args ...any)) {
 		read("source.rocketmq.secret_key_file", c.Source.RocketMQ.SecretKeyFile, &c.Source.RocketMQ.SecretKey)
 	case "rabbitmq":
 		read("source.rabbitmq.url_file", c.Source.RabbitMQ.URLFile, &c.Source.RabbitMQ.URL)
+		read("source.rabbitmq.management_password_file", c.Source.RabbitMQ.ManagementPasswordFile, &c.Source.RabbitMQ.ManagementPassword)
 	}
 }

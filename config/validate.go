@@ -459,6 +459,11 @@ func (c Config) checkRabbitMQ(ck *checker) {
 		ck.add("source.rabbitmq.tls.enabled", "is true, but source.rabbitmq.url uses amqp://; TLS needs an amqps:// URL")
 	}
 	ck.tls("source.rabbitmq.tls", r.TLS, scheme != "amqp" || r.TLS.Enabled, "TLS is used only with an amqps:// URL in source.rabbitmq.url; use amqps:// or remove the TLS options")
+	if u := r.ManagementURL; u != "" {
+		if p, err := url.Parse(u); err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" || p.User != nil {
+			ck.add("source.rabbitmq.management_url", "must be an http:// or https:// URL without credentials (set management_username and management_password), e.g. http://127.0.0.1:15672")
+		}
+	}
 	if c.Delivery.DeadLetter.Target != "" && r.DeadLetterMode == "nack" {
 		ck.add("delivery.dead_letter.target", "is set, but source.rabbitmq.dead_letter_mode is nack, which sends failed messages to the queue's own dead-letter exchange; remove the target or set dead_letter_mode: publish")
 	}
@@ -555,6 +560,9 @@ func (c Config) checkRest(ck *checker) {
 	}
 	if c.DrainDelay < 0 {
 		ck.add("drain_delay", "must be 0 or more, got %s", c.DrainDelay)
+	}
+	if i := c.Durability.Interval; i != 0 && i < 10*time.Second {
+		ck.add("durability.interval", "must be 0 (check at start only) or at least 10s, got %s", i)
 	}
 	ck.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	ck.oneOf("log.format", c.Log.Format, "json", "text")
