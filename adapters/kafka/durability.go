@@ -105,6 +105,7 @@ func CheckDurability(ctx context.Context, p DurabilityParams) ([]adapters.Durabi
 		}
 	}
 	configs := map[string]map[string]kadm.Config{}
+	configErrs := map[string]error{}
 	if len(existing) > 0 {
 		rcs, err := adm.DescribeTopicConfigs(ctx, existing...)
 		if err != nil && len(rcs) == 0 {
@@ -112,6 +113,7 @@ func CheckDurability(ctx context.Context, p DurabilityParams) ([]adapters.Durabi
 		}
 		for _, rc := range rcs {
 			if rc.Err != nil {
+				configErrs[rc.Name] = rc.Err
 				continue
 			}
 			m := map[string]kadm.Config{}
@@ -136,7 +138,7 @@ func CheckDurability(ctx context.Context, p DurabilityParams) ([]adapters.Durabi
 			})
 			continue
 		}
-		out = append(out, topicChecks(bootstrap, t, d, configs[t])...)
+		out = append(out, topicChecks(bootstrap, t, d, configs[t], configErrs[t])...)
 		if t == p.DeadLetterTopic {
 			out = append(out, producerChecks(cl, t)...)
 		}
@@ -145,7 +147,11 @@ func CheckDurability(ctx context.Context, p DurabilityParams) ([]adapters.Durabi
 }
 
 // topicChecks judges one topic (see CheckDurability).
-func topicChecks(bootstrap, topic string, d kadm.TopicDetail, cfg map[string]kadm.Config) []adapters.DurabilityCheck {
+func topicChecks(bootstrap, topic string, d kadm.TopicDetail, cfg map[string]kadm.Config, cfgErr error) []adapters.DurabilityCheck {
+	notReadable := "allow DescribeConfigs on the topic for the sidecar's principal"
+	if cfgErr != nil {
+		notReadable = "the broker did not describe the topic's configuration: " + cfgErr.Error()
+	}
 	alter := func(kv string) string {
 		return fmt.Sprintf("kafka-configs.sh --bootstrap-server %s --alter --entity-type topics --entity-name %s --add-config %s", bootstrap, topic, kv)
 	}
@@ -180,7 +186,7 @@ func topicChecks(bootstrap, topic string, d kadm.TopicDetail, cfg map[string]kad
 		}
 	} else {
 		mc.Source = "not readable"
-		mc.Fix = "allow DescribeConfigs on the topic for the sidecar's principal"
+		mc.Fix = notReadable
 	}
 	out = append(out, mc)
 
@@ -195,7 +201,7 @@ func topicChecks(bootstrap, topic string, d kadm.TopicDetail, cfg map[string]kad
 		}
 	} else {
 		uc.Source = "not readable"
-		uc.Fix = "allow DescribeConfigs on the topic for the sidecar's principal"
+		uc.Fix = notReadable
 	}
 	out = append(out, uc)
 
