@@ -18,6 +18,7 @@
 #   MQSIDECAR_ROCKETMQ_NAMESRV_PORT  default 19876
 #   MQSIDECAR_ROCKETMQ_BROKER_PORT   default 20911; the broker also binds PORT-2 (fast channel)
 #                                    and PORT+1 (HA), so keep those free as well
+#   MQSIDECAR_ROCKETMQ_FLUSH_DISK_TYPE ASYNC_FLUSH (default) or SYNC_FLUSH
 #   MQSIDECAR_ROCKETMQ_START_TIMEOUT seconds to wait for each "boot success" (default 120)
 #   MQSIDECAR_MAVEN_ARGS             extra arguments for mvn (e.g. -Dmaven.repo.local=...)
 #
@@ -37,6 +38,9 @@ CACHE_ROOT=${MQSIDECAR_CACHE:-${HOME:-/root}/.cache/mqsidecar}
 NAMESRV_PORT=${MQSIDECAR_ROCKETMQ_NAMESRV_PORT:-19876}
 BROKER_PORT=${MQSIDECAR_ROCKETMQ_BROKER_PORT:-20911}
 START_TIMEOUT=${MQSIDECAR_ROCKETMQ_START_TIMEOUT:-120}
+# The broker's flushDiskType: ASYNC_FLUSH (RocketMQ's default) or SYNC_FLUSH (the doctor's
+# safe shape, e2e/doctor_e2e_test.go).
+FLUSH_DISK_TYPE=${MQSIDECAR_ROCKETMQ_FLUSH_DISK_TYPE:-ASYNC_FLUSH}
 HOST=127.0.0.1
 
 DATA=$E2E_DIR/rocketmq
@@ -117,7 +121,7 @@ EOF
 	# - short delay levels, because the retry topic redelivers after level 3 + reconsume times;
 	# - timer wheel off (arbitrary-delay messages are not used; it preallocates big files);
 	# - disk ratio high so a busy CI disk does not make the broker refuse writes.
-	sed "s|@NAMESRV@|$HOST:$NAMESRV_PORT|; s|@PORT@|$BROKER_PORT|; s|@STORE@|$DATA/store|g" \
+	sed "s|@NAMESRV@|$HOST:$NAMESRV_PORT|; s|@PORT@|$BROKER_PORT|; s|@STORE@|$DATA/store|g; s|^flushDiskType=.*|flushDiskType=$FLUSH_DISK_TYPE|" \
 		"$HARNESS_DIR/rocketmq/broker.conf" >"$DATA/conf/broker.conf"
 }
 
