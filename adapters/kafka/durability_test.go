@@ -145,3 +145,23 @@ func TestCheckDurabilityUnreachable(t *testing.T) {
 		t.Errorf("took %v: a refused connection should fail before the deadline", took)
 	}
 }
+
+// A partition whose in-sync replicas fell below min.insync.replicas is at risk now (writes
+// with acks=all fail, and one more loss loses data), whatever the topic's settings.
+func TestTopicChecksUnderMinISR(t *testing.T) {
+	two, unclean := "2", "false"
+	cfg := map[string]kadm.Config{
+		"min.insync.replicas":            {Key: "min.insync.replicas", Value: &two},
+		"unclean.leader.election.enable": {Key: "unclean.leader.election.enable", Value: &unclean},
+	}
+	d := kadm.TopicDetail{Topic: "orders", Partitions: kadm.PartitionDetails{
+		0: {Partition: 0, Replicas: []int32{1, 2, 3}, ISR: []int32{1, 2, 3}},
+		1: {Partition: 1, Replicas: []int32{1, 2, 3}, ISR: []int32{2}},
+	}}
+	m := byKey(topicChecks("b:9092", "orders", d, cfg, nil))
+	wantCheck(t, m, "replication_factor", "orders", "3", adapters.VerdictOK)
+	wantCheck(t, m, "min_insync_replicas", "orders", "2", adapters.VerdictOK)
+	wantCheck(t, m, "under_min_isr", "orders", "1 of 2 partitions", adapters.VerdictAtRisk)
+	d.Partitions[1] = kadm.PartitionDetail{Partition: 1, Replicas: []int32{1, 2, 3}, ISR: []int32{2, 3}}
+	wantCheck(t, byKey(topicChecks("b:9092", "orders", d, cfg, nil)), "under_min_isr", "orders", "0 of 2 partitions", adapters.VerdictOK)
+}
