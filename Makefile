@@ -46,11 +46,10 @@ brokers-stop:
 ## Adapter packages run one at a time (-p 1): their tests restart brokers. No -race here:
 ## the RocketMQ Go client has data races of its own ("Known client limitations" in the
 ## package doc, adapters/rocketmq/rocketmq.go); our code is race-checked by test-unit.
-## The doctor's tests (e2e/doctor_e2e_test.go) also need the safe broker shapes
-## ($(HARNESS)/doctor/shapes.sh: a 3-node Kafka cluster, a SYNC_FLUSH RocketMQ) and
-## RabbitMQ's management API.
+## The doctor's tests (e2e/doctor_e2e_test.go) also need the broker shapes of
+## $(HARNESS)/doctor/shapes.sh: a 3-node Kafka cluster, a SYNC_FLUSH RocketMQ, a RabbitMQ
+## node with the management API.
 E2E_ADAPTERS := ./adapters/kafka/ ./adapters/rabbitmq/ ./adapters/rocketmq/ ./dedup/redisstore/ ./sidecar/
-test-e2e: export MQSIDECAR_E2E_RABBITMQ_PLUGINS = rabbitmq_management
 test-e2e: build
 	@set -e; $(HARNESS)/all.sh start; \
 	status=0; $(HARNESS)/doctor/shapes.sh start || status=$$?; \

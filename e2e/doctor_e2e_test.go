@@ -245,6 +245,13 @@ func rabbitDeclare(t *testing.T, url, queue string, args amqp.Table, exchange st
 	}
 }
 
+// rabbitMgmtEnv returns the AMQP URL and the management API of the RabbitMQ node with the
+// management plugin (doctor/shapes.sh).
+func rabbitMgmtEnv(t *testing.T) (string, string) {
+	t.Helper()
+	return brokerEnv(t, "MQSIDECAR_E2E_RABBITMQ_MGMT_AMQP", "doctor/shapes.sh"), brokerEnv(t, "MQSIDECAR_E2E_RABBITMQ_MGMT", "doctor/shapes.sh")
+}
+
 // The default shape: a durable classic queue, dead letters published to an exchange that
 // does not exist. AMQP alone cannot tell the queue's durability or type: unknown.
 func TestDoctorE2ERabbitMQClassic(t *testing.T) {
@@ -262,11 +269,9 @@ func TestDoctorE2ERabbitMQClassic(t *testing.T) {
 	rep.want(t, "dead_letter_exchange", queue+"-missing-x", "does not exist", adapters.VerdictAtRisk)
 	rep.want(t, "publisher_confirms", queue+"-missing-x", "*", adapters.VerdictOK)
 
-	mgmt := os.Getenv("MQSIDECAR_E2E_RABBITMQ_MGMT")
-	if mgmt == "" {
-		t.Log("MQSIDECAR_E2E_RABBITMQ_MGMT not set: the management API part is in TestDoctorE2ERabbitMQQuorum")
-		return
-	}
+	// The same shape on the node with the management API: durable, and classic is at risk.
+	url, mgmt := rabbitMgmtEnv(t)
+	rabbitDeclare(t, url, queue, nil, "")
 	yaml = strings.Replace(rabbitYAML(url, queue, "    management_url: "+mgmt), "app:", "delivery:\n"+dl+"app:", 1)
 	code, rep, _ = doctor(t, "rabbitmq-classic-mgmt", yaml)
 	if code != 3 {
@@ -279,8 +284,7 @@ func TestDoctorE2ERabbitMQClassic(t *testing.T) {
 // The safe shape: a quorum queue, read through the management API; dead letters published
 // with confirms to an existing exchange, or dead-lettered by the broker at least once.
 func TestDoctorE2ERabbitMQQuorum(t *testing.T) {
-	url := brokerEnv(t, "MQSIDECAR_E2E_RABBITMQ", "rabbitmq.sh")
-	mgmt := brokerEnv(t, "MQSIDECAR_E2E_RABBITMQ_MGMT", "rabbitmq.sh (MQSIDECAR_E2E_RABBITMQ_PLUGINS=rabbitmq_management)")
+	url, mgmt := rabbitMgmtEnv(t)
 	queue := uniqueName("e2e-doctor-quorum")
 	rabbitDeclare(t, url, queue, amqp.Table{"x-queue-type": "quorum"}, queue+"-dlx")
 	yaml := strings.Replace(rabbitYAML(url, queue, "    management_url: "+mgmt), "app:", "delivery:\n  dead_letter:\n    target: "+queue+"-dlx\napp:", 1)

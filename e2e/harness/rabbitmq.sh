@@ -260,9 +260,6 @@ cmd_status() {
 
 cmd_env() {
 	echo "export MQSIDECAR_E2E_RABBITMQ=amqp://guest:guest@$E2E_HOST:$AMQP_PORT/"
-	if [[ ,$PLUGINS, == *,rabbitmq_management,* ]]; then
-		echo "export MQSIDECAR_E2E_RABBITMQ_MGMT=http://$E2E_HOST:$MGMT_PORT"
-	fi
 }
 
 cmd_ctl() { rabbit_env; exec "$RMQ_BIN/rabbitmqctl" -n "$NODENAME" "$@"; }

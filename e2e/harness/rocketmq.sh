@@ -142,7 +142,9 @@ wait_boot() {
 		if grep -qF -- "$pat" "$out" 2>/dev/null; then
 			return 0
 		fi
-		if ! pid_of "$pidf" "$mark" >/dev/null; then
+		# Checked twice, a second apart: at load 33 a name server that went on to boot was
+		# once reported exited here (its command line read while setsid/nohup exec'd java).
+		if ! pid_of "$pidf" "$mark" >/dev/null && { sleep 1; ! pid_of "$pidf" "$mark" >/dev/null; }; then
 			log "$name exited during start-up"
 			log_tail "$out"
 			log_tail "$RMQ_HOME/logs/rocketmqlogs/${name}.log" 40
