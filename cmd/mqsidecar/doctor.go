@@ -22,7 +22,7 @@ func doctorCommand(stdout io.Writer) *cobra.Command {
 	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "doctor",
-		Short: "Check that the broker keeps what it acknowledged: replication, queue type, flushing (exit 0 ok, 3 at risk, 1 could not connect, 2 bad config)",
+		Short: "Check that the broker keeps what it acknowledged: replication, queue type, flushing (exit 0 ok, 3 at risk or unverified, 1 could not connect, 2 bad config)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if output != "table" && output != "json" {
