@@ -59,13 +59,18 @@ brokers-stop:
 ## Adapter packages run one at a time (-p 1): their tests restart brokers. No -race here:
 ## the RocketMQ Go client has data races of its own ("Known client limitations" in the
 ## package doc, adapters/rocketmq/rocketmq.go); our code is race-checked by test-unit.
+## The doctor's tests (e2e/doctor_e2e_test.go) also need the broker shapes of
+## $(HARNESS)/doctor/shapes.sh: a 3-node Kafka cluster, a SYNC_FLUSH RocketMQ, a RabbitMQ
+## node with the management API.
 E2E_ADAPTERS := ./adapters/kafka/ ./adapters/rabbitmq/ ./adapters/rocketmq/ ./dedup/redisstore/ ./sidecar/
 test-e2e: build
 	@set -e; $(HARNESS)/all.sh start; \
-	status=0; ( set -e; $(E2E_ENV); export MQSIDECAR_BIN=$(CURDIR)/bin/mqsidecar; \
+	status=0; $(HARNESS)/doctor/shapes.sh start || status=$$?; \
+	[ $$status -ne 0 ] || ( set -e; $(E2E_ENV); eval "$$($(HARNESS)/doctor/shapes.sh env)"; \
+	  export MQSIDECAR_BIN=$(CURDIR)/bin/mqsidecar; \
 	  $(GO) test -tags e2e -count=1 -p 1 -timeout 20m $(E2E_ADAPTERS); \
 	  $(GO) test -tags e2e -count=1 -timeout 20m -run E2E -v ./e2e/ ) || status=$$?; \
-	$(HARNESS)/all.sh stop || true; exit $$status
+	$(HARNESS)/doctor/shapes.sh stop || true; $(HARNESS)/all.sh stop || true; exit $$status
 
 ## bench: the throughput/latency/RSS benchmarks (medians of several runs, with baselines).
 bench:

@@ -1,6 +1,7 @@
 // Package admin serves the operator endpoints: /healthz (liveness: the process serves
 // HTTP), /readyz (readiness: every check passes — broker connected, app healthy, not
-// shutting down) and /metrics (Prometheus). It binds in Start, so a bad or busy listen
+// shutting down; the body also carries details such as the broker durability verdict,
+// see SetDetails) and /metrics (Prometheus). It binds in Start, so a bad or busy listen
 // address is reported before anything connects to a broker.
 package admin
 
@@ -11,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,29 +24,43 @@ type Check func() error
 
 // Server is the admin HTTP server.
 type Server struct {
-	srv *http.Server
-	ln  net.Listener
-	log *slog.Logger
+	srv     *http.Server
+	ln      net.Listener
+	log     *slog.Logger
+	details atomic.Pointer[func() string]
+}
+
+// SetDetails adds the line details returns to every /readyz answer, ready or not (the
+// broker durability verdict); "" adds nothing. Readiness does not depend on it.
+func (s *Server) SetDetails(details func() string) { s.details.Store(&details) }
+
+// detailLines returns the details with a leading newline, or "".
+func (s *Server) detailLines() string {
+	if d := s.details.Load(); d != nil {
+		if line := (*d)(); line != "" {
+			return "\n" + line
+		}
+	}
+	return ""
 }
 
 // New returns a server for listen (host:port) exposing reg and ready.
 func New(listen string, reg *prometheus.Registry, ready Check, log *slog.Logger) *Server {
+	s := &Server{log: log}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if err := ready(); err != nil {
-			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			http.Error(w, "not ready: "+err.Error()+s.detailLines(), http.StatusServiceUnavailable)
 			return
 		}
-		_, _ = w.Write([]byte("ready\n"))
+		_, _ = w.Write([]byte("ready" + s.detailLines() + "\n"))
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	return &Server{
-		srv: &http.Server{Addr: listen, Handler: mux, ReadHeaderTimeout: 5 * time.Second},
-		log: log,
-	}
+	s.srv = &http.Server{Addr: listen, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	return s
 }
 
 // Start binds the listener and serves in the background.

@@ -44,6 +44,16 @@ type Config struct {
 	// already false, so that Kubernetes endpoints update before the drain starts.
 	DrainDelay time.Duration `mapstructure:"drain_delay"`
 	Log        Log           `mapstructure:"log"`
+	Durability Durability    `mapstructure:"durability"`
+}
+
+// Durability configures the broker durability audit (package durability): the checks of
+// `mqsidecar doctor`, run at start and every Interval by a running sidecar.
+type Durability struct {
+	// Require refuses to start (exit 3) when a check at start finds a risk.
+	Require bool `mapstructure:"require"`
+	// Interval between two background checks; 0 checks at start only.
+	Interval time.Duration `mapstructure:"interval"`
 }
 
 // Source selects and configures the broker adapter. Each broker's section is declared,
@@ -204,6 +214,7 @@ func Defaults() Config {
 		Admin:           Admin{Listen: "127.0.0.1:9464"},
 		ShutdownTimeout: 30 * time.Second,
 		Log:             Log{Level: "info", Format: "json"},
+		Durability:      Durability{Interval: 5 * time.Minute},
 	}
 }
 

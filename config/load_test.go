@@ -219,6 +219,9 @@ func TestFullYAML(t *testing.T) {
 				URL: "amqp://guest:inline-amqp-pw@127.0.0.1:5672/", URLFile: "testdata/secrets/rabbitmq-url",
 				Queue: "rmq-queue", Prefetch: 128, MessageID: "header:x-id", Declare: true,
 				DeadLetterMode: "nack", TLS: rabbitTLS,
+				ManagementURL: "http://127.0.0.1:15672", ManagementUsername: "monitor",
+				ManagementPassword:     "inline-mgmt-pw", // not the selected kind: its file is not read
+				ManagementPasswordFile: "testdata/secrets/rabbitmq-mgmt-password",
 			},
 		},
 		App: App{
@@ -243,6 +246,7 @@ func TestFullYAML(t *testing.T) {
 		ShutdownTimeout: 45 * time.Second,
 		DrainDelay:      5 * time.Second,
 		Log:             Log{Level: "debug", Format: "text"},
+		Durability:      Durability{Require: true, Interval: time.Minute},
 	}
 	if !reflect.DeepEqual(got, want) {
 		// Compare per key, so the failure names the key (and reveals test secrets only).
@@ -652,6 +656,16 @@ app:
 		wantProblem(t, err, "source.rabbitmq.url_file", "cannot read secret file")
 		if n := len(problemKeys(t, err)); n != 1 {
 			t.Errorf("a missing url is a consequence of the unreadable file; want one problem:\n%v", err)
+		}
+	})
+	t.Run("rabbitmq management_password_file", func(t *testing.T) {
+		pw := filepath.Join(dir, "mgmt")
+		if err := os.WriteFile(pw, []byte("mgmt-from-file\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c, err := Load("testdata/rabbitmq.yaml", map[string]string{"source.rabbitmq.management_password_file": pw, "source.rabbitmq.management_password": "inline"})
+		if err != nil || c.Source.RabbitMQ.ManagementPassword.Reveal() != "mgmt-from-file" {
+			t.Fatalf("management password from its file: %v", err)
 		}
 	})
 	t.Run("unselected kind is not read", func(t *testing.T) {

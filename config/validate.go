@@ -188,6 +188,9 @@ func (c Config) checkRest(ck *checker) {
 	if c.DrainDelay < 0 {
 		ck.Add("drain_delay", "must be 0 or more, got %s", c.DrainDelay)
 	}
+	if i := c.Durability.Interval; i != 0 && i < 10*time.Second {
+		ck.Add("durability.interval", "must be 0 (check at start only) or at least 10s, got %s", i)
+	}
 	ck.OneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	ck.OneOf("log.format", c.Log.Format, "json", "text")
 }

@@ -45,6 +45,9 @@ type Metrics struct {
 	DedupEntries   prometheus.Gauge
 	InvalidHeaders prometheus.Counter
 	Errors         *prometheus.CounterVec
+	// BrokerDurability is 1 when a durability check (package durability) of a target the
+	// configuration names is ok, 0 when it is at risk or unknown.
+	BrokerDurability *prometheus.GaugeVec
 }
 
 // New creates the collectors on a fresh registry that also carries the Go and process
@@ -88,6 +91,10 @@ func New() *Metrics {
 		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mqsidecar_errors_total", Help: "Runtime errors by kind (app, broker, store, dead_letter, commit).",
 		}, []string{"kind"}),
+		BrokerDurability: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mqsidecar_broker_durability",
+			Help: "1 when the broker durability check (replication_factor, min_insync_replicas, queue_type, flush_disk_type, ...) of a configured topic, queue or broker is ok; 0 when it is at risk or unknown (mqsidecar doctor shows why and the fix).",
+		}, []string{"check", "target"}),
 		PushDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "mqsidecar_push_duration_seconds", Help: "Duration of one HTTP push to the app.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 14),
@@ -97,7 +104,7 @@ func New() *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12),
 		}),
 	}
-	r.MustRegister(m.Deliveries, m.ConsumerLag, m.Errors, m.PushDuration, m.DedupCommit)
+	r.MustRegister(m.Deliveries, m.ConsumerLag, m.Errors, m.PushDuration, m.DedupCommit, m.BrokerDurability)
 	for _, res := range []string{ResultSuccess, ResultRetry, ResultPermanent, ResultDrop} {
 		m.Deliveries.WithLabelValues(res)
 	}

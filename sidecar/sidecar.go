@@ -24,6 +24,7 @@ import (
 	"github.com/mqsidecar/mqsidecar/config"
 	"github.com/mqsidecar/mqsidecar/dedup"
 	"github.com/mqsidecar/mqsidecar/dedup/redisstore"
+	"github.com/mqsidecar/mqsidecar/durability"
 	"github.com/mqsidecar/mqsidecar/metrics"
 )
 
@@ -43,6 +44,8 @@ type Sidecar struct {
 	draining atomic.Bool
 	appOK    atomic.Pointer[error]
 	src      atomic.Pointer[adapters.Source]
+	// durable runs the broker durability checks (at start and every durability.interval).
+	durable *durability.Runner
 }
 
 // store is what the sidecar needs of a dedup store: the gate's interface and Close.
@@ -65,6 +68,8 @@ var (
 // consumption and shows in /readyz, as an outage later does; it is not an exit.
 func New(cfg config.Config, log *slog.Logger) (*Sidecar, error) {
 	s := &Sidecar{cfg: cfg, log: log, Metrics: metrics.New()}
+	s.durable = durability.NewRunner(func(ctx context.Context) (durability.Report, error) { return durability.Check(ctx, cfg) },
+		cfg.Durability.Interval, log, s.Metrics.BrokerDurability)
 	pending := errors.New("app health not checked yet")
 	s.appOK.Store(&pending)
 	if cfg.Dedup.Enabled {
@@ -76,6 +81,7 @@ func New(cfg config.Config, log *slog.Logger) (*Sidecar, error) {
 	}
 	if cfg.Admin.Listen != "" {
 		s.admin = admin.New(cfg.Admin.Listen, s.Metrics.Registry, s.ready, log)
+		s.admin.SetDetails(s.durable.Details)
 		if err := s.admin.Start(); err != nil {
 			s.closeStore()
 			return nil, err
@@ -147,7 +153,9 @@ func (s *Sidecar) ready() error {
 }
 
 // Run consumes until ctx is cancelled, then drains (package doc). It returns nil after a
-// clean shutdown.
+// clean shutdown. The broker durability checks run in the background from the start; with
+// durability.require, Run first waits for their verdict and returns an error wrapping
+// durability.ErrAtRisk, having consumed nothing, when it is not ok.
 func (s *Sidecar) Run(ctx context.Context) error {
 	defer s.closeAll()
 	appTLS, err := s.cfg.App.TLS.ClientConfig()
@@ -155,6 +163,18 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		return err
 	}
 	s.appTLS = appTLS
+	if s.cfg.Durability.Require {
+		s.log.Info("checking broker durability before consuming (durability.require)")
+		if err := s.durable.Require(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil // stopped while checking: nothing was consumed
+			}
+			return err
+		}
+		go s.durable.Continue(ctx)
+	} else {
+		go s.durable.Run(ctx)
+	}
 	appCtx, stopHealth := context.WithCancel(context.Background())
 	defer stopHealth()
 	if err := s.watchApp(ctx, appCtx); err != nil {

@@ -52,8 +52,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
-	"github.com/twmb/franz-go/pkg/sasl/plain"
-	"github.com/twmb/franz-go/pkg/sasl/scram"
 
 	"github.com/mqsidecar/mqsidecar/adapters"
 	"github.com/mqsidecar/mqsidecar/internal/settings"
@@ -248,17 +246,14 @@ func New(cfg Settings, deadLetterTopic string, opts ...Option) (*Source, error) 
 	if cfg.GroupInstanceID != "" {
 		kopts = append(kopts, kgo.InstanceID(cfg.GroupInstanceID))
 	}
-	switch strings.ToUpper(cfg.SASL.Mechanism) {
-	case "":
-	case "PLAIN":
-		kopts = append(kopts, kgo.SASL(plain.Auth{User: cfg.SASL.Username, Pass: cfg.SASL.Password.Reveal()}.AsMechanism()))
-	case "SCRAM-SHA-256":
-		kopts = append(kopts, kgo.SASL(scram.Auth{User: cfg.SASL.Username, Pass: cfg.SASL.Password.Reveal()}.AsSha256Mechanism()))
-	case "SCRAM-SHA-512":
-		kopts = append(kopts, kgo.SASL(scram.Auth{User: cfg.SASL.Username, Pass: cfg.SASL.Password.Reveal()}.AsSha512Mechanism()))
-	default:
-		return nil, fmt.Errorf("kafka: unsupported sasl mechanism %q", cfg.SASL.Mechanism)
+	mech, err := saslMechanism(cfg.SASL.Mechanism, cfg.SASL.Username, cfg.SASL.Password.Reveal())
+	if err != nil {
+		return nil, err
 	}
+	if mech != nil {
+		kopts = append(kopts, kgo.SASL(mech))
+	}
+	kopts = append(kopts, producerOpts...)
 	tlsCfg, err := cfg.TLS.ClientConfig()
 	if err != nil {
 		return nil, fmt.Errorf("kafka: %w", err)

@@ -28,6 +28,13 @@ type Settings struct {
 	// TLS refines the TLS of an amqps:// URL. The AMQP client uses TLS exactly when the URL
 	// scheme is amqps, so TLS options next to an amqp:// URL are a validation error.
 	TLS settings.TLS `mapstructure:"tls"`
+	// ManagementURL is the management HTTP API ("http://127.0.0.1:15672"), read by the
+	// durability checks for what AMQP cannot tell (queue durability, type, policies);
+	// "" = those are reported unknown. The user and password default to the AMQP URL's.
+	ManagementURL          string          `mapstructure:"management_url"`
+	ManagementUsername     string          `mapstructure:"management_username"`
+	ManagementPassword     settings.Secret `mapstructure:"management_password"`
+	ManagementPasswordFile string          `mapstructure:"management_password_file"` // overrides ManagementPassword
 }
 
 // Defaults returns the settings used for every key not set elsewhere.
@@ -55,6 +62,11 @@ func (r Settings) Check(ck *settings.Checker, deadLetterTarget string) {
 		ck.Add("source.rabbitmq.tls.enabled", "is true, but source.rabbitmq.url uses amqp://; TLS needs an amqps:// URL")
 	}
 	r.TLS.Check(ck, "source.rabbitmq.tls", scheme != "amqp" || r.TLS.Enabled, "TLS is used only with an amqps:// URL in source.rabbitmq.url; use amqps:// or remove the TLS options")
+	if u := r.ManagementURL; u != "" {
+		if p, err := url.Parse(u); err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" || p.User != nil {
+			ck.Add("source.rabbitmq.management_url", "must be an http:// or https:// URL without credentials (set management_username and management_password), e.g. http://127.0.0.1:15672")
+		}
+	}
 	if deadLetterTarget != "" && r.DeadLetterMode == "nack" {
 		ck.Add("delivery.dead_letter.target", "is set, but source.rabbitmq.dead_letter_mode is nack, which sends failed messages to the queue's own dead-letter exchange; remove the target or set dead_letter_mode: publish")
 	}
@@ -77,7 +89,10 @@ func (r Settings) DedupKeyPrefix() string {
 
 // SecretFiles implements settings.SecretFiler.
 func (r *Settings) SecretFiles() []settings.SecretFile {
-	return []settings.SecretFile{{Key: "source.rabbitmq.url_file", Path: r.URLFile, Dst: &r.URL}}
+	return []settings.SecretFile{
+		{Key: "source.rabbitmq.url_file", Path: r.URLFile, Dst: &r.URL},
+		{Key: "source.rabbitmq.management_password_file", Path: r.ManagementPasswordFile, Dst: &r.ManagementPassword},
+	}
 }
 
 // checkURL checks an amqp:// or amqps:// URL and returns its scheme ("" when invalid). The

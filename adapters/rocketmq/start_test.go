@@ -89,6 +89,12 @@ func TestProbeTopicNotExist(t *testing.T) {
 
 // fakeNameServer answers every request on l with the response code and remark.
 func fakeNameServer(l net.Listener, code int, remark string) {
+	fakeRemoting(l, func(int) (int, string, []byte) { return code, remark, nil })
+}
+
+// fakeRemoting answers every request on l with what answer returns for its request code:
+// response code, remark and body.
+func fakeRemoting(l net.Listener, answer func(code int) (int, string, []byte)) {
 	for {
 		c, err := l.Accept()
 		if err != nil {
@@ -106,16 +112,18 @@ func fakeNameServer(l net.Listener, code int, remark string) {
 			}
 			hl := binary.BigEndian.Uint32(buf[0:4]) & 0xFFFFFF
 			var req struct {
+				Code   int   `json:"code"`
 				Opaque int32 `json:"opaque"`
 			}
 			if err := json.Unmarshal(buf[4:4+hl], &req); err != nil {
 				return
 			}
+			code, remark, body := answer(req.Code)
 			header, _ := json.Marshal(map[string]any{"code": code, "remark": remark, "opaque": req.Opaque, "flag": responseFlag})
-			frame := make([]byte, 8, 8+len(header))
-			binary.BigEndian.PutUint32(frame[0:4], uint32(4+len(header)))
+			frame := make([]byte, 8, 8+len(header)+len(body))
+			binary.BigEndian.PutUint32(frame[0:4], uint32(4+len(header)+len(body)))
 			binary.BigEndian.PutUint32(frame[4:8], uint32(len(header)))
-			_, _ = c.Write(append(frame, header...))
+			_, _ = c.Write(append(append(frame, header...), body...))
 		}()
 	}
 }

@@ -4,7 +4,8 @@
 // Reading order for newcomers: main.go (this file: CLI and exit codes) → sidecar (wiring) →
 // adapters/<broker> (Read) → ackgate (push, retry, dedup, settle) → dedup (the store).
 //
-// Exit status: 0 clean stop, 1 runtime failure, 2 bad configuration or usage.
+// Exit status: 0 clean stop, 1 runtime failure, 2 bad configuration or usage, 3 the broker
+// is at risk (`mqsidecar doctor`, or `run` with durability.require).
 //
 // The Kubernetes admission webhook is a separate command, cmd/mqsidecar-injector, so this
 // binary, which runs next to every application pod, links no k8s.io package.
@@ -24,6 +25,7 @@ import (
 
 	"github.com/mqsidecar/mqsidecar/cmd/mqsidecar/internal/stopsignal"
 	"github.com/mqsidecar/mqsidecar/config"
+	"github.com/mqsidecar/mqsidecar/durability"
 	"github.com/mqsidecar/mqsidecar/internal/cli"
 	"github.com/mqsidecar/mqsidecar/sidecar"
 )
@@ -87,7 +89,7 @@ func rootCommand(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(runCommand(stderr), demoCommand(stdout), configCommand(stdout), injectMovedCommand())
+	root.AddCommand(runCommand(stderr), demoCommand(stdout), configCommand(stdout), doctorCommand(stdout), injectMovedCommand())
 	cli.AddVersion(root, version) // `mqsidecar --version` and `mqsidecar version`
 	return root
 }
@@ -134,6 +136,10 @@ func runCommand(stderr io.Writer) *cobra.Command {
 				return err
 			}
 			if err := sc.Run(ctx); err != nil {
+				if errors.Is(err, durability.ErrAtRisk) {
+					log.Error("refusing to start", "error", err)
+					return cli.ExitError{Code: durability.ExitAtRisk, Err: err}
+				}
 				log.Error("stopped with an error", "error", err)
 				return err
 			}

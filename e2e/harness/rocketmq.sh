@@ -24,6 +24,9 @@ NAMESRV_PORT=${MQSIDECAR_E2E_ROCKETMQ_NAMESRV_PORT:-${MQSIDECAR_ROCKETMQ_NAMESRV
 BROKER_PORT=${MQSIDECAR_E2E_ROCKETMQ_BROKER_PORT:-${MQSIDECAR_ROCKETMQ_BROKER_PORT:-20911}}
 START_TIMEOUT=${MQSIDECAR_E2E_START_TIMEOUT:-${MQSIDECAR_ROCKETMQ_START_TIMEOUT:-120}}
 STOP_TIMEOUT=${MQSIDECAR_E2E_STOP_TIMEOUT:-30}
+# The broker's flushDiskType: ASYNC_FLUSH (RocketMQ's default) or SYNC_FLUSH (the doctor's
+# safe shape, e2e/doctor_e2e_test.go).
+FLUSH_DISK_TYPE=${MQSIDECAR_E2E_ROCKETMQ_FLUSH_DISK_TYPE:-${MQSIDECAR_ROCKETMQ_FLUSH_DISK_TYPE:-ASYNC_FLUSH}}
 HOST=$E2E_HOST
 
 DATA=$E2E_DIR/rocketmq
@@ -111,7 +114,7 @@ EOF
 	# - short delay levels, because the retry topic redelivers after level 3 + reconsume times;
 	# - timer wheel off (arbitrary-delay messages are not used; it preallocates big files);
 	# - disk ratio high so a busy CI disk does not make the broker refuse writes.
-	sed "s|@NAMESRV@|$HOST:$NAMESRV_PORT|; s|@PORT@|$BROKER_PORT|; s|@STORE@|$DATA/store|g" \
+	sed "s|@NAMESRV@|$HOST:$NAMESRV_PORT|; s|@PORT@|$BROKER_PORT|; s|@STORE@|$DATA/store|g; s|^flushDiskType=.*|flushDiskType=$FLUSH_DISK_TYPE|" \
 		"$HARNESS_DIR/rocketmq/broker.conf" >"$DATA/conf/broker.conf"
 }
 
@@ -132,7 +135,9 @@ wait_boot() {
 		if grep -qF -- "$pat" "$out" 2>/dev/null; then
 			return 0
 		fi
-		if ! pid_of "$pidf" "$mark" >/dev/null; then
+		# Checked twice, a second apart: at load 33 a name server that went on to boot was
+		# once reported exited here (its command line read while setsid/nohup exec'd java).
+		if ! pid_of "$pidf" "$mark" >/dev/null && { sleep 1; ! pid_of "$pidf" "$mark" >/dev/null; }; then
 			log "$name exited during start-up"
 			log_tail "$out"
 			log_tail "$RMQ_HOME/logs/rocketmqlogs/${name}.log" 40
@@ -154,7 +159,7 @@ start_namesrv() {
 		return 0
 	fi
 	if port_open "$NAMESRV_PORT"; then
-		die "port $NAMESRV_PORT is taken by another process (set MQSIDECAR_ROCKETMQ_NAMESRV_PORT)"
+		die "port $NAMESRV_PORT is taken by another process (set MQSIDECAR_E2E_ROCKETMQ_NAMESRV_PORT)"
 	fi
 	local t0
 	t0=$(now_ms)
@@ -175,7 +180,7 @@ start_broker() {
 	local p
 	for p in "$BROKER_PORT" $((BROKER_PORT - 2)) $((BROKER_PORT + 1)); do
 		if port_open "$p"; then
-			die "port $p is taken by another process (the broker needs PORT, PORT-2 and PORT+1; set MQSIDECAR_ROCKETMQ_BROKER_PORT)"
+			die "port $p is taken by another process (the broker needs PORT, PORT-2 and PORT+1; set MQSIDECAR_E2E_ROCKETMQ_BROKER_PORT)"
 		fi
 	done
 	local t0 log_lines

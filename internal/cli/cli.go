@@ -1,7 +1,8 @@
 // Package cli is what the mqsidecar and mqsidecar-injector commands share: exit statuses,
 // error printing and the build version.
 //
-// Exit status: 0 success, 1 runtime failure, 2 bad configuration or usage.
+// Exit status: 0 success, 1 runtime failure, 2 bad configuration or usage; a command may
+// end with another status through ExitError (mqsidecar: 3, the broker is at risk).
 package cli
 
 import (
@@ -23,9 +24,25 @@ func (e UsageError) Unwrap() error { return e.Err }
 // Usage wraps err as a UsageError.
 func Usage(err error) error { return UsageError{Err: err} }
 
+// ExitError ends the command with status Code (3: the broker is at risk, see
+// `mqsidecar doctor`); Err, when not nil, is printed as any failure is.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e ExitError) Error() string {
+	if e.Err == nil {
+		return ""
+	}
+	return e.Err.Error()
+}
+func (e ExitError) Unwrap() error { return e.Err }
+
 // Execute runs root with args, prints a failure to stderr prefixed with the root command's
 // name, and returns the exit status: 0 on success; 2 for a UsageError, a flag parsing error
-// or an error that matches (errors.Is) one of usageErrs; 1 otherwise.
+// or an error that matches (errors.Is) one of usageErrs; an ExitError's Code (printing
+// nothing when its Err is nil); 1 otherwise.
 func Execute(root *cobra.Command, args []string, stderr io.Writer, usageErrs ...error) int {
 	root.SilenceUsage = true
 	root.SilenceErrors = true // printed below, once
@@ -35,6 +52,10 @@ func Execute(root *cobra.Command, args []string, stderr io.Writer, usageErrs ...
 	if err == nil {
 		return 0
 	}
+	var ee ExitError
+	if errors.As(err, &ee) && ee.Err == nil {
+		return ee.Code
+	}
 	if msg := err.Error(); strings.Contains(msg, "\n") {
 		fmt.Fprintf(stderr, "%s: error:\n%s\n", root.Name(), msg)
 	} else {
@@ -43,6 +64,9 @@ func Execute(root *cobra.Command, args []string, stderr io.Writer, usageErrs ...
 	var ue UsageError
 	if errors.As(err, &ue) {
 		return 2
+	}
+	if errors.As(err, &ee) {
+		return ee.Code
 	}
 	for _, u := range usageErrs {
 		if errors.Is(err, u) {

@@ -24,6 +24,8 @@ func TestExecute(t *testing.T) {
 		{"listed usage error", nil, fmt.Errorf("wrapped: %w", errConfig), 2, "tool: wrapped: bad option\n"},
 		{"multi-line", nil, Usage(errors.New("a: bad\nb: bad")), 2, "tool: error:\na: bad\nb: bad\n"},
 		{"flag error", []string{"--nope"}, nil, 2, "tool: unknown flag: --nope\n"},
+		{"exit status", nil, fmt.Errorf("start: %w", ExitError{Code: 3, Err: errors.New("at risk")}), 3, "tool: start: at risk\n"},
+		{"silent exit status", nil, ExitError{Code: 3}, 3, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
