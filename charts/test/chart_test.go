@@ -339,7 +339,7 @@ func TestDefaultValues(t *testing.T) {
 	for flag, want := range map[string]string{
 		"--sidecar-image": "ghcr.io/mqsidecar/mqsidecar:0.1.0", "--sidecar-mode": "native",
 		"--sidecar-memory-limit": "256Mi", "--sidecar-cpu-limit": "", "--admin-port": "9464",
-		"--startup-probe-path": "/readyz", "--min-termination-grace-period": "45s",
+		"--wait-for-ready": "false", "--min-termination-grace-period": "45s",
 		"--sidecar-secret-env": "", "--sidecar-secret-env-from": "", "--sidecar-secret-volumes": "",
 	} {
 		if got, ok := args[flag]; !ok || got != want {
