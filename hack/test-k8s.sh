@@ -11,7 +11,10 @@
 #      rendered injector args run through the real injector command, the root command of
 #      cmd/mqsidecar-injector (go test ./charts/test/...);
 #   4. Dockerfile: static checks and its build command run outside Docker
-#      (hack/check-dockerfile.sh).
+#      (hack/check-dockerfile.sh);
+#   5. the engine-less image builder (hack/image, its own Go module): images for amd64 and
+#      arm64 assembled as an OCI image layout and checked against the Dockerfile's final
+#      stage (user, entrypoint, command, port, labels, files and their platform).
 #
 # Works from a fresh machine that reaches only the Go module proxy. Exit status is non-zero
 # if anything failed. Set GOTESTFLAGS to pass flags to go test (e.g. -race, -v).
@@ -30,3 +33,7 @@ go test -count=1 ${GOTESTFLAGS:-} ./injector/... ./cmd/mqsidecar-injector/... ./
 
 echo "== Dockerfile"
 hack/check-dockerfile.sh
+
+echo "== hack/image (OCI image without a container engine)"
+# shellcheck disable=SC2086
+(cd hack/image && go vet ./... && go test -count=1 ${GOTESTFLAGS:-} ./...)
