@@ -31,6 +31,14 @@ echo "== go test ./injector/... ./cmd/mqsidecar-injector/... ./charts/test/..."
 # shellcheck disable=SC2086 # GOTESTFLAGS is a list of flags
 go test -count=1 ${GOTESTFLAGS:-} ./injector/... ./cmd/mqsidecar-injector/... ./charts/test/...
 
+echo "== helm package (what make chart-package and make release ship)"
+pkg=$(mktemp -d)
+"$HELM" package charts/mqsidecar --destination "$pkg" >/dev/null
+tar -tzf "$pkg"/mqsidecar-*.tgz | grep -qx 'mqsidecar/values.schema.json' || { echo "the packaged chart lacks values.schema.json" >&2; exit 1; }
+"$HELM" template mq "$pkg"/mqsidecar-*.tgz --namespace mqsidecar-system --kube-version 1.31.0 >/dev/null
+rm -rf "$pkg"
+echo "packaged and rendered"
+
 echo "== Dockerfile"
 hack/check-dockerfile.sh
 
