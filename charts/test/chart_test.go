@@ -6,7 +6,8 @@
 //
 // helm is found in $HELM, <repo>/.tools/bin/helm (installed by hack/helm.sh) or $PATH. When
 // it is missing the tests skip; hack/test-k8s.sh, which `make test` runs, installs helm and
-// runs these tests with HELM set, where a missing binary fails.
+// runs these tests with HELM set, where a missing binary fails. TestAgainstAPIServer
+// (apiserver_test.go) needs kube-apiserver and etcd, which hack/test-k8s.sh builds.
 package charttest
 
 import (
