@@ -378,25 +378,7 @@ func startProcess(t *testing.T, logFile, bin string, args ...string) {
 // chart's key pair, until the returned function is called.
 func runInjector(t *testing.T, dir string, chartArgs []string, secret corev1.Secret, listen string) func() {
 	t.Helper()
-	certFile, keyFile := filepath.Join(dir, "webhook.crt"), filepath.Join(dir, "webhook.key")
-	must(t, os.WriteFile(certFile, secret.Data["tls.crt"], 0o600))
-	must(t, os.WriteFile(keyFile, secret.Data["tls.key"], 0o600))
-	var args []string
-	for _, a := range chartArgs {
-		switch name, _, _ := strings.Cut(a, "="); name {
-		case "--tls-cert-file":
-			a = name + "=" + certFile
-		case "--tls-key-file":
-			a = name + "=" + keyFile
-		case "--listen":
-			a = name + "=" + listen
-		case "--metrics-listen":
-			a = name + "=127.0.0.1:0"
-		case "--shutdown-delay":
-			a = name + "=0s"
-		}
-		args = append(args, a)
-	}
+	args := localInjectorArgs(t, dir, chartArgs, secret, listen)
 	cmd := injector.NewCommand()
 	cmd.SetArgs(args)
 	cmd.SetOut(io.Discard)

@@ -824,30 +824,7 @@ func checkImageShips(t *testing.T, path string) {
 // must validate, so the chart and the binary agree.
 func checkArgsAcceptedByInjectCommand(t *testing.T, args []string, secret corev1.Secret) {
 	t.Helper()
-	dir := t.TempDir()
-	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
-	if err := os.WriteFile(certFile, secret.Data["tls.crt"], 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, secret.Data["tls.key"], 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var cmdArgs []string
-	for _, a := range args {
-		switch name, _, _ := strings.Cut(a, "="); name {
-		case "--tls-cert-file":
-			a = name + "=" + certFile
-		case "--tls-key-file":
-			a = name + "=" + keyFile
-		case "--listen", "--metrics-listen":
-			a = name + "=127.0.0.1:0"
-		case "--shutdown-delay":
-			a = name + "=0s"
-		case "--log-level":
-			a = name + "=error"
-		}
-		cmdArgs = append(cmdArgs, a)
-	}
+	cmdArgs := localInjectorArgs(t, t.TempDir(), args, secret, "127.0.0.1:0")
 	cmd := injector.NewCommand()
 	cmd.SetArgs(cmdArgs)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -855,6 +832,39 @@ func checkArgsAcceptedByInjectCommand(t *testing.T, args []string, secret corev1
 	if err := cmd.ExecuteContext(ctx); err != nil {
 		t.Errorf("the injector command refuses the chart's args %q: %v", cmdArgs, err)
 	}
+}
+
+// localInjectorArgs turns the chart's injector args into ones that run here: the chart
+// Secret's key pair written to dir, the webhook on listen, metrics on a free loopback port,
+// no shutdown delay, errors-only logs.
+func localInjectorArgs(t *testing.T, dir string, chartArgs []string, secret corev1.Secret, listen string) []string {
+	t.Helper()
+	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	if err := os.WriteFile(certFile, secret.Data["tls.crt"], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, secret.Data["tls.key"], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var args []string
+	for _, a := range chartArgs {
+		switch name, _, _ := strings.Cut(a, "="); name {
+		case "--tls-cert-file":
+			a = name + "=" + certFile
+		case "--tls-key-file":
+			a = name + "=" + keyFile
+		case "--listen":
+			a = name + "=" + listen
+		case "--metrics-listen":
+			a = name + "=127.0.0.1:0"
+		case "--shutdown-delay":
+			a = name + "=0s"
+		case "--log-level":
+			a = name + "=error"
+		}
+		args = append(args, a)
+	}
+	return args
 }
 
 func flagMap(args []string) map[string]string {
