@@ -2,7 +2,10 @@
 #
 # mqsidecar: static Go binaries on distroless, running as non-root (uid/gid 65532).
 #
-#   docker build --build-arg VERSION=$(git describe --tags --always --dirty) -t mqsidecar .
+#   docker build --build-arg VERSION=$(git describe --tags --always --dirty) \
+#     --build-arg REVISION=$(git rev-parse HEAD) -t mqsidecar .
+#   docker buildx build --platform linux/amd64,linux/arm64 --build-arg VERSION=... \
+#     --build-arg REVISION=... -t registry.example.com/team/mqsidecar:VERSION --push .
 #   docker run --rm -v $PWD/mqsidecar.yaml:/etc/mqsidecar/config.yaml:ro \
 #     -e MQSIDECAR_ADMIN_LISTEN=0.0.0.0:9464 -p 9464:9464 mqsidecar
 #
@@ -10,7 +13,8 @@
 # no Kubernetes API packages: /usr/local/bin/mqsidecar-injector (see charts/mqsidecar, which
 # sets it as the injector container's command). The sidecar stays the entrypoint.
 # hack/check-dockerfile.sh checks this file statically and runs the build command below
-# outside Docker (there is no Docker engine in CI).
+# outside Docker (there is no Docker engine in CI); hack/image builds the same image
+# without an engine (an OCI image layout, `make image`) and checks it against this file.
 
 ARG GO_VERSION=1.26.8
 
@@ -23,8 +27,11 @@ COPY go.mod go.sum ./
 RUN --mount=type=cache,target=/go/pkg/mod go mod download
 COPY . .
 ARG VERSION=dev
-ARG TARGETOS=linux
-ARG TARGETARCH=amd64
+# Declared without defaults: BuildKit fills them from --platform, and a default here would
+# win over it (`buildx --platform linux/arm64` shipped amd64 binaries). hack/check-dockerfile.sh
+# refuses a default.
+ARG TARGETOS
+ARG TARGETARCH
 # -tags nodemo leaves `mqsidecar demo` and the in-process Kafka it embeds (franz-go's kfake)
 # out of the image; cmd/mqsidecar's tests check that this line keeps the tag.
 # build-command (hack/check-dockerfile.sh runs the next RUN instruction verbatim)
@@ -38,9 +45,13 @@ RUN mkdir -p /out/var-lib-mqsidecar/data
 
 FROM gcr.io/distroless/static-debian12:nonroot
 ARG VERSION=dev
+ARG REVISION=unknown
 LABEL org.opencontainers.image.title="mqsidecar" \
       org.opencontainers.image.description="Consumes Kafka, RocketMQ or RabbitMQ and pushes each message to a local app over HTTP" \
-      org.opencontainers.image.version="${VERSION}"
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="https://github.com/mqsidecar/mqsidecar" \
+      org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /out/mqsidecar /usr/local/bin/mqsidecar
 COPY --from=build /out/mqsidecar-injector /usr/local/bin/mqsidecar-injector
 COPY --from=build --chown=65532:65532 /out/var-lib-mqsidecar /var/lib/mqsidecar

@@ -7,7 +7,7 @@ HARNESS  := e2e/harness
 # Broker addresses for the e2e tests; the harness prints them (`$(HARNESS)/all.sh env`).
 E2E_ENV   = eval "$$($(HARNESS)/all.sh env)"
 
-.PHONY: all build demo test test-unit test-k8s test-e2e brokers-start brokers-stop bench lint fmt
+.PHONY: all build demo test test-unit test-k8s test-e2e brokers-start brokers-stop bench lint fmt release chart-package image
 
 all: lint test
 
@@ -19,6 +19,26 @@ build:
 
 demo:
 	$(GO) run ./cmd/mqsidecar demo
+
+## release: dist/ with both binaries for each of RELEASE_PLATFORMS (dist/<os>_<arch>/, built
+## as `make build` and the image build them), the packaged chart and dist/SHA256SUMS.
+## image: the container image without an engine, from those binaries: an OCI image layout in
+## dist/image checked against the Dockerfile (hack/image); PUSH=registry/repo:tag pushes it.
+RELEASE_PLATFORMS := linux/amd64 linux/arm64
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+release: chart-package
+	rm -rf dist/linux_* dist/SHA256SUMS
+	@set -e; for p in $(RELEASE_PLATFORMS); do os=$${p%/*}; arch=$${p#*/}; echo "build $$os/$$arch"; \
+	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -tags nodemo -ldflags '$(LDFLAGS)' \
+	    -o dist/$${os}_$$arch/ ./cmd/mqsidecar ./cmd/mqsidecar-injector; done
+	cd dist && sha256sum linux_*/* mqsidecar-*.tgz > SHA256SUMS && cat SHA256SUMS
+
+chart-package:
+	mkdir -p dist && rm -f dist/mqsidecar-*.tgz && "$$(hack/helm.sh)" package charts/mqsidecar --destination dist
+
+image: release
+	cd hack/image && $(GO) run . --dist ../../dist --out ../../dist/image --version $(VERSION) \
+	  --revision $(REVISION) --platforms $(shell echo $(RELEASE_PLATFORMS) | tr ' ' ,) $(if $(PUSH),--push $(PUSH))
 
 ## test: everything — lint, unit and kfake integration tests (race detector), Kubernetes
 ## checks, then real brokers started on loopback and the e2e suite against them.

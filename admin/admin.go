@@ -1,8 +1,10 @@
 // Package admin serves the operator endpoints: /healthz (liveness: the process serves
-// HTTP), /readyz (readiness: every check passes — broker connected, app healthy, not
-// shutting down; the body also carries details such as the broker durability verdict,
-// see SetDetails) and /metrics (Prometheus). It binds in Start, so a bad or busy listen
-// address is reported before anything connects to a broker.
+// HTTP; the sidecar starts this server only once its configuration is loaded and its dedup
+// store open, so the Kubernetes injector's default startup probe means "started"), /readyz
+// (readiness: every check passes — broker connected, app healthy, not shutting down; the
+// body also carries details such as the broker durability verdict, see SetDetails) and
+// /metrics (Prometheus). It binds in Start, so a bad or busy listen address is reported
+// before anything connects to a broker.
 package admin
 
 import (

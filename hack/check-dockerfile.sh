@@ -5,7 +5,9 @@
 #    go.mod's, CGO_ENABLED=0, -trimpath, version stamped with -X main.version, distroless
 #    static nonroot final image with both binaries (the sidecar mqsidecar and the Kubernetes
 #    injector mqsidecar-injector), numeric non-root USER, exec-form ENTRYPOINT running the
-#    sidecar, a data directory owned by 65532.
+#    sidecar, a data directory owned by 65532, no default for BuildKit's platform ARGs
+#    (TARGETOS/TARGETARCH: a default overrides --platform) and GOOS/GOARCH taken from them,
+#    the OCI labels (source, revision, version, licenses).
 # 2. The build itself: the RUN instruction after the "# build-command" marker is executed
 #    verbatim (minus BuildKit --mount flags) in a copy of the tree filtered by .dockerignore,
 #    exactly as Docker would see the context, and the results must be static ELF binaries
@@ -40,6 +42,24 @@ check "final image ships the sidecar" '^COPY --from=build /out/mqsidecar /usr/lo
 check "final image ships the injector (charts/mqsidecar runs it)" \
 	'^COPY --from=build /out/mqsidecar-injector /usr/local/bin/mqsidecar-injector$' "$final"
 check "data dir /var/lib/mqsidecar owned by 65532" '^COPY --from=build --chown=65532:65532 [^ ]+ /var/lib/mqsidecar$' "$final"
+# Platform: BuildKit sets the automatic platform ARGs from --platform, but a default given
+# in the Dockerfile takes precedence (ARG TARGETARCH=amd64 made every platform amd64). The
+# build stage must declare them bare and the build command must use them.
+if grep -Eq '^ARG (TARGET|BUILD)(PLATFORM|OS|ARCH|VARIANT)=' <<<"$instr"; then
+	bad "no default for BuildKit's platform ARGs: $(grep -E '^ARG (TARGET|BUILD)(PLATFORM|OS|ARCH|VARIANT)=' <<<"$instr" | tr '\n' ' ')"
+else
+	ok "no default for BuildKit's platform ARGs (TARGETOS, TARGETARCH, ...)"
+fi
+build_stage=$(awk '/^FROM .* AS build$/{f=1} f && /^FROM / && !/ AS build$/{exit} f' <<<"$instr")
+check "build stage declares ARG TARGETOS" '^ARG TARGETOS$' "$build_stage"
+check "build stage declares ARG TARGETARCH" '^ARG TARGETARCH$' "$build_stage"
+check "build stage runs on the build platform (cross-compiles, no emulation)" '^FROM --platform=\$BUILDPLATFORM ' "$build_stage"
+# OCI labels of the final image (hack/image checks the engine-less image against them).
+for label in 'source="https://github\.com/mqsidecar/mqsidecar"' 'revision="\$\{REVISION\}"' \
+	'version="\$\{VERSION\}"' 'licenses="Apache-2\.0"'; do
+	check "final image label org.opencontainers.image.${label%%=*}" "^LABEL .*org\.opencontainers\.image\.$label" "$final"
+done
+check "final stage declares ARG REVISION" '^ARG REVISION(=.*)?$' "$final"
 if grep -q '^ADD ' <<<"$instr"; then bad "no ADD (COPY only, no remote fetches)"; else ok "no ADD (COPY only, no remote fetches)"; fi
 if grep -Eq '^FROM [^ ]*:latest' <<<"$instr"; then bad "no :latest base images"; else ok "no :latest base images"; fi
 
@@ -49,6 +69,7 @@ if [[ -z $build_line ]]; then
 	bad "a RUN instruction follows the '# build-command' marker"
 else
 	check "build: CGO_ENABLED=0" 'CGO_ENABLED=0' "$build_line"
+	check "build: GOOS/GOARCH from BuildKit's TARGETOS/TARGETARCH" 'GOOS=\$\{TARGETOS\} GOARCH=\$\{TARGETARCH\}' "$build_line"
 	check "build: -trimpath" 'go build .*-trimpath' "$build_line"
 	check "build: version via -X main.version=\${VERSION}" '-X main\.version=\$\{VERSION\}' "$build_line"
 	check "build: both binaries into /out/ from ./cmd/mqsidecar ./cmd/mqsidecar-injector" \

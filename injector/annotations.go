@@ -46,6 +46,15 @@ const (
 	// AnnotationSidecarMode is "native" (init container with restartPolicy Always, Kubernetes
 	// >= 1.29) or "container" (a regular container, for older clusters).
 	AnnotationSidecarMode = "mqsidecar.io/sidecar-mode"
+	// AnnotationWaitForReady ("true" or "false") says whether the app's containers wait for
+	// the sidecar to be ready (/readyz: broker connected, shared store reachable) or only
+	// for it to have started (/healthz: process up, configuration loaded, dedup store open),
+	// which is the default (the injector's --wait-for-ready). It sets the native sidecar's
+	// startup probe. "true" cannot be combined with AnnotationAppHealthPath (the sidecar is
+	// ready only once the app answers, and the app would start only once the sidecar is
+	// ready) nor with sidecar-mode "container" (a regular container holds nothing back);
+	// both are refused.
+	AnnotationWaitForReady = "mqsidecar.io/wait-for-ready"
 	// AnnotationAdminPort is the sidecar's admin port (/healthz /readyz /metrics); default
 	// from the injector's --admin-port (9464).
 	AnnotationAdminPort = "mqsidecar.io/admin-port"
@@ -96,7 +105,7 @@ var knownAnnotations = []string{
 	AnnotationInject, AnnotationConfig, AnnotationConfigKey, AnnotationAppPort, AnnotationAppPath,
 	AnnotationAppHealthPath, AnnotationImage, AnnotationCPURequest, AnnotationCPULimit,
 	AnnotationMemoryRequest, AnnotationMemoryLimit, AnnotationLogLevel, AnnotationSidecarMode,
-	AnnotationAdminPort, AnnotationDedupStorage, AnnotationDedupStorageSize,
+	AnnotationWaitForReady, AnnotationAdminPort, AnnotationDedupStorage, AnnotationDedupStorageSize,
 	AnnotationDedupStorageClass, AnnotationKafkaStaticMembership, AnnotationRocketMQStableInstanceName,
 	AnnotationSecretEnv, AnnotationSecretEnvFrom, AnnotationSecretVolumes, AnnotationStatus,
 }
@@ -132,6 +141,7 @@ type settings struct {
 	resources     corev1.ResourceRequirements
 	logLevel      string
 	mode          Mode
+	waitForReady  bool // the native sidecar's startup probe is /readyz, else /healthz
 	adminPort     int32
 	dedupStorage  string
 	pvcSize       resource.Quantity
@@ -166,6 +176,7 @@ func parseSettings(ann map[string]string, opts *Options) (settings, error) {
 		image:        opts.Image,
 		resources:    *opts.Resources.DeepCopy(),
 		mode:         opts.Mode,
+		waitForReady: opts.WaitForReady,
 		adminPort:    opts.AdminPort,
 		dedupStorage: storageAuto,
 		pvcSize:      opts.DedupPVCSize.DeepCopy(),
@@ -286,6 +297,16 @@ func parseSettings(ann map[string]string, opts *Options) (settings, error) {
 		}
 	}
 
+	waitAnn, waitSet := ann[AnnotationWaitForReady]
+	if waitSet {
+		on, err := strconv.ParseBool(strings.TrimSpace(waitAnn))
+		if err != nil {
+			bad(AnnotationWaitForReady, "must be \"true\" or \"false\", got %q", waitAnn)
+		}
+		s.waitForReady = on
+	}
+	errs = append(errs, startGateProblems(s, waitSet)...)
+
 	if v, ok := ann[AnnotationAdminPort]; ok {
 		p, err := parsePort(v)
 		if err != nil {
@@ -368,6 +389,31 @@ func parseSettings(ann map[string]string, opts *Options) (settings, error) {
 		return s, errors.Join(errs...)
 	}
 	return s, nil
+}
+
+// startGateProblems refuses the start gates that cannot work: the app's containers waiting
+// for a sidecar that waits for the app (the pod would never start), or a gate on a regular
+// container, which holds nothing back. explicit says whether the pod's annotation asked for
+// s.waitForReady rather than the injector's default; a default never applies to a regular
+// container, so only the annotation is refused there.
+func startGateProblems(s settings, explicit bool) []error {
+	if !s.waitForReady {
+		return nil
+	}
+	from := AnnotationWaitForReady + ": \"true\""
+	if !explicit {
+		from = "the injector's default --wait-for-ready (chart value sidecar.waitForReady)"
+	}
+	switch {
+	case s.mode == ModeNative && s.appHealthPath != "":
+		return []error{fmt.Errorf("%s cannot be combined with %s: the sidecar is ready only once the app's health URL "+
+			"answers, and with %s the app's containers start only once the sidecar is ready, so the pod would never "+
+			"start. Remove %s or set %s: \"false\"", AnnotationAppHealthPath, from, from, AnnotationAppHealthPath, AnnotationWaitForReady)}
+	case s.mode == ModeContainer && explicit:
+		return []error{fmt.Errorf("%s: \"true\" needs %s %q: a regular sidecar container does not hold the app's "+
+			"containers back", AnnotationWaitForReady, AnnotationSidecarMode, ModeNative)}
+	}
+	return nil
 }
 
 func parsePort(v string) (int32, error) {

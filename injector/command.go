@@ -242,7 +242,8 @@ when they change, so a rotated certificate needs no restart.`,
 	f.StringVar(&memReq, "sidecar-memory-request", "64Mi", "default sidecar memory request (empty: none)")
 	f.StringVar(&memLim, "sidecar-memory-limit", "256Mi", "default sidecar memory limit (empty: none)")
 	f.IntVar(&adminPort, "admin-port", 9464, "default sidecar admin port (/healthz /readyz /metrics)")
-	f.StringVar(&cfg.Injector.StartupProbePath, "startup-probe-path", "/readyz", "HTTP path of the native sidecar's startup probe")
+	f.BoolVar(&cfg.Injector.WaitForReady, "wait-for-ready", false,
+		"apps wait for their native sidecar to be ready (/readyz: broker connected) instead of started (/healthz); annotation mqsidecar.io/wait-for-ready overrides it")
 	f.DurationVar(&cfg.Injector.MinTerminationGracePeriod, "min-termination-grace-period", 45*time.Second,
 		"raise pods' terminationGracePeriodSeconds to at least this, so the sidecar can drain (0: never)")
 	f.StringVar(&pvcSz, "dedup-pvc-size", "1Gi", "default size of the dedup PVC added to StatefulSets")

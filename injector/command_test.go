@@ -175,7 +175,7 @@ func TestCommandFlagsAndValidation(t *testing.T) {
 		t.Errorf("command name = %q", cmd.Name())
 	}
 	for _, f := range []string{"listen", "tls-cert-file", "tls-key-file", "sidecar-image", "sidecar-mode", "metrics-listen",
-		"startup-probe-path", "min-termination-grace-period", "sidecar-memory-limit", "admin-port", "cert-check-interval",
+		"wait-for-ready", "min-termination-grace-period", "sidecar-memory-limit", "admin-port", "cert-check-interval",
 		"sidecar-secret-env", "sidecar-secret-env-from", "sidecar-secret-volumes"} {
 		if cmd.Flags().Lookup(f) == nil {
 			t.Errorf("missing flag --%s", f)

@@ -21,7 +21,10 @@
 //
 // By default the sidecar is a native sidecar (an init container with restartPolicy: Always,
 // Kubernetes >= 1.29) with a startup probe; mqsidecar.io/sidecar-mode: container injects a
-// regular container for older clusters. The dedup store lives on an emptyDir, or on a
+// regular container for older clusters. The app's containers start once that probe passes:
+// /healthz (the sidecar started: configuration loaded, dedup store open) unless
+// mqsidecar.io/wait-for-ready asks for /readyz (broker connected). A gate that could never
+// pass (/readyz while the sidecar waits for the app's health URL) is refused at injection. The dedup store lives on an emptyDir, or on a
 // per-pod PersistentVolumeClaim for StatefulSets: when a StatefulSet is created, the webhook
 // adds a volumeClaimTemplate named mqsidecar-dedup, and the StatefulSet controller then adds
 // that volume to each pod, which the pod mutation mounts instead of an emptyDir.

@@ -73,9 +73,12 @@ type Options struct {
 	Resources corev1.ResourceRequirements
 	// AdminPort is the default admin port (9464 if 0).
 	AdminPort int32
-	// StartupProbePath is the HTTP path of the native sidecar's startup probe (/readyz if
-	// empty). Main containers start only once it succeeds.
-	StartupProbePath string
+	// WaitForReady is the default of AnnotationWaitForReady: the native sidecar's startup
+	// probe is /readyz (the app's containers start once the sidecar is connected to its
+	// broker) instead of /healthz (once it started: process up, configuration loaded, dedup
+	// store open). Off by default: with it, a broker outage keeps every new pod from
+	// starting, and a configuration with app.health_url never starts at all.
+	WaitForReady bool
 	// MinTerminationGracePeriod raises a pod's terminationGracePeriodSeconds to at least this,
 	// so the sidecar's drain (drain_delay + shutdown_timeout) fits before SIGKILL. 0 = never
 	// raise.
@@ -110,9 +113,6 @@ func New(opts Options) (*Injector, error) {
 	if opts.AdminPort == 0 {
 		opts.AdminPort = 9464
 	}
-	if opts.StartupProbePath == "" {
-		opts.StartupProbePath = "/readyz"
-	}
 	if opts.DedupPVCSize.IsZero() {
 		opts.DedupPVCSize = resource.MustParse("1Gi")
 	}
@@ -130,9 +130,6 @@ func New(opts Options) (*Injector, error) {
 	}
 	if opts.AdminPort < 1 || opts.AdminPort > 65535 {
 		errs = append(errs, fmt.Errorf("admin port: must be 1-65535, got %d", opts.AdminPort))
-	}
-	if err := checkPath(opts.StartupProbePath); err != nil {
-		errs = append(errs, fmt.Errorf("startup probe path: %w", err))
 	}
 	if opts.MinTerminationGracePeriod < 0 {
 		errs = append(errs, fmt.Errorf("min termination grace period: must not be negative, got %s", opts.MinTerminationGracePeriod))
@@ -492,13 +489,14 @@ func (in *Injector) container(s settings, id identity) corev1.Container {
 	}
 	if s.mode == ModeNative {
 		c.RestartPolicy = ptr(corev1.ContainerRestartPolicyAlways)
-		// Up to 5 minutes to come up (broker connection, dedup store open) before the
-		// kubelet restarts it; main containers start once it succeeded.
-		path := in.opts.StartupProbePath
-		if s.appHealthPath != "" && path == "/readyz" {
-			// /readyz waits for the app's health URL, but the app's containers start only
-			// after this probe succeeded: probing /readyz would deadlock the pod.
-			path = "/healthz"
+		// Main containers start once the startup probe succeeded: by default once the
+		// sidecar started (/healthz answers only after the configuration was loaded and the
+		// dedup store opened), or, with wait-for-ready, once it is ready (/readyz: broker
+		// connected). Up to 5 minutes before the kubelet restarts it. parseSettings refused
+		// the /readyz gates that cannot pass (app.health_url set by annotation).
+		path := "/healthz"
+		if s.waitForReady {
+			path = "/readyz"
 		}
 		c.StartupProbe = probe(path, 2, 150)
 	}

@@ -69,8 +69,10 @@ var caseChecks = map[string]func(t *testing.T, r result){
 		if c.RestartPolicy == nil || *c.RestartPolicy != corev1.ContainerRestartPolicyAlways {
 			t.Errorf("native sidecar restartPolicy = %v, want Always", c.RestartPolicy)
 		}
-		if c.StartupProbe == nil || c.StartupProbe.HTTPGet == nil || c.StartupProbe.HTTPGet.Path != "/readyz" {
-			t.Errorf("startup probe = %+v, want HTTP GET /readyz", c.StartupProbe)
+		// The app starts once the sidecar started, not once its broker answers: a broker
+		// outage must not keep new pods from starting.
+		if c.StartupProbe == nil || c.StartupProbe.HTTPGet == nil || c.StartupProbe.HTTPGet.Path != "/healthz" {
+			t.Errorf("startup probe = %+v, want HTTP GET /healthz", c.StartupProbe)
 		}
 		if c.StartupProbe.HTTPGet.Port.StrVal != AdminPortName {
 			t.Errorf("startup probe port = %v, want %s", c.StartupProbe.HTTPGet.Port, AdminPortName)
@@ -171,6 +173,21 @@ var caseChecks = map[string]func(t *testing.T, r result){
 				c.StartupProbe.HTTPGet, c.ReadinessProbe.HTTPGet)
 		}
 	},
+	"pod-wait-for-ready": func(t *testing.T, r result) {
+		c, native := sidecar(t, injectedPod(t, r))
+		if !native || c.StartupProbe.HTTPGet.Path != "/readyz" || c.LivenessProbe.HTTPGet.Path != "/healthz" {
+			t.Errorf("wait-for-ready: startup probe %+v, liveness %+v; want /readyz and /healthz",
+				c.StartupProbe.HTTPGet, c.LivenessProbe.HTTPGet)
+		}
+	},
+	"pod-wait-for-ready-app-health": deniedWith(
+		`mqsidecar.io/app-health-path cannot be combined with mqsidecar.io/wait-for-ready: "true": the sidecar is ready ` +
+			`only once the app's health URL answers, and with mqsidecar.io/wait-for-ready: "true" the app's containers ` +
+			`start only once the sidecar is ready, so the pod would never start.`,
+	),
+	"pod-wait-for-ready-container-mode": deniedWith(
+		`mqsidecar.io/wait-for-ready: "true" needs mqsidecar.io/sidecar-mode "native": a regular sidecar container does not hold`,
+	),
 	"pod-unannotated":         unchanged(""),
 	"pod-inject-false":        unchanged(""),
 	"pod-already-injected":    unchanged(""),
@@ -373,11 +390,11 @@ func TestWebhookGolden(t *testing.T) {
 		}
 	}
 	// Metrics: every fixture counted once, by kind and result.
-	if got := counterSum(t, reg, "mqsidecar_injector_admissions_total", map[string]string{"kind": "Pod", "result": "injected"}); got != 9 {
-		t.Errorf("injected pods counted = %v, want 9", got)
+	if got := counterSum(t, reg, "mqsidecar_injector_admissions_total", map[string]string{"kind": "Pod", "result": "injected"}); got != 10 {
+		t.Errorf("injected pods counted = %v, want 10", got)
 	}
-	if got := counterSum(t, reg, "mqsidecar_injector_admissions_total", map[string]string{"kind": "Pod", "result": "denied"}); got != 7 {
-		t.Errorf("denied pods counted = %v, want 7", got)
+	if got := counterSum(t, reg, "mqsidecar_injector_admissions_total", map[string]string{"kind": "Pod", "result": "denied"}); got != 9 {
+		t.Errorf("denied pods counted = %v, want 9", got)
 	}
 }
 
@@ -461,7 +478,6 @@ func TestNewValidatesOptions(t *testing.T) {
 		func(o *Options) { o.Mode = "sideways" },
 		func(o *Options) { o.ImagePullPolicy = "Sometimes" },
 		func(o *Options) { o.AdminPort = 70000 },
-		func(o *Options) { o.StartupProbePath = "readyz" },
 		func(o *Options) { o.MinTerminationGracePeriod = -time.Second },
 		func(o *Options) { o.Resources.Limits[corev1.ResourceMemory] = resource.MustParse("1Mi") },
 		func(o *Options) { o.SecretEnv = "MQSIDECAR_DEDUP_REDIS_PASSWORD" },

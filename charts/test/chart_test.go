@@ -6,7 +6,8 @@
 //
 // helm is found in $HELM, <repo>/.tools/bin/helm (installed by hack/helm.sh) or $PATH. When
 // it is missing the tests skip; hack/test-k8s.sh, which `make test` runs, installs helm and
-// runs these tests with HELM set, where a missing binary fails.
+// runs these tests with HELM set, where a missing binary fails. TestAgainstAPIServer
+// (apiserver_test.go) needs kube-apiserver and etcd, which hack/test-k8s.sh builds.
 package charttest
 
 import (
@@ -339,7 +340,7 @@ func TestDefaultValues(t *testing.T) {
 	for flag, want := range map[string]string{
 		"--sidecar-image": "ghcr.io/mqsidecar/mqsidecar:0.1.0", "--sidecar-mode": "native",
 		"--sidecar-memory-limit": "256Mi", "--sidecar-cpu-limit": "", "--admin-port": "9464",
-		"--startup-probe-path": "/readyz", "--min-termination-grace-period": "45s",
+		"--wait-for-ready": "false", "--min-termination-grace-period": "45s",
 		"--sidecar-secret-env": "", "--sidecar-secret-env-from": "", "--sidecar-secret-volumes": "",
 	} {
 		if got, ok := args[flag]; !ok || got != want {
@@ -823,30 +824,7 @@ func checkImageShips(t *testing.T, path string) {
 // must validate, so the chart and the binary agree.
 func checkArgsAcceptedByInjectCommand(t *testing.T, args []string, secret corev1.Secret) {
 	t.Helper()
-	dir := t.TempDir()
-	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
-	if err := os.WriteFile(certFile, secret.Data["tls.crt"], 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, secret.Data["tls.key"], 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var cmdArgs []string
-	for _, a := range args {
-		switch name, _, _ := strings.Cut(a, "="); name {
-		case "--tls-cert-file":
-			a = name + "=" + certFile
-		case "--tls-key-file":
-			a = name + "=" + keyFile
-		case "--listen", "--metrics-listen":
-			a = name + "=127.0.0.1:0"
-		case "--shutdown-delay":
-			a = name + "=0s"
-		case "--log-level":
-			a = name + "=error"
-		}
-		cmdArgs = append(cmdArgs, a)
-	}
+	cmdArgs := localInjectorArgs(t, t.TempDir(), args, secret, "127.0.0.1:0")
 	cmd := injector.NewCommand()
 	cmd.SetArgs(cmdArgs)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -854,6 +832,39 @@ func checkArgsAcceptedByInjectCommand(t *testing.T, args []string, secret corev1
 	if err := cmd.ExecuteContext(ctx); err != nil {
 		t.Errorf("the injector command refuses the chart's args %q: %v", cmdArgs, err)
 	}
+}
+
+// localInjectorArgs turns the chart's injector args into ones that run here: the chart
+// Secret's key pair written to dir, the webhook on listen, metrics on a free loopback port,
+// no shutdown delay, errors-only logs.
+func localInjectorArgs(t *testing.T, dir string, chartArgs []string, secret corev1.Secret, listen string) []string {
+	t.Helper()
+	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	if err := os.WriteFile(certFile, secret.Data["tls.crt"], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, secret.Data["tls.key"], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var args []string
+	for _, a := range chartArgs {
+		switch name, _, _ := strings.Cut(a, "="); name {
+		case "--tls-cert-file":
+			a = name + "=" + certFile
+		case "--tls-key-file":
+			a = name + "=" + keyFile
+		case "--listen":
+			a = name + "=" + listen
+		case "--metrics-listen":
+			a = name + "=127.0.0.1:0"
+		case "--shutdown-delay":
+			a = name + "=0s"
+		case "--log-level":
+			a = name + "=error"
+		}
+		args = append(args, a)
+	}
+	return args
 }
 
 func flagMap(args []string) map[string]string {
