@@ -113,6 +113,8 @@ type Options struct {
 	DrainTimeout time.Duration
 	Logger       *slog.Logger
 	Metrics      *metrics.Metrics
+	// Tracing records spans of each delivery and push (trace.go); zero = none.
+	Tracing Tracing
 }
 
 // Store is what the gate needs of the dedup store (*dedup.Store implements it). A nil Store
@@ -134,6 +136,7 @@ type Gate struct {
 	pusher *Pusher
 	log    *slog.Logger
 	m      *metrics.Metrics
+	tracer *tracer // nil: tracing off
 
 	permits   chan struct{}  // admission: admissionFactor×MaxInflight
 	pushSlots chan struct{}  // concurrent pushes: MaxInflight
@@ -178,6 +181,7 @@ type item struct {
 	wrote       bool       // this admission wrote the in-flight mark (set on the store's writer)
 	marked      chan error // receives the result of the durable in-flight record
 	pushes      int        // pushes made by this admission
+	trace       itemTrace  // its consumer span (trace.go)
 }
 
 // elsewhereWait is how often a message that another live replica holds in flight (a shared
@@ -204,7 +208,7 @@ func New(src adapters.Source, store Store, opts Options) *Gate {
 	}
 	hardCtx, hardCancel := context.WithCancel(context.Background())
 	g := &Gate{
-		opts: opts, src: src, store: store, log: opts.Logger, m: opts.Metrics,
+		opts: opts, src: src, store: store, log: opts.Logger, m: opts.Metrics, tracer: newTracer(opts),
 		permits:     make(chan struct{}, admissionFactor*opts.MaxInflight),
 		pushSlots:   make(chan struct{}, opts.MaxInflight),
 		stopping:    make(chan struct{}),
@@ -219,6 +223,7 @@ func New(src adapters.Source, store Store, opts Options) *Gate {
 		g.limiter = ll
 		ll.LimitLanes(g.laneFull)
 	}
+	opts.Push.TraceContext = g.tracer != nil
 	g.pusher = NewPusher(opts.Push, g.invalidHeader)
 	return g
 }
@@ -352,6 +357,7 @@ func (g *Gate) admit(d *adapters.Delivery) {
 	g.inflight.Add(1)
 	g.m.Inflight.Set(float64(g.inflightN.Add(1)))
 	it := &item{d: d, key: storeKey(d.ID), marked: make(chan error, 1)}
+	g.startDelivery(it)
 	g.mu.Lock()
 	if waiting, ok := g.active[it.key]; ok {
 		// Another copy is being processed: this one waits, and is looked at again once
@@ -524,8 +530,11 @@ func (g *Gate) process(it *item) {
 		}
 		it.pushes++
 		attempt := it.baseAttempt + it.pushes
-		res := g.pusher.Push(g.hardCtx, it.d, attempt, it.redelivered || it.pushes > 1)
+		redelivered := it.redelivered || it.pushes > 1
+		ctx, span := g.startPush(g.hardCtx, it, attempt, redelivered)
+		res := g.pusher.Push(ctx, it.d, attempt, redelivered)
 		<-g.pushSlots
+		endPush(span, res)
 		g.m.Delivery(res.Verdict.String(), res.Duration.Seconds())
 		g.noteApp(res)
 		switch res.Verdict {
@@ -556,7 +565,7 @@ func (g *Gate) process(it *item) {
 			wait = max(wait, min(res.RetryAfter, g.opts.Backoff.Max))
 		}
 		g.m.Retried.Inc()
-		g.log.Debug("push failed, retrying", "id", it.d.ID, "attempt", attempt, "status", res.Status, "error", errText(res.Err), "wait", wait)
+		g.log.DebugContext(it.trace.ctx, "push failed, retrying", "id", it.d.ID, "attempt", attempt, "status", res.Status, "error", errText(res.Err), "wait", wait)
 		if g.store != nil {
 			// Persist the time of the next attempt, so a restart continues the backoff.
 			// Attempts stays the pushes started: the next one is counted when it starts
@@ -598,7 +607,7 @@ func (g *Gate) exhausted(it *item, res Result, attempts int) {
 		g.deadLetter(it, failure("max_attempts", res, attempts))
 		return
 	}
-	g.log.Warn("dropping message after max attempts", "id", it.d.ID, "attempts", attempts, "error", errText(res.Err))
+	g.log.WarnContext(it.trace.ctx, "dropping message after max attempts", "id", it.d.ID, "attempts", attempts, "error", errText(res.Err))
 	g.complete(it, outcomeDropped)
 }
 
@@ -654,12 +663,12 @@ func (g *Gate) deadLetter(it *item, f adapters.Failure) {
 		if errors.Is(err, adapters.ErrStaleDelivery) {
 			// The broker redelivers it; the redelivered copy (waiting behind this one
 			// for its ID) will be dead-lettered in its turn.
-			g.log.Warn("dead-letter refused for a stale delivery; leaving it to redelivery", "id", it.d.ID, "error", err)
+			g.log.WarnContext(it.trace.ctx, "dead-letter refused for a stale delivery; leaving it to redelivery", "id", it.d.ID, "error", err)
 			g.abandon(it)
 			return
 		}
 		g.m.Error("dead_letter")
-		g.log.Warn("dead-letter write failed; retrying", "id", it.d.ID, "attempt", n, "error", err)
+		g.log.WarnContext(it.trace.ctx, "dead-letter write failed; retrying", "id", it.d.ID, "attempt", n, "error", err)
 		if !g.park(it, g.opts.Backoff.Delay(n)) {
 			g.abandon(it)
 			return
@@ -678,6 +687,7 @@ const (
 // complete records the ID as completed (durably) and then settles the delivery. It does not
 // wait: the settle happens on the store's commit.
 func (g *Gate) complete(it *item, o outcome) {
+	it.trace.outcome = o.String()
 	switch o {
 	case outcomeDeadLettered:
 		g.m.DeadLettered.Inc()
@@ -730,7 +740,7 @@ func (g *Gate) abandon(it *item) {
 
 func (g *Gate) storeFailed(it *item, err error) {
 	g.m.Error("store")
-	g.log.Error("dedup store failed; stopping without acknowledging", "error", err)
+	g.log.ErrorContext(it.trace.ctx, "dedup store failed; stopping without acknowledging", "error", err)
 	g.stop(err)
 	g.settle(it, adapters.ErrNotDone)
 }
@@ -742,6 +752,7 @@ func (g *Gate) settle(it *item, err error) {
 	if err == nil {
 		g.m.Acked.Inc()
 	}
+	g.endDelivery(it, err)
 	it.d.Settle(err)
 	g.mu.Lock()
 	var next *item

@@ -71,6 +71,10 @@ type PushOptions struct {
 	Conns int
 	// TLS configures an https app (app.tls: its CA file); nil means the system's roots.
 	TLS *tls.Config
+	// TraceContext sends the traceparent and tracestate of the span in the push's context
+	// (the push span, trace.go) instead of the message's own. The gate sets it when tracing
+	// is on.
+	TraceContext bool
 }
 
 // Pusher performs the HTTP push of the contract in docs/guarantees.md ("The HTTP push"). It is safe for concurrent use.
@@ -118,7 +122,7 @@ func (p *Pusher) push(ctx context.Context, d *adapters.Delivery, attempt int, re
 		return Result{Verdict: Permanent, Err: fmt.Errorf("payload of %d bytes exceeds delivery.max_message_bytes (%d)", len(d.Payload), p.opts.MaxMessageBytes)}
 	}
 	resp, err := p.pool.Do(ctx, time.Now().Add(p.opts.Timeout), func(w *bufio.Writer) {
-		p.writeHeaders(w, d, attempt, redelivered)
+		p.writeHeaders(ctx, w, d, attempt, redelivered)
 	}, d.Payload, p.opts.MaxResponseBytes)
 	if err != nil {
 		return Result{Verdict: Retry, Err: err}
@@ -218,21 +222,29 @@ var reserved = map[string]bool{
 
 // writeHeaders writes the forwarded message headers, then the CloudEvents binary-mode
 // headers (after, so nothing from the message can override them), as CRLF lines.
-func (p *Pusher) writeHeaders(w *bufio.Writer, d *adapters.Delivery, attempt int, redelivered bool) {
-	p.eachHeader(d, attempt, redelivered, func(k, v string) {
-		w.WriteString(k)
-		w.WriteString(": ")
-		w.WriteString(v)
-		w.WriteString("\r\n")
-	})
+// With TraceContext, the push span's traceparent and tracestate follow.
+func (p *Pusher) writeHeaders(ctx context.Context, w *bufio.Writer, d *adapters.Delivery, attempt int, redelivered bool) {
+	p.eachHeader(d, attempt, redelivered, func(k, v string) { writeLine(w, k, v) })
+	if p.opts.TraceContext {
+		// A closure of its own: one that reaches an interface is allocated on every push,
+		// which tracing off must not pay.
+		traceContext.Inject(ctx, lineCarrier(func(k, v string) { writeLine(w, k, v) }))
+	}
+}
+
+func writeLine(w *bufio.Writer, k, v string) {
+	w.WriteString(k)
+	w.WriteString(": ")
+	w.WriteString(v)
+	w.WriteString("\r\n")
 }
 
 // eachHeader calls line with each header of the push in the order writeHeaders writes them.
 func (p *Pusher) eachHeader(d *adapters.Delivery, attempt int, redelivered bool, line func(k, v string)) {
 	for _, kv := range d.Headers {
 		name := http.CanonicalHeaderKey(kv.Key)
-		if name == "Content-Type" {
-			continue // already carried as the request's Content-Type
+		if name == "Content-Type" || p.opts.TraceContext && isTraceHeader(name) {
+			continue // already carried as the request's Content-Type; the push span's context
 		}
 		if reserved[name] || strings.HasPrefix(name, "Ce-") || !validHeaderName(kv.Key) || !validHeaderValue(kv.Value) {
 			p.invalidHeader(kv.Key)

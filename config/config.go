@@ -45,6 +45,19 @@ type Config struct {
 	DrainDelay time.Duration `mapstructure:"drain_delay"`
 	Log        Log           `mapstructure:"log"`
 	Durability Durability    `mapstructure:"durability"`
+	Tracing    Tracing       `mapstructure:"tracing"`
+}
+
+// Tracing configures OpenTelemetry traces (package tracing): a consumer span per delivery
+// and a client span per push, exported over OTLP/HTTP. Everything else (sampler, service
+// name, resource attributes, headers, batching) comes from the standard OTEL_* environment
+// variables. Off by default: then no SDK is set up and the gate records nothing.
+type Tracing struct {
+	Enabled bool `mapstructure:"enabled"`
+	// Endpoint is the OTLP/HTTP base URL (http://collector:4318, the exporter adds
+	// /v1/traces); "" leaves it to OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or
+	// OTEL_EXPORTER_OTLP_ENDPOINT (default http://localhost:4318).
+	Endpoint string `mapstructure:"endpoint" log:"url"`
 }
 
 // Durability configures the broker durability audit (package durability): the checks of

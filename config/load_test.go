@@ -247,6 +247,7 @@ func TestFullYAML(t *testing.T) {
 		DrainDelay:      5 * time.Second,
 		Log:             Log{Level: "debug", Format: "text"},
 		Durability:      Durability{Require: true, Interval: time.Minute},
+		Tracing:         Tracing{Enabled: true, Endpoint: "http://otel-collector:4318"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		// Compare per key, so the failure names the key (and reveals test secrets only).

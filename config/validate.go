@@ -191,6 +191,11 @@ func (c Config) checkRest(ck *checker) {
 	if i := c.Durability.Interval; i != 0 && i < 10*time.Second {
 		ck.Add("durability.interval", "must be 0 (check at start only) or at least 10s, got %s", i)
 	}
+	if e := c.Tracing.Endpoint; e != "" {
+		if u, err := url.Parse(e); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			ck.Add("tracing.endpoint", "%q must be an http:// or https:// URL (the OTLP/HTTP receiver, e.g. http://otel-collector:4318), or \"\" for OTEL_EXPORTER_OTLP_ENDPOINT", RedactURL(e))
+		}
+	}
 	ck.OneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	ck.OneOf("log.format", c.Log.Format, "json", "text")
 }

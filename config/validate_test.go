@@ -137,6 +137,8 @@ func TestValidationRules(t *testing.T) {
 		{"rabbitmq url unparsable", rmqp, func(c *Config) { c.Source.RabbitMQ.URL = "amqp://h:port/" }, "source.rabbitmq.url", "not a valid URL"},
 		{"rabbitmq management_url scheme", rmqp, func(c *Config) { c.Source.RabbitMQ.ManagementURL = "amqp://h:15672" }, "source.rabbitmq.management_url", "http:// or https://"},
 		{"rabbitmq management_url credentials", rmqp, func(c *Config) { c.Source.RabbitMQ.ManagementURL = "http://u:p@h:15672" }, "source.rabbitmq.management_url", "without credentials"},
+		{"tracing endpoint scheme", k, func(c *Config) { c.Tracing.Endpoint = "otel-collector:4318" }, "tracing.endpoint", "http:// or https://"},
+		{"tracing endpoint no host", k, func(c *Config) { c.Tracing.Endpoint = "http:///v1/traces" }, "tracing.endpoint", "http:// or https://"},
 		{"durability interval short", k, func(c *Config) { c.Durability.Interval = time.Second }, "durability.interval", "at least 10s"},
 		{"rabbitmq queue", rmqp, func(c *Config) { c.Source.RabbitMQ.Queue = "" }, "source.rabbitmq.queue", "required"},
 		{"rabbitmq prefetch 0", rmqp, func(c *Config) { c.Source.RabbitMQ.Prefetch = 0 }, "source.rabbitmq.prefetch", "between 1 and 65535, got 0"},

@@ -26,6 +26,7 @@ import (
 	"github.com/mqsidecar/mqsidecar/dedup/redisstore"
 	"github.com/mqsidecar/mqsidecar/durability"
 	"github.com/mqsidecar/mqsidecar/metrics"
+	"github.com/mqsidecar/mqsidecar/tracing"
 )
 
 // storeLinger lets dedup group commits fill up: the gate keeps the fsync off the push path,
@@ -37,6 +38,9 @@ type Sidecar struct {
 	cfg     config.Config
 	log     *slog.Logger
 	Metrics *metrics.Metrics
+	// Version is the build's version (mqsidecar_build_info, the spans' service.version);
+	// "" = the module version of the build info, else "dev".
+	Version string
 
 	admin    *admin.Server
 	store    store       // nil when dedup is disabled
@@ -163,6 +167,11 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		return err
 	}
 	s.appTLS = appTLS
+	tr, stopTracing, err := s.startTracing(ctx)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 	if s.cfg.Durability.Require {
 		s.log.Info("checking broker durability before consuming (durability.require)")
 		if err := s.durable.Require(ctx); err != nil {
@@ -220,8 +229,9 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		Backoff:              ackgate.Backoff{Initial: d.Backoff.Initial, Max: d.Backoff.Max, Multiplier: d.Backoff.Multiplier},
 		DeadLetter:           s.cfg.HasDeadLetter(),
 		DrainTimeout:         s.cfg.ShutdownTimeout,
-		Logger:               s.log,
+		Logger:               tracing.Logger(s.log, tr.Provider),
 		Metrics:              s.Metrics,
+		Tracing:              tr,
 	})
 	s.log.Info("consuming", "kind", s.cfg.Source.Kind, "app", config.RedactURL(s.cfg.App.URL), "ordering", d.Ordering, "max_inflight", d.MaxInflight, "dedup", s.cfg.Dedup.Enabled, "dedup_store", s.cfg.Dedup.Store)
 	runErr := gate.Run(gateCtx)

@@ -135,6 +135,7 @@ func runCommand(stderr io.Writer) *cobra.Command {
 				log.Error("cannot start", "error", err)
 				return err
 			}
+			sc.Version = cli.Version(version)
 			if err := sc.Run(ctx); err != nil {
 				if errors.Is(err, durability.ErrAtRisk) {
 					log.Error("refusing to start", "error", err)
