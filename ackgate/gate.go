@@ -115,6 +115,12 @@ type Options struct {
 	Metrics      *metrics.Metrics
 	// Tracing records spans of each delivery and push (trace.go); zero = none.
 	Tracing Tracing
+	// Topics are the topics or queues the configuration names, the values of the delivery
+	// counters' topic label (topics.go); empty = whatever the deliveries name.
+	Topics []string
+	// AppReachable, when set, hears whether pushes reach the app, on each change (the
+	// caller owns mqsidecar_app_ready).
+	AppReachable func(up bool)
 }
 
 // Store is what the gate needs of the dedup store (*dedup.Store implements it). A nil Store
@@ -137,6 +143,7 @@ type Gate struct {
 	log    *slog.Logger
 	m      *metrics.Metrics
 	tracer *tracer // nil: tracing off
+	topics topics  // the delivery counters by source (topics.go)
 
 	permits   chan struct{}  // admission: admissionFactor×MaxInflight
 	pushSlots chan struct{}  // concurrent pushes: MaxInflight
@@ -182,6 +189,7 @@ type item struct {
 	marked      chan error // receives the result of the durable in-flight record
 	pushes      int        // pushes made by this admission
 	trace       itemTrace  // its consumer span (trace.go)
+	mc          *metrics.TopicCounters
 }
 
 // elsewhereWait is how often a message that another live replica holds in flight (a shared
@@ -202,6 +210,9 @@ func New(src adapters.Source, store Store, opts Options) *Gate {
 	}
 	if opts.Push.Conns == 0 {
 		opts.Push.Conns = opts.MaxInflight
+	}
+	if opts.AppReachable == nil {
+		opts.AppReachable = func(bool) {}
 	}
 	if opts.LaneLookahead <= 0 {
 		opts.LaneLookahead = max(1, opts.MaxInflight/2)
@@ -225,6 +236,7 @@ func New(src adapters.Source, store Store, opts Options) *Gate {
 	}
 	opts.Push.TraceContext = g.tracer != nil
 	g.pusher = NewPusher(opts.Push, g.invalidHeader)
+	g.topics = newTopics(opts.Topics, g.m)
 	return g
 }
 
@@ -271,7 +283,6 @@ func (g *Gate) readLoop(ctx context.Context) error {
 			}
 			return fmt.Errorf("read: %w", err)
 		}
-		g.m.Received.Inc()
 		g.admit(d)
 	}
 }
@@ -356,7 +367,8 @@ func (g *Gate) admit(d *adapters.Delivery) {
 	}
 	g.inflight.Add(1)
 	g.m.Inflight.Set(float64(g.inflightN.Add(1)))
-	it := &item{d: d, key: storeKey(d.ID), marked: make(chan error, 1)}
+	it := &item{d: d, key: storeKey(d.ID), marked: make(chan error, 1), mc: g.topics.of(d)}
+	it.mc.Received.Inc()
 	g.startDelivery(it)
 	g.mu.Lock()
 	if waiting, ok := g.active[it.key]; ok {
@@ -495,7 +507,7 @@ func (g *Gate) process(it *item) {
 		g.mark(it)
 	}
 	if it.prior.State == dedup.Completed {
-		g.m.Deduplicated.Inc()
+		it.mc.Deduplicated.Inc()
 		g.settle(it, nil)
 		return
 	}
@@ -535,7 +547,7 @@ func (g *Gate) process(it *item) {
 		res := g.pusher.Push(ctx, it.d, attempt, redelivered)
 		<-g.pushSlots
 		endPush(span, res)
-		g.m.Delivery(res.Verdict.String(), res.Duration.Seconds())
+		it.mc.Delivery(res.Verdict.String(), res.Duration.Seconds())
 		g.noteApp(res)
 		switch res.Verdict {
 		case Success:
@@ -564,7 +576,7 @@ func (g *Gate) process(it *item) {
 			// park its lane for longer than the sidecar's own longest wait.
 			wait = max(wait, min(res.RetryAfter, g.opts.Backoff.Max))
 		}
-		g.m.Retried.Inc()
+		it.mc.Retried.Inc()
 		g.log.DebugContext(it.trace.ctx, "push failed, retrying", "id", it.d.ID, "attempt", attempt, "status", res.Status, "error", errText(res.Err), "wait", wait)
 		if g.store != nil {
 			// Persist the time of the next attempt, so a restart continues the backoff.
@@ -636,10 +648,10 @@ func (g *Gate) noteApp(res Result) {
 	down := res.Status == 0 && res.Verdict == Retry
 	if down && !g.appDown.Swap(true) {
 		g.log.Warn("app unreachable; messages wait unacknowledged", "url", g.opts.Push.URL, "error", errText(res.Err))
-		g.m.AppReady.Set(0)
+		g.opts.AppReachable(false)
 	} else if !down && res.Status != 0 && g.appDown.Swap(false) {
 		g.log.Info("app reachable again", "url", g.opts.Push.URL)
-		g.m.AppReady.Set(1)
+		g.opts.AppReachable(true)
 	}
 }
 
@@ -690,9 +702,9 @@ func (g *Gate) complete(it *item, o outcome) {
 	it.trace.outcome = o.String()
 	switch o {
 	case outcomeDeadLettered:
-		g.m.DeadLettered.Inc()
+		it.mc.DeadLettered.Inc()
 	case outcomeDropped:
-		g.m.Dropped.Inc()
+		it.mc.Dropped.Inc()
 	}
 	if g.store == nil {
 		g.settle(it, nil)
@@ -712,7 +724,7 @@ func (g *Gate) complete(it *item, o outcome) {
 // the record keeps saying so. Either way this replica gives up its claim (Released), so
 // that a replica sharing the store may take the message at once.
 func (g *Gate) abandon(it *item) {
-	g.m.Abandoned.Inc()
+	it.mc.Abandoned.Inc()
 	if g.store != nil {
 		// Runs on the store's writer after the mark (requests apply in order), where
 		// it.wrote and it.prior were set: the lane may abandon before the mark is done.
@@ -750,7 +762,7 @@ func (g *Gate) storeFailed(it *item, err error) {
 // block: the next copy is started on its own goroutine.
 func (g *Gate) settle(it *item, err error) {
 	if err == nil {
-		g.m.Acked.Inc()
+		it.mc.Acked.Inc()
 	}
 	g.endDelivery(it, err)
 	it.d.Settle(err)

@@ -22,6 +22,8 @@ import (
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/mqsidecar/mqsidecar/internal/cli"
 )
 
 // ServerConfig configures the webhook server run by the inject command.
@@ -264,7 +266,7 @@ func newLogger(level, format string) (*slog.Logger, error) {
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("%w: --log-level: %q: want debug, info, warn or error", ErrInvalidOptions, level)
 	}
-	opts := &slog.HandlerOptions{Level: lv}
+	opts := &slog.HandlerOptions{Level: lv, ReplaceAttr: cli.LogDurations}
 	switch format {
 	case "json":
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil

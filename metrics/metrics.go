@@ -1,12 +1,18 @@
 // Package metrics defines every Prometheus metric the sidecar exports, in one place, so the
 // names the Grafana dashboard (charts/mqsidecar) relies on are easy to audit.
 //
-// Labels never carry message IDs, offsets or keys: their cardinality is unbounded. Each
-// sidecar instance owns its registry (New), so tests and the demo can run several in one
-// process.
+// Labels never carry message IDs, offsets or keys: their cardinality is unbounded. The
+// topic label of the delivery counters (Topic) is a topic or queue the configuration names.
+// Each sidecar instance owns its registry (New), so tests and the demo can run several in
+// one process.
+//
+// One writer per metric: each collector is written from one place in the program (a test,
+// TestOneWriterPerMetric, reads the sources to hold this), so what a series means never
+// depends on which of two writers spoke last.
 package metrics
 
 import (
+	"runtime"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,14 +32,17 @@ const (
 type Metrics struct {
 	Registry *prometheus.Registry
 
-	Received       prometheus.Counter
-	Deliveries     *prometheus.CounterVec
-	Acked          prometheus.Counter
-	Retried        prometheus.Counter
-	Deduplicated   prometheus.Counter
-	DeadLettered   prometheus.Counter
-	Dropped        prometheus.Counter
-	Abandoned      prometheus.Counter
+	// The delivery counters, by topic (Kafka, RocketMQ) or queue (RabbitMQ); Deliveries also
+	// by result. Count through Topic's handles.
+	Received     *prometheus.CounterVec
+	Deliveries   *prometheus.CounterVec
+	Acked        *prometheus.CounterVec
+	Retried      *prometheus.CounterVec
+	Deduplicated *prometheus.CounterVec
+	DeadLettered *prometheus.CounterVec
+	Dropped      *prometheus.CounterVec
+	Abandoned    *prometheus.CounterVec
+
 	PushDuration   prometheus.Histogram
 	Inflight       prometheus.Gauge
 	ParkedLanes    prometheus.Gauge
@@ -48,6 +57,46 @@ type Metrics struct {
 	// BrokerDurability is 1 when a durability check (package durability) of a target the
 	// configuration names is ok, 0 when it is at risk or unknown.
 	BrokerDurability *prometheus.GaugeVec
+	// BuildInfo is 1, labelled with the build's version and Go version (SetBuildInfo).
+	BuildInfo *prometheus.GaugeVec
+}
+
+// TopicCounters are the delivery counters of one topic or queue.
+type TopicCounters struct {
+	Received, Acked, Retried, Deduplicated, DeadLettered, Dropped, Abandoned prometheus.Counter
+	// Deliveries by result: ResultSuccess, ResultRetry, ResultPermanent, ResultDrop.
+	Deliveries   map[string]prometheus.Counter
+	pushDuration prometheus.Histogram
+}
+
+// Delivery counts one push result.
+func (t *TopicCounters) Delivery(result string, seconds float64) {
+	t.Deliveries[result].Inc()
+	t.pushDuration.Observe(seconds)
+}
+
+// Topic returns the delivery counters of topic (a topic or queue the configuration names),
+// creating its series at 0 if they do not exist. Keep the handles: counting through them
+// costs no label lookup (the gate keeps them by source).
+func (m *Metrics) Topic(topic string) *TopicCounters {
+	t := &TopicCounters{
+		Received: m.Received.WithLabelValues(topic), Acked: m.Acked.WithLabelValues(topic),
+		Retried: m.Retried.WithLabelValues(topic), Deduplicated: m.Deduplicated.WithLabelValues(topic),
+		DeadLettered: m.DeadLettered.WithLabelValues(topic), Dropped: m.Dropped.WithLabelValues(topic),
+		Abandoned:    m.Abandoned.WithLabelValues(topic),
+		Deliveries:   map[string]prometheus.Counter{},
+		pushDuration: m.PushDuration,
+	}
+	for _, res := range []string{ResultSuccess, ResultRetry, ResultPermanent, ResultDrop} {
+		t.Deliveries[res] = m.Deliveries.WithLabelValues(topic, res)
+	}
+	return t
+}
+
+// SetBuildInfo sets mqsidecar_build_info{version, goversion} to 1.
+func (m *Metrics) SetBuildInfo(version string) {
+	m.BuildInfo.Reset()
+	m.BuildInfo.WithLabelValues(version, runtime.Version()).Set(1)
 }
 
 // New creates the collectors on a fresh registry that also carries the Go and process
@@ -60,6 +109,11 @@ func New() *Metrics {
 		r.MustRegister(c)
 		return c
 	}
+	byTopic := func(name, help string) *prometheus.CounterVec {
+		c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, []string{"topic"})
+		r.MustRegister(c)
+		return c
+	}
 	g := func(name, help string) prometheus.Gauge {
 		c := prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
 		r.MustRegister(c)
@@ -67,13 +121,16 @@ func New() *Metrics {
 	}
 	m := &Metrics{
 		Registry:     r,
-		Received:     f("mqsidecar_messages_received_total", "Messages read from the broker."),
-		Acked:        f("mqsidecar_messages_acked_total", "Messages acknowledged to the broker (delivered, duplicate, dead-lettered or dropped)."),
-		Retried:      f("mqsidecar_messages_retried_total", "Retries scheduled after a failed push."),
-		Deduplicated: f("mqsidecar_messages_deduplicated_total", "Messages settled without a push because their ID was already completed."),
-		DeadLettered: f("mqsidecar_messages_dead_lettered_total", "Messages written to the dead-letter target (broker-confirmed)."),
-		Dropped:      f("mqsidecar_messages_dropped_total", "Messages acknowledged without success: the app answered DROP, or max attempts with drop_after_max_attempts."),
-		Abandoned:    f("mqsidecar_messages_abandoned_total", "Messages left unacknowledged at shutdown or on a lost partition; the broker redelivers them."),
+		Received:     byTopic("mqsidecar_messages_received_total", "Messages read from the broker, by topic (or queue)."),
+		Acked:        byTopic("mqsidecar_messages_acked_total", "Messages acknowledged to the broker (delivered, duplicate, dead-lettered or dropped), by topic (or queue)."),
+		Retried:      byTopic("mqsidecar_messages_retried_total", "Retries scheduled after a failed push, by topic (or queue)."),
+		Deduplicated: byTopic("mqsidecar_messages_deduplicated_total", "Messages settled without a push because their ID was already completed, by topic (or queue)."),
+		DeadLettered: byTopic("mqsidecar_messages_dead_lettered_total", "Messages written to the dead-letter target (broker-confirmed), by topic (or queue)."),
+		Dropped:      byTopic("mqsidecar_messages_dropped_total", "Messages acknowledged without success: the app answered DROP, or max attempts with drop_after_max_attempts; by topic (or queue)."),
+		Abandoned:    byTopic("mqsidecar_messages_abandoned_total", "Messages left unacknowledged at shutdown or on a lost partition, by topic (or queue); the broker redelivers them."),
+		BuildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mqsidecar_build_info", Help: "Always 1; the labels name the sidecar's version and the Go version it was built with.",
+		}, []string{"version", "goversion"}),
 		Inflight:     g("mqsidecar_inflight_messages", "Messages admitted (read, not yet settled): at most 4×delivery.max_inflight, of which at most max_inflight are being pushed."),
 		ParkedLanes:  g("mqsidecar_parked_lanes", "Messages waiting for a retry; each blocks its ordering lane (partition, key) and no other."),
 		OldestParked: g("mqsidecar_parked_oldest_seconds", "How long the longest-failing parked message has been retried."),
@@ -83,8 +140,8 @@ func New() *Metrics {
 		InvalidHeaders: f("mqsidecar_invalid_headers_total",
 			"Message headers not forwarded because their name or value is not valid HTTP, or reserved."),
 		Deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mqsidecar_deliveries_total", Help: "Push attempts to the app, by result.",
-		}, []string{"result"}),
+			Name: "mqsidecar_deliveries_total", Help: "Push attempts to the app, by topic (or queue) and result.",
+		}, []string{"topic", "result"}),
 		ConsumerLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "mqsidecar_consumer_lag", Help: "Messages behind the head of the topic (high watermark minus committed offset), over the partitions or queues this replica owns.",
 		}, []string{"topic"}),
@@ -104,17 +161,9 @@ func New() *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12),
 		}),
 	}
-	r.MustRegister(m.Deliveries, m.ConsumerLag, m.Errors, m.PushDuration, m.DedupCommit, m.BrokerDurability)
-	for _, res := range []string{ResultSuccess, ResultRetry, ResultPermanent, ResultDrop} {
-		m.Deliveries.WithLabelValues(res)
-	}
+	r.MustRegister(m.Deliveries, m.ConsumerLag, m.Errors, m.PushDuration, m.DedupCommit, m.BrokerDurability, m.BuildInfo)
+	m.SetBuildInfo("unknown")
 	return m
-}
-
-// Delivery counts one push result.
-func (m *Metrics) Delivery(result string, seconds float64) {
-	m.Deliveries.WithLabelValues(result).Inc()
-	m.PushDuration.Observe(seconds)
 }
 
 // Error counts one runtime error of the given kind.

@@ -47,6 +47,7 @@ type Sidecar struct {
 	appTLS   *tls.Config // app.tls: nil = the system's roots
 	draining atomic.Bool
 	appOK    atomic.Pointer[error]
+	appState appState // the one writer of mqsidecar_app_ready
 	src      atomic.Pointer[adapters.Source]
 	// durable runs the broker durability checks (at start and every durability.interval).
 	durable *durability.Runner
@@ -167,6 +168,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		return err
 	}
 	s.appTLS = appTLS
+	s.Metrics.SetBuildInfo(s.version())
 	tr, stopTracing, err := s.startTracing(ctx)
 	if err != nil {
 		return err
@@ -232,6 +234,8 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		Logger:               tracing.Logger(s.log, tr.Provider),
 		Metrics:              s.Metrics,
 		Tracing:              tr,
+		Topics:               configuredTopics(s.cfg),
+		AppReachable:         func(up bool) { s.appState.reached(s.Metrics, up) },
 	})
 	s.log.Info("consuming", "kind", s.cfg.Source.Kind, "app", config.RedactURL(s.cfg.App.URL), "ordering", d.Ordering, "max_inflight", d.MaxInflight, "dedup", s.cfg.Dedup.Enabled, "dedup_store", s.cfg.Dedup.Store)
 	runErr := gate.Run(gateCtx)
@@ -267,7 +271,7 @@ func (s *Sidecar) watchApp(ctx, appCtx context.Context) error {
 	if s.cfg.App.HealthURL == "" {
 		var ok error
 		s.appOK.Store(&ok)
-		s.Metrics.AppReady.Set(1)
+		s.appState.health(s.Metrics, true)
 		return nil
 	}
 	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: s.appTLS, Proxy: http.ProxyFromEnvironment}}
@@ -291,10 +295,10 @@ func (s *Sidecar) watchApp(ctx, appCtx context.Context) error {
 		switch {
 		case err != nil && *prev == nil:
 			s.log.Warn("app not healthy", "error", err)
-			s.Metrics.AppReady.Set(0)
+			s.appState.health(s.Metrics, false)
 		case err == nil && *prev != nil:
 			s.log.Info("app healthy", "health_url", config.RedactURL(s.cfg.App.HealthURL))
-			s.Metrics.AppReady.Set(1)
+			s.appState.health(s.Metrics, true)
 		}
 	}
 	s.log.Info("waiting for the app to be healthy before consuming", "health_url", config.RedactURL(s.cfg.App.HealthURL))

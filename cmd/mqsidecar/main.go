@@ -175,7 +175,7 @@ func configCommand(stdout io.Writer) *cobra.Command {
 func newLogger(w io.Writer, c config.Log) *slog.Logger {
 	var lvl slog.Level
 	_ = lvl.UnmarshalText([]byte(c.Level)) // validated by config
-	opts := &slog.HandlerOptions{Level: lvl}
+	opts := &slog.HandlerOptions{Level: lvl, ReplaceAttr: cli.LogDurations}
 	if c.Format == "text" {
 		return slog.New(slog.NewTextHandler(w, opts))
 	}

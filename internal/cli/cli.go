@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"runtime/debug"
 	"strings"
 
@@ -108,4 +109,14 @@ func VersionCommand(name, stamped string) *cobra.Command {
 			fmt.Fprintln(cmd.OutOrStdout(), name, Version(stamped))
 		},
 	}
+}
+
+// LogDurations is the ReplaceAttr of the commands' log handlers: a time.Duration is written
+// as Go writes it ("168h0m0s", "250ms"), as in the configuration, where the JSON handler
+// would write its nanoseconds (604800000000000).
+func LogDurations(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.StringValue(a.Value.Duration().String())
+	}
+	return a
 }

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/cobra"
 )
@@ -69,5 +72,17 @@ func TestAddVersion(t *testing.T) {
 		if code := Execute(root, args, &stderr); code != 0 || stdout.String() != "tool v3.0.0\n" || stderr.Len() != 0 {
 			t.Errorf("%v: exit %d, stdout %q, stderr %q; want 0, %q", args, code, stdout.String(), stderr.String(), "tool v3.0.0\n")
 		}
+	}
+}
+
+// TestLogDurations: a JSON log line shows a duration as the configuration writes it, also
+// inside a group, and leaves other values alone.
+func TestLogDurations(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{ReplaceAttr: LogDurations}))
+	log.Info("m", "ttl", 168*time.Hour, slog.Group("backoff", "max", 30*time.Second), "n", 5)
+	want := `"ttl":"168h0m0s","backoff":{"max":"30s"},"n":5}`
+	if !strings.HasSuffix(strings.TrimSpace(buf.String()), want) {
+		t.Fatalf("log line %s, want it to end with %s", buf.String(), want)
 	}
 }

@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -10,6 +11,7 @@ import (
 	"github.com/mqsidecar/mqsidecar/ackgate"
 	"github.com/mqsidecar/mqsidecar/config"
 	"github.com/mqsidecar/mqsidecar/internal/cli"
+	"github.com/mqsidecar/mqsidecar/metrics"
 	"github.com/mqsidecar/mqsidecar/tracing"
 )
 
@@ -54,4 +56,42 @@ func sourceAttributes(cfg config.Config) []attribute.KeyValue {
 		return attrs
 	}
 	return nil
+}
+
+// configuredTopics are the topics or queues the configuration names: the values of the
+// delivery counters' topic label.
+func configuredTopics(cfg config.Config) []string {
+	switch src := cfg.Source; src.Kind {
+	case "kafka":
+		return src.Kafka.Topics
+	case "rocketmq":
+		return []string{src.RocketMQ.Topic}
+	case "rabbitmq":
+		return []string{src.RabbitMQ.Queue}
+	}
+	return nil
+}
+
+// appState writes mqsidecar_app_ready, and nothing else does: 1 while the last health check
+// (app.health_url; none configured counts as passed) passed and the pushes reach the app
+// (the gate reports each change), 0 otherwise. Two writers setting the gauge each from
+// their own view made it say whichever spoke last.
+type appState struct {
+	mu                 sync.Mutex
+	unhealthy, unreach bool
+}
+
+func (a *appState) health(m *metrics.Metrics, ok bool) { a.set(m, func() { a.unhealthy = !ok }) }
+
+func (a *appState) reached(m *metrics.Metrics, ok bool) { a.set(m, func() { a.unreach = !ok }) }
+
+func (a *appState) set(m *metrics.Metrics, change func()) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	change()
+	if a.unhealthy || a.unreach {
+		m.AppReady.Set(0)
+	} else {
+		m.AppReady.Set(1)
+	}
 }
