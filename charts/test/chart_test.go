@@ -101,6 +101,7 @@ type rendered struct {
 	certificates []certificate
 	svcMonitors  []serviceMonitor
 	podMonitors  []podMonitor
+	rules        []prometheusRule // alerts_test.go
 }
 
 // Mirrors of the CRD fields the chart sets. Strict decoding into them catches typos; the
@@ -218,6 +219,8 @@ func render(t *testing.T, extra ...string) *rendered {
 			r.svcMonitors = append(r.svcMonitors, decode[serviceMonitor](t, gvk, js))
 		case "monitoring.coreos.com/v1/PodMonitor":
 			r.podMonitors = append(r.podMonitors, decode[podMonitor](t, gvk, js))
+		case "monitoring.coreos.com/v1/PrometheusRule":
+			r.rules = append(r.rules, decode[prometheusRule](t, gvk, js))
 		default:
 			t.Fatalf("document %d: unexpected object %s (add it to the test)", i, gvk)
 		}
@@ -381,7 +384,7 @@ func TestDefaultValues(t *testing.T) {
 func TestFullValuesCertManagerAndMonitors(t *testing.T) {
 	r := render(t, "-f", chartDir+"/ci/full-values.yaml")
 	want := []string{"Certificate", "Certificate", "ConfigMap", "Deployment", "Issuer", "Issuer", "MutatingWebhookConfiguration",
-		"PodMonitor", "Service", "ServiceAccount", "ServiceMonitor"}
+		"PodMonitor", "PrometheusRule", "Service", "ServiceAccount", "ServiceMonitor"}
 	if !slices.Equal(r.kinds, want) {
 		t.Fatalf("objects = %v, want %v (no Secret: cert-manager writes it; no PDB with 1 replica)", r.kinds, want)
 	}
@@ -533,6 +536,9 @@ func TestSchemaRefusesBadValues(t *testing.T) {
 		"sidecar.secrets.volumes={Redis_TLS}",                        // not a Secret name
 		"sidecar.secrets.envFrom={env,env}",                          // twice
 		"sidecar.secrets.password=x",                                 // unknown key
+		"alerts.parkedMinutes=0",                                     // at least 1
+		"alerts.noAcksFor=soon",                                      // not a Prometheus duration
+		"alerts.storeCommitSeconds=0",                                // must be positive
 	} {
 		_, err := runHelm(t, "template", release, chartDir, "--namespace", namespace, "--kube-version", kubeVersion, "--set", set)
 		if err == nil || !strings.Contains(err.Error(), "schema") {
