@@ -98,6 +98,7 @@ bench:
 	$(GO) run ./bench -runs 3 -scenario key
 	$(GO) run ./bench -runs 3 -scenario fleet
 	$(GO) test ./ackgate/ -run '^$$' -bench '^BenchmarkPushClient$$' -benchtime 20000x -count 5
+	$(GO) test ./ackgate/ -run '^$$' -bench '^BenchmarkGateTracing$$' -benchtime 20000x -count 5
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

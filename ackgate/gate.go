@@ -542,9 +542,8 @@ func (g *Gate) process(it *item) {
 		}
 		it.pushes++
 		attempt := it.baseAttempt + it.pushes
-		redelivered := it.redelivered || it.pushes > 1
-		ctx, span := g.startPush(g.hardCtx, it, attempt, redelivered)
-		res := g.pusher.Push(ctx, it.d, attempt, redelivered)
+		ctx, span := g.startPush(g.hardCtx, it, attempt)
+		res := g.pusher.Push(ctx, it.d, attempt, it.redelivered || it.pushes > 1)
 		<-g.pushSlots
 		endPush(span, res)
 		it.mc.Delivery(res.Verdict.String(), res.Duration.Seconds())

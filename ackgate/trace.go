@@ -43,12 +43,10 @@ const (
 	// AttrOutcome is how the delivery was settled, on the consumer span: delivered,
 	// duplicate, dead_lettered, dropped, or abandoned (left to the broker to redeliver).
 	AttrOutcome = attribute.Key("mqsidecar.delivery.outcome")
-	// AttrRedelivered is the push's ce-redelivered.
-	AttrRedelivered = attribute.Key("mqsidecar.delivery.redelivered")
 	// AttrAttempt is the push's ce-deliveryattempt, on the push span.
 	AttrAttempt = attribute.Key("mqsidecar.push.attempt")
-	// AttrVerdict is the gate's reading of the app's answer (success, retry, permanent,
-	// drop), on the push span.
+	// AttrVerdict is the gate's reading of a failed push's answer (retry, permanent,
+	// drop), on the push span; a push without it succeeded.
 	AttrVerdict = attribute.Key("mqsidecar.push.verdict")
 )
 
@@ -89,14 +87,17 @@ func (g *Gate) startDelivery(it *item) {
 	}
 	d := it.d
 	system, dest := splitSource(d.Source)
-	attrs := make([]attribute.KeyValue, 0, 10+len(g.tracer.attrs))
+	parent := traceContext.Extract(context.Background(), headerCarrier(d.Headers))
+	it.trace.ctx, it.trace.span = g.tracer.t.Start(parent, "process "+dest, trace.WithSpanKind(trace.SpanKindConsumer))
+	if !it.trace.span.IsRecording() {
+		return // sampled out: its attributes would be dropped
+	}
+	attrs := make([]attribute.KeyValue, 0, 8+len(g.tracer.attrs))
 	attrs = append(attrs,
 		semconv.MessagingSystemKey.String(system),
 		semconv.MessagingOperationTypeProcess,
-		semconv.MessagingOperationName("process"),
 		semconv.MessagingDestinationName(dest),
 		semconv.MessagingMessageID(d.ID),
-		semconv.MessagingMessageBodySize(len(d.Payload)),
 	)
 	attrs = append(attrs, g.tracer.attrs...)
 	if d.HasCoordinates {
@@ -115,20 +116,19 @@ func (g *Gate) startDelivery(it *item) {
 			attrs = append(attrs, semconv.MessagingRocketMQMessageKeys(strings.Fields(d.Key)...))
 		}
 	}
-	parent := traceContext.Extract(context.Background(), headerCarrier(d.Headers))
-	it.trace.ctx, it.trace.span = g.tracer.t.Start(parent, "process "+dest,
-		trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...))
+	it.trace.span.SetAttributes(attrs...)
 }
 
 // startPush begins the span of one push; the push carries the returned context's span as
 // its traceparent. Off, it returns ctx and a nil span.
-func (g *Gate) startPush(ctx context.Context, it *item, attempt int, redelivered bool) (context.Context, trace.Span) {
+func (g *Gate) startPush(ctx context.Context, it *item, attempt int) (context.Context, trace.Span) {
 	if g.tracer == nil {
 		return ctx, nil
 	}
-	_, span := g.tracer.t.Start(it.trace.ctx, "POST", trace.WithSpanKind(trace.SpanKindClient),
-		trace.WithAttributes(semconv.HTTPRequestMethodPost, g.tracer.appURL,
-			AttrAttempt.Int(attempt), AttrRedelivered.Bool(redelivered)))
+	_, span := g.tracer.t.Start(it.trace.ctx, "POST", trace.WithSpanKind(trace.SpanKindClient))
+	if span.IsRecording() {
+		span.SetAttributes(semconv.HTTPRequestMethodPost, g.tracer.appURL, AttrAttempt.Int(attempt))
+	}
 	return trace.ContextWithSpan(ctx, span), span
 }
 
@@ -137,16 +137,19 @@ func endPush(span trace.Span, res Result) {
 	if span == nil {
 		return
 	}
+	if !span.IsRecording() {
+		span.End()
+		return
+	}
 	if res.Status != 0 {
 		span.SetAttributes(semconv.HTTPResponseStatusCode(res.Status))
 	}
-	span.SetAttributes(AttrVerdict.String(res.Verdict.String()))
 	if res.Verdict != Success {
 		errType := "transport"
 		if res.Status != 0 {
 			errType = strconv.Itoa(res.Status)
 		}
-		span.SetAttributes(semconv.ErrorTypeKey.String(errType))
+		span.SetAttributes(AttrVerdict.String(res.Verdict.String()), semconv.ErrorTypeKey.String(errType))
 		span.SetStatus(codes.Error, errText(res.Err))
 	}
 	span.End()
@@ -156,6 +159,10 @@ func endPush(span trace.Span, res Result) {
 func (g *Gate) endDelivery(it *item, err error) {
 	span := it.trace.span
 	if span == nil {
+		return
+	}
+	if !span.IsRecording() {
+		span.End()
 		return
 	}
 	outcome := it.trace.outcome
