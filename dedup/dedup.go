@@ -162,6 +162,12 @@ type Options struct {
 	// the commits (and their fdatasyncs) per record several-fold at high rates, at the
 	// cost of that much added latency per record.
 	Linger time.Duration
+	// MaxLinger, when longer than Linger, is how long a batch nobody waits for may wait
+	// for more Puts: until Flush is called, the writer lingers up to MaxLinger, and after
+	// it only up to Linger (both counted from the batch's first record). A caller that
+	// blocks on a record calls Flush first; records written ahead of need (marks queued
+	// behind a busy lane, completions) then share fewer, larger commits.
+	MaxLinger time.Duration
 	// Logger receives state changes (open, commit failures and recoveries, eviction);
 	// nil means slog.Default().
 	Logger *slog.Logger
@@ -212,6 +218,7 @@ type Store struct {
 	// Close sets closed, and the writer drains until no Put is between its closed check
 	// and its send (inPut == 0).
 	queue      chan request
+	flush      chan struct{} // Flush: a caller waits for what is queued (cap 1)
 	closed     atomic.Bool
 	inPut      atomic.Int64
 	stop       chan struct{}
@@ -278,6 +285,7 @@ func Open(path string, opts Options) (*Store, error) {
 		log:        opts.Logger.With(slog.String("component", "dedup"), slog.String("path", path)),
 		now:        opts.Now,
 		queue:      make(chan request, 4*opts.MaxBatch),
+		flush:      make(chan struct{}, 1),
 		stop:       make(chan struct{}),
 		writerDone: make(chan struct{}),
 	}
