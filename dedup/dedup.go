@@ -429,6 +429,15 @@ func (s *Store) Put(id string, e Entry, done func(error)) {
 	}
 	s.queue <- request{id: id, e: e, done: done}
 	s.inPut.Add(-1)
+	s.queued()
+}
+
+// queued nudges a lingering writer once a full batch is waiting: the queue's records and
+// at least the one the writer holds (see linger).
+func (s *Store) queued() {
+	if len(s.queue)+1 >= s.opts.MaxBatch {
+		s.Flush()
+	}
 }
 
 // Update queues a read-modify-write of id. On the writer, inside the transaction that will
@@ -458,6 +467,7 @@ func (s *Store) Update(id string, f func(prior Entry) (next Entry, write bool), 
 	}
 	s.queue <- request{id: id, f: f, udone: done}
 	s.inPut.Add(-1)
+	s.queued()
 }
 
 // PutSync is Put followed by waiting for the commit. Do not call it from a done callback.

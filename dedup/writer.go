@@ -50,7 +50,10 @@ func (s *Store) run() {
 // linger waits for more records to join a batch that is not full: a commit costs two
 // fdatasyncs plus one page write per touched leaf whatever its size, so fewer, larger
 // commits cost much less CPU and disk. It waits up to Options.MaxLinger from the batch's
-// first record, or only up to Options.Linger once Flush was called (a caller waits).
+// first record, or only up to Options.Linger once Flush was called (a caller waits), or
+// until MaxBatch records are waiting. It sleeps meanwhile rather than taking each record
+// as it is queued, so a record queued during the wait wakes nobody (a Put that fills the
+// queue to MaxBatch nudges the writer through Flush).
 func (s *Store) linger(batch []request) []request {
 	wait := max(s.opts.Linger, s.opts.MaxLinger)
 	if wait <= 0 || len(batch) >= s.opts.MaxBatch {
@@ -59,25 +62,27 @@ func (s *Store) linger(batch []request) []request {
 	began := time.Now()
 	t := time.NewTimer(wait)
 	defer t.Stop()
-	flush := s.flush
-	for len(batch) < s.opts.MaxBatch {
+	flushed := false
+	for {
 		select {
-		case r := <-s.queue:
-			batch = s.fill(append(batch, r))
-		case <-flush:
-			flush = nil // once per batch
-			left := s.opts.Linger - time.Since(began)
-			if left <= 0 {
-				return batch
+		case <-s.flush:
+			if len(batch)+len(s.queue) >= s.opts.MaxBatch {
+				return s.fill(batch)
 			}
-			t.Reset(left)
+			if !flushed {
+				flushed = true
+				left := s.opts.Linger - time.Since(began)
+				if left <= 0 {
+					return s.fill(batch)
+				}
+				t.Reset(left)
+			}
 		case <-t.C:
-			return batch
+			return s.fill(batch)
 		case <-s.stop:
-			return batch
+			return s.fill(batch)
 		}
 	}
-	return batch
 }
 
 // Flush asks the writer to commit what is queued without lingering past Options.Linger:
