@@ -44,15 +44,11 @@ type fleetResult struct {
 // fleet runs the partition workload against three replicas per store, for each app
 // profile, the two stores alternating run by run.
 func fleet(runs, n int, appDelays []time.Duration, only string) error {
-	dir, err := os.MkdirTemp("", "mqsidecar-bench-")
+	dir, bin, err := workDir()
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	bin, err := sidecarBinary(dir)
-	if err != nil {
-		return err
-	}
 	rs, err := startRedis(dir)
 	if err != nil {
 		return err

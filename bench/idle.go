@@ -8,13 +8,10 @@ package main
 // measure.
 
 import (
-	"bytes"
 	"fmt"
 	"maps"
-	"net"
 	"net/http"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -40,24 +37,14 @@ type idleResult struct {
 }
 
 func idle(held bool, runs int, window time.Duration, only, profile string) error {
-	dir, err := os.MkdirTemp("", "mqsidecar-bench-")
+	dir, bin, err := workDir()
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	bin, err := sidecarBinary(dir)
+	cs, err := contenders(only, "partition")
 	if err != nil {
 		return err
-	}
-	cs, err := contenders("partition")
-	if err != nil {
-		return err
-	}
-	if only != "" {
-		cs = slices.DeleteFunc(cs, func(c contender) bool { return !strings.Contains(c.name, only) })
-		if len(cs) == 0 {
-			return fmt.Errorf("-only %q matches no contender", only)
-		}
 	}
 	name := "idle"
 	if held {
@@ -104,7 +91,6 @@ func idleOnce(held bool, c contender, bin, dir string, window time.Duration, pro
 		return idleResult{}, err
 	}
 	defer kafka.Close()
-	brokers := strings.Join(kafka.ListenAddrs(), ",")
 	a := &pushCounter{}
 	if held {
 		if _, err := produce(kafka.ListenAddrs(), partitions*heldBacklog, 0); err != nil {
@@ -112,24 +98,11 @@ func idleOnce(held bool, c contender, bin, dir string, window time.Duration, pro
 		}
 		a.delay = heldDelay
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	cmd, logs, stopApp, err := startConsumer(c, bin, dir, kafka, a, profile)
 	if err != nil {
 		return idleResult{}, err
 	}
-	srv := &http.Server{Handler: a}
-	go func() { _ = srv.Serve(ln) }()
-	defer srv.Close()
-	rdir, err := os.MkdirTemp(dir, "run-")
-	if err != nil {
-		return idleResult{}, err
-	}
-	cmd := c.cmd(bin, brokers, "http://"+ln.Addr().String()+"/", rdir)
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	cmd.Env = consumerEnv(profile)
-	if err := cmd.Start(); err != nil {
-		return idleResult{}, err
-	}
+	defer stopApp()
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
 	defer func() {

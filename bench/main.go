@@ -23,7 +23,8 @@
 //
 // The idle and held scenarios (-scenario idle|held, see idle.go) measure CPU per second of
 // wall time: connected with nothing to consume, and with every lane held by an app that
-// takes a second per push.
+// takes a second per push. They use the sidecar's default commit_interval (1 s), as no run
+// has to end quickly there.
 //
 // The fleet scenario (-scenario fleet) is the partition workload (30k messages by default)
 // consumed by three sidecar processes in one consumer group, once with each replica's own
@@ -104,6 +105,7 @@ type appProfile struct {
 	name  string        // as given to -apps: instant, 200us, cpu, ...
 	delay time.Duration // sleeps this long (a handler waiting on I/O)
 	work  int           // then hashes 1 KiB this many times (a CPU-bound handler)
+	busy  time.Duration // what work was calibrated to take
 	n     int           // messages per run unless -messages says otherwise
 }
 
@@ -129,7 +131,7 @@ func parseApps(list string, keys int) ([]appProfile, error) {
 					return nil, fmt.Errorf("-apps %s: %w", f, err)
 				}
 			}
-			a.work, a.n = calibrate(d), 20000
+			a.work, a.busy, a.n = calibrate(d), d, 10000
 		default:
 			d, err := time.ParseDuration(f)
 			if err != nil {
@@ -142,11 +144,11 @@ func parseApps(list string, keys int) ([]appProfile, error) {
 			case keys > 0:
 				a.n = 10000
 			case d < 500*time.Microsecond:
-				a.n = 20000
-			case d < 2*time.Millisecond:
 				a.n = 8000
+			case d < 2*time.Millisecond:
+				a.n = 4000
 			default:
-				a.n = 3000
+				a.n = 2000
 			}
 		}
 		out = append(out, a)
@@ -171,7 +173,7 @@ func calibrate(d time.Duration) int {
 func (a appProfile) String() string {
 	switch {
 	case a.work > 0:
-		return fmt.Sprintf("CPU-bound app (%d SHA-256 rounds of 1 KiB, ~%s)", a.work, strings.TrimPrefix(a.name, "cpu:"))
+		return fmt.Sprintf("CPU-bound app (%d SHA-256 rounds of 1 KiB per push, ~%v when calibrated)", a.work, a.busy)
 	case a.delay > 0:
 		return fmt.Sprintf("app sleeping %v", a.delay)
 	}
@@ -185,7 +187,7 @@ func main() {
 	scen := flag.String("scenario", "partition", "partition | key | none | fleet | idle | held")
 	appDelays := flag.String("app-delays", "0,200us", "-scenario fleet: the app profiles, comma-separated push latencies (0 = the instant app)")
 	apps := flag.String("apps", "", "the app profiles, comma-separated: instant, a latency (200us, 1ms, 5ms), cpu[:100us] (default: partition all five, key 5ms, none instant)")
-	window := flag.Duration("window", 5*time.Second, "-scenario idle and held: how long CPU is measured, once the consumer is settled")
+	window := flag.Duration("window", 5*time.Second, "-scenario idle and held: how long CPU is measured, once the consumer is settled (these two use the sidecar's default commit_interval, 1s, unless -commit-interval is given)")
 	flag.DurationVar(&commitInterval, "commit-interval", commitInterval, "the sidecar's source.kafka.commit_interval (its default is 1s)")
 	profile := flag.String("cpuprofile", "", "write a CPU profile of each consumer run to PREFIX-<scenario>[-<app>]-<contender>-run<N>.pprof (MQSIDECAR_CPUPROFILE)")
 	only := flag.String("only", "", "run only the contenders whose name contains this (investigations; no ratios without the loop)")
@@ -222,6 +224,11 @@ func main() {
 		return
 	}
 	if *scen == "idle" || *scen == "held" {
+		explicit := false
+		flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "commit-interval" })
+		if !explicit {
+			commitInterval = time.Second // the sidecar's default: no run has to end quickly here
+		}
 		if err := idle(*scen == "held", *runs, *window, *only, *profile); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			os.Exit(1)
@@ -269,8 +276,9 @@ type contender struct {
 }
 
 // contenders returns the hand-written loop and the sidecar with each ordering, each
-// writing its consumer's files into the run's directory.
-func contenders(orderings ...string) ([]contender, error) {
+// writing its consumer's files into the run's directory; only those whose name contains
+// only, when set (-only).
+func contenders(only string, orderings ...string) ([]contender, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -300,6 +308,12 @@ log: {level: warn}
 			return exec.Command(bin, "run", "--config", path)
 		}})
 	}
+	if only != "" {
+		cs = slices.DeleteFunc(cs, func(c contender) bool { return !strings.Contains(c.name, only) })
+		if len(cs) == 0 {
+			return nil, fmt.Errorf("-only %q matches no contender", only)
+		}
+	}
 	return cs, nil
 }
 
@@ -327,29 +341,59 @@ func profilePath(prefix, scenario, app string, c contender, run int) string {
 	return fmt.Sprintf("%s-%s-%s-run%d.pprof", prefix, scenario, c.short, run)
 }
 
+// workDir makes the bench's temporary directory and the sidecar binary in it (remove dir
+// when done).
+func workDir() (dir, bin string, err error) {
+	dir, err = os.MkdirTemp("", "mqsidecar-bench-")
+	if err != nil {
+		return "", "", err
+	}
+	if bin, err = sidecarBinary(dir); err != nil {
+		os.RemoveAll(dir)
+		return "", "", err
+	}
+	return dir, bin, nil
+}
+
+// startConsumer serves app on a loopback port and starts contender c against kafka, in a
+// run directory of its own under dir. stopApp closes the app's server.
+func startConsumer(c contender, bin, dir string, kafka *kfake.Cluster, app http.Handler, profile string) (cmd *exec.Cmd, logs *bytes.Buffer, stopApp func(), err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	srv := &http.Server{Handler: app}
+	go func() { _ = srv.Serve(ln) }()
+	stopApp = func() { _ = srv.Close() }
+	rdir, err := os.MkdirTemp(dir, "run-")
+	if err != nil {
+		stopApp()
+		return nil, nil, nil, err
+	}
+	cmd = c.cmd(bin, strings.Join(kafka.ListenAddrs(), ","), "http://"+ln.Addr().String()+"/", rdir)
+	logs = &bytes.Buffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	cmd.Env = consumerEnv(profile)
+	if err := cmd.Start(); err != nil {
+		stopApp()
+		return nil, nil, nil, err
+	}
+	return cmd, logs, stopApp, nil
+}
+
 func bench(sc scenario, apps []appProfile, runs, messages int, only, profile string) error {
-	dir, err := os.MkdirTemp("", "mqsidecar-bench-")
+	dir, bin, err := workDir()
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	bin, err := sidecarBinary(dir)
-	if err != nil {
-		return err
-	}
 	orderings := []string{sc.ordering}
 	if sc.name == "key" {
 		orderings = []string{"key", "partition", "none"}
 	}
-	cs, err := contenders(orderings...)
+	cs, err := contenders(only, orderings...)
 	if err != nil {
 		return err
-	}
-	if only != "" {
-		cs = slices.DeleteFunc(cs, func(c contender) bool { return !strings.Contains(c.name, only) })
-		if len(cs) == 0 {
-			return fmt.Errorf("-only %q matches no contender", only)
-		}
 	}
 	withLoop := cs[0].name == loopName
 
@@ -415,32 +459,17 @@ func runOnce(sc scenario, app appProfile, c contender, bin string, n int, dir, p
 		return result{}, err
 	}
 	defer kafka.Close()
-	brokers := strings.Join(kafka.ListenAddrs(), ",")
 	ends, err := produce(kafka.ListenAddrs(), n, sc.keys)
 	if err != nil {
 		return result{}, fmt.Errorf("produce: %w", err)
 	}
 	a := newApp(ends, app)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return result{}, err
-	}
-	srv := &http.Server{Handler: a}
-	go func() { _ = srv.Serve(ln) }()
-	defer srv.Close()
-
-	rdir, err := os.MkdirTemp(dir, "run-")
-	if err != nil {
-		return result{}, err
-	}
-	cmd := c.cmd(bin, brokers, "http://"+ln.Addr().String()+"/", rdir)
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	cmd.Env = consumerEnv(profile)
 	benchCPU := cpuSeconds(os.Getpid())
-	if err := cmd.Start(); err != nil {
+	cmd, logs, stopApp, err := startConsumer(c, bin, dir, kafka, a, profile)
+	if err != nil {
 		return result{}, err
 	}
+	defer stopApp()
 	a.pid.Store(int64(cmd.Process.Pid))
 	defer func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() }()
 
