@@ -872,14 +872,16 @@ func (s *Source) reportLag() {
 			lag[tp.topic] += 0
 		}
 	}
-	// Published under mu, so a report taken before a revoke cannot land after the
-	// revoke's own report and bring the dropped topic back. An unchanged report is not
-	// published again: SetConsumerLag collects the gauge's series, and reportLag runs on
-	// every commit tick.
-	if !maps.Equal(lag, s.lastLag) {
-		s.m.SetConsumerLag(lag)
-		s.lastLag = lag
+	if maps.Equal(lag, s.lastLag) {
+		// Not published again: SetConsumerLag collects the gauge's series, and reportLag
+		// runs on every commit tick.
+		s.mu.Unlock()
+		return
 	}
+	s.lastLag = lag
+	// Published under mu, so a report taken before a revoke cannot land after the
+	// revoke's own report and bring the dropped topic back.
+	s.m.SetConsumerLag(lag)
 	s.mu.Unlock()
 }
 
