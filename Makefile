@@ -97,6 +97,7 @@ bench:
 	$(GO) run ./bench -runs 5 -scenario partition
 	$(GO) run ./bench -runs 3 -scenario key
 	$(GO) run ./bench -runs 3 -scenario fleet
+	$(GO) run ./bench -runs 3 -scenario bytes
 	$(GO) test ./ackgate/ -run '^$$' -bench '^BenchmarkPushClient$$' -benchtime 20000x -count 5
 
 fmt:

@@ -114,8 +114,10 @@ type Options struct {
 	// MaxBytes bounds the bytes (adapters.Delivery.Size) of the deliveries admitted and not
 	// yet settled: a delivery is admitted only while the admitted bytes plus its own stay
 	// within MaxBytes, except that one larger than MaxBytes is admitted alone when nothing
-	// else is admitted (never a deadlock). One source lane may hold at most half of it, so
-	// a lane parked on a failing message cannot take the whole budget. 0 = no byte bound.
+	// else is admitted (never a deadlock). One source lane may hold at most its share of
+	// it (MaxBytes divided among the lanes with deliveries admitted, at most half), so a
+	// few lanes, or one parked on a failing message, cannot take the whole budget (see
+	// laneByteShare). 0 = no byte bound.
 	// The sidecar gives the gate half of delivery.max_buffer_bytes, the adapter the other.
 	MaxBytes int64
 	// DrainTimeout bounds how long pushes on the wire may take to finish at shutdown.
@@ -384,7 +386,7 @@ func (g *Gate) invalidHeader(name string) {
 }
 
 // laneFull is the LaneLimiter predicate: lane has LaneLookahead deliveries admitted, or
-// half of the byte budget (a lane with nothing admitted is never full).
+// its share of the byte budget (laneByteShare; a lane with nothing admitted is never full).
 func (g *Gate) laneFull(lane string) bool {
 	g.laneMu.Lock()
 	defer g.laneMu.Unlock()
@@ -393,7 +395,17 @@ func (g *Gate) laneFull(lane string) bool {
 
 func (g *Gate) laneFullLocked(lane string) bool {
 	return g.laneCount[lane] >= g.opts.LaneLookahead ||
-		g.opts.MaxBytes > 0 && g.laneBytes[lane] >= max(1, g.opts.MaxBytes/2)
+		g.opts.MaxBytes > 0 && g.laneBytes[lane] >= g.laneByteShare()
+}
+
+// laneByteShare is the bytes one source lane may have admitted: the byte budget divided
+// among the lanes that have deliveries admitted, and at most half of it. Without it a few
+// lanes whose records arrived first (or one parked on a failing message) would take the
+// whole budget and the others would idle until they drain; a lane with nothing admitted
+// is not counted, so lanes with nothing to do leave their share to the others. Called
+// with laneMu held.
+func (g *Gate) laneByteShare() int64 {
+	return max(1, g.opts.MaxBytes/int64(max(2, len(g.laneBytes))))
 }
 
 // admit takes ownership of d (a permit is held and its size charged to the byte budget).
@@ -827,10 +839,12 @@ func (g *Gate) settle(it *item, err error) {
 		}
 		if b := g.laneBytes[lane] - it.size; b == 0 {
 			delete(g.laneBytes, lane)
+			// One lane fewer shares the byte budget: the others' shares grew.
+			freed = g.opts.MaxBytes > 0
 		} else {
 			g.laneBytes[lane] = b
 		}
-		freed = wasFull && !g.laneFullLocked(lane)
+		freed = freed || wasFull && !g.laneFullLocked(lane)
 	}
 	g.laneMu.Unlock()
 	if it.size > 0 {

@@ -84,6 +84,7 @@ func main() {
 	scen := flag.String("scenario", "partition", "partition | key | none | fleet")
 	appDelays := flag.String("app-delays", "0,200us", "-scenario fleet: the app profiles, comma-separated push latencies (0 = the instant app)")
 	only := flag.String("only", "", "run only the contenders whose name contains this (investigations; no ratios without the loop)")
+	bytesFlags := bytesFlagSet() // -scenario bytes (bench/bytes.go)
 	brokers := flag.String("brokers", "", "internal")
 	appURL := flag.String("app", "", "internal")
 	flag.Parse()
@@ -92,6 +93,10 @@ func main() {
 			fmt.Fprintln(os.Stderr, "baseline:", err)
 			os.Exit(1)
 		}
+		return
+	}
+	if *scen == "bytes" {
+		runBytes(*runs, bytesFlags)
 		return
 	}
 	if *scen == "fleet" {
