@@ -2,6 +2,7 @@ package ackgate
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -170,4 +171,33 @@ func TestFailingLaneCannotTakeTheWholeByteBudget(t *testing.T) {
 	if src.maxSeen["p0"] > 4 {
 		t.Fatalf("failing lane held %d messages of 1 000 bytes, at most half the 8 000-byte budget allowed", src.maxSeen["p0"])
 	}
+}
+
+// A delivery fenced while it waits for the byte budget is settled not-done at once (its
+// partition's revoke does not wait for the budget), and reading goes on.
+func TestFencedWhileWaitingForTheBudget(t *testing.T) {
+	a, url := newByteApp(t)
+	src := newFakeSource()
+	o := opts(url)
+	o.Ordering, o.MaxInflight, o.MaxBytes = OrderNone, 16, 1000
+	start(t, src, nil, o)
+	src.sendWith(sized("first", 900))
+	waitFor(t, "first pushed", func() bool { return a.pushing() == 1 })
+	fence := make(chan struct{})
+	d := sized("fenced", 900)
+	d.Fenced = fence
+	src.sendWith(d)
+	waitFor(t, "the second read", func() bool { return src.reads.Load() == 2 })
+	close(fence)
+	waitFor(t, "the fenced delivery settled", func() bool { return len(src.results("fenced")) == 1 })
+	if errs := src.results("fenced"); !errors.Is(errs[0], adapters.ErrNotDone) {
+		t.Fatalf("fenced delivery settled with %v, want ErrNotDone", errs[0])
+	}
+	if len(src.results("first")) != 0 {
+		t.Fatal("first settled before the app answered")
+	}
+	src.sendWith(sized("third", 50))
+	waitFor(t, "the third read", func() bool { return src.reads.Load() == 3 })
+	a.unblock()
+	waitFor(t, "first and third settled", func() bool { return src.settledCount() == 3 })
 }

@@ -286,10 +286,14 @@ func (g *Gate) readLoop(ctx context.Context) error {
 		}
 		size, ok := g.admitBytes(ctx, d)
 		if !ok {
-			// Stopping while it waited for the budget: never admitted, not done.
+			// Stopping, or fenced, while it waited for the budget: never admitted, not
+			// done; the broker redelivers it.
 			d.Settle(adapters.ErrNotDone)
 			<-g.permits
-			return nil
+			if ctx.Err() != nil {
+				return nil
+			}
+			continue
 		}
 		g.m.Received.Inc()
 		g.admit(d, size)
@@ -299,7 +303,7 @@ func (g *Gate) readLoop(ctx context.Context) error {
 // admitBytes waits until d fits the byte budget (Options.MaxBytes) and charges its size:
 // until the admitted bytes plus d's stay within the budget, or nothing else is admitted
 // (a delivery larger than the whole budget then goes alone). It returns false when ctx
-// ended first.
+// ended or d was fenced first (its revoke need not wait for the budget).
 func (g *Gate) admitBytes(ctx context.Context, d *adapters.Delivery) (int64, bool) {
 	size := d.Size()
 	for {
@@ -316,6 +320,8 @@ func (g *Gate) admitBytes(ctx context.Context, d *adapters.Delivery) (int64, boo
 		select {
 		case <-g.bytesFreed:
 		case <-ctx.Done():
+			return 0, false
+		case <-d.Fenced: // nil: never
 			return 0, false
 		}
 	}
