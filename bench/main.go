@@ -191,6 +191,7 @@ func main() {
 	flag.DurationVar(&commitInterval, "commit-interval", commitInterval, "the sidecar's source.kafka.commit_interval (its default is 1s)")
 	profile := flag.String("cpuprofile", "", "write a CPU profile of each consumer run to PREFIX-<scenario>[-<app>]-<contender>-run<N>.pprof (MQSIDECAR_CPUPROFILE)")
 	only := flag.String("only", "", "run only the contenders whose name contains this (investigations; no ratios without the loop)")
+	bytesFlags := bytesFlagSet() // -scenario bytes (bench/bytes.go)
 	brokers := flag.String("brokers", "", "internal")
 	appURL := flag.String("app", "", "internal")
 	flag.Parse()
@@ -202,6 +203,10 @@ func main() {
 			fmt.Fprintln(os.Stderr, "baseline:", err)
 			os.Exit(1)
 		}
+		return
+	}
+	if *scen == "bytes" {
+		runBytes(*runs, bytesFlags)
 		return
 	}
 	if *scen == "fleet" {

@@ -212,6 +212,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	}()
 
 	d := s.cfg.Delivery
+	_, gateBytes := d.BufferShares()
 	gate := ackgate.New(src, s.gateStore(), ackgate.Options{
 		Push: ackgate.PushOptions{
 			URL: s.cfg.App.URL, Timeout: s.cfg.App.Timeout, EventType: s.cfg.App.EventType,
@@ -220,6 +221,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		},
 		Ordering:             ackgate.Ordering(d.Ordering),
 		MaxInflight:          d.MaxInflight,
+		MaxBytes:             gateBytes,
 		LaneLookahead:        d.PartitionLookahead,
 		MaxAttempts:          d.MaxAttempts,
 		DropAfterMaxAttempts: d.DropAfterMaxAttempts,
