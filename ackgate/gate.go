@@ -6,7 +6,9 @@
 // The order of effects for one message (G1, G2):
 //
 //  1. admission: one of 4×max_inflight admission permits is taken (the memory bound: read
-//     from the broker and not yet settled); a second copy of an ID already admitted
+//     from the broker and not yet settled), and the delivery's bytes must fit the byte
+//     budget (Options.MaxBytes; a delivery larger than the budget is admitted alone, when
+//     nothing else is admitted, never refused); a second copy of an ID already admitted
 //     waits behind the first (two copies are never pushed concurrently);
 //  2. one store transaction reads the ID's record and, unless it is completed, records
 //     the ID "in flight" (fsynced by group commit) before its first push, so a crash after
@@ -109,6 +111,15 @@ type Options struct {
 	// in-flight slot; the rest of that lane waits in the broker. Only sources that
 	// implement adapters.LaneLimiter can be held back. 0 = max(1, MaxInflight/2).
 	LaneLookahead int
+	// MaxBytes bounds the bytes (adapters.Delivery.Size) of the deliveries admitted and not
+	// yet settled: a delivery is admitted only while the admitted bytes plus its own stay
+	// within MaxBytes, except that one larger than MaxBytes is admitted alone when nothing
+	// else is admitted (never a deadlock). One source lane may hold at most its share of
+	// it (MaxBytes divided among the lanes with deliveries admitted, at most half), so a
+	// few lanes, or one parked on a failing message, cannot take the whole budget (see
+	// laneByteShare). 0 = no byte bound.
+	// The sidecar gives the gate half of delivery.max_buffer_bytes, the adapter the other.
+	MaxBytes int64
 	// DrainTimeout bounds how long pushes on the wire may take to finish at shutdown.
 	DrainTimeout time.Duration
 	Logger       *slog.Logger
@@ -130,6 +141,10 @@ type Store interface {
 	Put(id string, e dedup.Entry, done func(error))
 }
 
+// flusher is implemented by a store that lingers to batch its writes (*dedup.Store): Flush
+// asks it to commit what is queued now, because a caller waits for it.
+type flusher interface{ Flush() }
+
 // ErrStore wraps a dedup store failure; Run returns it and the process should exit without
 // acknowledging anything further (nothing is lost: unacknowledged messages are redelivered).
 var ErrStore = errors.New("dedup store failed")
@@ -144,6 +159,7 @@ type Gate struct {
 	m      *metrics.Metrics
 	tracer *tracer // nil: tracing off
 	topics topics  // the delivery counters by source (topics.go)
+	flush  func()  // the store's Flush, or nothing
 
 	permits   chan struct{}  // admission: admissionFactor×MaxInflight
 	pushSlots chan struct{}  // concurrent pushes: MaxInflight
@@ -164,10 +180,14 @@ type Gate struct {
 	headerLogged atomic.Int64 // unix nanos of the last invalid-header log line
 	inflightN    atomic.Int64
 
-	// laneMu guards laneCount and parkedSince. It is a leaf lock: the source calls laneFull
-	// while holding its own lock.
-	laneMu      sync.Mutex
-	laneCount   map[string]int // source lane → admitted, unsettled
+	// laneMu guards laneCount, laneBytes, admittedBytes and parkedSince. It is a leaf
+	// lock: the source calls laneFull while holding its own lock.
+	laneMu        sync.Mutex
+	laneCount     map[string]int   // source lane → admitted, unsettled
+	laneBytes     map[string]int64 // source lane → bytes admitted, unsettled (MaxBytes > 0)
+	admittedBytes int64            // bytes of all admitted, unsettled deliveries
+	// bytesFreed wakes the read loop waiting for the byte budget (see admitBytes).
+	bytesFreed  chan struct{}
 	parkedSince map[*item]time.Time
 	limiter     adapters.LaneLimiter
 }
@@ -187,6 +207,7 @@ type item struct {
 	redelivered bool
 	wrote       bool       // this admission wrote the in-flight mark (set on the store's writer)
 	marked      chan error // receives the result of the durable in-flight record
+	size        int64      // d.Size(), charged to the byte budget at admission
 	pushes      int        // pushes made by this admission
 	trace       itemTrace  // its consumer span (trace.go)
 	mc          *metrics.TopicCounters
@@ -228,7 +249,13 @@ func New(src adapters.Source, store Store, opts Options) *Gate {
 		lanes:       map[string]*lane{},
 		active:      map[string][]*item{},
 		laneCount:   map[string]int{},
+		laneBytes:   map[string]int64{},
+		bytesFreed:  make(chan struct{}, 1),
 		parkedSince: map[*item]time.Time{},
+	}
+	g.flush = func() {}
+	if f, ok := store.(flusher); ok {
+		g.flush = f.Flush
 	}
 	if ll, ok := src.(adapters.LaneLimiter); ok {
 		g.limiter = ll
@@ -283,7 +310,45 @@ func (g *Gate) readLoop(ctx context.Context) error {
 			}
 			return fmt.Errorf("read: %w", err)
 		}
-		g.admit(d)
+		size, ok := g.admitBytes(ctx, d)
+		if !ok {
+			// Stopping, or fenced, while it waited for the budget: never admitted, not
+			// done; the broker redelivers it.
+			d.Settle(adapters.ErrNotDone)
+			<-g.permits
+			if ctx.Err() != nil {
+				return nil
+			}
+			continue
+		}
+		g.admit(d, size)
+	}
+}
+
+// admitBytes waits until d fits the byte budget (Options.MaxBytes) and charges its size:
+// until the admitted bytes plus d's stay within the budget, or nothing else is admitted
+// (a delivery larger than the whole budget then goes alone). It returns false when ctx
+// ended or d was fenced first (its revoke need not wait for the budget).
+func (g *Gate) admitBytes(ctx context.Context, d *adapters.Delivery) (int64, bool) {
+	size := d.Size()
+	for {
+		g.laneMu.Lock()
+		if g.opts.MaxBytes <= 0 || g.admittedBytes == 0 || g.admittedBytes+size <= g.opts.MaxBytes {
+			g.admittedBytes += size
+			if d.Lane != "" {
+				g.laneBytes[d.Lane] += size
+			}
+			g.laneMu.Unlock()
+			return size, true
+		}
+		g.laneMu.Unlock()
+		select {
+		case <-g.bytesFreed:
+		case <-ctx.Done():
+			return 0, false
+		case <-d.Fenced: // nil: never
+			return 0, false
+		}
 	}
 }
 
@@ -351,15 +416,32 @@ func (g *Gate) invalidHeader(name string) {
 		"example", strconv.QuoteToASCII(name))
 }
 
-// laneFull is the LaneLimiter predicate: lane has LaneLookahead deliveries admitted.
+// laneFull is the LaneLimiter predicate: lane has LaneLookahead deliveries admitted, or
+// its share of the byte budget (laneByteShare; a lane with nothing admitted is never full).
 func (g *Gate) laneFull(lane string) bool {
 	g.laneMu.Lock()
 	defer g.laneMu.Unlock()
-	return g.laneCount[lane] >= g.opts.LaneLookahead
+	return g.laneFullLocked(lane)
 }
 
-// admit takes ownership of d (a permit is already held). Called from the read loop only.
-func (g *Gate) admit(d *adapters.Delivery) {
+func (g *Gate) laneFullLocked(lane string) bool {
+	return g.laneCount[lane] >= g.opts.LaneLookahead ||
+		g.opts.MaxBytes > 0 && g.laneBytes[lane] >= g.laneByteShare()
+}
+
+// laneByteShare is the bytes one source lane may have admitted: the byte budget divided
+// among the lanes that have deliveries admitted, and at most half of it. Without it a few
+// lanes whose records arrived first (or one parked on a failing message) would take the
+// whole budget and the others would idle until they drain; a lane with nothing admitted
+// is not counted, so lanes with nothing to do leave their share to the others. Called
+// with laneMu held.
+func (g *Gate) laneByteShare() int64 {
+	return max(1, g.opts.MaxBytes/int64(max(2, len(g.laneBytes))))
+}
+
+// admit takes ownership of d (a permit is held and its size charged to the byte budget).
+// Called from the read loop only.
+func (g *Gate) admit(d *adapters.Delivery, size int64) {
 	if d.Lane != "" {
 		g.laneMu.Lock()
 		g.laneCount[d.Lane]++
@@ -367,7 +449,7 @@ func (g *Gate) admit(d *adapters.Delivery) {
 	}
 	g.inflight.Add(1)
 	g.m.Inflight.Set(float64(g.inflightN.Add(1)))
-	it := &item{d: d, key: storeKey(d.ID), marked: make(chan error, 1), mc: g.topics.of(d)}
+	it := &item{d: d, key: storeKey(d.ID), marked: make(chan error, 1), size: size, mc: g.topics.of(d)}
 	it.mc.Received.Inc()
 	g.startDelivery(it)
 	g.mu.Lock()
@@ -474,7 +556,13 @@ func (g *Gate) runLane(key string, l *lane) {
 		it := l.queue[0]
 		l.queue[0] = nil
 		l.queue = l.queue[1:]
+		// The item after this one needs its mark by the end of this push: a store that
+		// lingers is asked to commit it now, not once the lane waits (see process).
+		soon := len(l.queue) > 0 && len(l.queue[0].marked) == 0
 		g.mu.Unlock()
+		if soon {
+			g.flush()
+		}
 		g.process(it)
 	}
 }
@@ -483,6 +571,9 @@ func (g *Gate) runLane(key string, l *lane) {
 // the lane may move on: after the app's 2xx, before the completion is durable.
 func (g *Gate) process(it *item) {
 	for {
+		if len(it.marked) == 0 {
+			g.flush() // the lane waits for the mark: no lingering for more records
+		}
 		select {
 		case err := <-it.marked:
 			if err != nil {
@@ -597,6 +688,7 @@ func (g *Gate) process(it *item) {
 func (g *Gate) countAttempt(it *item, n int) bool {
 	done := make(chan error, 1)
 	g.store.Put(it.key, dedup.Entry{State: dedup.InFlight, Attempts: n}, func(err error) { done <- err })
+	g.flush()
 	select {
 	case err := <-done:
 		if err != nil {
@@ -716,6 +808,11 @@ func (g *Gate) complete(it *item, o outcome) {
 		}
 		g.settle(it, nil)
 	})
+	if len(g.pushSlots) == 0 {
+		// No push on the wire: what waits now may be waiting for this record (a lane's
+		// look-ahead or the broker's unacknowledged window full of completions).
+		g.flush()
+	}
 }
 
 // abandon leaves it unacknowledged for the broker to redeliver. If it was never pushed,
@@ -784,16 +881,30 @@ func (g *Gate) settle(it *item, err error) {
 	freed := false
 	g.laneMu.Lock()
 	delete(g.parkedSince, it)
+	g.admittedBytes -= it.size
 	if lane := it.d.Lane; lane != "" {
-		n := g.laneCount[lane] - 1
-		freed = n == g.opts.LaneLookahead-1
-		if n == 0 {
+		wasFull := g.laneFullLocked(lane)
+		if n := g.laneCount[lane] - 1; n == 0 {
 			delete(g.laneCount, lane)
 		} else {
 			g.laneCount[lane] = n
 		}
+		if b := g.laneBytes[lane] - it.size; b == 0 {
+			delete(g.laneBytes, lane)
+			// One lane fewer shares the byte budget: the others' shares grew.
+			freed = g.opts.MaxBytes > 0
+		} else {
+			g.laneBytes[lane] = b
+		}
+		freed = freed || wasFull && !g.laneFullLocked(lane)
 	}
 	g.laneMu.Unlock()
+	if it.size > 0 {
+		select {
+		case g.bytesFreed <- struct{}{}:
+		default:
+		}
+	}
 	if freed && g.limiter != nil {
 		g.limiter.LaneFreed()
 	}

@@ -112,6 +112,17 @@ func (d *Delivery) Settle(err error) {
 	}
 }
 
+// Size is what d holds in memory, for the byte budget (delivery.max_buffer_bytes): its
+// payload, key, ID and headers. Struct overhead is left out; it is part of the fixed
+// overhead docs/guarantees.md (G4) states.
+func (d *Delivery) Size() int64 {
+	n := len(d.Payload) + len(d.Key) + len(d.ID) + len(d.ContentType)
+	for _, h := range d.Headers {
+		n += len(h.Key) + len(h.Value)
+	}
+	return int64(n)
+}
+
 // Settled reports whether Settle has been called.
 func (d *Delivery) Settled() bool { return d.settled.Load() }
 

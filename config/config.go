@@ -130,6 +130,24 @@ type Delivery struct {
 	// MaxMessageBytes refuses (dead-letters, or retries with a clear log) payloads larger
 	// than this; 0 = no limit.
 	MaxMessageBytes int `mapstructure:"max_message_bytes"`
+	// MaxBufferBytes bounds the bytes of messages held in the sidecar (G4): half for the
+	// adapter's buffers (fetching pauses by bytes), half for the gate's admission (read and
+	// not yet settled). A single message larger than its half is still delivered, alone.
+	MaxBufferBytes int `mapstructure:"max_buffer_bytes"`
+}
+
+// DefaultMaxBufferBytes is the default of delivery.max_buffer_bytes, 64 MiB: sized for the
+// chart's 256 MiB sidecar memory limit. The heap holds up to the budget in live messages,
+// and Go's collector lets it grow to about twice its live size before it collects
+// (GOGC=100), so ~128 MiB; the measured fixed overhead (runtime, clients, store, pushes:
+// docs/guarantees.md, G4) comes on top and still leaves room for one oversized message.
+const DefaultMaxBufferBytes = 64 << 20
+
+// BufferShares splits delivery.max_buffer_bytes between the adapter's buffers and the
+// gate's admission.
+func (d Delivery) BufferShares() (adapter, gate int64) {
+	gate = int64(d.MaxBufferBytes) / 2
+	return int64(d.MaxBufferBytes) - gate, gate
 }
 
 // Backoff is exponential backoff with full jitter between retries.
@@ -213,7 +231,9 @@ func Defaults() Config {
 		Delivery: Delivery{
 			Ordering:    "partition",
 			MaxInflight: 64,
-			Backoff:     Backoff{Initial: 100 * time.Millisecond, Max: 30 * time.Second, Multiplier: 2},
+			// Fits the chart's sidecar memory limit (DefaultMaxBufferBytes).
+			MaxBufferBytes: DefaultMaxBufferBytes,
+			Backoff:        Backoff{Initial: 100 * time.Millisecond, Max: 30 * time.Second, Multiplier: 2},
 		},
 		Dedup: Dedup{
 			Enabled: true,

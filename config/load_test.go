@@ -231,7 +231,7 @@ func TestFullYAML(t *testing.T) {
 		Delivery: Delivery{
 			Ordering: "key", MaxInflight: 256, PartitionLookahead: 32, MaxAttempts: 5, DropAfterMaxAttempts: true,
 			Backoff:    Backoff{Initial: 50 * time.Millisecond, Max: 5 * time.Second, Multiplier: 1.5},
-			DeadLetter: DeadLetter{Target: "orders.dlq"}, MaxMessageBytes: 1000000,
+			DeadLetter: DeadLetter{Target: "orders.dlq"}, MaxMessageBytes: 1000000, MaxBufferBytes: 32 << 20,
 		},
 		Dedup: Dedup{Enabled: false, Store: "redis", Path: "/var/lib/mqsidecar/dedup.db", TTL: 24 * time.Hour, MaxEntries: 1000000,
 			Redis: DedupRedis{

@@ -156,6 +156,9 @@ func (c Config) checkDelivery(ck *checker) {
 	if d.MaxMessageBytes < 0 {
 		ck.Add("delivery.max_message_bytes", "must be 0 (no limit) or more, got %d", d.MaxMessageBytes)
 	}
+	if d.MaxBufferBytes < 1<<20 {
+		ck.Add("delivery.max_buffer_bytes", "must be at least 1048576 (1 MiB), got %d: it bounds the bytes of the messages the sidecar buffers and has in flight (default %d, 64 MiB)", d.MaxBufferBytes, DefaultMaxBufferBytes)
+	}
 }
 
 func (c Config) checkRest(ck *checker) {

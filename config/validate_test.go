@@ -180,6 +180,8 @@ func TestValidationRules(t *testing.T) {
 		{"backoff max below initial", k, func(c *Config) { c.Delivery.Backoff.Max = 50 * time.Millisecond }, "delivery.backoff.max", "at least delivery.backoff.initial (100ms)"},
 		{"backoff multiplier", k, func(c *Config) { c.Delivery.Backoff.Multiplier = 0.5 }, "delivery.backoff.multiplier", "at least 1"},
 		{"max_message_bytes", k, func(c *Config) { c.Delivery.MaxMessageBytes = -1 }, "delivery.max_message_bytes", "0 (no limit) or more"},
+		{"max_buffer_bytes zero", k, func(c *Config) { c.Delivery.MaxBufferBytes = 0 }, "delivery.max_buffer_bytes", "at least 1048576 (1 MiB), got 0"},
+		{"max_buffer_bytes small", k, func(c *Config) { c.Delivery.MaxBufferBytes = 1<<20 - 1 }, "delivery.max_buffer_bytes", "at least 1048576 (1 MiB)"},
 
 		// dedup, admin, lifecycle, log
 		{"dedup path", k, func(c *Config) { c.Dedup.Path = "" }, "dedup.path", "required when dedup.enabled"},

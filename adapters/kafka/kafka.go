@@ -31,7 +31,8 @@
 // AllowRebalance right after), so buffered records always belong to the current assignment.
 // Read interleaves buffered records of different partitions round-robin, so one partition's
 // large fetch does not starve the others' lanes in the gate. A partition with enough
-// buffered (see bufferTarget) is paused at the client until it drains, and while every
+// buffered (see bufferTarget and WithMaxBufferBytes) is paused at the client until it
+// drains, nothing more is fetched while the buffer holds its byte budget, and while every
 // buffered partition is held back by the gate, Read keeps fetching for the partitions that
 // have nothing buffered: a backlog on some partitions never idles the lanes of the others,
 // and the buffer stays bounded.
@@ -42,6 +43,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -70,6 +72,23 @@ const bufferTarget = 2048
 
 func perPartitionBuffer(partitions int) int { return max(64, bufferTarget/max(1, partitions)) }
 
+// defaultMaxBufferBytes is the byte budget of the buffer when WithMaxBufferBytes is not
+// used: half of delivery.max_buffer_bytes's default.
+const defaultMaxBufferBytes = 32 << 20
+
+// perPartitionBytes is a partition's share of the byte budget: a partition holding it is
+// paused at the client like one holding perPartitionBuffer records.
+func (s *Source) perPartitionBytes() int64 { return max(1, s.maxBytes/int64(max(1, len(s.parts)))) }
+
+// recordSize is what a buffered record holds in memory, as adapters.Delivery.Size counts it.
+func recordSize(r *kgo.Record) int64 {
+	n := len(r.Key) + len(r.Value)
+	for _, h := range r.Headers {
+		n += len(h.Key) + len(h.Value)
+	}
+	return int64(n)
+}
+
 // revokeWait bounds how long a revoke waits for in-flight records of the revoked partitions
 // to settle and for their commit to succeed; it must stay well inside the group's rebalance
 // timeout.
@@ -97,6 +116,13 @@ func WithLogger(l *slog.Logger) Option { return func(s *Source) { s.log = l } }
 // adapters.NoEvents).
 func WithEvents(e adapters.Events) Option { return func(s *Source) { s.ev = e } }
 
+// WithMaxBufferBytes bounds the bytes of the records buffered ahead of the gate (G4; the
+// adapter's half of delivery.max_buffer_bytes): nothing more is fetched while the buffer
+// holds n bytes, and a partition holding its share (n / partitions) is paused at the
+// client. What comes on top is one fetch response per broker (FetchMaxBytes, or one
+// record batch larger than that) and a record larger than the share, alone.
+func WithMaxBufferBytes(n int64) Option { return func(s *Source) { s.maxBytes = n } }
+
 // WithClientOptions appends raw franz-go options (tests: shorter session timeouts).
 func WithClientOptions(opts ...kgo.Opt) Option {
 	return func(s *Source) { s.extra = append(s.extra, opts...) }
@@ -120,6 +146,7 @@ type partState struct {
 	tp       topicPartition
 	lane     string        // "topic/partition", the Delivery.Lane
 	buffered []*kgo.Record // polled, not yet handed out
+	bufBytes int64         // recordSize of buffered
 	inRR     bool          // listed in Source.rr
 	pending  []pending     // handed out, in offset order; pending[0] has sequence headSeq
 	headSeq  uint64
@@ -166,10 +193,14 @@ type Source struct {
 	parts    map[topicPartition]*partState
 	rr       []*partState // partitions with buffered records, served round-robin
 	rrPos    int
-	buffered int // records in all partStates' buffers
+	buffered int   // records in all partStates' buffers
+	bufBytes int64 // their bytes (recordSize), bounded by maxBytes
+	maxBytes int64 // WithMaxBufferBytes
 	// pause and resume collect partitions whose fetching must be paused (by buffer) or
 	// resumed (by next) at the client, outside mu.
 	pause, resume map[string][]int32
+	// lastLag is the lag reportLag published last.
+	lastLag map[string]int64
 
 	// laneFull (LaneLimiter) holds back partitions the gate has enough of; wake unblocks
 	// a Read waiting for one of them.
@@ -205,6 +236,9 @@ func New(cfg Settings, deadLetterTopic string, opts ...Option) (*Source, error) 
 	}
 	for _, o := range opts {
 		o(s)
+	}
+	if s.maxBytes <= 0 {
+		s.maxBytes = defaultMaxBufferBytes
 	}
 	if s.ev == nil {
 		s.ev = adapters.NoEvents{}
@@ -275,8 +309,8 @@ func New(cfg Settings, deadLetterTopic string, opts ...Option) (*Source, error) 
 func (s *Source) Read(ctx context.Context) (*adapters.Delivery, error) {
 	for {
 		s.mu.Lock()
-		// Low, or some partition has nothing buffered.
-		low := s.buffered < lowWater || len(s.rr) < len(s.parts)
+		// Low, or some partition has nothing buffered; and within the byte budget.
+		low := (s.buffered < lowWater || len(s.rr) < len(s.parts)) && s.bufBytes < s.maxBytes
 		s.mu.Unlock()
 		if low {
 			// Top up from what the client already fetched (a nil context never blocks),
@@ -411,9 +445,14 @@ func (s *Source) buffer(fetches kgo.Fetches) {
 			if ps.base < 0 {
 				ps.base = p.Records[0].Offset
 			}
+			bufBytesBefore := ps.bufBytes
 			ps.buffered = append(ps.buffered, p.Records...)
 			s.buffered += len(p.Records)
-			if !ps.paused && len(ps.buffered) >= perPartitionBuffer(len(s.parts)) {
+			for _, r := range p.Records {
+				ps.bufBytes += recordSize(r)
+			}
+			s.bufBytes += ps.bufBytes - bufBytesBefore
+			if !ps.paused && (len(ps.buffered) >= perPartitionBuffer(len(s.parts)) || ps.bufBytes >= s.perPartitionBytes()) {
 				s.notePause(ps, true)
 			}
 			if !ps.inRR {
@@ -464,7 +503,8 @@ func (s *Source) next() (d *adapters.Delivery, held, starved bool, resume map[st
 		if s.parts[ps.tp] != ps || ps.fencedClosed || len(ps.buffered) == 0 {
 			ps.inRR = false
 			s.buffered -= len(ps.buffered)
-			ps.buffered = nil
+			s.bufBytes -= ps.bufBytes
+			ps.buffered, ps.bufBytes = nil, 0
 			s.rr = append(s.rr[:s.rrPos], s.rr[s.rrPos+1:]...)
 			continue
 		}
@@ -477,7 +517,10 @@ func (s *Source) next() (d *adapters.Delivery, held, starved bool, resume map[st
 		ps.buffered[0] = nil
 		ps.buffered = ps.buffered[1:]
 		s.buffered--
-		if ps.paused && len(ps.buffered) <= perPartitionBuffer(len(s.parts))/2 {
+		size := recordSize(r)
+		ps.bufBytes -= size
+		s.bufBytes -= size
+		if ps.paused && len(ps.buffered) <= perPartitionBuffer(len(s.parts))/2 && ps.bufBytes <= s.perPartitionBytes()/2 {
 			s.notePause(ps, false)
 		}
 		s.rrPos++
@@ -491,7 +534,8 @@ func (s *Source) next() (d *adapters.Delivery, held, starved bool, resume map[st
 		d.Ack = func(err error) { s.settled(ps, seq, err) }
 		return d, false, false, nil
 	}
-	return nil, len(s.rr) > 0, len(s.rr) < len(s.parts), nil
+	// Starved only within the byte budget: beyond it, fetching waits for a lane to drain.
+	return nil, len(s.rr) > 0, len(s.rr) < len(s.parts) && s.bufBytes < s.maxBytes, nil
 }
 
 // reservedFor reports whether the record at offset may be handed out: it lies below the
@@ -713,12 +757,15 @@ func (s *Source) inflight(which map[string][]int32) int {
 // mark in the metadata. It reports whether nothing failed.
 func (s *Source) commit(ctx context.Context, only map[string][]int32) bool {
 	s.mu.Lock()
-	offsets := map[string]map[int32]kgo.EpochOffset{}
-	marks := map[topicPartition]int64{}
+	var offsets map[string]map[int32]kgo.EpochOffset
+	var marks map[topicPartition]int64
 	var committed []*partState
 	for tp, ps := range s.parts {
 		if !(ps.dirty || ps.reserving) || (only != nil && !slices.Contains(only[tp.topic], tp.partition)) {
 			continue
+		}
+		if offsets == nil { // most ticks of an idle or held consumer commit nothing
+			offsets, marks = map[string]map[int32]kgo.EpochOffset{}, map[topicPartition]int64{}
 		}
 		at := ps.commit
 		if at.Offset < 0 {
@@ -861,6 +908,13 @@ func (s *Source) reportLag() {
 			lag[tp.topic] += 0
 		}
 	}
+	if maps.Equal(lag, s.lastLag) {
+		// Not published again: SetConsumerLag collects the gauge's series, and reportLag
+		// runs on every commit tick.
+		s.mu.Unlock()
+		return
+	}
+	s.lastLag = lag
 	// Published under mu, so a report taken before a revoke cannot land after the
 	// revoke's own report and bring the dropped topic back.
 	s.ev.SetConsumerLag(lag)

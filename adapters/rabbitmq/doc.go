@@ -28,6 +28,19 @@
 // gate keeps queue order. Requeued messages (not-done, connection loss) may come back later
 // than messages behind them; strict order also needs a single active consumer.
 //
+// # Memory (G4)
+//
+// The adapter buffers nothing of its own: it hands one delivery at a time to Read (an
+// unbuffered channel), and the ack gate bounds the bytes it admits (half of
+// delivery.max_buffer_bytes). The broker's prefetch window is counted in messages, and it
+// stays so: RabbitMQ does not implement basic.qos's prefetch-size, so up to prefetch ×
+// message size may sit in amqp091's buffers (the socket and the consumer's queue) on top
+// of the budget. The prefetch is not lowered automatically when large messages arrive: by
+// the time one is seen, the window of them is already on its way (the burst is what
+// exhausts memory), and a prefetch moved to 1 would change the order contract (Lane) in
+// the middle of a stream. Size it yourself: prefetch × largest message within what the
+// pod's memory limit leaves beside the budget (docs/guarantees.md, G4).
+//
 // # Message ID
 //
 // message_id: "message_id" (default) uses the AMQP message-id property; "header:<name>"

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -85,6 +86,7 @@ type options struct {
 	log         *slog.Logger
 	ev          adapters.Events
 	maxInflight int
+	maxBytes    int64
 }
 
 // WithLogger sets the logger (default slog.Default()); the client's own logs go through it
@@ -99,6 +101,28 @@ func WithEvents(e adapters.Events) Option { return func(o *options) { o.ev = e }
 // concurrent mode (the client's consume goroutines per topic; the retry topic has its own
 // pool of the same size). Use delivery.max_inflight. Default 64.
 func WithMaxInflight(n int) Option { return func(o *options) { o.maxInflight = n } }
+
+// WithMaxBufferBytes bounds the bytes of the messages the client caches ahead of the gate
+// (G4; the adapter's half of delivery.max_buffer_bytes), through the client's
+// PullThresholdSizeForTopic: the client divides it among the queues it consumes (the
+// retry topic's included) and stops pulling a queue that caches its share. The client
+// counts whole MiB, at least 1 MiB per queue, and a queue may overshoot its share by
+// one pull (the broker returns at most 256 KiB per pull from memory, but always one
+// message). Default 32 MiB.
+func WithMaxBufferBytes(n int64) Option { return func(o *options) { o.maxBytes = n } }
+
+// defaultMaxBufferBytes is the byte budget when WithMaxBufferBytes is not used: half of
+// delivery.max_buffer_bytes's default.
+const defaultMaxBufferBytes = 32 << 20
+
+// pullThresholdMiB is the client's PullThresholdSizeForTopic (whole MiB, 1..102400) for a
+// budget of n bytes.
+func pullThresholdMiB(n int64) int {
+	if n <= 0 {
+		n = defaultMaxBufferBytes
+	}
+	return int(min(102400, max(1, n>>20)))
+}
 
 // pushConsumer is the part of the client's push consumer the Source uses (a seam for unit
 // tests without a broker).
@@ -157,6 +181,7 @@ type Source struct {
 	alloc      map[string]map[primitive.MessageQueue]*queueState
 	addrs      map[string]string // broker name → master address (brokerAddr)
 	hwmGroup   string
+	salt       int64                                   // added to each reservation, see newSource
 	group      string                                  // the consumer group as the broker knows it (with the namespace)
 	memOffsets func() map[primitive.MessageQueue]int64 // the client's offsets in memory; nil in unit tests
 	hwmOff     atomic.Bool                             // the broker refused the reservation group
@@ -208,9 +233,12 @@ func New(cfg Settings, deadLetterTarget string, opts ...Option) (*Source, error)
 		consumer.WithSuspendCurrentQueueTimeMillis(cfg.SuspendTime),
 		consumer.WithConsumeTimeout(clientConsumeTimeout),
 		consumer.WithConsumeGoroutineNums(o.maxInflight),
-		// Bounded prefetch (G4): at most this many messages / MiB cached per queue.
+		// Bounded prefetch (G4): at most this many messages cached per queue, and the
+		// byte budget (WithMaxBufferBytes) across queues; the per-queue size is the whole
+		// budget until the client knows its queues and divides it among them.
 		consumer.WithPullThresholdForQueue(int64(max(2*o.maxInflight, 64))),
-		consumer.WithPullThresholdSizeForQueue(32),
+		consumer.WithPullThresholdSizeForTopic(pullThresholdMiB(o.maxBytes)),
+		consumer.WithPullThresholdSizeForQueue(min(1024, pullThresholdMiB(o.maxBytes))),
 	}
 	if cfg.Namespace != "" {
 		copts = append(copts, consumer.WithNamespace(cfg.Namespace))
@@ -367,6 +395,9 @@ func newSource(cfg Settings, deadLetterTarget string, o options) *Source {
 		addrs:    make(map[string]string),
 		hwmGroup: cfg.Group + hwmGroupSuffix,
 		group:    cfg.Group,
+		// Two members that reserve a queue at once from the same offset write different
+		// values, so each can tell the other's reservation from its own.
+		salt: 1 + rand.Int64N(reserveStep-1),
 	}
 	if cfg.Namespace != "" {
 		// The client prefixes group names with the namespace; the raw requests must too.

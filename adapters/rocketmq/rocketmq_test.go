@@ -358,3 +358,18 @@ func TestCheck(t *testing.T) {
 		}
 	}
 }
+
+// The byte budget reaches the client in its unit, whole MiB within its accepted range; the
+// per-topic threshold replaces the fixed 32 MiB per queue, which let 8 queues cache 256 MiB.
+func TestPullThresholdFromByteBudget(t *testing.T) {
+	for _, c := range []struct {
+		bytes int64
+		want  int
+	}{
+		{0, 32}, {32 << 20, 32}, {64<<20 + 5, 64}, {1 << 20, 1}, {100, 1}, {1 << 40, 102400},
+	} {
+		if got := pullThresholdMiB(c.bytes); got != c.want {
+			t.Errorf("pullThresholdMiB(%d) = %d, want %d", c.bytes, got, c.want)
+		}
+	}
+}
