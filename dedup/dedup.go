@@ -232,6 +232,7 @@ type Store struct {
 	// and its send (inPut == 0).
 	queue      chan request
 	flush      chan struct{} // Flush: a caller waits for what is queued (cap 1)
+	holding    atomic.Int64  // records of the batch the writer lingers on (0: not lingering)
 	closed     atomic.Bool
 	inPut      atomic.Int64
 	stop       chan struct{}
@@ -451,9 +452,14 @@ func (s *Store) Put(id string, e Entry, done func(error)) {
 }
 
 // queued nudges a lingering writer once a full batch is waiting: the queue's records and
-// at least the one the writer holds (see linger).
+// those the writer holds (holding, 0 while it does not linger: it then looks at the queue
+// itself when it starts to, see linger). A nudge too early would make it commit a batch
+// that is not full and linger again on the rest; holding is read first because the writer
+// moves records from the queue into its batch just before it lingers, and reading the
+// queue first could count them twice.
 func (s *Store) queued() {
-	if len(s.queue)+1 >= s.opts.MaxBatch {
+	held := int(s.holding.Load())
+	if held > 0 && len(s.queue)+held >= s.opts.MaxBatch {
 		s.Flush()
 	}
 }

@@ -60,6 +60,13 @@ func (s *Store) linger(batch []request) []request {
 	if wait <= 0 || len(batch) >= s.opts.MaxBatch {
 		return batch
 	}
+	// Puts nudge the writer by the records it holds plus those queued (see queued); one that
+	// looked before holding was set queued its record before, so the queue shows it here.
+	s.holding.Store(int64(len(batch)))
+	defer s.holding.Store(0)
+	if len(batch)+len(s.queue) >= s.opts.MaxBatch {
+		return s.fill(batch)
+	}
 	began := time.Now()
 	t := time.NewTimer(wait)
 	defer t.Stop()
