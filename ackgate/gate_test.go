@@ -19,6 +19,7 @@ import (
 
 	"github.com/mqsidecar/mqsidecar/adapters"
 	"github.com/mqsidecar/mqsidecar/dedup"
+	"github.com/mqsidecar/mqsidecar/internal/lifecycle/lifecycletest"
 	"github.com/mqsidecar/mqsidecar/metrics"
 )
 
@@ -64,8 +65,9 @@ func (s *fakeSource) DeadLetter(_ context.Context, d *adapters.Delivery, f adapt
 	return nil
 }
 
-func (s *fakeSource) Ready() error                { return nil }
-func (s *fakeSource) Close(context.Context) error { return nil }
+func (s *fakeSource) Run(ctx context.Context) error { <-ctx.Done(); return nil }
+func (s *fakeSource) Ready() error                  { return nil }
+func (s *fakeSource) Close(context.Context) error   { return nil }
 
 // send queues a delivery; lane "" means unordered.
 func (s *fakeSource) send(id, lane, key string) *adapters.Delivery {
@@ -170,6 +172,7 @@ func openStore(t *testing.T) *dedup.Store {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
+	lifecycletest.Start(t, st.Run)
 	return st
 }
 
