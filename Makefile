@@ -92,10 +92,14 @@ test-e2e: build
 	  $(GO) test -tags e2e -count=1 -timeout 20m -run E2E -v ./e2e/ ) || status=$$?; \
 	$(HARNESS)/doctor/shapes.sh stop || true; $(HARNESS)/all.sh stop || true; exit $$status
 
-## bench: the throughput/latency/RSS benchmarks (medians of several runs, with baselines).
+## bench: throughput, latency, RSS and CPU per message (medians of several runs, beside the
+## hand-written loop) for each app profile, CPU while idle and while every lane is held, the
+## fleet (docs/performance.md). -cpuprofile PREFIX keeps a CPU profile of every run.
 bench:
-	$(GO) run ./bench -runs 5 -scenario partition
+	$(GO) run ./bench -runs 3 -scenario partition
 	$(GO) run ./bench -runs 3 -scenario key
+	$(GO) run ./bench -runs 3 -scenario idle
+	$(GO) run ./bench -runs 3 -scenario held
 	$(GO) run ./bench -runs 3 -scenario fleet
 	$(GO) test ./ackgate/ -run '^$$' -bench '^BenchmarkPushClient$$' -benchtime 20000x -count 5
 

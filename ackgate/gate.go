@@ -122,6 +122,10 @@ type Store interface {
 	Put(id string, e dedup.Entry, done func(error))
 }
 
+// flusher is implemented by a store that lingers to batch its writes (*dedup.Store): Flush
+// asks it to commit what is queued now, because a caller waits for it.
+type flusher interface{ Flush() }
+
 // ErrStore wraps a dedup store failure; Run returns it and the process should exit without
 // acknowledging anything further (nothing is lost: unacknowledged messages are redelivered).
 var ErrStore = errors.New("dedup store failed")
@@ -134,6 +138,7 @@ type Gate struct {
 	pusher *Pusher
 	log    *slog.Logger
 	m      *metrics.Metrics
+	flush  func() // the store's Flush, or nothing
 
 	permits   chan struct{}  // admission: admissionFactor×MaxInflight
 	pushSlots chan struct{}  // concurrent pushes: MaxInflight
@@ -214,6 +219,10 @@ func New(src adapters.Source, store Store, opts Options) *Gate {
 		active:      map[string][]*item{},
 		laneCount:   map[string]int{},
 		parkedSince: map[*item]time.Time{},
+	}
+	g.flush = func() {}
+	if f, ok := store.(flusher); ok {
+		g.flush = f.Flush
 	}
 	if ll, ok := src.(adapters.LaneLimiter); ok {
 		g.limiter = ll
@@ -456,7 +465,13 @@ func (g *Gate) runLane(key string, l *lane) {
 		it := l.queue[0]
 		l.queue[0] = nil
 		l.queue = l.queue[1:]
+		// The item after this one needs its mark by the end of this push: a store that
+		// lingers is asked to commit it now, not once the lane waits (see process).
+		soon := len(l.queue) > 0 && len(l.queue[0].marked) == 0
 		g.mu.Unlock()
+		if soon {
+			g.flush()
+		}
 		g.process(it)
 	}
 }
@@ -465,6 +480,9 @@ func (g *Gate) runLane(key string, l *lane) {
 // the lane may move on: after the app's 2xx, before the completion is durable.
 func (g *Gate) process(it *item) {
 	for {
+		if len(it.marked) == 0 {
+			g.flush() // the lane waits for the mark: no lingering for more records
+		}
 		select {
 		case err := <-it.marked:
 			if err != nil {
@@ -577,6 +595,7 @@ func (g *Gate) process(it *item) {
 func (g *Gate) countAttempt(it *item, n int) bool {
 	done := make(chan error, 1)
 	g.store.Put(it.key, dedup.Entry{State: dedup.InFlight, Attempts: n}, func(err error) { done <- err })
+	g.flush()
 	select {
 	case err := <-done:
 		if err != nil {
@@ -695,6 +714,11 @@ func (g *Gate) complete(it *item, o outcome) {
 		}
 		g.settle(it, nil)
 	})
+	if len(g.pushSlots) == 0 {
+		// No push on the wire: what waits now may be waiting for this record (a lane's
+		// look-ahead or the broker's unacknowledged window full of completions).
+		g.flush()
+	}
 }
 
 // abandon leaves it unacknowledged for the broker to redeliver. If it was never pushed,

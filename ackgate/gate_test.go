@@ -354,6 +354,43 @@ func TestRetriesCountAttempts(t *testing.T) {
 	}
 }
 
+// TestLingeringStoreIsFlushedWhenWaitedFor: a store that commits a batch only when it is
+// flushed (or after an hour) never holds the gate up: a lane waiting for its mark, a
+// retry's attempt count, and completions once no push is on the wire all flush it.
+func TestLingeringStoreIsFlushedWhenWaitedFor(t *testing.T) {
+	a, url := newApp(t, func(id string, attempt int, w http.ResponseWriter) bool {
+		if id == "flaky" && attempt == 1 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return true
+		}
+		return false
+	})
+	st, err := dedup.Open(filepath.Join(t.TempDir(), "dedup.db"), dedup.Options{TTL: time.Hour, MaxLinger: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	lifecycletest.Start(t, st.Run)
+	src := &limitedSource{fakeSource: newFakeSource(), wake: make(chan struct{}, 1), maxSeen: map[string]int{}, inflight: map[string]int{}}
+	o := opts(url)
+	o.MaxInflight, o.LaneLookahead = 8, 4
+	start(t, src, st, o)
+	src.send("flaky", "p0", "")
+	waitFor(t, "the retried message settled", func() bool { return src.settledCount() == 1 })
+	for i := range 100 {
+		src.send(fmt.Sprint("m", i), fmt.Sprint("p", i%4), "")
+	}
+	waitFor(t, "101 settlements", func() bool { return src.settledCount() == 101 })
+	if n := a.count("flaky"); n != 2 {
+		t.Fatalf("flaky pushed %d times, want 2", n)
+	}
+	for i := range 100 {
+		if e, _ := st.Get(fmt.Sprint("m", i)); e.State != dedup.Completed {
+			t.Fatalf("m%d settled but recorded as %v", i, e.State)
+		}
+	}
+}
+
 func TestRetryAfterIsHonoured(t *testing.T) {
 	var first time.Time
 	var gap time.Duration

@@ -44,15 +44,11 @@ type fleetResult struct {
 // fleet runs the partition workload against three replicas per store, for each app
 // profile, the two stores alternating run by run.
 func fleet(runs, n int, appDelays []time.Duration, only string) error {
-	dir, err := os.MkdirTemp("", "mqsidecar-bench-")
+	dir, bin, err := workDir()
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	bin, err := sidecarBinary(dir)
-	if err != nil {
-		return err
-	}
 	rs, err := startRedis(dir)
 	if err != nil {
 		return err
@@ -189,7 +185,7 @@ func fleetOnce(bin, store string, rs *redisServer, delay time.Duration, n int, d
 	}
 	defer releaseFetches()
 
-	a := newApp(ends, delay)
+	a := newApp(ends, appProfile{delay: delay})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return fleetResult{}, err
@@ -284,7 +280,7 @@ log: {level: warn}
 				return fleetResult{}, fmt.Errorf("replica %d exited; logs:\n%s", i, allLogs())
 			}
 		}
-		if assign = groupReady(adm); assign != "" {
+		if assign = groupReady(adm, replicas); assign != "" {
 			settle = time.Since(began)
 			releaseFetches()
 			break
@@ -366,9 +362,9 @@ log: {level: warn}
 	return res, nil
 }
 
-// groupReady reports whether group "bench" is stable with three members that together
+// groupReady reports whether group "bench" is stable with members members that together
 // own every partition: it returns how many each owns (e.g. "3+3+2"), "" when not ready.
-func groupReady(adm *kadm.Client) string {
+func groupReady(adm *kadm.Client, members int) string {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	gs, err := adm.DescribeGroups(ctx, "bench")
@@ -376,7 +372,7 @@ func groupReady(adm *kadm.Client) string {
 		return ""
 	}
 	g, ok := gs["bench"]
-	if !ok || g.Err != nil || g.State != "Stable" || len(g.Members) != replicas {
+	if !ok || g.Err != nil || g.State != "Stable" || len(g.Members) != members {
 		return ""
 	}
 	owned := 0
@@ -473,7 +469,7 @@ func startRedis(dir string) (*redisServer, error) {
 	cmd := exec.Command(path, "--bind", "127.0.0.1", "--port", strconv.Itoa(port), "--dir", data,
 		"--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no", "--protected-mode", "yes")
 	cmd.Stdout, cmd.Stderr = &out, &out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM} // never outlive the bench
+	dieWithParent(cmd) // never outlive the bench
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", path, err)
 	}

@@ -1,16 +1,30 @@
 // Command bench measures mqsidecar against a hand-written consumer loop (poll, POST each
-// record, commit) on the same embedded Kafka (kfake), the same instant app and the same
-// machine, alternating runs, and prints medians and ratios.
+// record, commit) on the same embedded Kafka (kfake), the same app and the same machine,
+// alternating runs, and prints medians and ratios.
 //
 // Each run: produce the messages first, then start the consumer as a separate process (so
 // its peak RSS is its own), and measure from the first push the app receives to the moment
 // the group's committed offsets reach the end of every partition. Push-to-commit latency is
 // per message: the time from its push arriving at the app to the first observed commit
-// covering its offset (committed offsets are polled every few milliseconds).
+// covering its offset (committed offsets are polled every few milliseconds). CPU per
+// message is the consumer process's user+system time (its process CPU clock) over the same
+// span — from the first push to the commit of the last offset, so start-up (joining the
+// group, opening the store) is not spread over the messages — divided by the messages.
 //
-// The sidecar commits every 20 ms here (its default is 1 s): a run lasts 1-3 s and ends at
-// the commit covering the last offset, so a longer interval would add up to one interval to
-// every run, in steps, while the loop commits each batch synchronously.
+// App profiles (-apps): the partition scenario runs each of the instant app (answers at
+// once), apps that sleep 0.2 ms, 1 ms and 5 ms per push (a handler waiting on a database,
+// as every real one does) and a CPU-bound app (about 0.1 ms of hashing per push), the loop
+// and the sidecar alternating within each profile; slower profiles use fewer messages, so
+// that each run of the loop, which pushes one message at a time, lasts a few seconds.
+//
+// The sidecar commits every 20 ms here (-commit-interval; its default is 1 s): a run lasts
+// 1-3 s and ends at the commit covering the last offset, so a longer interval would add up
+// to one interval to every run, in steps, while the loop commits each batch synchronously.
+//
+// The idle and held scenarios (-scenario idle|held, see idle.go) measure CPU per second of
+// wall time: connected with nothing to consume, and with every lane held by an app that
+// takes a second per push. They use the sidecar's default commit_interval (1 s), as no run
+// has to end quickly there.
 //
 // The fleet scenario (-scenario fleet) is the partition workload (30k messages by default)
 // consumed by three sidecar processes in one consumer group, once with each replica's own
@@ -24,18 +38,22 @@
 // msg/s, push-to-commit latency, the largest replica's peak RSS, the replicas' summed CPU per
 // message (and redis-server's own, when private) and the ratio redis/bbolt.
 //
-// Usage: go run ./bench [-runs 5] [-messages N] [-scenario partition|key|none|fleet] [-only NAME] [-app-delays 0,200us]
+// Usage: go run ./bench [-runs 5] [-messages N] [-scenario partition|key|none|idle|held|fleet] [-apps instant,200us,1ms,5ms,cpu] [-only NAME] [-cpuprofile PREFIX] [-app-delays 0,200us]
 //
-// Investigation aids: BENCH_DEBUG=1 prints the consumer's logs, memory lines and the
-// sidecar's metrics after each run; BENCH_CONSUMER_ENV="K=V ..." adds environment to the
-// consumer process (GODEBUG=gctrace=1, GOGC=..., MQSIDECAR_CPUPROFILE=file; in the fleet
-// scenario each replica writes file.<store>.run<N>.replica<I>);
-// BENCH_SIDECAR_BIN=path runs that binary instead of building ./cmd/mqsidecar.
+// Investigation aids: -cpuprofile PREFIX writes a CPU profile of every consumer run, the
+// loop's too (PREFIX-<scenario>[-<app>]-<contender>-run<N>.pprof, and the sidecar's
+// allocations beside it; read them with go tool pprof -top); BENCH_DEBUG=1 prints the
+// consumer's logs, memory lines and the sidecar's metrics after each run;
+// BENCH_CONSUMER_ENV="K=V ..." adds environment to the consumer process (GODEBUG=gctrace=1,
+// GOGC=..., MQSIDECAR_CPUPROFILE=file; in the fleet scenario each replica writes
+// file.<store>.run<N>.replica<I>); BENCH_SIDECAR_BIN=path runs that binary instead of
+// building ./cmd/mqsidecar.
 package main
 
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"flag"
 	"fmt"
 	"io"
@@ -43,13 +61,17 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -64,31 +86,119 @@ const (
 type scenario struct {
 	name     string
 	ordering string
-	appDelay time.Duration
+	apps     string // default app profiles (see parseApps)
 	keys     int
 }
 
 var scenarios = map[string]scenario{
-	// Issue: 50k x ~100 B, 8 partitions, instant app, dedup on, ordering partition.
-	"partition": {name: "partition", ordering: "partition"},
+	// Issues 1 and 13: 8 partitions, dedup on, ordering partition, for each app profile:
+	// the instant app, fixed latencies (what every real handler has) and a CPU-bound one.
+	"partition": {name: "partition", ordering: "partition", apps: "instant,200us,1ms,5ms,cpu"},
 	// Issue: app with 5 ms latency, 200 keys, max_inflight 64; ordering key vs partition vs none.
-	"key": {name: "key", ordering: "key", appDelay: 5 * time.Millisecond, keys: 200},
+	"key": {name: "key", ordering: "key", apps: "5ms", keys: 200},
 	// For investigations: the instant app without ordering constraints.
-	"none": {name: "none", ordering: "none"},
+	"none": {name: "none", ordering: "none", apps: "instant"},
+}
+
+// appProfile is how the bench's app answers each push.
+type appProfile struct {
+	name  string        // as given to -apps: instant, 200us, cpu, ...
+	delay time.Duration // sleeps this long (a handler waiting on I/O)
+	work  int           // then hashes 1 KiB this many times (a CPU-bound handler)
+	busy  time.Duration // what work was calibrated to take
+	n     int           // messages per run unless -messages says otherwise
+}
+
+// cpuWork is the CPU-bound handler's work per push: -apps cpu means cpu:100us.
+const cpuWork = 100 * time.Microsecond
+
+// parseApps reads -apps: instant (or 0), a duration the app sleeps per push (200us, 1ms),
+// or cpu[:duration], a handler that computes for about that long per push (calibrated
+// once: a fixed number of SHA-256 rounds, so it costs the same work whatever the load).
+func parseApps(list string, keys int) ([]appProfile, error) {
+	var out []appProfile
+	for _, f := range strings.Split(list, ",") {
+		f = strings.TrimSpace(f)
+		a := appProfile{name: f}
+		switch {
+		case f == "instant" || f == "0":
+			a.name, a.n = "instant", 50000
+		case f == "cpu" || strings.HasPrefix(f, "cpu:"):
+			d := cpuWork
+			if v, ok := strings.CutPrefix(f, "cpu:"); ok {
+				var err error
+				if d, err = time.ParseDuration(v); err != nil {
+					return nil, fmt.Errorf("-apps %s: %w", f, err)
+				}
+			}
+			a.work, a.busy, a.n = calibrate(d), d, 10000
+		default:
+			d, err := time.ParseDuration(f)
+			if err != nil {
+				return nil, fmt.Errorf("-apps %s: %w", f, err)
+			}
+			a.delay = d
+			// About as many seconds of the hand-written loop (which pushes one at a time)
+			// for each profile; 10000 with keys: the key scenario's sidecars need the length.
+			switch {
+			case keys > 0:
+				a.n = 10000
+			case d < 500*time.Microsecond:
+				a.n = 8000
+			case d < 2*time.Millisecond:
+				a.n = 4000
+			default:
+				a.n = 2000
+			}
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+// calibrate returns how many 1 KiB SHA-256 rounds take about d on this machine.
+func calibrate(d time.Duration) int {
+	var buf [1024]byte
+	rounds, start := 0, time.Now()
+	for time.Since(start) < 50*time.Millisecond {
+		for range 100 {
+			sum := sha256.Sum256(buf[:])
+			buf[0] ^= sum[0]
+		}
+		rounds += 100
+	}
+	return max(1, int(float64(rounds)*float64(d)/float64(time.Since(start))))
+}
+
+func (a appProfile) String() string {
+	switch {
+	case a.work > 0:
+		return fmt.Sprintf("CPU-bound app (%d SHA-256 rounds of 1 KiB per push, ~%v when calibrated)", a.work, a.busy)
+	case a.delay > 0:
+		return fmt.Sprintf("app sleeping %v", a.delay)
+	}
+	return "instant app"
 }
 
 func main() {
 	mode := flag.String("mode", "", "internal: baseline (run the hand-written loop)")
 	runs := flag.Int("runs", 5, "runs per contender; medians are reported")
 	messages := flag.Int("messages", 0, "messages per run (default 50000; 10000 for -scenario key, whose baseline does 200 msg/s; 30000 for -scenario fleet)")
-	scen := flag.String("scenario", "partition", "partition | key | none | fleet")
+	scen := flag.String("scenario", "partition", "partition | key | none | fleet | idle | held")
 	appDelays := flag.String("app-delays", "0,200us", "-scenario fleet: the app profiles, comma-separated push latencies (0 = the instant app)")
+	apps := flag.String("apps", "", "the app profiles, comma-separated: instant, a latency (200us, 1ms, 5ms), cpu[:100us] (default: partition all five, key 5ms, none instant)")
+	window := flag.Duration("window", 5*time.Second, "-scenario idle and held: how long CPU is measured, once the consumer is settled (these two use the sidecar's default commit_interval, 1s, unless -commit-interval is given)")
+	flag.DurationVar(&commitInterval, "commit-interval", commitInterval, "the sidecar's source.kafka.commit_interval (its default is 1s)")
+	profile := flag.String("cpuprofile", "", "write a CPU profile of each consumer run to PREFIX-<scenario>[-<app>]-<contender>-run<N>.pprof (MQSIDECAR_CPUPROFILE)")
 	only := flag.String("only", "", "run only the contenders whose name contains this (investigations; no ratios without the loop)")
 	brokers := flag.String("brokers", "", "internal")
 	appURL := flag.String("app", "", "internal")
 	flag.Parse()
 	if *mode == "baseline" {
-		if err := baseline(strings.Split(*brokers, ","), *appURL); err != nil {
+		stop := startProfile(os.Getenv("MQSIDECAR_CPUPROFILE"))
+		err := baseline(strings.Split(*brokers, ","), *appURL)
+		stop()
+		if err != nil {
 			fmt.Fprintln(os.Stderr, "baseline:", err)
 			os.Exit(1)
 		}
@@ -113,18 +223,32 @@ func main() {
 		}
 		return
 	}
+	if *scen == "idle" || *scen == "held" {
+		explicit := false
+		flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "commit-interval" })
+		if !explicit {
+			commitInterval = time.Second // the sidecar's default: no run has to end quickly here
+		}
+		if err := idle(*scen == "held", *runs, *window, *only, *profile); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	sc, ok := scenarios[*scen]
 	if !ok {
 		fmt.Fprintln(os.Stderr, "unknown scenario", *scen)
 		os.Exit(2)
 	}
-	if *messages == 0 {
-		*messages = 50000
-		if sc.appDelay > 0 {
-			*messages = 10000
-		}
+	if *apps == "" {
+		*apps = sc.apps
 	}
-	if err := bench(sc, *runs, *messages, *only); err != nil {
+	profiles, err := parseApps(*apps, sc.keys)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	if err := bench(sc, profiles, *runs, *messages, *only, *profile); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -142,127 +266,211 @@ type result struct {
 
 const loopName = "hand-written loop"
 
+// commitInterval is the sidecar's commit_interval (-commit-interval).
+var commitInterval = 20 * time.Millisecond
+
 type contender struct {
-	name string
-	cmd  func(brokers, appURL, dir string) *exec.Cmd
+	name  string
+	short string // in file names
+	cmd   func(bin, brokers, appURL, dir string) *exec.Cmd
 }
 
-func bench(sc scenario, runs, n int, only string) error {
-	dir, err := os.MkdirTemp("", "mqsidecar-bench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	bin, err := sidecarBinary(dir)
-	if err != nil {
-		return err
-	}
+// contenders returns the hand-written loop and the sidecar with each ordering, each
+// writing its consumer's files into the run's directory; only those whose name contains
+// only, when set (-only).
+func contenders(only string, orderings ...string) ([]contender, error) {
 	self, err := os.Executable()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	sidecar := func(ordering string) contender {
-		return contender{name: "mqsidecar (ordering: " + ordering + ")", cmd: func(brokers, appURL, rdir string) *exec.Cmd {
+	cs := []contender{{name: loopName, short: "loop", cmd: func(_ string, brokers, appURL, _ string) *exec.Cmd {
+		return exec.Command(self, "-mode", "baseline", "-brokers", brokers, "-app", appURL)
+	}}}
+	for _, ordering := range orderings {
+		cs = append(cs, contender{name: "mqsidecar (ordering: " + ordering + ")", short: "sidecar-" + ordering, cmd: func(bin, brokers, appURL, rdir string) *exec.Cmd {
 			admin := `""`
 			if os.Getenv("BENCH_DEBUG") != "" {
 				admin = debugAdmin // BENCH_DEBUG prints the sidecar's metrics after each run
 			}
 			cfg := fmt.Sprintf(`source:
   kind: kafka
-  kafka: {brokers: [%s], group: bench, topics: [%s], message_id: "header:message-id", commit_interval: 20ms}
+  kafka: {brokers: [%s], group: bench, topics: [%s], message_id: "header:message-id", commit_interval: %v}
 app: {url: %q}
 delivery: {ordering: %s, max_inflight: 64}
 dedup: {enabled: true, path: %q}
 admin: {listen: %s}
 log: {level: warn}
-`, brokers, topic, appURL, ordering, filepath.Join(rdir, "dedup.db"), admin)
+`, brokers, topic, commitInterval, appURL, ordering, filepath.Join(rdir, "dedup.db"), admin)
 			path := filepath.Join(rdir, "config.yaml")
 			if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 				panic(err)
 			}
 			return exec.Command(bin, "run", "--config", path)
-		}}
-	}
-	contenders := []contender{{name: loopName, cmd: func(brokers, appURL, _ string) *exec.Cmd {
-		return exec.Command(self, "-mode", "baseline", "-brokers", brokers, "-app", appURL)
-	}}}
-	if sc.name == "key" {
-		contenders = append(contenders, sidecar("key"), sidecar("partition"), sidecar("none"))
-	} else {
-		contenders = append(contenders, sidecar(sc.ordering))
+		}})
 	}
 	if only != "" {
-		contenders = slices.DeleteFunc(contenders, func(c contender) bool { return !strings.Contains(c.name, only) })
-		if len(contenders) == 0 {
-			return fmt.Errorf("-only %q matches no contender", only)
+		cs = slices.DeleteFunc(cs, func(c contender) bool { return !strings.Contains(c.name, only) })
+		if len(cs) == 0 {
+			return nil, fmt.Errorf("-only %q matches no contender", only)
 		}
 	}
+	return cs, nil
+}
 
-	fmt.Printf("mqsidecar bench, scenario %q: %d messages of ~100 B (16 KiB producer batches), %d partitions, app latency %v, dedup on, max_inflight 64, commit every 20ms; %d runs each, alternating; medians\n",
-		sc.name, n, partitions, sc.appDelay, runs)
-	results := make([][]result, len(contenders))
-	for r := 0; r < runs; r++ {
-		for i, c := range contenders {
-			res, err := runOnce(sc, c, n, dir)
-			if err != nil {
-				return fmt.Errorf("%s run %d: %w", c.name, r+1, err)
+// consumerEnv returns the consumer's environment: BENCH_CONSUMER_ENV, and the CPU profile
+// file when -cpuprofile asks for one (nil: inherit the bench's).
+func consumerEnv(profile string) []string {
+	extra := strings.Fields(os.Getenv("BENCH_CONSUMER_ENV")) // e.g. GODEBUG=gctrace=1
+	if profile != "" {
+		extra = append(extra, "MQSIDECAR_CPUPROFILE="+profile)
+	}
+	if len(extra) == 0 {
+		return nil
+	}
+	return append(os.Environ(), extra...)
+}
+
+// profilePath names one run's CPU profile; "" when -cpuprofile is not set.
+func profilePath(prefix, scenario, app string, c contender, run int) string {
+	if prefix == "" {
+		return ""
+	}
+	if app != "" {
+		scenario += "-" + strings.NewReplacer(":", "", "/", "").Replace(app)
+	}
+	return fmt.Sprintf("%s-%s-%s-run%d.pprof", prefix, scenario, c.short, run)
+}
+
+// workDir makes the bench's temporary directory and the sidecar binary in it (remove dir
+// when done).
+func workDir() (dir, bin string, err error) {
+	dir, err = os.MkdirTemp("", "mqsidecar-bench-")
+	if err != nil {
+		return "", "", err
+	}
+	if bin, err = sidecarBinary(dir); err != nil {
+		os.RemoveAll(dir)
+		return "", "", err
+	}
+	return dir, bin, nil
+}
+
+// startConsumer serves app on a loopback port and starts contender c against kafka, in a
+// run directory of its own under dir. stopApp closes the app's server.
+func startConsumer(c contender, bin, dir string, kafka *kfake.Cluster, app http.Handler, profile string) (cmd *exec.Cmd, logs *bytes.Buffer, stopApp func(), err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	srv := &http.Server{Handler: app}
+	go func() { _ = srv.Serve(ln) }()
+	stopApp = func() { _ = srv.Close() }
+	rdir, err := os.MkdirTemp(dir, "run-")
+	if err != nil {
+		stopApp()
+		return nil, nil, nil, err
+	}
+	cmd = c.cmd(bin, strings.Join(kafka.ListenAddrs(), ","), "http://"+ln.Addr().String()+"/", rdir)
+	logs = &bytes.Buffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	cmd.Env = consumerEnv(profile)
+	if err := cmd.Start(); err != nil {
+		stopApp()
+		return nil, nil, nil, err
+	}
+	return cmd, logs, stopApp, nil
+}
+
+func bench(sc scenario, apps []appProfile, runs, messages int, only, profile string) error {
+	dir, bin, err := workDir()
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	orderings := []string{sc.ordering}
+	if sc.name == "key" {
+		orderings = []string{"key", "partition", "none"}
+	}
+	cs, err := contenders(only, orderings...)
+	if err != nil {
+		return err
+	}
+	withLoop := cs[0].name == loopName
+
+	fmt.Printf("mqsidecar bench, scenario %q: messages of ~100 B (16 KiB producer batches), %d partitions, dedup on, max_inflight 64, commit every %v; %d runs each, alternating; medians\n",
+		sc.name, partitions, commitInterval, runs)
+	fmt.Printf("  CPU is the consumer process's user+sys from its first push to the commit of the last offset, per message\n")
+	var summary []string
+	for _, app := range apps {
+		n := app.n
+		if messages > 0 {
+			n = messages
+		}
+		fmt.Printf("\n%s, %d messages:\n", app, n)
+		results := make([][]result, len(cs))
+		for r := 0; r < runs; r++ {
+			for i, c := range cs {
+				res, err := runOnce(sc, app, c, bin, n, dir, profilePath(profile, sc.name, app.name, c, r+1))
+				if err != nil {
+					return fmt.Errorf("%s, %s run %d: %w", app, c.name, r+1, err)
+				}
+				fmt.Printf("  run %d %-34s %9.0f msg/s  p50 %7.1f ms  p99 %7.1f ms  RSS %5.1f MB  CPU %6.1f µs/msg (broker+app %5.1f)  order violations %d\n",
+					r+1, c.name, res.rate, ms(res.p50), ms(res.p99), res.rssMB, res.cpuUs, res.benchUs, res.order)
+				results[i] = append(results[i], res)
 			}
-			fmt.Printf("  run %d %-34s %9.0f msg/s  p50 %7.1f ms  p99 %7.1f ms  RSS %5.1f MB  CPU %5.1f µs/msg (broker+app %5.1f)  order violations %d\n",
-				r+1, c.name, res.rate, ms(res.p50), ms(res.p99), res.rssMB, res.cpuUs, res.benchUs, res.order)
-			results[i] = append(results[i], res)
+		}
+		fmt.Printf("\n%-34s %10s %10s %10s %12s %11s %9s %9s %7s\n", "median of "+strconv.Itoa(runs), "msg/s", "p50 ms", "p99 ms", "peak RSS MB", "CPU µs/msg", "msg/s vs", "CPU vs", "order")
+		baseRate := median(results[0], func(r result) float64 { return r.rate })
+		baseCPU := median(results[0], func(r result) float64 { return r.cpuUs })
+		for i, c := range cs {
+			rate := median(results[i], func(r result) float64 { return r.rate })
+			cpu := median(results[i], func(r result) float64 { return r.cpuUs })
+			rateRatio, cpuRatio := "-", "-"
+			if withLoop {
+				rateRatio = fmt.Sprintf("%.2fx", rate/baseRate)
+				cpuRatio = fmt.Sprintf("%.2fx", cpu/baseCPU)
+			}
+			order := 0
+			for _, r := range results[i] {
+				order += r.order
+			}
+			line := fmt.Sprintf("%-34s %10.0f %10.1f %10.1f %12.1f %11.1f %9s %9s %7d", c.name, rate,
+				median(results[i], func(r result) float64 { return ms(r.p50) }),
+				median(results[i], func(r result) float64 { return ms(r.p99) }),
+				median(results[i], func(r result) float64 { return r.rssMB }),
+				cpu, rateRatio, cpuRatio, order)
+			fmt.Println(line)
+			summary = append(summary, fmt.Sprintf("%-8s %s", app.name, line))
 		}
 	}
-	fmt.Printf("\n%-34s %10s %10s %10s %12s %11s %8s\n", "median of "+strconv.Itoa(runs), "msg/s", "p50 ms", "p99 ms", "peak RSS MB", "CPU µs/msg", "vs loop")
-	base := median(results[0], func(r result) float64 { return r.rate })
-	for i, c := range contenders {
-		rate := median(results[i], func(r result) float64 { return r.rate })
-		ratio := "-"
-		if contenders[0].name == loopName {
-			ratio = fmt.Sprintf("%.2fx", rate/base)
+	if len(apps) > 1 {
+		fmt.Printf("\nsummary, scenario %q (medians of %d runs; ratios to the hand-written loop of the same profile; order = violations in all runs):\n", sc.name, runs)
+		fmt.Printf("  %-8s %-34s %10s %10s %10s %12s %11s %9s %9s %7s\n", "app", "", "msg/s", "p50 ms", "p99 ms", "peak RSS MB", "CPU µs/msg", "msg/s vs", "CPU vs", "order")
+		for _, l := range summary {
+			fmt.Println("  " + l)
 		}
-		fmt.Printf("%-34s %10.0f %10.1f %10.1f %12.1f %11.1f %8s\n", c.name, rate,
-			median(results[i], func(r result) float64 { return ms(r.p50) }),
-			median(results[i], func(r result) float64 { return ms(r.p99) }),
-			median(results[i], func(r result) float64 { return r.rssMB }),
-			median(results[i], func(r result) float64 { return r.cpuUs }), ratio)
 	}
 	return nil
 }
 
-func runOnce(sc scenario, c contender, n int, dir string) (result, error) {
+func runOnce(sc scenario, app appProfile, c contender, bin string, n int, dir, profile string) (result, error) {
 	kafka, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, topic))
 	if err != nil {
 		return result{}, err
 	}
 	defer kafka.Close()
-	brokers := strings.Join(kafka.ListenAddrs(), ",")
 	ends, err := produce(kafka.ListenAddrs(), n, sc.keys)
 	if err != nil {
 		return result{}, fmt.Errorf("produce: %w", err)
 	}
-	a := newApp(ends, sc.appDelay)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return result{}, err
-	}
-	srv := &http.Server{Handler: a}
-	go func() { _ = srv.Serve(ln) }()
-	defer srv.Close()
-
-	rdir, err := os.MkdirTemp(dir, "run-")
-	if err != nil {
-		return result{}, err
-	}
-	cmd := c.cmd(brokers, "http://"+ln.Addr().String()+"/", rdir)
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if extra := os.Getenv("BENCH_CONSUMER_ENV"); extra != "" { // e.g. GODEBUG=gctrace=1
-		cmd.Env = append(os.Environ(), strings.Fields(extra)...)
-	}
+	a := newApp(ends, app)
 	benchCPU := cpuSeconds(os.Getpid())
-	if err := cmd.Start(); err != nil {
+	cmd, logs, stopApp, err := startConsumer(c, bin, dir, kafka, a, profile)
+	if err != nil {
 		return result{}, err
 	}
+	defer stopApp()
+	a.pid.Store(int64(cmd.Process.Pid))
 	defer func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() }()
 
 	// Poll committed offsets until every partition is fully committed.
@@ -306,9 +514,10 @@ func runOnce(sc scenario, c contender, n int, dir string) (result, error) {
 		}
 		time.Sleep(3 * time.Millisecond)
 	}
+	cpuEnd := processCPU(cmd.Process.Pid)
 	res := a.result(n)
 	res.rssMB = rss
-	res.cpuUs = cpuSeconds(cmd.Process.Pid) * 1e6 / float64(n)
+	res.cpuUs = (cpuEnd - a.firstCPU()).Seconds() * 1e6 / float64(n)
 	res.benchUs = (cpuSeconds(os.Getpid()) - benchCPU) * 1e6 / float64(n)
 	if os.Getenv("BENCH_DEBUG") != "" {
 		fmt.Println(logs.String())
@@ -364,7 +573,8 @@ func produce(brokers []string, n, keys int) ([]int64, error) {
 	return ends, nil
 }
 
-// app answers 200 (after delay) and records when each partition/offset arrived.
+// app answers 200 (after its profile's sleep or work) and records when each
+// partition/offset arrived.
 type app struct {
 	delay   time.Duration
 	mu      sync.Mutex
@@ -376,10 +586,17 @@ type app struct {
 	order   int
 	pushes  int          // every push, redeliveries included
 	slept   atomic.Int64 // nanoseconds the app spent in its delay (sleeps overshoot under load)
+
+	work int          // SHA-256 rounds per push (the CPU-bound handler)
+	pid  atomic.Int64 // the consumer's process
+	// cpuAtFirst is the consumer's CPU time when the first push arrived (read through
+	// firstCPU).
+	cpuAtFirst time.Duration
+	firstOnce  sync.Once
 }
 
-func newApp(ends []int64, delay time.Duration) *app {
-	a := &app{delay: delay, lastKey: map[string]int64{}}
+func newApp(ends []int64, profile appProfile) *app {
+	a := &app{delay: profile.delay, work: profile.work, lastKey: map[string]int64{}}
 	for _, e := range ends {
 		a.pushAt = append(a.pushAt, make([]int64, e))
 		a.commit = append(a.commit, make([]int64, e))
@@ -388,11 +605,23 @@ func newApp(ends []int64, delay time.Duration) *app {
 }
 
 func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	a.firstOnce.Do(func() {
+		if pid := a.pid.Load(); pid > 0 {
+			a.cpuAtFirst = processCPU(int(pid))
+		}
+	})
 	_, _ = io.Copy(io.Discard, r.Body)
 	if a.delay > 0 {
 		t := time.Now()
 		time.Sleep(a.delay)
 		a.slept.Add(int64(time.Since(t)))
+	}
+	if a.work > 0 {
+		var buf [1024]byte
+		for range a.work {
+			sum := sha256.Sum256(buf[:])
+			buf[0] ^= sum[0]
+		}
 	}
 	p, err1 := strconv.Atoi(r.Header.Get("ce-partition"))
 	off, err2 := strconv.ParseInt(r.Header.Get("ce-offset"), 10, 64)
@@ -416,6 +645,12 @@ func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		a.mu.Unlock()
 	}
 	w.WriteHeader(http.StatusOK)
+}
+
+// firstCPU is the consumer's CPU time when the first push arrived.
+func (a *app) firstCPU() time.Duration {
+	a.firstOnce.Do(func() {}) // waits for the first push's Do to finish
+	return a.cpuAtFirst
 }
 
 func (a *app) committed(p int32, from, to int64, at time.Time) {
@@ -451,7 +686,8 @@ func (a *app) result(n int) result {
 }
 
 // baseline is the hand-written consumer the issue compares against: poll a batch, POST each
-// record in order, commit the batch synchronously, repeat.
+// record in order, commit the batch synchronously, repeat. An interrupt stops it between
+// two pushes (so that its CPU profile, if any, is written).
 func baseline(brokers []string, appURL string) error {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumerGroup("bench"), kgo.ConsumeTopics(topic),
 		kgo.DisableAutoCommit(), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
@@ -460,10 +696,11 @@ func baseline(brokers []string, appURL string) error {
 	}
 	defer cl.Close()
 	hc := &http.Client{Timeout: 10 * time.Second}
-	ctx := context.Background()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
 	for {
 		fs := cl.PollRecords(ctx, 500)
-		if fs.IsClientClosed() {
+		if fs.IsClientClosed() || ctx.Err() != nil {
 			return nil
 		}
 		var ferr error
@@ -473,6 +710,9 @@ func baseline(brokers []string, appURL string) error {
 		}
 		recs := fs.Records()
 		for _, r := range recs {
+			if ctx.Err() != nil {
+				return nil
+			}
 			for {
 				req, _ := http.NewRequest(http.MethodPost, appURL, bytes.NewReader(r.Value))
 				req.Header.Set("ce-partition", strconv.Itoa(int(r.Partition)))
@@ -533,6 +773,35 @@ func peakRSS(pid int) float64 {
 		}
 	}
 	return 0
+}
+
+// processCPU is the CPU time (user+system, all threads) pid has used: its process CPU
+// clock (clock_gettime on the clock clock_getcpuclockid names), exact to the nanosecond,
+// where /proc/<pid>/stat counts 10 ms ticks; the ticks when the clock is unavailable.
+func processCPU(pid int) time.Duration {
+	clock := uintptr(int32(^uint32(pid)<<3 | 2)) // MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)
+	var ts syscall.Timespec
+	if _, _, errno := syscall.Syscall(syscall.SYS_CLOCK_GETTIME, clock, uintptr(unsafe.Pointer(&ts)), 0); errno == 0 {
+		return time.Duration(ts.Nano())
+	}
+	return time.Duration(cpuSeconds(pid) * float64(time.Second))
+}
+
+// startProfile writes a CPU profile of this process to path until the returned function is
+// called (the hand-written loop honours MQSIDECAR_CPUPROFILE as the sidecar does).
+func startProfile(path string) (stop func()) {
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return func() {}
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return func() {}
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }
 }
 
 // cpuSeconds reads utime+stime of pid from /proc (clock ticks of 1/100 s on Linux).

@@ -182,6 +182,12 @@ type Options struct {
 	// the commits (and their fdatasyncs) per record several-fold at high rates, at the
 	// cost of that much added latency per record.
 	Linger time.Duration
+	// MaxLinger, when longer than Linger, is how long a batch nobody waits for may wait
+	// for more Puts: until Flush is called, the writer lingers up to MaxLinger, and after
+	// it only up to Linger (both counted from the batch's first record). A caller that
+	// blocks on a record calls Flush first; records written ahead of need (marks queued
+	// behind a busy lane, completions) then share fewer, larger commits.
+	MaxLinger time.Duration
 	// Logger receives state changes (open, commit failures and recoveries, eviction);
 	// nil means slog.Default().
 	Logger *slog.Logger
@@ -232,6 +238,7 @@ type Store struct {
 	// Close sets closed, and the writer drains until no Put is between its closed check
 	// and its send (inPut == 0).
 	queue      chan request
+	flush      chan struct{} // Flush: a caller waits for what is queued (cap 1)
 	closed     atomic.Bool
 	inPut      atomic.Int64
 	stop       chan struct{}
@@ -302,6 +309,7 @@ func Open(path string, opts Options) (*Store, error) {
 		log:   opts.Logger.With(slog.String("component", "dedup"), slog.String("path", path)),
 		now:   opts.Now,
 		queue: make(chan request, 4*opts.MaxBatch),
+		flush: make(chan struct{}, 1),
 		stop:  make(chan struct{}),
 	}
 	if opts.MaxEntries > 0 {
@@ -451,6 +459,15 @@ func (s *Store) Put(id string, e Entry, done func(error)) {
 	}
 	s.queue <- request{id: id, e: e, done: done}
 	s.inPut.Add(-1)
+	s.queued()
+}
+
+// queued nudges a lingering writer once a full batch is waiting: the queue's records and
+// at least the one the writer holds (see linger).
+func (s *Store) queued() {
+	if len(s.queue)+1 >= s.opts.MaxBatch {
+		s.Flush()
+	}
 }
 
 // Update queues a read-modify-write of id. On the writer, inside the transaction that will
@@ -480,6 +497,7 @@ func (s *Store) Update(id string, f func(prior Entry) (next Entry, write bool), 
 	}
 	s.queue <- request{id: id, f: f, udone: done}
 	s.inPut.Add(-1)
+	s.queued()
 }
 
 // PutSync is Put followed by waiting for the commit. Do not call it from a done callback.

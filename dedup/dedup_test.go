@@ -144,6 +144,57 @@ func TestOnCommit(t *testing.T) {
 	}
 }
 
+// TestMaxLingerUntilFlush: with MaxLinger, a batch nobody waits for waits for more records
+// (up to MaxLinger, or until it is full); Flush commits it at once, for one batch only, and
+// Close does not wait for the linger either.
+func TestMaxLingerUntilFlush(t *testing.T) {
+	s := openT(t, filepath.Join(t.TempDir(), "dedup.db"), Options{MaxLinger: time.Hour, MaxBatch: 4})
+	put := func(id string) chan error {
+		done := make(chan error, 1)
+		s.Put(id, Entry{State: Completed, Attempts: 1}, func(err error) { done <- err })
+		return done
+	}
+	waitDone := func(what string, done chan error) {
+		t.Helper()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: not committed after 10s", what)
+		}
+	}
+	notDone := func(what string, done chan error) {
+		t.Helper()
+		select {
+		case err := <-done:
+			t.Fatalf("%s: committed (%v) although nobody flushed and the batch is not full", what, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	for _, id := range []string{"a", "b"} { // the second batch needs a Flush of its own
+		done := put(id)
+		notDone(id, done)
+		s.Flush()
+		waitDone(id+" after Flush", done)
+	}
+	var full []chan error
+	for i := range 4 {
+		full = append(full, put(fmt.Sprint("full-", i)))
+	}
+	for i, done := range full {
+		waitDone(fmt.Sprint("full-", i, " (a full batch)"), done)
+	}
+	last := put("at-close")
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	waitDone("at-close", last)
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestUpdate: f sees what Get would (records queued before it included, expired ones as
 // Unknown), its choice is written or not, and done reports the prior entry after the commit.
 func TestUpdate(t *testing.T) {

@@ -47,30 +47,55 @@ func (s *Store) run() {
 	}
 }
 
-// fill adds queued requests to batch without blocking, up to MaxBatch.
-// linger waits up to Options.Linger for more records to join a batch that is not full: a
-// commit costs two fdatasyncs plus one page write per touched leaf whatever its size, so
-// fewer, larger commits cost much less CPU and disk at high rates. The first record waits
-// at most Linger longer.
+// linger waits for more records to join a batch that is not full: a commit costs two
+// fdatasyncs plus one page write per touched leaf whatever its size, so fewer, larger
+// commits cost much less CPU and disk. It waits up to Options.MaxLinger from the batch's
+// first record, or only up to Options.Linger once Flush was called (a caller waits), or
+// until MaxBatch records are waiting. It sleeps meanwhile rather than taking each record
+// as it is queued, so a record queued during the wait wakes nobody (a Put that fills the
+// queue to MaxBatch nudges the writer through Flush).
 func (s *Store) linger(batch []request) []request {
-	if s.opts.Linger <= 0 || len(batch) >= s.opts.MaxBatch {
+	wait := max(s.opts.Linger, s.opts.MaxLinger)
+	if wait <= 0 || len(batch) >= s.opts.MaxBatch {
 		return batch
 	}
-	t := time.NewTimer(s.opts.Linger)
+	began := time.Now()
+	t := time.NewTimer(wait)
 	defer t.Stop()
-	for len(batch) < s.opts.MaxBatch {
+	flushed := false
+	for {
 		select {
-		case r := <-s.queue:
-			batch = s.fill(append(batch, r))
+		case <-s.flush:
+			if len(batch)+len(s.queue) >= s.opts.MaxBatch {
+				return s.fill(batch)
+			}
+			if !flushed {
+				flushed = true
+				left := s.opts.Linger - time.Since(began)
+				if left <= 0 {
+					return s.fill(batch)
+				}
+				t.Reset(left)
+			}
 		case <-t.C:
-			return batch
+			return s.fill(batch)
 		case <-s.stop:
-			return batch
+			return s.fill(batch)
 		}
 	}
-	return batch
 }
 
+// Flush asks the writer to commit what is queued without lingering past Options.Linger:
+// call it before blocking on a record's done callback. It never blocks. A Flush that finds
+// the writer committing applies to its next batch.
+func (s *Store) Flush() {
+	select {
+	case s.flush <- struct{}{}:
+	default:
+	}
+}
+
+// fill adds queued requests to batch without blocking, up to MaxBatch.
 func (s *Store) fill(batch []request) []request {
 	for len(batch) < s.opts.MaxBatch {
 		select {

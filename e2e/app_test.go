@@ -28,6 +28,12 @@ type push struct {
 	// From names the pusher: the app URL's "from" query parameter (a fleet replica) and the
 	// connection's remote address, for reports on duplicates.
 	From string
+	// ConnAt is when the push's connection was accepted, Done when the app finished the
+	// push: with the kill times they tell a push its killed sender had on the wire.
+	ConnAt, Done time.Time
+	// Orphan: the sidecar that sent this push was killed (kill -9) before the app finished
+	// it (set by the fleet runner, see markOrphans).
+	Orphan bool
 }
 
 // appMode is what the app does with a push.
@@ -69,6 +75,7 @@ type recApp struct {
 	delivered  int            // IDs with at least one 2xx
 	inflight   map[string]int
 	concurrent []string                 // IDs pushed while a push of the same ID was being answered
+	connAt     map[string]time.Time     // remote address → when its current connection was accepted
 	hold       map[string]chan struct{} // first push of these IDs waits until the channel is closed
 	abort      map[string]bool          // first push of these IDs is read, then the connection closed unanswered
 	reached    []threshold              // closed when delivered reaches n
@@ -84,7 +91,7 @@ func newRecApp(t testing.TB, failPerK int, delay time.Duration) *recApp {
 	t.Helper()
 	a := &recApp{
 		t: t, failPerK: failPerK, delay: delay,
-		seen: map[string]int{}, ok: map[string]int{}, inflight: map[string]int{}, hold: map[string]chan struct{}{}, abort: map[string]bool{},
+		seen: map[string]int{}, ok: map[string]int{}, inflight: map[string]int{}, connAt: map[string]time.Time{}, hold: map[string]chan struct{}{}, abort: map[string]bool{},
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -112,7 +119,13 @@ func (a *recApp) url() string { return "http://" + a.addr + "/push" }
 
 // serve starts an HTTP server on ln. Caller holds no lock.
 func (a *recApp) serve(ln net.Listener) {
-	srv := &http.Server{Handler: a, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: a, ReadHeaderTimeout: 10 * time.Second, ConnState: func(c net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			a.mu.Lock()
+			a.connAt[c.RemoteAddr().String()] = time.Now()
+			a.mu.Unlock()
+		}
+	}}
 	a.mu.Lock()
 	a.srv = srv
 	a.mu.Unlock()
@@ -152,6 +165,7 @@ func (a *recApp) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		At: time.Now(), From: r.URL.Query().Get("from") + "@" + r.RemoteAddr,
 	}
 	a.mu.Lock()
+	p.ConnAt = a.connAt[r.RemoteAddr]
 	p.Seq = len(a.pushes)
 	a.pushes = append(a.pushes, p)
 	if a.inflight[id] > 0 {
@@ -187,6 +201,7 @@ func (a *recApp) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		status = 0
 	}
 	a.pushes[p.Seq].Status = status
+	a.pushes[p.Seq].Done = time.Now()
 	a.inflight[id]--
 	if status >= 200 && status < 300 {
 		if a.ok[id] == 0 {

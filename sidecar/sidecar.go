@@ -42,6 +42,12 @@ import (
 // so a sub-millisecond wait costs no throughput and saves most commits.
 const storeLinger = time.Millisecond
 
+// storeMaxLinger is how long a dedup group commit may wait for more records while nobody
+// waits for it (the gate flushes when a lane waits for its mark, or no push is on the
+// wire): with a slow app, marks are written well ahead of their push and completions only
+// hold back the next broker commit, so commits may be few and large.
+const storeMaxLinger = 10 * time.Millisecond
+
 // Sidecar is one composed instance. Create it with New, then call Run once.
 type Sidecar struct {
 	cfg     config.Config
@@ -124,7 +130,7 @@ func (s *Sidecar) openStore() (store, error) {
 		return st, nil
 	}
 	st, err := dedup.Open(cfg.Dedup.Path, dedup.Options{
-		TTL: cfg.Dedup.TTL, MaxEntries: cfg.Dedup.MaxEntries, Logger: s.log, Linger: storeLinger,
+		TTL: cfg.Dedup.TTL, MaxEntries: cfg.Dedup.MaxEntries, Logger: s.log, Linger: storeLinger, MaxLinger: storeMaxLinger,
 		OnCommit: func(_ int, took time.Duration, entries int64) {
 			s.Metrics.DedupCommit.Observe(took.Seconds())
 			s.Metrics.DedupEntries.Set(float64(entries))

@@ -42,6 +42,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -171,6 +172,8 @@ type Source struct {
 	// pause and resume collect partitions whose fetching must be paused (by buffer) or
 	// resumed (by next) at the client, outside mu.
 	pause, resume map[string][]int32
+	// lastLag is the lag reportLag published last.
+	lastLag map[string]int64
 
 	// laneFull (LaneLimiter) holds back partitions the gate has enough of; wake unblocks
 	// a Read waiting for one of them.
@@ -723,12 +726,15 @@ func (s *Source) inflight(which map[string][]int32) int {
 // mark in the metadata. It reports whether nothing failed.
 func (s *Source) commit(ctx context.Context, only map[string][]int32) bool {
 	s.mu.Lock()
-	offsets := map[string]map[int32]kgo.EpochOffset{}
-	marks := map[topicPartition]int64{}
+	var offsets map[string]map[int32]kgo.EpochOffset
+	var marks map[topicPartition]int64
 	var committed []*partState
 	for tp, ps := range s.parts {
 		if !(ps.dirty || ps.reserving) || (only != nil && !slices.Contains(only[tp.topic], tp.partition)) {
 			continue
+		}
+		if offsets == nil { // most ticks of an idle or held consumer commit nothing
+			offsets, marks = map[string]map[int32]kgo.EpochOffset{}, map[topicPartition]int64{}
 		}
 		at := ps.commit
 		if at.Offset < 0 {
@@ -870,6 +876,13 @@ func (s *Source) reportLag() {
 			lag[tp.topic] += 0
 		}
 	}
+	if maps.Equal(lag, s.lastLag) {
+		// Not published again: SetConsumerLag collects the gauge's series, and reportLag
+		// runs on every commit tick.
+		s.mu.Unlock()
+		return
+	}
+	s.lastLag = lag
 	// Published under mu, so a report taken before a revoke cannot land after the
 	// revoke's own report and bring the dropped topic back.
 	s.ev.SetConsumerLag(lag)

@@ -162,10 +162,16 @@
 // the broker refuses the reservation group or the ACL does not allow it (logged as an error
 // once, reservations and handover marks are then off); when the broker loses consumer
 // offsets (it flushes them to disk every 5 s, flushConsumerOffsetInterval, so a broker
-// crash can take back a reservation together with the offsets); and while two members hand
-// out one queue at the same time because one of them has not yet seen a rebalance (the
-// reservation is read before it is raised, and a higher one found there flags from then on,
-// but what both handed out before is not). Orderly mode uses the same reservations.
+// crash can take back a reservation together with the offsets). Two members can hand out one
+// queue at the same time, because each rebalances from its own view of the group: a member
+// that takes over a queue whose reservation was not released raises the reservation at once
+// and flags (and holds back, like the inherited part) its whole first window, and an owner
+// reads the reservation again every 250 ms while it hands out messages and flags everything
+// of the queue once another member's reservation shows there; each reservation carries a
+// per-process offset (1-63) so that two members raising it from the same point write
+// different values. What the earlier owner handed out unflagged before it noticed reaches
+// the app before the taker's flagged copies, which wait for the release or 3 s. Orderly
+// mode uses the same reservations.
 //
 // # Client state that is global to the process
 //

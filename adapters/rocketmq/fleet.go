@@ -37,6 +37,9 @@ const (
 	inheritHold = 3 * time.Second
 	// releaseWait bounds how long a revoked queue's release waits for its pushes on the wire.
 	releaseWait = 30 * time.Second
+	// contendEvery is how often an owner handing out messages of a queue reads the
+	// reservation again to see whether another member took the queue over meanwhile.
+	contendEvery = 250 * time.Millisecond
 )
 
 // closedFence is the Fenced channel of a message whose queue is no longer allocated to this
@@ -63,6 +66,12 @@ type queueState struct {
 	mu        sync.Mutex
 	inherited int64 // -1 until read; offsets below it may have been pushed by an earlier owner
 	reserved  int64 // offsets below it may be pushed by this source (confirmed by the broker)
+	// seen is the reservation as this source last read or wrote it, checked when
+	// contendEvery has passed since checked; contended is set once another member
+	// reserved the queue too: from then on every message of it is flagged.
+	seen      int64
+	checked   time.Time
+	contended bool
 }
 
 // allocate is the client's allocation strategy (the client's default, AllocateByAveragely),
@@ -326,8 +335,35 @@ func (s *Source) reserve(st *queueState, m *primitive.MessageExt) (redelivered b
 		if err != nil {
 			return false, err
 		}
-		st.inherited, st.reserved = decodeMark(h), decodeMark(h)
+		st.inherited, st.reserved, st.seen = decodeMark(h), decodeMark(h), decodeMark(h)
+		st.checked = time.Now()
 		s.watchInheritance(st, addr, h)
+		if h > 0 && h&releasedMark == 0 && decodeMark(h) > 0 {
+			// Taken over from an owner that did not release it: killed, or still handing
+			// out its window in its own view of the group (members rebalance each on its
+			// own). Announce the takeover at once — that owner reads the reservation every
+			// contendEvery and flags what it still pushes — and flag our whole first
+			// window, held back like the inherited part (see admit).
+			want := max(off, st.reserved) + reserveStep + s.salt
+			if err := s.commitReservation(addr, st, want); err != nil {
+				st.inherited = -1
+				return false, err
+			}
+			st.inherited, st.reserved, st.seen = want, want, want
+		}
+	} else if !st.contended && time.Since(st.checked) >= contendEvery {
+		h, err := queryOffset(addr, s.hwmGroup, st.mq, s.creds)
+		if err != nil {
+			return false, err
+		}
+		st.checked = time.Now()
+		// A release mark of an earlier owner that keeps the highest reservation changes
+		// nothing; any other change is another member's reservation.
+		if cur := decodeMark(h); cur > st.seen || (cur != st.seen && h&markBits == 0) {
+			s.log.Warn("rocketmq: another consumer took this queue over; what this one still hands out of it is flagged redelivered",
+				"queue", mqString(st.mq), "ours", st.seen, "theirs", cur)
+			st.contended = true
+		}
 	}
 	if off >= st.reserved {
 		// Read before write: a reservation above ours means another member handed out
@@ -342,14 +378,15 @@ func (s *Source) reserve(st *queueState, m *primitive.MessageExt) (redelivered b
 				"queue", mqString(st.mq), "ours", st.reserved, "theirs", cur)
 			st.inherited = max(st.inherited, cur)
 			st.reserved = cur
+			st.contended = true
 		}
-		want := max(off, st.reserved) + reserveStep
+		want := max(off, st.reserved) + reserveStep + s.salt
 		if err := s.commitReservation(addr, st, want); err != nil {
 			return false, err
 		}
-		st.reserved = want
+		st.reserved, st.seen = want, want
 	}
-	return off < st.inherited, nil
+	return st.contended || off < st.inherited, nil
 }
 
 // commitReservation saves want as the reservation group's offset of st's queue; the first

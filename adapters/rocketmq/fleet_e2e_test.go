@@ -172,3 +172,58 @@ func TestFleetFenceAndFlag(t *testing.T) {
 	closeSource(t, a)
 	closeSource(t, b)
 }
+
+// TestReservationTakeover: two members that both believe they own one queue (each
+// rebalances from its own view of the group) must both flag what they hand out once the
+// second took it over: the taker flags its whole first window, and the first owner, which
+// reads the reservation every contendEvery, flags what it still hands out. Before, the first
+// owner went on pushing its window unflagged while the taker pushed the same messages
+// flagged, so the app could get the flagged copy first and the unflagged one after it.
+func TestReservationTakeover(t *testing.T) {
+	topic := fmt.Sprintf("e2e-takeover-%d", time.Now().UnixNano())
+	createTopic(t, topic, 1)
+	cfg := sourceConfig(t, topic, "concurrent", "topic")
+	a := newSource(cfg, "", options{log: testLogger(t)})
+	b := newSource(cfg, "", options{log: testLogger(t)})
+	a.salt, b.salt = 1, 2
+	mq := primitive.MessageQueue{Topic: topic, BrokerName: "broker-a", QueueId: 0}
+	state := func() *queueState {
+		return &queueState{mq: mq, fence: make(chan struct{}), dropped: make(chan struct{}), inherited: -1,
+			main: true, acquired: time.Now(), inheritDone: make(chan struct{})}
+	}
+	reserve := func(s *Source, st *queueState, off int64) bool {
+		t.Helper()
+		red, err := s.reserve(st, &primitive.MessageExt{Message: primitive.Message{Topic: topic, Queue: &mq}, QueueOffset: off})
+		if err != nil {
+			t.Fatalf("reserve offset %d: %v", off, err)
+		}
+		return red
+	}
+
+	sa := state()
+	for off := range int64(10) {
+		if reserve(a, sa, off) {
+			t.Fatalf("the only owner flagged offset %d", off)
+		}
+	}
+	sb := state()
+	if !reserve(b, sb, 5) {
+		t.Error("taking over a queue its owner did not release: offset 5 (inside the owner's window) not flagged")
+	}
+	if !reserve(b, sb, reserveStep+10) {
+		t.Errorf("taking over a queue its owner did not release: offset %d (the taker's first window) not flagged", reserveStep+10)
+	}
+	time.Sleep(contendEvery + 100*time.Millisecond)
+	if !reserve(a, sa, 10) {
+		t.Error("the first owner went on handing out its window unflagged after another member took the queue over")
+	}
+
+	// A queue released by its owner is taken over without flags beyond what was reserved.
+	a.release(sa, false)
+	sc := state()
+	c := newSource(cfg, "", options{log: testLogger(t)})
+	c.salt = 3
+	if reserve(c, sc, 3*reserveStep+10) {
+		t.Error("a queue released by its owner: a message beyond every reservation was flagged")
+	}
+}

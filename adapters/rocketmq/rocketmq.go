@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -157,6 +158,7 @@ type Source struct {
 	alloc      map[string]map[primitive.MessageQueue]*queueState
 	addrs      map[string]string // broker name → master address (brokerAddr)
 	hwmGroup   string
+	salt       int64                                   // added to each reservation, see newSource
 	group      string                                  // the consumer group as the broker knows it (with the namespace)
 	memOffsets func() map[primitive.MessageQueue]int64 // the client's offsets in memory; nil in unit tests
 	hwmOff     atomic.Bool                             // the broker refused the reservation group
@@ -411,6 +413,9 @@ func newSource(cfg Settings, deadLetterTarget string, o options) *Source {
 		addrs:    make(map[string]string),
 		hwmGroup: cfg.Group + hwmGroupSuffix,
 		group:    cfg.Group,
+		// Two members that reserve a queue at once from the same offset write different
+		// values, so each can tell the other's reservation from its own.
+		salt: 1 + rand.Int64N(reserveStep-1),
 	}
 	if cfg.Namespace != "" {
 		// The client prefixes group names with the namespace; the raw requests must too.
