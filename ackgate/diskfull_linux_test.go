@@ -25,6 +25,7 @@ func TestFullDiskPausesTheGate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
+	go func() { _ = st.Run(t.Context()) }() // the deferred Close ends it
 	filler := testfs.Fill(t, dir)
 
 	_, url := newApp(t, nil)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/mqsidecar/mqsidecar/adapters"
 	"github.com/mqsidecar/mqsidecar/dedup"
+	"github.com/mqsidecar/mqsidecar/internal/lifecycle/lifecycletest"
 	"github.com/mqsidecar/mqsidecar/metrics"
 )
 
@@ -63,8 +64,9 @@ func (s *fakeSource) DeadLetter(_ context.Context, d *adapters.Delivery, f adapt
 	return nil
 }
 
-func (s *fakeSource) Ready() error                { return nil }
-func (s *fakeSource) Close(context.Context) error { return nil }
+func (s *fakeSource) Run(ctx context.Context) error { <-ctx.Done(); return nil }
+func (s *fakeSource) Ready() error                  { return nil }
+func (s *fakeSource) Close(context.Context) error   { return nil }
 
 // send queues a delivery; lane "" means unordered.
 func (s *fakeSource) send(id, lane, key string) *adapters.Delivery {
@@ -169,6 +171,7 @@ func openStore(t *testing.T) *dedup.Store {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
+	lifecycletest.Start(t, st.Run)
 	return st
 }
 
@@ -366,6 +369,7 @@ func TestLingeringStoreIsFlushedWhenWaitedFor(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
+	lifecycletest.Start(t, st.Run)
 	src := &limitedSource{fakeSource: newFakeSource(), wake: make(chan struct{}, 1), maxSeen: map[string]int{}, inflight: map[string]int{}}
 	o := opts(url)
 	o.MaxInflight, o.LaneLookahead = 8, 4

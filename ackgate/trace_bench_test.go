@@ -87,8 +87,9 @@ func (s *benchSource) Read(ctx context.Context) (*adapters.Delivery, error) {
 func (s *benchSource) DeadLetter(context.Context, *adapters.Delivery, adapters.Failure) error {
 	return adapters.ErrNoDeadLetter
 }
-func (s *benchSource) Ready() error                { return nil }
-func (s *benchSource) Close(context.Context) error { return nil }
+func (s *benchSource) Run(ctx context.Context) error { <-ctx.Done(); return nil }
+func (s *benchSource) Ready() error                  { return nil }
+func (s *benchSource) Close(context.Context) error   { return nil }
 
 var benchRuns atomic.Int64
 

@@ -10,11 +10,21 @@
 // only translates. An adapter never acknowledges a message to its broker unless Settle(nil)
 // was called for it.
 //
-// Lifecycle: the ack gate calls Read in a loop until it decides to stop (its context is
+// Lifecycle (one style for every long-lived part, see internal/lifecycle): an adapter's
+// New validates and builds, contacts no broker and starts no goroutine of its own. Run(ctx)
+// is the adapter's loop — connecting and reconnecting, periodic commits, health checks — on
+// the caller's goroutine; the wiring (package sidecar) runs it under the sidecar's errgroup.
+// Run returns nil once Close was called, or once ctx is done: cancelling ctx closes the
+// source as Close does (bounded by CloseWait). It returns an error only when the adapter
+// cannot go on, and runs at most once. Read, DeadLetter and Ready keep their meaning
+// before and while Run runs; an adapter may hand out nothing until Run runs.
+//
+// Shutdown: the ack gate calls Read in a loop until it decides to stop (its context is
 // cancelled). It then stops calling Read, waits for in-flight deliveries to settle (bounded
-// by the shutdown timeout), and calls Close, which flushes pending acknowledgements and
-// releases the connection. Deliveries handed out but never settled are not acknowledged, so
-// the broker redelivers them later.
+// by the shutdown timeout), and the wiring calls Close, which flushes pending
+// acknowledgements, releases the connection and ends Run; only then is Run's context
+// cancelled. Deliveries handed out but never settled are not acknowledged, so the broker
+// redelivers them later.
 package adapters
 
 import (
@@ -156,6 +166,11 @@ type Failure struct {
 
 // Source is what an adapter implements.
 type Source interface {
+	// Run is the adapter's loop (package doc, Lifecycle): it returns nil once Close was
+	// called or ctx is done (which closes the source), an error only when the adapter
+	// cannot go on. It runs at most once; a second call returns an error.
+	Run(ctx context.Context) error
+
 	// Read blocks until the next delivery is available, ctx is done (returns ctx.Err()), or
 	// the source is closed (returns ErrClosed). Connection loss is handled inside the
 	// adapter (re-dial with backoff); Read keeps blocking meanwhile and Ready reports the
@@ -172,11 +187,14 @@ type Source interface {
 	// error describing why not. It must not block for long (cache the answer).
 	Ready() error
 
-	// Close stops consumption, acknowledges what was settled as done, and releases the
-	// connection. Deliveries not settled by then are not acknowledged. Close blocks until
-	// done or ctx ends; it is safe to call more than once.
+	// Close stops consumption, acknowledges what was settled as done, releases the
+	// connection and ends Run. Deliveries not settled by then are not acknowledged. Close
+	// blocks until done or ctx ends; it is safe to call more than once, and before Run.
 	Close(ctx context.Context) error
 }
+
+// CloseWait bounds the Close that an adapter starts when its Run's context ends.
+const CloseWait = 15 * time.Second
 
 // FailureHeaders returns the headers every adapter attaches to a dead-letter copy: the
 // original coordinates and the last failure. Adapters add broker-specific ones beside them.

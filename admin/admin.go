@@ -3,8 +3,10 @@
 // store open, so the Kubernetes injector's default startup probe means "started"), /readyz
 // (readiness: every check passes — broker connected, app healthy, not shutting down; the
 // body also carries details such as the broker durability verdict, see SetDetails) and
-// /metrics (Prometheus). It binds in Start, so a bad or busy listen address is reported
-// before anything connects to a broker.
+// /metrics (Prometheus). It binds in Listen, so a bad or busy listen address is reported
+// before anything connects to a broker, and serves in Run (the lifecycle of
+// internal/lifecycle: New and Listen start no goroutine; Run serves until its context
+// ends, then shuts the server down, letting active requests finish for up to 2 s).
 package admin
 
 import (
@@ -19,6 +21,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/mqsidecar/mqsidecar/internal/lifecycle"
 )
 
 // Check reports nil when its part of the sidecar is ready, else why not.
@@ -30,6 +34,7 @@ type Server struct {
 	ln      net.Listener
 	log     *slog.Logger
 	details atomic.Pointer[func() string]
+	loop    lifecycle.Loop
 }
 
 // SetDetails adds the line details returns to every /readyz answer, ready or not (the
@@ -65,27 +70,45 @@ func New(listen string, reg *prometheus.Registry, ready Check, log *slog.Logger)
 	return s
 }
 
-// Start binds the listener and serves in the background.
-func (s *Server) Start() error {
+// Listen binds the listener; Run serves on it.
+func (s *Server) Listen() error {
 	ln, err := net.Listen("tcp", s.srv.Addr)
 	if err != nil {
 		return fmt.Errorf("admin: listen %s: %w", s.srv.Addr, err)
 	}
 	s.ln = ln
-	go func() {
-		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.log.Error("admin server stopped", "error", err)
-		}
-	}()
 	s.log.Info("admin endpoints listening", "addr", ln.Addr().String())
 	return nil
 }
 
+// Run serves (binding first when Listen was not called) until ctx ends, then shuts the
+// server down, waiting up to shutdownWait for active requests. A server that stops on
+// its own is logged, as before; Run then returns nil and the sidecar goes on without it.
+func (s *Server) Run(ctx context.Context) error {
+	if s.ln == nil {
+		if err := s.Listen(); err != nil {
+			return err
+		}
+	}
+	return s.loop.Run(ctx, s.shutdown, func() error {
+		if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("admin server stopped", "error", err)
+		}
+		return nil
+	})
+}
+
+// shutdownWait bounds how long Run's end waits for active requests.
+const shutdownWait = 2 * time.Second
+
+func (s *Server) shutdown() {
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownWait)
+	defer cancel()
+	_ = s.srv.Shutdown(ctx)
+}
+
 // Addr is the bound address (useful with port 0).
 func (s *Server) Addr() string { return s.ln.Addr().String() }
-
-// Shutdown stops the server, waiting for active requests until ctx ends.
-func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }
 
 // All combines checks: the first failing one is reported.
 func All(checks ...Check) Check {

@@ -1,7 +1,6 @@
 package admin
 
 import (
-	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -10,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mqsidecar/mqsidecar/internal/lifecycle/lifecycletest"
 )
 
 // /readyz carries the details line in both answers, and readiness does not depend on it.
@@ -21,10 +22,10 @@ func TestReadyzDetails(t *testing.T) {
 		}
 		return nil
 	}, slog.New(slog.DiscardHandler))
-	if err := s.Start(); err != nil {
+	if err := s.Listen(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = s.Shutdown(context.Background()) }()
+	lifecycletest.Start(t, s.Run)
 	get := func() (int, string) {
 		t.Helper()
 		resp, err := http.Get("http://" + s.Addr() + "/readyz")

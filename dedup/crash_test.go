@@ -4,6 +4,7 @@ package dedup
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -32,6 +33,7 @@ func TestCrashChild(t *testing.T) {
 		fmt.Fprintln(os.Stderr, "child open:", err)
 		os.Exit(3)
 	}
+	go func() { _ = s.Run(context.Background()) }() // killed -9, never stopped
 	var (
 		acked atomic.Int64
 		outMu sync.Mutex

@@ -66,9 +66,14 @@
 // second sidecar on the same file fails fast with ErrLocked instead of hanging. A file that
 // is not a bbolt file, or is a bbolt file written by another program or another schema
 // version, fails with ErrCorrupt; Open never modifies such a file.
+//
+// Lifecycle (internal/lifecycle): Open starts no goroutine. Run runs the writer until ctx
+// is done or Close; Close commits what was queued (itself, when Run never ran), stops the
+// writer and closes the file.
 package dedup
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -81,6 +86,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/mqsidecar/mqsidecar/internal/lifecycle"
 )
 
 // Errors returned by the store. Callers classify with errors.Is; the returned errors wrap
@@ -236,7 +243,7 @@ type Store struct {
 	closed     atomic.Bool
 	inPut      atomic.Int64
 	stop       chan struct{}
-	writerDone chan struct{}
+	writerLoop lifecycle.Loop // the writer: Run
 	closeOnce  sync.Once
 	closeErr   error
 	// paused is set while commits wait for disk space (see commitWith); nil otherwise.
@@ -296,16 +303,15 @@ func Open(path string, opts Options) (*Store, error) {
 		opts.Now = time.Now
 	}
 	s := &Store{
-		path:       path,
-		ttl:        opts.TTL,
-		width:      max(opts.TTL/8, time.Second),
-		opts:       opts,
-		log:        opts.Logger.With(slog.String("component", "dedup"), slog.String("path", path)),
-		now:        opts.Now,
-		queue:      make(chan request, 4*opts.MaxBatch),
-		flush:      make(chan struct{}, 1),
-		stop:       make(chan struct{}),
-		writerDone: make(chan struct{}),
+		path:  path,
+		ttl:   opts.TTL,
+		width: max(opts.TTL/8, time.Second),
+		opts:  opts,
+		log:   opts.Logger.With(slog.String("component", "dedup"), slog.String("path", path)),
+		now:   opts.Now,
+		queue: make(chan request, 4*opts.MaxBatch),
+		flush: make(chan struct{}, 1),
+		stop:  make(chan struct{}),
 	}
 	if opts.MaxEntries > 0 {
 		s.sliceCap = max(opts.MaxEntries/8, 1)
@@ -336,8 +342,14 @@ func Open(path string, opts Options) (*Store, error) {
 		slog.Int64("file_bytes", s.st.fileBytes.Load()),
 		slog.Duration("took", time.Since(began)))
 	s.judgeHistory()
-	go s.run()
 	return s, nil
+}
+
+// Run runs the writer — group commits, expiry and eviction of slices, the rate check —
+// until ctx is done or Close; Puts are committed only while it runs. Cancelling ctx
+// closes the store as Close does. Run returns nil; it runs at most once.
+func (s *Store) Run(ctx context.Context) error {
+	return s.writerLoop.Run(ctx, func() { _ = s.Close() }, func() error { s.run(); return nil })
 }
 
 // openBolt opens the bbolt file, translating lock timeouts and damaged files to our
@@ -508,7 +520,7 @@ func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
 		close(s.stop)
-		<-s.writerDone
+		s.writerLoop.Stop(s.run) // without Run, the queue is committed here
 		if err := s.db.Close(); err != nil {
 			s.closeErr = fmt.Errorf("dedup: close %s: %w", s.path, err)
 		}

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/mqsidecar/mqsidecar/internal/lifecycle/lifecycletest"
 )
 
 // fakeClock is an injectable clock for TTL tests.
@@ -54,6 +56,7 @@ func openT(t testing.TB, path string, opts Options) *Store {
 		t.Fatalf("Open: %v", err)
 	}
 	t.Cleanup(func() { _ = s.Close() })
+	lifecycletest.Start(t, s.Run)
 	return s
 }
 

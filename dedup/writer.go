@@ -13,7 +13,6 @@ import (
 
 // run is the writer goroutine: it owns s.slices and is the only caller of db.Update.
 func (s *Store) run() {
-	defer close(s.writerDone)
 	// A file reopened after a long pause (or with a smaller TTL or MaxEntries) may hold
 	// slices that are due now.
 	if s.needsHousekeeping(s.now().UnixNano()) {

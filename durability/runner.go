@@ -37,13 +37,14 @@ func NewRunner(check func(context.Context) (Report, error), interval time.Durati
 	return &Runner{check: check, interval: interval, log: log, gauge: gauge, verdicts: map[[2]string]adapters.Verdict{}}
 }
 
-// Run checks at once, then every interval, until ctx ends. A check that fails (broker
-// unreachable) is retried after min(interval, 30 s) so the verdict is known soon after the
-// broker is.
-func (r *Runner) Run(ctx context.Context) { r.loop(ctx, true) }
+// Run checks at once, then every interval, until ctx ends (the lifecycle of
+// internal/lifecycle; NewRunner starts nothing). A check that fails (broker unreachable)
+// is retried after min(interval, 30 s) so the verdict is known soon after the broker is.
+// It returns nil: a failed check is a verdict, not an end.
+func (r *Runner) Run(ctx context.Context) error { r.loop(ctx, true); return nil }
 
 // Continue is Run after a check that just completed (Require): it waits an interval first.
-func (r *Runner) Continue(ctx context.Context) { r.loop(ctx, false) }
+func (r *Runner) Continue(ctx context.Context) error { r.loop(ctx, false); return nil }
 
 func (r *Runner) loop(ctx context.Context, now bool) {
 	for {

@@ -135,6 +135,7 @@ func TestSharedRedisStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
+	go func() { _ = st.Run(t.Context()) }() // the deferred Close ends it
 	for i := range n {
 		if e, err := st.Get("order-" + strconv.Itoa(i)); err != nil || e.State != dedup.Completed {
 			t.Fatalf("order-%d in Redis: %+v %v", i, e, err)

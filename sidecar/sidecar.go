@@ -3,9 +3,17 @@
 // them down in reverse. It is what `mqsidecar run` and `mqsidecar demo` both execute, so the
 // demo exercises exactly the production path.
 //
+// Lifecycle (internal/lifecycle): New opens the store and binds the admin listener, and
+// starts no goroutine. Run composes every long-lived part under one errgroup: the admin
+// server, the store's writer, the durability checks, the app's health checks, the adapter's
+// loop, and the consuming sequence (durability.require, the app's first health answer, the
+// gate). Each part's Run returns nil when the group's context ends; an error of one starts
+// the shutdown below, and Run returns the first error.
+//
 // Shutdown (G5 in docs/guarantees.md): when ctx is cancelled, readiness turns false at once; the sidecar keeps
 // consuming for drain_delay (so Kubernetes endpoints update), then the gate stops reading and
-// drains within shutdown_timeout; the adapter commits what completed; the store is closed.
+// drains within shutdown_timeout; the adapter commits what completed; the store is closed;
+// only then does the group's context end, which stops the admin server and the rest.
 package sidecar
 
 import (
@@ -27,6 +35,8 @@ import (
 	"github.com/mqsidecar/mqsidecar/durability"
 	"github.com/mqsidecar/mqsidecar/metrics"
 	"github.com/mqsidecar/mqsidecar/tracing"
+
+	"golang.org/x/sync/errgroup"
 )
 
 // storeLinger lets dedup group commits fill up: the gate keeps the fsync off the push path,
@@ -59,11 +69,13 @@ type Sidecar struct {
 	durable *durability.Runner
 }
 
-// store is what the sidecar needs of a dedup store: the gate's interface and Close.
+// store is what the sidecar needs of a dedup store: the gate's interface, Run (the
+// writer) and Close.
 // *dedup.Store (bbolt) and *redisstore.Store implement it; a store that also has
 // Ready() error takes part in /readyz (Redis: unreachable; bbolt: paused on a full disk).
 type store interface {
 	ackgate.Store
+	Run(ctx context.Context) error
 	Close() error
 }
 
@@ -74,8 +86,8 @@ var (
 )
 
 // New opens the dedup store and binds the admin listener, so that a locked store or a busy
-// port fails before any broker is contacted. A shared store (Redis) connects in the
-// background: Redis unreachable, not durable or refusing the credentials at start pauses
+// port fails before any broker is contacted; it starts no goroutine. A shared store
+// (Redis) connects once Run runs: Redis unreachable, not durable or refusing the credentials at start pauses
 // consumption and shows in /readyz, as an outage later does; it is not an exit.
 func New(cfg config.Config, log *slog.Logger) (*Sidecar, error) {
 	s := &Sidecar{cfg: cfg, log: log, Metrics: metrics.New()}
@@ -93,7 +105,7 @@ func New(cfg config.Config, log *slog.Logger) (*Sidecar, error) {
 	if cfg.Admin.Listen != "" {
 		s.admin = admin.New(cfg.Admin.Listen, s.Metrics.Registry, s.ready, log)
 		s.admin.SetDetails(s.durable.Details)
-		if err := s.admin.Start(); err != nil {
+		if err := s.admin.Listen(); err != nil {
 			s.closeStore()
 			return nil, err
 		}
@@ -168,7 +180,40 @@ func (s *Sidecar) ready() error {
 // durability.require, Run first waits for their verdict and returns an error wrapping
 // durability.ErrAtRisk, having consumed nothing, when it is not ok.
 func (s *Sidecar) Run(ctx context.Context) error {
-	defer s.closeAll()
+	// The parts run until the drain has closed them in order (life); stop is the signal, or
+	// the failure of a part, and starts the drain.
+	life, endLife := context.WithCancel(context.Background())
+	defer endLife()
+	stop, fail := context.WithCancel(ctx)
+	defer fail()
+	var g errgroup.Group
+	run := func(ctx context.Context, part func(context.Context) error) {
+		g.Go(func() error {
+			err := part(ctx)
+			if err != nil {
+				fail()
+			}
+			return err
+		})
+	}
+	if s.admin != nil {
+		run(life, s.admin.Run)
+	}
+	if s.store != nil {
+		run(life, s.store.Run)
+	}
+	run(stop, func(stop context.Context) error {
+		defer endLife() // last: everything is closed by now
+		defer s.closeStore()
+		defer fail() // the parts that run until stop end with it
+		return s.consume(stop, life, run)
+	})
+	return g.Wait()
+}
+
+// consume is Run's sequence: the durability verdict, the app's health, the source and the
+// gate, then the drain. run adds a part to Run's group.
+func (s *Sidecar) consume(ctx, life context.Context, run func(context.Context, func(context.Context) error)) error {
 	appTLS, err := s.cfg.App.TLS.ClientConfig()
 	if err != nil {
 		return err
@@ -188,28 +233,31 @@ func (s *Sidecar) Run(ctx context.Context) error {
 			}
 			return err
 		}
-		go s.durable.Continue(ctx)
+		run(ctx, s.durable.Continue)
 	} else {
-		go s.durable.Run(ctx)
+		run(ctx, s.durable.Run)
 	}
-	appCtx, stopHealth := context.WithCancel(context.Background())
-	defer stopHealth()
-	if err := s.watchApp(ctx, appCtx); err != nil {
+	watch, err := s.waitApp(ctx)
+	if err != nil {
 		return nil // ctx ended while waiting for the app: nothing was consumed
+	}
+	if watch != nil {
+		run(life, watch)
 	}
 	src, err := newSource(s.cfg, s.log, s.Metrics)
 	if err != nil {
 		return err
 	}
 	s.src.Store(&src)
+	run(life, src.Run)
 
 	gateCtx, stopGate := context.WithCancel(context.Background())
 	defer stopGate()
-	go func() {
+	run(life, func(context.Context) error {
 		select {
 		case <-ctx.Done():
 		case <-gateCtx.Done():
-			return
+			return nil
 		}
 		s.draining.Store(true)
 		s.log.Info("shutdown requested; readiness is now false", "drain_delay", s.cfg.DrainDelay, "shutdown_timeout", s.cfg.ShutdownTimeout)
@@ -220,8 +268,8 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		case <-gateCtx.Done():
 		}
 		stopGate()
-	}()
-
+		return nil
+	})
 	d := s.cfg.Delivery
 	_, gateBytes := d.BufferShares()
 	gate := ackgate.New(src, s.gateStore(), ackgate.Options{
@@ -272,15 +320,15 @@ func (s *Sidecar) gateStore() ackgate.Store {
 	return s.store
 }
 
-// watchApp waits until the app's health URL answers 2xx (when configured), then keeps
-// checking it for readiness in the background until appCtx ends. It returns ctx's error if
-// ctx ends first.
-func (s *Sidecar) watchApp(ctx, appCtx context.Context) error {
+// waitApp waits until the app's health URL answers 2xx (when configured) and returns the
+// part that keeps checking it for readiness until its context ends (nil without a health
+// URL). It returns ctx's error if ctx ends first.
+func (s *Sidecar) waitApp(ctx context.Context) (watch func(context.Context) error, err error) {
 	if s.cfg.App.HealthURL == "" {
 		var ok error
 		s.appOK.Store(&ok)
 		s.appState.health(s.Metrics, true)
-		return nil
+		return nil, nil
 	}
 	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: s.appTLS, Proxy: http.ProxyFromEnvironment}}
 	check := func(ctx context.Context) error {
@@ -313,7 +361,7 @@ func (s *Sidecar) watchApp(ctx, appCtx context.Context) error {
 	for delay := 100 * time.Millisecond; ; delay = min(delay*2, 2*time.Second) {
 		err := check(ctx)
 		if ctx.Err() != nil {
-			return ctx.Err() // stopped while the check ran: its failure is no news
+			return nil, ctx.Err() // stopped while the check ran: its failure is no news
 		}
 		update(err)
 		if err == nil {
@@ -321,25 +369,24 @@ func (s *Sidecar) watchApp(ctx, appCtx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return nil, ctx.Err()
 		case <-time.After(delay):
 		}
 	}
-	go func() {
+	return func(appCtx context.Context) error {
 		t := time.NewTicker(5 * time.Second)
 		defer t.Stop()
 		for {
 			select {
 			case <-appCtx.Done():
-				return
+				return nil
 			case <-t.C:
 				if err := check(appCtx); appCtx.Err() == nil {
 					update(err)
 				}
 			}
 		}
-	}()
-	return nil
+	}, nil
 }
 
 func (s *Sidecar) closeStore() {
@@ -347,14 +394,5 @@ func (s *Sidecar) closeStore() {
 		if err := s.store.Close(); err != nil {
 			s.log.Error("closing the dedup store", "error", err)
 		}
-	}
-}
-
-func (s *Sidecar) closeAll() {
-	s.closeStore()
-	if s.admin != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = s.admin.Shutdown(ctx)
 	}
 }

@@ -41,6 +41,14 @@
 //   - order (Features.Ordered): deliveries of one Lane arrive in produce order.
 //   - settle-twice: only the first Settle counts (nil then ErrNotDone stays acknowledged,
 //     ErrNotDone then nil is redelivered).
+//   - run-cancel: the lifecycle of package adapters. Ending Run's context closes the
+//     source: Run returns nil within Features.CloseTimeout, Read answers ErrClosed, Ready
+//     an error, what was settled done before stays acknowledged and what was settled not
+//     done is redelivered; a second Run fails
+//     at once.
+//
+// The suite starts every source it opens through Run (NewSource must not), and checks in
+// every case that Run returns nil once Close returned.
 //
 // Cases hold at most Features.MaxUnsettled deliveries unsettled at once (a RabbitMQ source
 // with prefetch 1 hands out nothing more until one is settled). A broker may redeliver a
@@ -121,7 +129,7 @@ type Harness struct {
 	// It should register cleanup with t.Cleanup. Called once per case.
 	Setup func(t *testing.T, dest string) (deadLetter string)
 	// NewSource opens a source consuming dest, with the given dead-letter target ("" = none).
-	// The suite closes it; the harness may also close it in t.Cleanup (Close is idempotent).
+	// It does not call Run: the suite runs the source itself. The suite closes it; the harness may also close it in t.Cleanup (Close is idempotent).
 	// Sources opened one after another on the same dest form one consumer group, so the
 	// second sees what the first did not acknowledge.
 	NewSource func(t *testing.T, dest, deadLetter string) adapters.Source
@@ -166,6 +174,7 @@ func Run(t *testing.T, h Harness) {
 		{"unclean-stop", s.uncleanStop},
 		{"order", s.order},
 		{"settle-twice", s.settleTwice},
+		{"run-cancel", s.runCancel},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -184,6 +193,13 @@ type tcase struct {
 	t          *testing.T
 	dest       string
 	deadLetter string
+	runs       map[adapters.Source]*run
+}
+
+// run is one source's Run: cancel ends its context, ended receives what it returned.
+type run struct {
+	cancel context.CancelFunc
+	ended  chan error
 }
 
 // destName returns a unique destination name valid for every supported broker.
@@ -242,12 +258,39 @@ func (c *tcase) open() adapters.Source {
 func (c *tcase) openDL(deadLetter string) adapters.Source {
 	c.t.Helper()
 	src := c.s.h.NewSource(c.t, c.dest, deadLetter)
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &run{cancel: cancel, ended: make(chan error, 1)}
+	go func() { r.ended <- src.Run(ctx) }()
+	if c.runs == nil {
+		c.runs = map[adapters.Source]*run{}
+	}
+	c.runs[src] = r
 	c.t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), c.s.h.Features.CloseTimeout)
 		defer cancel()
 		_ = src.Close(ctx)
+		r.cancel()
+		c.runEnded(src)
 	})
 	return src
+}
+
+// runEnded fails the test unless src's Run returns nil within Features.CloseTimeout (it
+// returns at once after the first call).
+func (c *tcase) runEnded(src adapters.Source) {
+	c.t.Helper()
+	r := c.runs[src]
+	select {
+	case err, ok := <-r.ended:
+		if ok && err != nil {
+			c.t.Errorf("%s: Run returned %v, want nil", c.s.h.Name, err)
+		}
+		if ok {
+			close(r.ended)
+		}
+	case <-time.After(c.s.h.Features.CloseTimeout):
+		c.t.Errorf("%s: Run did not return within %v", c.s.h.Name, c.s.h.Features.CloseTimeout)
+	}
 }
 
 func (c *tcase) close(src adapters.Source) {
@@ -261,6 +304,7 @@ func (c *tcase) close(src adapters.Source) {
 	if d := time.Since(start); d > c.s.h.Features.CloseTimeout {
 		c.t.Fatalf("%s: Close took %v, more than %v", c.s.h.Name, d, c.s.h.Features.CloseTimeout)
 	}
+	c.runEnded(src)
 }
 
 // read reads one delivery, failing the test after Features.Timeout.
@@ -733,6 +777,41 @@ func (s *suite) settleTwice(t *testing.T, c *tcase) {
 		t.Fatalf("%s: Settled() = %v, %v after Settle", s.h.Name, a.Settled(), b.Settled())
 	}
 	c.close(src)
+
+	src2 := c.open()
+	c.expectOnly(src2, []string{b.ID}, []string{a.ID})
+	c.close(src2)
+}
+
+// run-cancel: ending Run's context closes the source.
+func (s *suite) runCancel(t *testing.T, c *tcase) {
+	ms := c.msgs("runcancel", 2, "k1")
+	s.h.Produce(t, c.dest, ms...)
+	src := c.open()
+	// As in settle-twice: the first read is done, the second not, so that prefix-committing
+	// brokers acknowledge exactly the first.
+	a := c.read(src)
+	a.Settle(nil)
+	b := c.read(src)
+	b.Settle(adapters.ErrNotDone)
+	c.runs[src].cancel()
+	c.runEnded(src)
+	again := make(chan error, 1)
+	go func() { again <- src.Run(context.Background()) }()
+	select {
+	case err := <-again:
+		if err == nil {
+			t.Errorf("%s: a second Run returned nil, want an error", s.h.Name)
+		}
+	case <-time.After(c.s.h.Features.CloseTimeout):
+		t.Fatalf("%s: a second Run did not return", s.h.Name)
+	}
+	if _, err := src.Read(context.Background()); !errors.Is(err, adapters.ErrClosed) {
+		t.Errorf("%s: Read after Run's context ended = %v, want ErrClosed", s.h.Name, err)
+	}
+	if err := src.Ready(); err == nil {
+		t.Errorf("%s: Ready after Run's context ended = nil, want an error", s.h.Name)
+	}
 
 	src2 := c.open()
 	c.expectOnly(src2, []string{b.ID}, []string{a.ID})

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/mqsidecar/mqsidecar/adapters"
+	"github.com/mqsidecar/mqsidecar/internal/lifecycle"
 )
 
 // TestSuiteOnMemoryBroker runs the suite against a tiny in-memory queue broker with
@@ -82,6 +83,12 @@ type memSource struct {
 	closed    chan struct{}
 	closeOnce sync.Once
 	gone      bool // disconnected: settlements no longer reach the broker
+	life      lifecycle.Loop
+}
+
+// Run has no loop to run: it waits for Close, and closes the source when ctx ends.
+func (s *memSource) Run(ctx context.Context) error {
+	return s.life.Run(ctx, func() { _ = s.Close(context.Background()) }, func() error { <-s.closed; return nil })
 }
 
 func (s *memSource) Read(ctx context.Context) (*adapters.Delivery, error) {

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/mqsidecar/mqsidecar/internal/lifecycle/lifecycletest"
 )
 
 // The buffer ahead of the gate is bounded in bytes: with 128 KiB records, a 2 MiB budget
@@ -43,6 +45,7 @@ func TestBufferBoundedInBytes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close(context.Background())
+	lifecycletest.Start(t, s.Run)
 	var mu sync.Mutex
 	out := map[string]int{} // lane → handed out, never settled: one per lane fills it
 	s.LimitLanes(func(lane string) bool {

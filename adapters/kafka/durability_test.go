@@ -11,6 +11,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/mqsidecar/mqsidecar/adapters"
+	"github.com/mqsidecar/mqsidecar/internal/lifecycle/lifecycletest"
 )
 
 // byKey indexes checks by check name and target.
@@ -121,6 +122,7 @@ func TestSourceProducesAsChecked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lifecycletest.Start(t, s.Run)
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -56,6 +56,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/mqsidecar/mqsidecar/adapters"
+	"github.com/mqsidecar/mqsidecar/internal/lifecycle"
 	"github.com/mqsidecar/mqsidecar/internal/settings"
 )
 
@@ -216,13 +217,15 @@ type Source struct {
 	fetchErr  atomic.Bool  // a fetch error was logged and not yet followed by success
 	polls     atomic.Int64 // pollUntilWake calls (tests: no busy loop while lanes are held)
 	stop      chan struct{}
-	loopDone  chan struct{}
+	life      lifecycle.Loop // Run: commits, pings, lag
 	closeOnce sync.Once
 	closeErr  error
 }
 
-// New creates the consumer. It does not wait for the brokers: a broker that is down at
-// start is retried by the client while Ready reports the problem.
+// New creates the consumer; Run commits and checks the brokers. It does not wait for the
+// brokers: a broker that is down at start is retried by the client while Ready reports the
+// problem. The adapter starts no goroutine of its own before Run (franz-go's client keeps
+// its own from here on, until Close).
 func New(cfg Settings, deadLetterTopic string, opts ...Option) (*Source, error) {
 	var ck settings.Checker
 	if cfg.Check(&ck, deadLetterTopic); len(ck.Problems) > 0 {
@@ -231,8 +234,8 @@ func New(cfg Settings, deadLetterTopic string, opts ...Option) (*Source, error) 
 	s := &Source{
 		cfg: cfg, dlq: deadLetterTopic, log: slog.Default(),
 		parts: map[topicPartition]*partState{},
-		stop:  make(chan struct{}), loopDone: make(chan struct{}),
-		wake: make(chan struct{}, 1), kick: make(chan struct{}, 1),
+		stop:  make(chan struct{}),
+		wake:  make(chan struct{}, 1), kick: make(chan struct{}, 1),
 	}
 	for _, o := range opts {
 		o(s)
@@ -301,8 +304,15 @@ func New(cfg Settings, deadLetterTopic string, opts ...Option) (*Source, error) 
 		return nil, fmt.Errorf("kafka: create client: %w", err)
 	}
 	s.cl = cl
-	go s.loop()
 	return s, nil
+}
+
+// Run commits the completed prefixes every commit_interval and when Read needs a higher
+// reserved mark, pings the brokers every 5 s (Ready) and reports the consumer lag, until
+// Close; cancelling ctx closes the source (Close, within adapters.CloseWait). It returns nil; it
+// runs at most once.
+func (s *Source) Run(ctx context.Context) error {
+	return s.life.Run(ctx, lifecycle.CloseWithin(adapters.CloseWait, s.Close), func() error { s.loop(); return nil })
 }
 
 // Read implements adapters.Source.
@@ -849,7 +859,6 @@ func (s *Source) commit(ctx context.Context, only map[string][]int32) bool {
 
 // loop commits on an interval, refreshes readiness and lag until Close.
 func (s *Source) loop() {
-	defer close(s.loopDone)
 	commitT := time.NewTicker(s.cfg.CommitInterval)
 	defer commitT.Stop()
 	pingT := time.NewTicker(5 * time.Second)
@@ -958,7 +967,7 @@ func (s *Source) Close(ctx context.Context) error {
 		err = nil
 		s.closing.Store(true)
 		close(s.stop)
-		<-s.loopDone
+		s.life.Stop(nil)
 		s.commit(ctx, nil)
 		// Leaving waits for a rebalance in progress to complete (other members revoking,
 		// a join of this one), which can outlast any shutdown budget. Everything completed
@@ -994,7 +1003,7 @@ func (s *Source) kill() {
 	s.closing.Store(true)
 	s.closeOnce.Do(func() {
 		close(s.stop)
-		<-s.loopDone
+		s.life.Stop(nil)
 		s.cl.CloseAllowingRebalance()
 		closed := fmt.Errorf("kafka: %w", adapters.ErrClosed)
 		s.ready.Store(&closed)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/mqsidecar/mqsidecar/adapters"
 	"github.com/mqsidecar/mqsidecar/adapters/adaptertest"
+	"github.com/mqsidecar/mqsidecar/internal/lifecycle/lifecycletest"
 	"github.com/mqsidecar/mqsidecar/metrics"
 )
 
@@ -154,6 +155,7 @@ func TestCommitsOnlyTheContiguousPrefix(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lifecycletest.Start(t, s.Run)
 	defer s.Close(context.Background())
 	ds := readN(t, s, 10)
 	for _, i := range []int{0, 1, 2, 4, 5, 6} { // 3 is still in flight
@@ -188,6 +190,7 @@ func TestRevokedPartitionsAreFenced(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lifecycletest.Start(t, a.Run)
 	defer a.Close(context.Background())
 	held := readN(t, a, 10) // a owns both partitions and holds every record unsettled
 
@@ -195,6 +198,7 @@ func TestRevokedPartitionsAreFenced(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lifecycletest.Start(t, b.Run)
 	defer b.Close(context.Background())
 	// b joining revokes one partition from a: a waits revokeWait for its in-flight records,
 	// then gives the partition up; b must then receive that partition's records again.
@@ -259,6 +263,7 @@ func TestHighWaterMarkIsReservedBeforeHandingOut(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lifecycletest.Start(t, s.Run)
 	defer s.Close(context.Background())
 	read := 0
 	for _, upTo := range []int{1, reserveStep / 2, reserveStep, 2 * reserveStep} {
@@ -287,6 +292,7 @@ func TestNewOwnerFlagsUpToTheMarkAfterKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lifecycletest.Start(t, a.Run)
 	for _, d := range readN(t, a, 30)[:10] {
 		d.Settle(nil)
 	}
@@ -300,6 +306,7 @@ func TestNewOwnerFlagsUpToTheMarkAfterKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lifecycletest.Start(t, b.Run)
 	defer b.Close(context.Background())
 	for _, d := range readN(t, b, 2*reserveStep-10) {
 		if want := d.Offset < mark; d.Redelivered != want {
@@ -321,6 +328,7 @@ func TestStaticMembershipRejoinsQuickly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lifecycletest.Start(t, a.Run)
 	for _, d := range readN(t, a, 3) {
 		d.Settle(nil)
 	}
@@ -332,6 +340,7 @@ func TestStaticMembershipRejoinsQuickly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lifecycletest.Start(t, b.Run)
 	defer b.Close(context.Background())
 	readN(t, b, 3) // the three not settled before
 	if d := time.Since(start); d > 20*time.Second {
@@ -349,6 +358,7 @@ func TestLaneLimitHoldsBackAPartition(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lifecycletest.Start(t, s.Run)
 	defer s.Close(context.Background())
 	var held atomic.Bool
 	held.Store(true)
@@ -408,6 +418,7 @@ func TestHeldPartitionsDoNotStarveOthers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lifecycletest.Start(t, s.Run)
 	defer s.Close(context.Background())
 	var mu sync.Mutex
 	out := map[string]int{} // lane → handed out, never settled: the lane stays full
@@ -459,6 +470,7 @@ func TestCloseWhileJoiningARebalancingGroup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lifecycletest.Start(t, a.Run)
 	defer a.Close(context.Background())
 	readN(t, a, 20)   // a owns every partition, its records unsettled: a revoke waits for them
 	keepReading(t, a) // so that it takes part in the rebalance
@@ -467,6 +479,7 @@ func TestCloseWhileJoiningARebalancingGroup(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		lifecycletest.Start(t, b.Run)
 		rctx, rcancel := context.WithCancel(context.Background())
 		readDone := make(chan struct{})
 		go func() { // as the gate does: Read until cancelled
@@ -503,6 +516,7 @@ func TestCloseDoesNotWaitOutAStuckRebalance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lifecycletest.Start(t, a.Run)
 	defer a.kill()
 	readN(t, a, 10)
 	// Poll without allowing the rebalance that b's join starts: a stalls it.
@@ -513,6 +527,7 @@ func TestCloseDoesNotWaitOutAStuckRebalance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lifecycletest.Start(t, b.Run)
 	time.Sleep(time.Second) // b is joining, the rebalance is stuck behind a
 	start := time.Now()
 	cctx, ccancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -567,6 +582,7 @@ func TestLagOfLostTopicIsNotKept(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lifecycletest.Start(t, a.Run)
 	defer a.Close(context.Background())
 	held := readN(t, a, 10) // a owns both topics' partitions and holds every record: lag 5 each
 	waitFor(t, "a's lag of both topics", func() bool {
@@ -578,6 +594,7 @@ func TestLagOfLostTopicIsNotKept(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lifecycletest.Start(t, b.Run)
 	defer b.Close(context.Background())
 	keepReading(t, a)     // so that it takes part in the rebalance
 	got := readN(t, b, 5) // b holds the moved topic's records: its lag there is 5
@@ -627,6 +644,7 @@ func TestHeldLanesDoNotBusyLoop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lifecycletest.Start(t, s.Run)
 	defer s.Close(context.Background())
 	var full atomic.Bool
 	s.LimitLanes(func(string) bool { return full.Load() })

@@ -102,7 +102,7 @@
 //
 // # Connection recovery
 //
-// One goroutine owns the connection: it dials (with the URL's credentials, TLS when the
+// Run's goroutine owns the connection: it dials (with the URL's credentials, TLS when the
 // scheme is amqps), opens a channel, sets basic.qos, checks the queue and consumes. When the
 // connection or channel closes, or the broker cancels the consumer (queue deleted, node
 // failover), it logs once, reports the cause through Ready, and re-dials with exponential
@@ -119,8 +119,10 @@
 //
 // # Lifecycle
 //
-// New validates the configuration and starts connecting in the background; it never blocks
-// on the network. Close cancels the consumer, flushes queued acknowledgements (bounded by
+// New validates the configuration; it never blocks on the network and starts no goroutine.
+// Run connects and keeps the connection (above) until Close, or until its context ends,
+// which closes the source (package adapters). Close cancels the consumer, flushes queued acknowledgements (bounded by
 // its ctx), closes channel and connections; unsettled deliveries return to the queue. Close
-// is idempotent (later calls return adapters.ErrClosed) and leaves no goroutine behind.
+// is idempotent (later calls return adapters.ErrClosed), ends Run and leaves no goroutine
+// behind.
 package rabbitmq

@@ -21,6 +21,7 @@ import (
 
 	"github.com/mqsidecar/mqsidecar/adapters"
 	"github.com/mqsidecar/mqsidecar/adapters/adaptertest"
+	"github.com/mqsidecar/mqsidecar/internal/lifecycle/lifecycletest"
 	"github.com/mqsidecar/mqsidecar/internal/settings"
 )
 
@@ -267,6 +268,7 @@ type srcOpts struct {
 	mode       string
 	messageID  string
 	deadLetter string
+	noRun      bool // the caller runs it (the conformance suite)
 }
 
 type testSource struct {
@@ -304,6 +306,9 @@ func open(t *testing.T, queue string, o srcOpts) *testSource {
 		t.Fatalf("New: %v", err)
 	}
 	ts.Source = s
+	if !o.noRun {
+		lifecycletest.Start(t, s.Run) // after the Close below
+	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

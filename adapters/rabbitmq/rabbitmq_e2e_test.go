@@ -48,7 +48,7 @@ func TestConformance(t *testing.T) {
 					return a.dlx(dest + ".dlq")
 				},
 				NewSource: func(t *testing.T, dest, deadLetter string) adapters.Source {
-					ts := open(t, dest, srcOpts{prefetch: v.prefetch, deadLetter: deadLetter})
+					ts := open(t, dest, srcOpts{prefetch: v.prefetch, deadLetter: deadLetter, noRun: true})
 					mu.Lock()
 					sources[ts.Source] = ts
 					mu.Unlock()

@@ -15,6 +15,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/mqsidecar/mqsidecar/adapters"
+	"github.com/mqsidecar/mqsidecar/internal/lifecycle/lifecycletest"
 	"github.com/mqsidecar/mqsidecar/internal/settings"
 )
 
@@ -165,6 +166,7 @@ func TestSourceAndLane(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lifecycletest.Start(t, s.Run)
 	defer s.Close(context.Background())
 	if s.source != "rabbitmq://%2F/orders" || s.lane != "" {
 		t.Errorf("source %q lane %q", s.source, s.lane)
@@ -175,6 +177,7 @@ func TestSourceAndLane(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lifecycletest.Start(t, s2.Run)
 	defer s2.Close(context.Background())
 	if s2.source != "rabbitmq://prod/orders" || s2.lane != s2.source {
 		t.Errorf("source %q lane %q", s2.source, s2.lane)
@@ -214,6 +217,7 @@ func TestConversion(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lifecycletest.Start(t, s.Run)
 	defer s.Close(context.Background())
 	d := s.newDelivery(&session{s: s, accepting: false}, m)
 	if d.ID != "m-1" || string(d.Payload) != `{"x":1}` || d.ContentType != "application/json" || d.Source != "rabbitmq://%2F/orders" {
@@ -273,6 +277,7 @@ func TestMessageID(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lifecycletest.Start(t, s.Run)
 	defer s.Close(context.Background())
 
 	if id := s.messageID(&amqp.Delivery{MessageId: "prop", Headers: amqp.Table{"message-id": "hdr"}}); id != "hdr" {
@@ -298,6 +303,7 @@ func TestMessageID(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lifecycletest.Start(t, s2.Run)
 	defer s2.Close(context.Background())
 	if id := s2.messageID(&amqp.Delivery{MessageId: "prop"}); id != "prop" {
 		t.Errorf("property id = %q", id)
@@ -322,6 +328,7 @@ func TestUnreachable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lifecycletest.Start(t, s.Run)
 	eventually(t, 5*time.Second, "Ready reports the dial failure", func() bool {
 		err := s.Ready()
 		return err != nil && strings.Contains(err.Error(), "connect to "+addr)
@@ -381,6 +388,7 @@ func TestCloseDuringHandshake(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lifecycletest.Start(t, s.Run)
 	var peer net.Conn
 	select {
 	case peer = <-accepted:
@@ -405,6 +413,7 @@ func TestDeadLetterWithoutTarget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lifecycletest.Start(t, s.Run)
 	defer s.Close(context.Background())
 	if err := s.DeadLetter(context.Background(), &adapters.Delivery{ID: "x"}, adapters.Failure{}); !errors.Is(err, adapters.ErrNoDeadLetter) {
 		t.Fatalf("DeadLetter = %v, want ErrNoDeadLetter", err)
@@ -413,6 +422,7 @@ func TestDeadLetterWithoutTarget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lifecycletest.Start(t, s2.Run)
 	defer s2.Close(context.Background())
 	if err := s2.DeadLetter(context.Background(), &adapters.Delivery{ID: "x"}, adapters.Failure{}); err == nil ||
 		!strings.Contains(err.Error(), "not an unsettled delivery") {

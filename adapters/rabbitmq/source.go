@@ -19,6 +19,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/mqsidecar/mqsidecar/adapters"
+	"github.com/mqsidecar/mqsidecar/internal/lifecycle"
 	"github.com/mqsidecar/mqsidecar/internal/settings"
 )
 
@@ -167,8 +168,8 @@ type Source struct {
 	closeOnce sync.Once
 	runCtx    context.Context // cancelled by Close: aborts dials in progress
 	runCancel context.CancelFunc
-	runDone   chan struct{} // closed when the connection loop returned
-	killed    atomic.Bool   // tests: abandoned without Close, as by kill -9
+	runLoop   lifecycle.Loop // the connection loop: Run
+	killed    atomic.Bool    // tests: abandoned without Close, as by kill -9
 
 	ready   atomic.Pointer[readyState]
 	readyMu sync.Mutex // serializes setReady
@@ -184,8 +185,8 @@ type Source struct {
 
 type readyState struct{ err error }
 
-// New checks cfg (Settings.Check) and returns a Source that connects in the background; it does not
-// touch the network. deadLetterTarget is delivery.dead_letter.target: "" for none, else
+// New checks cfg (Settings.Check) and returns a Source that connects once Run runs; it does not
+// touch the network and starts no goroutine. deadLetterTarget is delivery.dead_letter.target: "" for none, else
 // "exchange[/routing-key]" (used in dead_letter_mode "publish" only).
 func New(cfg Settings, deadLetterTarget string, opts ...Option) (*Source, error) {
 	var ck settings.Checker
@@ -227,7 +228,6 @@ func New(cfg Settings, deadLetterTarget string, opts ...Option) (*Source, error)
 		dialer:     o.dialer,
 		out:        make(chan *adapters.Delivery),
 		closing:    make(chan struct{}),
-		runDone:    make(chan struct{}),
 	}
 	// Check refused a URL whose user info net/url would split in the wrong place
 	// ("amqp://u:#pw@host/" reads as host "u"), which would dial the wrong host and put the
@@ -264,8 +264,14 @@ func New(cfg Settings, deadLetterTarget string, opts ...Option) (*Source, error)
 	s.pub = &publisher{s: s, sem: make(chan struct{}, 1)}
 	s.ready.Store(&readyState{err: fmt.Errorf("rabbitmq: connecting to %s", s.addr)})
 	s.runCtx, s.runCancel = context.WithCancel(context.Background())
-	go s.run()
 	return s, nil
+}
+
+// Run is the connection loop: it connects, consumes, and reconnects with backoff after a
+// connection loss, until Close; cancelling ctx closes the source (Close, within
+// adapters.CloseWait). It returns nil; it runs at most once.
+func (s *Source) Run(ctx context.Context) error {
+	return s.runLoop.Run(ctx, lifecycle.CloseWithin(adapters.CloseWait, s.Close), func() error { s.run(); return nil })
 }
 
 // urlEncodeHint says how to write reserved characters in the credentials of the URL.
@@ -352,10 +358,8 @@ func (s *Source) Close(ctx context.Context) error {
 	s.setReady(adapters.ErrClosed)
 
 	var errs []error
-	select {
-	case <-s.runDone:
-	case <-ctx.Done():
-		errs = append(errs, fmt.Errorf("rabbitmq: close: waiting for the connection loop: %w", ctx.Err()))
+	if err := s.runLoop.StopWithin(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("rabbitmq: close: waiting for the connection loop: %w", err))
 	}
 	s.mu.Lock()
 	sess := s.cur
@@ -444,7 +448,6 @@ func (l *downLog) reset() { *l = downLog{} }
 
 // run is the connection loop: connect, consume until the session dies, back off, repeat.
 func (s *Source) run() {
-	defer close(s.runDone)
 	bo := backoff{min: s.backoffMin, max: s.backoffMax}
 	var dl downLog
 	for !s.stopping() {

@@ -3,14 +3,15 @@
 //
 // # Starting
 //
-// New fails only on a configuration error. The client's Start fails at once when it finds no
+// New fails only on a configuration error, and contacts nothing; Run starts the consumer
+// and the dead-letter producer (the lifecycle of package adapters). The client's Start fails at once when it finds no
 // route for the topic, whether no name server answers or one answers without a route, so
 // the adapter asks the name servers for the route itself (probe.go) and starts the consumer
 // only once one answers with it; until then Ready reports which it is ("rocketmq: name
 // server 127.0.0.1:9876 unreachable: ..." or "rocketmq: topic "t" does not exist: name
 // server ... answers but has no route for it ...", errors.Is ErrNameServerUnreachable or
-// ErrTopicNotExist), and a goroutine retries, 1 s doubling to 30 s, until the consumer
-// starts or Close. Both are retried: a topic may be created later. Probing first also keeps
+// ErrTopicNotExist), and Run retries, 1 s doubling to 30 s, until the consumer
+// starts, Close or the end of Run's context. Both are retried: a topic may be created later. Probing first also keeps
 // failed attempts from piling up the client's statistics goroutines (see the client
 // limitations below). A broker that is down while the name server still routes the topic
 // does not hold the start back: the client retries its pulls and Ready reports the broker.

@@ -41,6 +41,7 @@ import (
 
 	"github.com/mqsidecar/mqsidecar/adapters"
 	"github.com/mqsidecar/mqsidecar/adapters/adaptertest"
+	"github.com/mqsidecar/mqsidecar/internal/lifecycle/lifecycletest"
 )
 
 // env returns the name server and broker addresses, skipping (or failing under CI).
@@ -246,6 +247,7 @@ func open(t *testing.T, cfg Settings, dl string) *Source {
 		defer cancel()
 		_ = s.Close(ctx)
 	})
+	lifecycletest.Start(t, s.Run)
 	return s
 }
 
@@ -500,6 +502,7 @@ func TestRestartNoGoroutineLeak(t *testing.T) {
 		if err != nil {
 			t.Fatalf("New #%d: %v", i, err)
 		}
+		lifecycletest.Start(t, s.Run) // Close ends it
 		m := msgs(fmt.Sprintf("leak%d", i), 1, "")
 		produce(t, p, topic, m...)
 		d := read(t, s, 30*time.Second)

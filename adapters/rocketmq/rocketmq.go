@@ -17,6 +17,7 @@ import (
 	"github.com/apache/rocketmq-client-go/v2/producer"
 
 	"github.com/mqsidecar/mqsidecar/adapters"
+	"github.com/mqsidecar/mqsidecar/internal/lifecycle"
 	"github.com/mqsidecar/mqsidecar/internal/settings"
 )
 
@@ -147,19 +148,18 @@ type Source struct {
 	consumer pushConsumer // nil until the consumer started (guarded by startMu until then)
 	producer rmq.Producer // nil unless dead_letter_mode topic with a target
 
-	// Starting (see New): newConsumer builds a subscribed, unstarted consumer; startMu
-	// orders a start attempt against Close; startDone is closed when the goroutine that
-	// retries the start exits (nil when New started the consumer itself).
-	newConsumer func() (pushConsumer, func() map[primitive.MessageQueue]int64, error)
-	startMu     sync.Mutex
-	startDone   chan struct{}
+	// Starting (see Run): newConsumer builds a subscribed, unstarted consumer; startMu
+	// orders a start attempt (and the producer's start) against Close; loop is Run.
+	newConsumer     func() (pushConsumer, func() map[primitive.MessageQueue]int64, error)
+	startMu         sync.Mutex
+	loop            lifecycle.Loop
+	producerStarted bool // guarded by startMu
 
 	out      chan *adapters.Delivery // unbuffered: a callback hands a delivery to Read
 	closing  chan struct{}           // closed when Close (or kill) starts
 	released chan struct{}           // closed after the consumer's Shutdown
 	closed   atomic.Bool
-	stopHC   chan struct{} // stops the health goroutine
-	hcDone   chan struct{}
+	stopHC   chan struct{} // stops the health checks (Run)
 
 	// lastRetry is when a callback last returned RECONSUME_LATER (UnixNano), see Close.
 	lastRetry atomic.Int64
@@ -197,11 +197,11 @@ type inflight struct {
 	st     *queueState // its queue (fleet.go); nil when allocations are unknown
 }
 
-// New creates and starts the push consumer (and the dead-letter producer when configured).
-// It fails only on a configuration error: when no name server answers, or none has a route
-// for the topic (it does not exist yet), New returns the Source with Ready reporting which
-// of the two it is, and retries the start in the background (1 s doubling to 30 s) until it
-// succeeds or Close. deadLetterTarget is delivery.dead_letter.target ("" = none).
+// New creates the push consumer (and the dead-letter producer when configured); Run starts
+// them. It fails only on a configuration error and starts no goroutine: when no name server
+// answers, or none has a route for the topic (it does not exist yet), Run reports which of
+// the two it is in Ready and retries the start (1 s doubling to 30 s) until it succeeds,
+// Close or ctx's end. deadLetterTarget is delivery.dead_letter.target ("" = none).
 func New(cfg Settings, deadLetterTarget string, opts ...Option) (*Source, error) {
 	o := options{log: slog.Default(), maxInflight: defaultMaxInflight}
 	for _, opt := range opts {
@@ -285,22 +285,63 @@ func New(cfg Settings, deadLetterTarget string, opts ...Option) (*Source, error)
 		if err != nil {
 			return nil, fmt.Errorf("rocketmq: new dead-letter producer: %w", err)
 		}
-		// Starting the producer contacts no server; it finds routes on its first send.
-		if err := p.Start(); err != nil {
-			return nil, fmt.Errorf("rocketmq: start dead-letter producer: %w", err)
-		}
-		s.producer = p
-	}
-
-	// A name server that is down, or has no route for the topic yet, does not fail New (the
-	// client would fail Start with "route info not found"): Ready reports why and the start is
-	// retried in the background until it succeeds or Close.
-	if err := s.tryStart(); err != nil {
-		s.notStarted(err, startBackoffMin)
-		s.startDone = make(chan struct{})
-		go s.retryStart()
+		s.producer = p // started by Run
 	}
 	return s, nil
+}
+
+// Run starts the dead-letter producer and the consumer, then checks the broker's health
+// every healthInterval (Ready, consumer lag), until ctx is done or Close. A name server that
+// is down, or has no route for the topic yet, does not fail Run (the client would fail
+// Start with "route info not found"): Ready reports why and the start is retried
+// (startBackoffMin doubling to startBackoffMax). Cancelling ctx closes the source (Close,
+// within adapters.CloseWait). Run fails only when the producer cannot start.
+func (s *Source) Run(ctx context.Context) error {
+	return s.loop.Run(ctx, lifecycle.CloseWithin(adapters.CloseWait, s.Close), func() error { return s.run(ctx) })
+}
+
+func (s *Source) run(ctx context.Context) error {
+	if err := s.startProducer(); err != nil {
+		return err
+	}
+	if err := s.tryStart(); err != nil {
+		s.notStarted(err, startBackoffMin)
+		if !s.retryStart(ctx) {
+			return nil
+		}
+	}
+	s.health(ctx)
+	return nil
+}
+
+// startProducer starts the dead-letter producer, unless Close came first. Starting it
+// contacts no server; it finds routes on its first send.
+func (s *Source) startProducer() error {
+	if s.producer == nil {
+		return nil
+	}
+	s.startMu.Lock()
+	defer s.startMu.Unlock()
+	if s.closed.Load() {
+		return nil
+	}
+	if err := s.producer.Start(); err != nil {
+		return fmt.Errorf("rocketmq: start dead-letter producer: %w", err)
+	}
+	s.producerStarted = true
+	return nil
+}
+
+// shutdownProducer shuts the dead-letter producer down if Run started it.
+func (s *Source) shutdownProducer() error {
+	s.startMu.Lock()
+	started := s.producerStarted
+	s.producerStarted = false
+	s.startMu.Unlock()
+	if !started {
+		return nil
+	}
+	return s.producer.Shutdown()
 }
 
 // tryStart makes one attempt to start the consumer: only once a name server answers with a
@@ -331,7 +372,6 @@ func (s *Source) tryStart() error {
 			s.cfg.Group, s.cfg.Topic, s.cfg.Nameservers, err)
 	}
 	s.setReady(nil)
-	go s.health()
 	s.log.Info("rocketmq consumer started", "topic", s.cfg.Topic, "group", s.cfg.Group, "mode", s.cfg.Mode,
 		"tags", s.cfg.Tags, "nameservers", s.cfg.Nameservers, "instance", s.instance,
 		"dead_letter_mode", s.cfg.DeadLetterMode, "dead_letter_target", s.dlTarget)
@@ -339,21 +379,26 @@ func (s *Source) tryStart() error {
 }
 
 // retryStart retries tryStart with backoff (startBackoffMin doubling to startBackoffMax)
-// until it succeeds or Close; Ready reports the last failure meanwhile.
-func (s *Source) retryStart() {
-	defer close(s.startDone)
+// until it succeeds (true), Close or ctx's end; Ready reports the last failure meanwhile.
+func (s *Source) retryStart(ctx context.Context) bool {
 	delay := startBackoffMin
 	for {
 		t := time.NewTimer(delay)
 		select {
 		case <-s.closing:
 			t.Stop()
-			return
+			return false
+		case <-ctx.Done():
+			t.Stop()
+			return false
 		case <-t.C:
 		}
 		err := s.tryStart()
-		if err == nil || s.closed.Load() {
-			return
+		if err == nil {
+			return true
+		}
+		if s.closed.Load() {
+			return false
 		}
 		delay = min(2*delay, startBackoffMax)
 		s.notStarted(err, delay)
@@ -385,7 +430,6 @@ func newSource(cfg Settings, deadLetterTarget string, o options) *Source {
 		closing:   make(chan struct{}),
 		released:  make(chan struct{}),
 		stopHC:    make(chan struct{}),
-		hcDone:    make(chan struct{}),
 		entered:   true,
 		changed:   make(chan struct{}),
 		pending:   make(map[*adapters.Delivery]*inflight),
@@ -740,14 +784,15 @@ func (s *Source) routeTopic() string {
 }
 
 // health refreshes readiness and consumer lag until Close.
-func (s *Source) health() {
-	defer close(s.hcDone)
+func (s *Source) health(ctx context.Context) {
 	t := time.NewTicker(healthInterval)
 	defer t.Stop()
 	var seen time.Time
 	for {
 		select {
 		case <-s.stopHC:
+			return
+		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
@@ -792,7 +837,7 @@ func (s *Source) Close(ctx context.Context) error {
 	s.consumer.Suspend()
 	close(s.closing)
 	close(s.stopHC)
-	<-s.hcDone
+	s.loop.Stop(nil)
 	s.setReady(closedErr)
 
 	// Every callback that can return (settled, or sent back as not done) does so while the
@@ -842,10 +887,8 @@ func (s *Source) Close(ctx context.Context) error {
 	if err := s.waitCallbacks(ctx, func(active, _ int) bool { return active == 0 }); err != nil {
 		errs = append(errs, fmt.Errorf("rocketmq: close: callbacks still running after shutdown: %w", err))
 	}
-	if s.producer != nil {
-		if err := s.producer.Shutdown(); err != nil {
-			errs = append(errs, fmt.Errorf("rocketmq: close: dead-letter producer shutdown: %w", err))
-		}
+	if err := s.shutdownProducer(); err != nil {
+		errs = append(errs, fmt.Errorf("rocketmq: close: dead-letter producer shutdown: %w", err))
 	}
 	err := errors.Join(errs...)
 	if err != nil {
@@ -861,22 +904,16 @@ func (s *Source) Close(ctx context.Context) error {
 func (s *Source) closeUnstarted(ctx context.Context, closedErr error, start time.Time) error {
 	close(s.closing)
 	var errs []error
-	if s.startDone != nil {
-		select {
-		case <-s.startDone:
-		case <-ctx.Done():
-			errs = append(errs, fmt.Errorf("rocketmq: close: waiting for the start attempt in progress: %w", ctx.Err()))
-		}
+	if err := s.loop.StopWithin(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("rocketmq: close: waiting for the start attempt in progress: %w", err))
 	}
 	s.setReady(closedErr)
 	s.mu.Lock()
 	s.entered = false
 	s.mu.Unlock()
 	close(s.released)
-	if s.producer != nil {
-		if err := s.producer.Shutdown(); err != nil {
-			errs = append(errs, fmt.Errorf("rocketmq: close: dead-letter producer shutdown: %w", err))
-		}
+	if err := s.shutdownProducer(); err != nil {
+		errs = append(errs, fmt.Errorf("rocketmq: close: dead-letter producer shutdown: %w", err))
 	}
 	err := errors.Join(errs...)
 	s.log.Info("rocketmq source closed before its consumer started", "took", time.Since(start), "error", err)
@@ -898,7 +935,7 @@ func (s *Source) kill() {
 		return
 	}
 	close(s.stopHC)
-	<-s.hcDone
+	s.loop.Stop(nil)
 	s.setReady(fmt.Errorf("rocketmq: %w", adapters.ErrClosed))
 	// As in Close: no rebalances triggered by the broker from here on, and in-flight client
 	// requests get a moment, because the client's Shutdown races with them (an
@@ -913,9 +950,7 @@ func (s *Source) kill() {
 	s.mu.Unlock()
 	close(s.closing)
 	close(s.released)
-	if s.producer != nil {
-		_ = s.producer.Shutdown()
-	}
+	_ = s.shutdownProducer()
 }
 
 func isClosed(ch chan struct{}) bool {

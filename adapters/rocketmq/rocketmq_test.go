@@ -164,7 +164,7 @@ func bridgeSource(mode, dlMode string) *Source {
 		"", options{log: slog.Default()})
 	s.consumer = &fakeConsumer{}
 	s.setReady(nil)
-	go s.health()
+	go s.health(context.Background()) // as Run does once the consumer started
 	return s
 }
 

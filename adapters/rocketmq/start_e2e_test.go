@@ -81,7 +81,7 @@ func TestStartNameServerLater(t *testing.T) {
 	cfg.Nameservers = []string{addr}
 	s := open(t, cfg, "")
 	want := "rocketmq: name server " + addr + " unreachable: "
-	if err := s.Ready(); err == nil || !strings.HasPrefix(err.Error(), want) {
+	if err := readyAfterFirstAttempt(t, s); err == nil || !strings.HasPrefix(err.Error(), want) {
 		t.Fatalf("Ready = %v, want it to start with %q", err, want)
 	} else if !errors.Is(err, ErrNameServerUnreachable) {
 		t.Fatalf("Ready = %v, not ErrNameServerUnreachable", err)
@@ -99,7 +99,7 @@ func TestStartTopicLater(t *testing.T) {
 	env(t)
 	topic := fmt.Sprintf("topiclater-%d", time.Now().UnixNano())
 	s := open(t, sourceConfig(t, topic, "concurrent", "topic"), "")
-	err := s.Ready()
+	err := readyAfterFirstAttempt(t, s)
 	if err == nil || !errors.Is(err, ErrTopicNotExist) || errors.Is(err, ErrNameServerUnreachable) ||
 		!strings.Contains(err.Error(), fmt.Sprintf("topic %q does not exist", topic)) {
 		t.Fatalf("Ready = %v, want the topic does not exist", err)

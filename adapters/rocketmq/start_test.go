@@ -26,6 +26,20 @@ func freeAddr(t *testing.T) string {
 	return addr
 }
 
+// readyAfterFirstAttempt returns Ready once Run's first start attempt is over (Ready no
+// longer reports the state New left), failing after 10 s.
+func readyAfterFirstAttempt(t *testing.T, s *Source) error {
+	t.Helper()
+	initial := s.Ready()
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if err := s.Ready(); err == nil || initial == nil || err.Error() != initial.Error() {
+			return err
+		}
+	}
+	t.Fatalf("Ready still %v 10 s after Run started", initial)
+	return nil
+}
+
 // A name server that is down at start: New succeeds, Ready names the unreachable name
 // server, and Close during the start retries returns promptly.
 func TestNewNameServerDown(t *testing.T) {
@@ -36,7 +50,8 @@ func TestNewNameServerDown(t *testing.T) {
 	if err != nil {
 		t.Fatalf("New with the name server down: %v", err)
 	}
-	err = s.Ready()
+	go func() { _ = s.Run(context.Background()) }() // Close ends it
+	err = readyAfterFirstAttempt(t, s)
 	want := "rocketmq: name server " + ns + " unreachable: "
 	if err == nil || !strings.HasPrefix(err.Error(), want) {
 		t.Fatalf("Ready = %v, want it to start with %q", err, want)

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mqsidecar/mqsidecar/internal/lifecycle/lifecycletest"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -43,8 +44,17 @@ func prefix() string {
 	return "mqsidecar:test:" + hex.EncodeToString(b[:]) + ":"
 }
 
-// open opens a store on addr with test defaults; change adjusts the options.
+// open opens a store on addr with test defaults and runs it until the test ends; change
+// adjusts the options.
 func open(t testing.TB, addr, keyPrefix string, change func(*Options)) *Store {
+	t.Helper()
+	s := newStore(t, addr, keyPrefix, change)
+	lifecycletest.Start(t, s.Run)
+	return s
+}
+
+// newStore is open without Run (the conformance suite runs the store itself).
+func newStore(t testing.TB, addr, keyPrefix string, change func(*Options)) *Store {
 	t.Helper()
 	o := Options{Addrs: []string{addr}, KeyPrefix: keyPrefix, TTL: time.Minute, Logger: quiet, Timeout: 2 * time.Second}
 	if change != nil {

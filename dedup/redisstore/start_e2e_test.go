@@ -119,6 +119,7 @@ func TestCloseNeverConnected(t *testing.T) {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
+	go func() { _ = s.Run(t.Context()) }() // trying to connect until Close
 	chs := []<-chan error{markInFlight(s, "c1"), markInFlight(s, "c2")}
 	noDone(t, chs[0], 500*time.Millisecond, s)
 	began := time.Now()

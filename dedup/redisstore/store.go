@@ -63,7 +63,8 @@
 // Lease/3, so the replicas' clocks may disagree by up to about Lease/2 (15 s with the
 // default 30 s) before a live lease looks expired. Keep hosts on NTP.
 //
-// Start: New does not connect; the writer does, so a Redis that is down at start is an
+// Start: New does not connect and starts no goroutine (the lifecycle of
+// internal/lifecycle); Run runs the writer, which connects, so a Redis that is down at start is an
 // outage like any other (below): requests queue and wait, and Ready reports "not connected
 // yet" with the last error until the first connection succeeds. Credentials the server
 // refuses (WRONGPASS, NOAUTH, NOPERM) are treated alike, logged once at error level and
@@ -101,6 +102,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mqsidecar/mqsidecar/dedup"
+	"github.com/mqsidecar/mqsidecar/internal/lifecycle"
 )
 
 // Options configure New.
@@ -160,7 +162,7 @@ type Store struct {
 	stop       chan struct{}
 	stopCtx    context.Context // cancelled by Close: ends retries
 	stopCancel context.CancelFunc
-	writerDone chan struct{}
+	writerLoop lifecycle.Loop // the writer: Run
 	closeOnce  sync.Once
 	closeErr   error
 	noRelease  atomic.Bool // tests: Close like a crash, leases stay
@@ -203,7 +205,7 @@ type request struct {
 	err   error
 }
 
-// New validates opts and starts the writer, which connects to Redis (retrying until it
+// New validates opts; Run starts the writer, which connects to Redis (retrying until it
 // can), checks durability and loads its script (see the package doc). It fails only for
 // invalid options; until the writer is connected, Ready reports why not.
 func New(opts Options) (*Store, error) {
@@ -235,21 +237,26 @@ func New(opts Options) (*Store, error) {
 		opts.Now = time.Now
 	}
 	s := &Store{
-		opts:       opts,
-		owner:      newOwner(),
-		log:        opts.Logger.With(slog.String("component", "dedup"), slog.String("store", "redis")),
-		now:        opts.Now,
-		up:         make(chan struct{}),
-		queue:      make(chan request, 4*opts.MaxBatch),
-		stop:       make(chan struct{}),
-		writerDone: make(chan struct{}),
-		owned:      map[string]ownedRecord{},
+		opts:  opts,
+		owner: newOwner(),
+		log:   opts.Logger.With(slog.String("component", "dedup"), slog.String("store", "redis")),
+		now:   opts.Now,
+		up:    make(chan struct{}),
+		queue: make(chan request, 4*opts.MaxBatch),
+		stop:  make(chan struct{}),
+		owned: map[string]ownedRecord{},
 	}
 	s.stopCtx, s.stopCancel = context.WithCancel(context.Background())
 	s.setNotReady(fmt.Errorf("dedup: redis %s: not connected yet", s.where()))
 	loggerOnce.Do(func() { redis.SetLogger(redisLogger{opts.Logger}) })
-	go s.run()
 	return s, nil
+}
+
+// Run connects and runs the writer — batches, lease renewals, reconnects — until ctx is
+// done or Close; requests are answered only while it runs. Cancelling ctx closes the store
+// as Close does. Run returns nil; it runs at most once.
+func (s *Store) Run(ctx context.Context) error {
+	return s.writerLoop.Run(ctx, func() { _ = s.Close() }, func() error { s.run(); return nil })
 }
 
 var loggerOnce sync.Once
@@ -460,8 +467,8 @@ func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
 		close(s.stop)
-		<-s.writerDone
-		if s.rdb != nil { // nil when never connected
+		s.writerLoop.Stop(s.run) // without Run: what is queued fails with ErrClosed
+		if s.rdb != nil {        // nil when never connected
 			if err := s.rdb.Close(); err != nil {
 				s.closeErr = fmt.Errorf("dedup: redis: close: %w", err)
 			}

@@ -19,7 +19,7 @@ import (
 func TestConformance(t *testing.T) {
 	addr := harnessRedis(t)
 	storetest.Run(t, func(t *testing.T) storetest.Store {
-		return open(t, addr, prefix(), func(o *Options) { o.TTL = storetest.TTL })
+		return newStore(t, addr, prefix(), func(o *Options) { o.TTL = storetest.TTL })
 	})
 }
 
@@ -310,6 +310,7 @@ func TestDurabilityCheck(t *testing.T) {
 		t.Fatalf("New with wait_replicas 1: %v", err)
 	}
 	defer s.Close()
+	go func() { _ = s.Run(t.Context()) }() // the deferred Close ends it
 	// ... but with no replica, nothing is reported durable.
 	done := make(chan error, 1)
 	s.Put("w", dedup.Entry{State: dedup.Completed}, func(err error) { done <- err })

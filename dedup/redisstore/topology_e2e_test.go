@@ -67,7 +67,7 @@ func TestCluster(t *testing.T) {
 	})
 	t.Run("conformance", func(t *testing.T) {
 		storetest.Run(t, func(t *testing.T) storetest.Store {
-			return open(t, a.addr, prefix(), func(o *Options) { o.Addrs = []string{a.addr, b.addr}; o.TTL = storetest.TTL })
+			return newStore(t, a.addr, prefix(), func(o *Options) { o.Addrs = []string{a.addr, b.addr}; o.TTL = storetest.TTL })
 		})
 	})
 	t.Run("leases", func(t *testing.T) {

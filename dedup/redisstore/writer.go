@@ -38,7 +38,6 @@ var errStopping = errors.New("stopping")
 
 // run is the writer goroutine.
 func (s *Store) run() {
-	defer close(s.writerDone)
 	if !s.connectLoop() {
 		s.givenUp = true // closed before it ever connected: what is queued gets ErrClosed
 		s.drain()

@@ -5,9 +5,15 @@
 // wins, Update's write=false leaves the record and State Unknown deletes it, a completed
 // record is visible once its done ran, records expire TTL after their last write, and
 // after Close every request fails with dedup.ErrClosed.
+//
+// The suite also holds the stores to the lifecycle of internal/lifecycle: it starts every
+// store through Run; cancelling Run's context closes the store and Run returns nil; a
+// store closed before Run ran answers every request queued, and a later Run returns at
+// once.
 package storetest
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -16,6 +22,7 @@ import (
 	"time"
 
 	"github.com/mqsidecar/mqsidecar/dedup"
+	"github.com/mqsidecar/mqsidecar/internal/lifecycle/lifecycletest"
 )
 
 // TTL is the record lifetime that open must give the stores it returns: long enough for
@@ -28,11 +35,13 @@ type Store interface {
 	Put(id string, e dedup.Entry, done func(error))
 	Get(id string) (dedup.Entry, error)
 	Close() error
+	Run(ctx context.Context) error
 }
 
-// Run runs every case against stores from open, which must return a new store, empty (or
-// at least without any ID the suite uses: the suite's IDs are unique per open), with a TTL
-// of TTL. The suite closes the stores itself; open may register more cleanup with t.
+// Run runs every case against stores from open, which must return a new store, not yet
+// running (the suite calls its Run), empty (or at least without any ID the suite uses: the
+// suite's IDs are unique per open), with a TTL of TTL. The suite closes the stores itself;
+// open may register more cleanup with t.
 func Run(t *testing.T, open func(t *testing.T) Store) {
 	cases := []struct {
 		name string
@@ -51,8 +60,73 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		t.Run(c.name, func(t *testing.T) {
 			s := open(t)
 			t.Cleanup(func() { _ = s.Close() })
+			lifecycletest.Start(t, s.Run)
 			c.fn(t, s)
 		})
+	}
+	t.Run("CancelCloses", func(t *testing.T) { cancelCloses(t, open(t)) })
+	t.Run("CloseBeforeRun", func(t *testing.T) { closeBeforeRun(t, open(t)) })
+}
+
+// cancelCloses: cancelling Run's context closes the store, as Close does: Run returns nil,
+// what was committed before is answered, later requests fail with dedup.ErrClosed.
+func cancelCloses(t *testing.T, s Store) {
+	t.Cleanup(func() { _ = s.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- s.Run(ctx) }()
+	id := newID(t, "c")
+	putSync(t, s, id, dedup.Entry{State: dedup.Completed})
+	cancel()
+	returnsNil(t, ran, "Run after its context ended")
+	ch := make(chan error, 1)
+	s.Put(id, dedup.Entry{State: dedup.InFlight}, func(err error) { ch <- err })
+	if err := <-ch; !errors.Is(err, dedup.ErrClosed) {
+		t.Fatalf("Put after Run's context ended: %v, want ErrClosed", err)
+	}
+}
+
+// closeBeforeRun: a store closed before Run ran answers the requests queued meanwhile
+// (committed or failed, exactly once) instead of hanging, and a later Run returns nil at
+// once.
+func closeBeforeRun(t *testing.T, s Store) {
+	const n = 10
+	done := make(chan error, n)
+	for i := range n {
+		s.Put(fmt.Sprintf("%s-%d", newID(t, "b"), i), dedup.Entry{State: dedup.Completed}, func(err error) { done <- err })
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(wait):
+		t.Fatalf("Close before Run did not return within %s", wait)
+	}
+	for range n {
+		select {
+		case err := <-done:
+			if err != nil && !errors.Is(err, dedup.ErrClosed) {
+				t.Fatalf("a Put queued before Run and Close: %v, want nil or ErrClosed", err)
+			}
+		case <-time.After(wait):
+			t.Fatal("a Put queued before Run was never answered")
+		}
+	}
+	ran := make(chan error, 1)
+	go func() { ran <- s.Run(context.Background()) }()
+	returnsNil(t, ran, "Run after Close")
+}
+
+// returnsNil fails t unless what (a Run) sends nil on ended within wait.
+func returnsNil(t *testing.T, ended <-chan error, what string) {
+	t.Helper()
+	select {
+	case err := <-ended:
+		if err != nil {
+			t.Fatalf("%s: %v, want nil", what, err)
+		}
+	case <-time.After(wait):
+		t.Fatalf("%s did not return within %s", what, wait)
 	}
 }
 
