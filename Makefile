@@ -64,6 +64,7 @@ $(GOLANGCI_LINT):
 test-unit:
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
 	$(GO) test -run '^$$' -fuzz '^FuzzReadResponse$$' -fuzztime 20s ./internal/appclient/
+	$(GO) test -run '^$$' -fuzz '^FuzzPushHeaders$$' -fuzztime 10s ./ackgate/
 
 test-k8s:
 	bash hack/test-k8s.sh
