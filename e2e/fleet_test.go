@@ -95,6 +95,13 @@ func runFleet(t *testing.T, b brokerUnderTest, s fleetScenario) {
 	var sharedEnv []string
 	if s.sharedStore {
 		sharedEnv = sharedStoreEnv(t)
+		if s.kills > 0 {
+			// An ID a killed replica had pushed but not recorded as completed waits for
+			// that replica's lease: the fleet must not be stopped before it has run out,
+			// or the ID is still in the queue for the drain check (correctly: nothing
+			// recorded it as completed).
+			s.quiet = max(s.quiet, sharedLease+time.Second)
+		}
 	}
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("%s: seed %d, %s, %d replicas", b.name(), seed, b.describe(), s.replicas)
@@ -348,12 +355,16 @@ func drainCheck(t *testing.T, b brokerUnderTest, done *recApp) []string {
 // sharedStoreEnv returns the environment that points a sidecar at the shared Redis dedup
 // store in MQSIDECAR_E2E_REDIS (e2e/harness/redis.sh). The lease is short so that the IDs a
 // killed replica held go to the others within seconds, not the default 30.
+// sharedLease is the fleet tests' dedup.redis.lease: short, so that a killed replica's IDs
+// are pushed again within the test.
+const sharedLease = 4 * time.Second
+
 func sharedStoreEnv(t *testing.T) []string {
 	t.Helper()
 	return []string{
 		"MQSIDECAR_DEDUP_STORE=redis",
 		"MQSIDECAR_DEDUP_REDIS_ADDRS=" + brokerEnv(t, "MQSIDECAR_E2E_REDIS", "redis.sh"),
-		"MQSIDECAR_DEDUP_REDIS_LEASE=4s",
+		"MQSIDECAR_DEDUP_REDIS_LEASE=" + sharedLease.String(),
 		"MQSIDECAR_DEDUP_REDIS_TIMEOUT=2s",
 	}
 }
