@@ -64,7 +64,7 @@ $(GOLANGCI_LINT):
 test-unit:
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
 	$(GO) test -run '^$$' -fuzz '^FuzzReadResponse$$' -fuzztime 20s ./internal/appclient/
-	$(GO) test -run '^$$' -fuzz '^FuzzPushHeaders$$' -fuzztime 10s ./ackgate/
+	$(GO) test -run '^$$' -fuzz '^FuzzPushHeaders$$' -fuzztime 10s -fuzzminimizetime 0s ./ackgate/
 
 test-k8s:
 	bash hack/test-k8s.sh
