@@ -222,7 +222,7 @@ func (r *rocketEnv) sidecarYAML(appURL, dedupPath string) (string, []string) {
 }
 
 // Orderly mode keeps the order of each message queue, and the producer puts one key on one
-// queue; concurrent mode promises no order (SPEC G3).
+// queue; concurrent mode promises no order (G3 in docs/guarantees.md).
 func (r *rocketEnv) orderPromised() bool { return r.mode == "orderly" }
 
 // offsets returns, per queue of topic, the group's consumer offset (-1: none yet) and the
