@@ -25,10 +25,15 @@ type fakePublisher struct {
 	next func(m adapters.OutMessage) error
 	// block, when set, holds every Publish until it is closed (or ctx ends).
 	block chan struct{}
+	// entered receives a value when a Publish starts waiting on block (when not nil).
+	entered chan struct{}
 }
 
 func (f *fakePublisher) Publish(ctx context.Context, m adapters.OutMessage) (adapters.Receipt, error) {
 	if f.block != nil {
+		if f.entered != nil {
+			f.entered <- struct{}{}
+		}
 		select {
 		case <-f.block:
 		case <-ctx.Done():
