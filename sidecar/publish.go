@@ -10,7 +10,15 @@ import (
 	"github.com/mqsidecar/mqsidecar/adapters"
 	"github.com/mqsidecar/mqsidecar/adapters/kafka"
 	"github.com/mqsidecar/mqsidecar/config"
+	"github.com/mqsidecar/mqsidecar/dedup"
+	"github.com/mqsidecar/mqsidecar/dedup/redisstore"
 	"github.com/mqsidecar/mqsidecar/publish"
+)
+
+// Both stores keep the endpoint's idempotency keys (their records).
+var (
+	_ publish.Records = (*dedup.Store)(nil)
+	_ publish.Records = (*redisstore.Store)(nil)
 )
 
 // newPublisher builds the publisher of source.kind on the source's connection settings.
