@@ -192,7 +192,26 @@ func (p *Publisher) Publish(ctx context.Context, m adapters.OutMessage) (adapter
 	}
 	rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: IDHeader, Value: []byte(m.ID)})
 	before := p.writes.Load()
-	r, err := p.cl.ProduceSync(ctx, rec).First()
+	type result struct {
+		r   *kgo.Record
+		err error
+	}
+	done := make(chan result, 1)
+	p.cl.Produce(ctx, rec, func(r *kgo.Record, err error) { done <- result{r, err} })
+	var res result
+	select {
+	case res = <-done:
+	case <-ctx.Done():
+		// The idempotent producer fails a record that was sent only once the broker
+		// answered (or the connection broke), which may take longer than the request may
+		// wait: answer now; the record may still be stored, with its ID, later.
+		select {
+		case res = <-done:
+		default:
+			res.err = ctx.Err()
+		}
+	}
+	r, err := res.r, res.err
 	if err != nil {
 		return adapters.Receipt{}, p.classify(m.Topic, err, p.writes.Load() != before)
 	}

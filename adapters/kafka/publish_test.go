@@ -9,6 +9,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/mqsidecar/mqsidecar/adapters"
 )
@@ -131,5 +132,39 @@ func TestPublisherNothingSentIsUnavailable(t *testing.T) {
 	_, err = p.Publish(ctx, adapters.OutMessage{Topic: "t", ID: "1", Payload: []byte("x")})
 	if !errors.Is(err, adapters.ErrUnavailable) {
 		t.Fatalf("err %v, want ErrUnavailable", err)
+	}
+}
+
+// TestPublisherAnswersAtItsDeadlineWhileTheBrokerHoldsTheRecord: a produce request the
+// broker neither answers nor drops (a broker hung or killed mid-request) ends the publish
+// at its deadline with ErrOutcomeUnknown, although the idempotent producer keeps the
+// record until the broker answers.
+func TestPublisherAnswersAtItsDeadlineWhileTheBrokerHoldsTheRecord(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "t"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) }) // before c.Close (cleanups run last-in first-out)
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.SleepControl(func() { <-release })
+		return nil, nil, false
+	})
+	p := newPublisher(t, c.ListenAddrs(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := p.Publish(ctx, adapters.OutMessage{Topic: "t", ID: "1", Payload: []byte("x")})
+		errc <- err
+	}()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, adapters.ErrOutcomeUnknown) {
+			t.Fatalf("err %v, want ErrOutcomeUnknown", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("Publish still waiting 3s after its 500ms deadline")
 	}
 }
