@@ -38,7 +38,10 @@
 // msg/s, push-to-commit latency, the largest replica's peak RSS, the replicas' summed CPU per
 // message (and redis-server's own, when private) and the ratio redis/bbolt.
 //
-// Usage: go run ./bench [-runs 5] [-messages N] [-scenario partition|key|none|idle|held|fleet] [-apps instant,200us,1ms,5ms,cpu] [-only NAME] [-cpuprofile PREFIX] [-app-delays 0,200us]
+// The publish scenario (-scenario publish, see publish.go) measures the publish endpoint
+// beside a hand-written franz-go producer loop, on kfake and a real Kafka (-kafka).
+//
+// Usage: go run ./bench [-runs 5] [-messages N] [-scenario partition|key|none|idle|held|fleet|publish] [-apps instant,200us,1ms,5ms,cpu] [-only NAME] [-cpuprofile PREFIX] [-app-delays 0,200us]
 //
 // Investigation aids: -cpuprofile PREFIX writes a CPU profile of every consumer run, the
 // loop's too (PREFIX-<scenario>[-<app>]-<contender>-run<N>.pprof, and the sidecar's
@@ -192,6 +195,7 @@ func main() {
 	profile := flag.String("cpuprofile", "", "write a CPU profile of each consumer run to PREFIX-<scenario>[-<app>]-<contender>-run<N>.pprof (MQSIDECAR_CPUPROFILE)")
 	only := flag.String("only", "", "run only the contenders whose name contains this (investigations; no ratios without the loop)")
 	bytesFlags := bytesFlagSet() // -scenario bytes (bench/bytes.go)
+	pubFlags := publishFlagSet() // -scenario publish (bench/publish.go)
 	brokers := flag.String("brokers", "", "internal")
 	appURL := flag.String("app", "", "internal")
 	flag.Parse()
@@ -201,6 +205,13 @@ func main() {
 		stop()
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "baseline:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if *scen == "publish" {
+		if err := publishBench(*runs, *messages, *pubFlags.kafka, *only); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
 			os.Exit(1)
 		}
 		return

@@ -1,0 +1,314 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// -scenario publish: the publish endpoint's throughput and latency. 16 concurrent clients
+// publish 1 KiB payloads, each waiting for its answer before the next (as an app's request
+// handlers do), through three contenders on the same broker, alternating runs:
+//   - loop: a hand-written franz-go producer in this process, 16 goroutines calling
+//     ProduceSync (acks=all, idempotent: franz-go's defaults, as the sidecar's publisher);
+//   - sidecar: POST /v1/publish/{topic} to the built binary, without a key (nothing stored);
+//   - sidecar+key: the same with an Idempotency-Key per message (its claim and its receipt
+//     written to the bbolt store, fsynced, before the answer).
+// A publish counts when it was answered: ProduceSync returned nil, or the endpoint 200. The
+// broker is kfake (in this process) and, with -kafka host:port or MQSIDECAR_E2E_KAFKA, a
+// real Kafka too (a fresh topic of 8 partitions, replication factor 1, per run). Reported:
+// publishes/s, p50 and p99 latency per publish, medians of the runs, and ratios to the loop.
+// Dapr's publish API is not measured: no Dapr binary is installed here.
+
+const (
+	pubClients  = 16
+	pubPayload  = 1024
+	pubTopic    = "bench-publish"
+	pubConsumed = "bench-publish-src" // the sidecar's source topic: empty, so it only publishes
+)
+
+type pubResult struct {
+	rate     float64 // publishes/s
+	p50, p99 time.Duration
+	errors   int
+}
+
+type pubContender struct {
+	name string
+	key  bool // sidecar: send an Idempotency-Key
+	loop bool
+}
+
+var pubContenders = []pubContender{{name: "franz-go loop", loop: true}, {name: "sidecar"}, {name: "sidecar+key", key: true}}
+
+// publishBench runs -scenario publish.
+func publishBench(runs, messages int, kafkaAddr, only string) error {
+	if messages == 0 {
+		messages = 20000
+	}
+	dir, bin, err := workDir()
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	brokers := []string{"kfake"}
+	if kafkaAddr != "" {
+		brokers = append(brokers, kafkaAddr)
+	}
+	for _, b := range brokers {
+		fmt.Printf("\nmqsidecar bench, scenario \"publish\" on %s: %d clients, %d B payloads, %d publishes per run, acks=all; %d runs each, alternating; medians\n", b, pubClients, pubPayload, messages, runs)
+		res := map[string][]pubResult{}
+		for run := 1; run <= runs; run++ {
+			for _, c := range pubContenders {
+				if only != "" && !strings.Contains(c.name, only) {
+					continue
+				}
+				r, err := publishOnce(c, b, bin, dir, messages, run)
+				if err != nil {
+					return fmt.Errorf("%s run %d on %s: %w", c.name, run, b, err)
+				}
+				fmt.Printf("  run %d %-14s %8.0f publishes/s  p50 %7s  p99 %7s  errors %d\n", run, c.name, r.rate, r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), r.errors)
+				res[c.name] = append(res[c.name], r)
+			}
+		}
+		base := medianOf(res[pubContenders[0].name], func(r pubResult) float64 { return r.rate })
+		fmt.Printf("summary on %s (medians of %d runs; ratio = publishes/s over the loop's):\n", b, runs)
+		for _, c := range pubContenders {
+			rs := res[c.name]
+			if len(rs) == 0 {
+				continue
+			}
+			rate := medianOf(rs, func(r pubResult) float64 { return r.rate })
+			ratio := "-"
+			if base > 0 {
+				ratio = fmt.Sprintf("%.2f", rate/base)
+			}
+			fmt.Printf("  %-14s %8.0f publishes/s (ratio %s)  p50 %7s  p99 %7s\n", c.name, rate, ratio,
+				time.Duration(medianOf(rs, func(r pubResult) float64 { return float64(r.p50) })).Round(10*time.Microsecond),
+				time.Duration(medianOf(rs, func(r pubResult) float64 { return float64(r.p99) })).Round(10*time.Microsecond))
+		}
+	}
+	return nil
+}
+
+// publishOnce is one run of c on broker ("kfake" or a real Kafka's address).
+func publishOnce(c pubContender, broker, bin, dir string, n, run int) (pubResult, error) {
+	var addrs []string
+	topic := pubTopic
+	if broker == "kfake" {
+		k, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, pubTopic, pubConsumed))
+		if err != nil {
+			return pubResult{}, err
+		}
+		defer k.Close()
+		addrs = k.ListenAddrs()
+	} else {
+		addrs = []string{broker}
+		topic = fmt.Sprintf("%s-%d-%d", pubTopic, time.Now().UnixNano()%1e9, run)
+		if err := createTopics(addrs, topic, pubConsumed); err != nil {
+			return pubResult{}, err
+		}
+		defer deleteTopic(addrs, topic)
+	}
+	payload := bytes.Repeat([]byte{'p'}, pubPayload)
+	if c.loop {
+		cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.RequiredAcks(kgo.AllISRAcks()))
+		if err != nil {
+			return pubResult{}, err
+		}
+		defer cl.Close()
+		return drive(n, func(ctx context.Context, _ int) error {
+			return cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: payload}).FirstErr()
+		})
+	}
+	listen, stop, err := startPublishSidecar(bin, dir, addrs)
+	if err != nil {
+		return pubResult{}, err
+	}
+	defer stop()
+	url := "http://" + listen + "/v1/publish/" + topic
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: pubClients, MaxConnsPerHost: pubClients}}
+	prefix := fmt.Sprintf("r%d-%d-", run, time.Now().UnixNano())
+	post := func(ctx context.Context, i int) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(payload))
+		if err != nil {
+			return err
+		}
+		if c.key {
+			req.Header.Set("Idempotency-Key", fmt.Sprintf("%s%d", prefix, i))
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("answered %d", resp.StatusCode)
+		}
+		return nil
+	}
+	// Warm up: connections, metadata, the producer ID.
+	if _, err := drive(pubClients*20, func(ctx context.Context, i int) error { return post(ctx, -1-i) }); err != nil {
+		return pubResult{}, fmt.Errorf("warm-up: %w", err)
+	}
+	return drive(n, post)
+}
+
+// drive runs n publishes from pubClients goroutines and measures them.
+func drive(n int, publish func(ctx context.Context, i int) error) (pubResult, error) {
+	ctx := context.Background()
+	var next atomic.Int64
+	var errs atomic.Int64
+	var firstErr atomic.Pointer[error]
+	lat := make([][]time.Duration, pubClients)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := range pubClients {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				t0 := time.Now()
+				if err := publish(ctx, i); err != nil {
+					errs.Add(1)
+					firstErr.CompareAndSwap(nil, &err)
+					continue
+				}
+				lat[w] = append(lat[w], time.Since(t0))
+			}
+		})
+	}
+	wg.Wait()
+	took := time.Since(start)
+	all := slices.Concat(lat...)
+	if len(all) == 0 {
+		if e := firstErr.Load(); e != nil {
+			return pubResult{}, *e
+		}
+		return pubResult{}, errors.New("nothing published")
+	}
+	slices.Sort(all)
+	return pubResult{
+		rate: float64(len(all)) / took.Seconds(),
+		p50:  all[len(all)/2], p99: all[len(all)*99/100],
+		errors: int(errs.Load()),
+	}, nil
+}
+
+// startPublishSidecar starts the binary with the publish endpoint on a free port, the
+// Kafka source on the empty pubConsumed topic, and waits until the endpoint accepts.
+func startPublishSidecar(bin, dir string, brokers []string) (listen string, stop func(), err error) {
+	app := &http.Server{Handler: http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})}
+	aln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	go func() { _ = app.Serve(aln) }()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		app.Close()
+		return "", nil, err
+	}
+	listen = ln.Addr().String()
+	ln.Close()
+	rdir, err := os.MkdirTemp(dir, "run-")
+	if err != nil {
+		app.Close()
+		return "", nil, err
+	}
+	cfg := fmt.Sprintf(`source:
+  kind: kafka
+  kafka: {brokers: [%s], group: bench-publish, topics: [%s], message_id: "header:ce-id"}
+app: {url: "http://%s/"}
+dedup: {enabled: true, path: %q}
+admin: {listen: ""}
+log: {level: warn}
+publish: {listen: %q}
+`, strings.Join(brokers, ","), pubConsumed, aln.Addr(), filepath.Join(rdir, "dedup.db"), listen)
+	path := filepath.Join(rdir, "config.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		app.Close()
+		return "", nil, err
+	}
+	cmd := exec.Command(bin, "run", "--config", path)
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		app.Close()
+		return "", nil, err
+	}
+	stop = func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+		app.Close()
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if c, err := net.Dial("tcp", listen); err == nil {
+			c.Close()
+			return listen, stop, nil
+		}
+		if time.Now().After(deadline) {
+			stop()
+			return "", nil, fmt.Errorf("the publish endpoint did not listen within 30s:\n%s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func createTopics(brokers []string, topics ...string) error {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	resp, err := kadm.NewClient(cl).CreateTopics(ctx, partitions, 1, nil, topics...)
+	if err != nil {
+		return err
+	}
+	for _, r := range resp {
+		if r.Err != nil && !strings.Contains(r.Err.Error(), "TOPIC_ALREADY_EXISTS") {
+			return fmt.Errorf("create topic %s: %w", r.Topic, r.Err)
+		}
+	}
+	return nil
+}
+
+func deleteTopic(brokers []string, topic string) {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		return
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, _ = kadm.NewClient(cl).DeleteTopics(ctx, topic)
+}
+
+// publishFlags are the flags of -scenario publish.
+type publishFlags struct{ kafka *string }
+
+func publishFlagSet() publishFlags {
+	return publishFlags{kafka: flag.String("kafka", os.Getenv("MQSIDECAR_E2E_KAFKA"), "-scenario publish: a real Kafka (host:port) to measure beside kfake; default $MQSIDECAR_E2E_KAFKA")}
+}
