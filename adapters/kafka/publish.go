@@ -81,6 +81,10 @@ func NewPublisher(cfg Settings, timeout time.Duration, opts ...PublisherOption) 
 		kgo.SeedBrokers(cfg.Brokers...),
 		kgo.ClientID(cfg.ClientID),
 		kgo.RecordDeliveryTimeout(timeout),
+		// Every publish waits for its record: lingering (franz-go's default, 10 ms) would
+		// add to each one's latency; records that arrive while a request is in flight
+		// still share the next one.
+		kgo.ProducerLinger(0),
 		kgo.ProducerBatchMaxBytes(16 << 20),
 		kgo.WithHooks(publishHooks{p}),
 		kgo.WithLogger(kgoLogger{p.log}),
