@@ -331,6 +331,7 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, err
 	}
 	s.db = db
+	db.MaxBatchDelay = recordsBatchDelay // SwapRecord's commits (records.go)
 	if err := s.load(); err != nil {
 		_ = db.Close()
 		return nil, err

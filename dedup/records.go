@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
@@ -14,11 +15,13 @@ import (
 // sidecar keep durably (the publish endpoint's idempotency keys and receipts: package
 // publish, Records). A record lives Options.TTL after its last write, as an ID does.
 //
-// SwapRecord is atomic per key and durable when it returns nil: f runs inside a bbolt
-// read-write transaction whose commit fsyncs, as the writer's do. Concurrent SwapRecords
-// share commits (bbolt's Batch), so each costs about one commit however many wait. They do
-// not go through the writer's queue: a record is written when SwapRecord returns, not
-// group-committed with IDs.
+// SwapRecord is atomic per key and durable when it returns nil. f is first called on a
+// read-only view: when it chooses not to write, that is the answer and nothing is
+// committed (a read costs no fsync). Otherwise f runs again inside a bbolt read-write
+// transaction whose commit fsyncs, as the writer's do. Concurrent SwapRecords share
+// commits (bbolt's Batch, waiting at most recordsBatchDelay for company), so each costs
+// about one commit however many wait. They do not go through the writer's queue: a record
+// is written when SwapRecord returns, not group-committed with IDs.
 //
 // Expiry is lazy: a record older than TTL reads as absent, and every commit of
 // SwapRecords deletes the expired records among the next sweepStep keys after where the
@@ -26,6 +29,10 @@ import (
 // scan of the whole key space at once.
 
 var recordsBucket = []byte("records")
+
+// recordsBatchDelay is how long a SwapRecord commit waits for others to share it (bbolt's
+// default, 10 ms, would be most of a publish's latency).
+const recordsBatchDelay = time.Millisecond
 
 // sweepStep is how many keys one SwapRecord commit examines for expiry.
 const sweepStep = 64
@@ -45,29 +52,40 @@ func (s *Store) SwapRecord(ctx context.Context, key string, f func(old []byte) (
 		return err
 	}
 	k := []byte(key)
-	err := s.db.Batch(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(recordsBucket)
-		if err != nil {
-			return err
-		}
-		now := s.now().UnixNano()
+	read := false
+	err := s.db.View(func(tx *bolt.Tx) error {
 		var old []byte
-		if v := b.Get(k); len(v) >= 8 && now-int64(binary.BigEndian.Uint64(v)) < int64(s.ttl) {
-			old = append([]byte(nil), v[8:]...)
+		if b := tx.Bucket(recordsBucket); b != nil {
+			old = s.liveRecord(b.Get(k))
 		}
-		next, write := f(old)
-		if write {
-			if next == nil {
-				err = b.Delete(k)
-			} else {
-				err = b.Put(k, append(binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(next)), uint64(now)), next...))
-			}
+		_, write := f(old)
+		read = !write
+		return nil
+	})
+	if err == nil && read {
+		return nil
+	}
+	if err == nil {
+		err = s.db.Batch(func(tx *bolt.Tx) error {
+			b, err := tx.CreateBucketIfNotExists(recordsBucket)
 			if err != nil {
 				return err
 			}
-		}
-		return s.sweepRecords(b, now)
-	})
+			now := s.now().UnixNano()
+			next, write := f(s.liveRecord(b.Get(k)))
+			if write {
+				if next == nil {
+					err = b.Delete(k)
+				} else {
+					err = b.Put(k, append(binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(next)), uint64(now)), next...))
+				}
+				if err != nil {
+					return err
+				}
+			}
+			return s.sweepRecords(b, now)
+		})
+	}
 	if errors.Is(err, berrors.ErrDatabaseNotOpen) {
 		return fmt.Errorf("dedup: record %q: %w", key, ErrClosed)
 	}
@@ -75,6 +93,15 @@ func (s *Store) SwapRecord(ctx context.Context, key string, f func(old []byte) (
 		return fmt.Errorf("dedup: record %q: %w", key, err)
 	}
 	return nil
+}
+
+// liveRecord returns a copy of the value of the stored record v, nil when v is absent or
+// expired.
+func (s *Store) liveRecord(v []byte) []byte {
+	if len(v) < 8 || s.now().UnixNano()-int64(binary.BigEndian.Uint64(v)) >= int64(s.ttl) {
+		return nil
+	}
+	return append([]byte(nil), v[8:]...)
 }
 
 // sweepRecords deletes the expired records among the sweepStep keys after the last

@@ -66,29 +66,32 @@ func (s *Server) publish(r *http.Request, q *request) (rc adapters.Receipt, repl
 	defer func() { s.m.observe(q.m.Topic, err, replayed, s.opts.Now().Sub(start)) }()
 	ctx, cancel := context.WithTimeout(r.Context(), s.opts.Settings.Timeout)
 	defer cancel()
-	var c claim
-	hash := ""
+	held, hash := false, ""
 	if q.keyed && s.opts.Records != nil {
 		hash = requestHash(&q.m)
-		c, err = s.claim(ctx, q.m.ID, hash)
+		replay, err := s.claim(ctx, q.m.ID, hash)
 		if err != nil {
 			return rc, false, err
 		}
-		if c.replay != nil {
-			return *c.replay, true, nil
+		if replay != nil {
+			return *replay, true, nil
 		}
+		held = true
 	}
 	if err := r.Context().Err(); err != nil {
-		err = fmt.Errorf("%w: %w", adapters.ErrUnavailable, errClientGone)
-		s.releaseClaim(q, c)
-		return rc, false, err
+		if held {
+			s.release(q.m.ID)
+		}
+		return rc, false, fmt.Errorf("%w: %w", adapters.ErrUnavailable, errClientGone)
 	}
 	rc, err = s.opts.Publisher.Publish(ctx, q.m)
 	if err != nil {
-		s.releaseClaim(q, c)
+		if held {
+			s.release(q.m.ID)
+		}
 		return rc, false, err
 	}
-	if c.token != "" {
+	if held {
 		cctx, cancel := context.WithTimeout(context.Background(), storeWait)
 		defer cancel()
 		if err := s.confirm(cctx, q.m.ID, hash, rc); err != nil {
@@ -100,20 +103,9 @@ func (s *Server) publish(r *http.Request, q *request) (rc adapters.Receipt, repl
 	return rc, false, nil
 }
 
-// storeWait bounds the store writes that follow a publish (confirm, release), which must
-// not be cut short by the client's departure.
+// storeWait bounds the store write that follows a publish (confirm), which must not be
+// cut short by the client's departure.
 const storeWait = 5 * time.Second
-
-func (s *Server) releaseClaim(q *request, c claim) {
-	if c.token == "" {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), storeWait)
-	defer cancel()
-	if err := s.release(ctx, q.m.ID, c.token); err != nil {
-		s.log.Warn("an idempotency key could not be released after a failed publish; a retry with it answers 409 until its lease ends", "error", err, "lease", s.opts.Settings.Timeout+leaseMargin)
-	}
-}
 
 // publishNative serves POST /v1/publish/{topic}: 200 and the Receipt, or a Problem.
 func (s *Server) publishNative(w http.ResponseWriter, r *http.Request) {

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"time"
 
 	"github.com/mqsidecar/mqsidecar/adapters"
 )
@@ -27,16 +26,13 @@ type Records interface {
 // MaxKeyLen is the longest idempotency key (and message ID) accepted.
 const MaxKeyLen = 256
 
-// record is the stored state of one idempotency key.
+// record is what the store keeps of a confirmed idempotency key: the hash of what it was
+// used for and the receipt. Only confirmed keys are stored; a publish in flight is known
+// to this process alone (Server.inflight): a sidecar killed mid-publish leaves nothing, so
+// the client's retry sends again with the same ID, as after a 504.
 type record struct {
-	// Done: the broker confirmed; Receipt is the answer. Otherwise a publish is in flight
-	// until Until (its lease: a sidecar killed mid-publish leaves the key to a retry after
-	// it), claimed by Token.
-	Done    bool              `json:"done,omitempty"`
 	Hash    string            `json:"hash"`
-	Until   int64             `json:"until,omitempty"` // unix ms
-	Token   string            `json:"token,omitempty"`
-	Receipt *adapters.Receipt `json:"receipt,omitempty"`
+	Receipt *adapters.Receipt `json:"receipt"`
 }
 
 // requestHash identifies what a key was used for: the destination and the payload.
@@ -47,73 +43,58 @@ func requestHash(m *adapters.OutMessage) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// claim is the answer of a claim: either the key is now ours to publish (token), or the
-// request is answered from the record (replay, or err).
-type claim struct {
-	token  string
-	replay *adapters.Receipt
-}
-
-// claim takes key for one publish of hash, with a lease of the publish timeout plus a
-// margin. It answers ErrInFlight while another publish of key holds its lease,
-// ErrKeyReused when key was used for something else, the remembered receipt when key was
-// confirmed, and ErrStore when the store failed.
-func (s *Server) claim(ctx context.Context, key, hash string) (claim, error) {
-	token := newID()
-	now := s.opts.Now()
-	var c claim
-	var refused error
-	err := s.opts.Records.SwapRecord(ctx, key, func(old []byte) ([]byte, bool) {
-		c, refused = claim{}, nil
-		var r record
-		if old != nil && json.Unmarshal(old, &r) == nil {
-			switch {
-			case r.Hash != hash:
-				refused = ErrKeyReused
-				return nil, false
-			case r.Done && r.Receipt != nil:
-				c.replay = r.Receipt
-				return nil, false
-			case !r.Done && r.Until > now.UnixMilli():
-				refused = ErrInFlight
-				return nil, false
-			}
-			// An in-flight record past its lease: the sidecar that claimed it died or
-			// gave up without releasing; this request sends again with the same ID.
+// claim takes key for one publish of hash in this process. It answers ErrInFlight while
+// another request of this process publishes key, ErrKeyReused when key was used for
+// something else, the remembered receipt when key was confirmed (the key is then not
+// held), and ErrStore when the store failed. A nil receipt and error: the caller holds the
+// key and must call confirm or release.
+func (s *Server) claim(ctx context.Context, key, hash string) (*adapters.Receipt, error) {
+	s.keysMu.Lock()
+	if h, ok := s.inflight[key]; ok {
+		s.keysMu.Unlock()
+		if h != hash {
+			return nil, ErrKeyReused
 		}
-		c.token = token
-		next, _ := json.Marshal(record{Hash: hash, Until: now.Add(s.opts.Settings.Timeout + leaseMargin).UnixMilli(), Token: token})
-		return next, true
-	})
-	if err != nil {
-		return claim{}, fmt.Errorf("%w: %v", ErrStore, err)
+		return nil, ErrInFlight
 	}
-	return c, refused
+	s.inflight[key] = hash
+	s.keysMu.Unlock()
+	var r record
+	found := false
+	err := s.opts.Records.SwapRecord(ctx, key, func(old []byte) ([]byte, bool) {
+		r = record{}
+		found = old != nil && json.Unmarshal(old, &r) == nil && r.Receipt != nil
+		return nil, false
+	})
+	switch {
+	case err != nil:
+		s.release(key)
+		return nil, fmt.Errorf("%w: %v", ErrStore, err)
+	case found && r.Hash != hash:
+		s.release(key)
+		return nil, ErrKeyReused
+	case found:
+		s.release(key)
+		return r.Receipt, nil
+	}
+	return nil, nil
 }
 
-// leaseMargin is added to publish.timeout for an in-flight key's lease: the answer to the
-// first request may still be on its way when its timeout ends.
-const leaseMargin = 5 * time.Second
-
-// confirm remembers rc as the answer of key.
+// confirm remembers rc as the answer of key, then lets key go.
 func (s *Server) confirm(ctx context.Context, key, hash string, rc adapters.Receipt) error {
-	next, err := json.Marshal(record{Done: true, Hash: hash, Receipt: &rc})
+	defer s.release(key)
+	next, err := json.Marshal(record{Hash: hash, Receipt: &rc})
 	if err != nil {
 		return err
 	}
 	return s.opts.Records.SwapRecord(ctx, key, func([]byte) ([]byte, bool) { return next, true })
 }
 
-// release gives key up after a failed publish, so that a retry sends again at once; a
-// record that is no longer this claim's is left alone.
-func (s *Server) release(ctx context.Context, key, token string) error {
-	return s.opts.Records.SwapRecord(ctx, key, func(old []byte) ([]byte, bool) {
-		var r record
-		if old == nil || json.Unmarshal(old, &r) != nil || r.Done || r.Token != token {
-			return nil, false
-		}
-		return nil, true
-	})
+// release lets key go after a failed publish, so that a retry sends again at once.
+func (s *Server) release(key string) {
+	s.keysMu.Lock()
+	delete(s.inflight, key)
+	s.keysMu.Unlock()
 }
 
 // newID returns a random UUID (version 4), the ID of a message published without a key.

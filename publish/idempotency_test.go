@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/mqsidecar/mqsidecar/adapters"
 )
@@ -52,17 +51,25 @@ func TestKeyReusedWithAnotherPayloadOrTopicIs422(t *testing.T) {
 
 func TestRetryWhileInFlightIs409(t *testing.T) {
 	pub := &fakePublisher{block: make(chan struct{}), entered: make(chan struct{}, 1)}
-	_, hs, _ := newTestServer(t, pub, &memRecords{}, nil)
+	rec := &memRecords{}
+	_, hs, _ := newTestServer(t, pub, rec, nil)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	var first *http.Response
 	go func() { defer wg.Done(); first, _ = post(t, hs.URL+"/v1/publish/t", "p", "Idempotency-Key", "k") }()
 	<-pub.entered // the first request holds the key and is being published
 	r, b := post(t, hs.URL+"/v1/publish/t", "p", "Idempotency-Key", "k")
+	r2, _ := post(t, hs.URL+"/v1/publish/t", "other", "Idempotency-Key", "k")
+	rec.mu.Lock()
+	stored := len(rec.m)
+	rec.mu.Unlock()
 	close(pub.block)
 	wg.Wait()
-	if r.StatusCode != 409 {
-		t.Fatalf("retry while in flight: %d %s", r.StatusCode, b)
+	if r.StatusCode != 409 || r2.StatusCode != 422 {
+		t.Fatalf("retry while in flight: %d %s; with another payload: %d", r.StatusCode, b, r2.StatusCode)
+	}
+	if stored != 0 {
+		t.Fatalf("%d records stored while the publish was in flight: only confirmed keys are", stored)
 	}
 	if first.StatusCode != 200 || pub.count() != 1 {
 		t.Fatalf("first answered %d, sent %d", first.StatusCode, pub.count())
@@ -88,23 +95,6 @@ func TestRetryAfterAFailureSendsAgainWithTheSameID(t *testing.T) {
 	r, b := post(t, hs.URL+"/v1/publish/t", "p", "Idempotency-Key", "k")
 	if r.StatusCode != 200 || pub.count() != 1 || pub.sent[0].ID != "k" {
 		t.Fatalf("retry: %d %s, sent %+v", r.StatusCode, b, pub.sent)
-	}
-}
-
-func TestAnInFlightKeyPastItsLeaseIsTakenOver(t *testing.T) {
-	now := time.Unix(1_700_000_000, 0)
-	rec := &memRecords{}
-	pub := &fakePublisher{}
-	_, hs, _ := newTestServer(t, pub, rec, func(o *Options) { o.Now = func() time.Time { return now } })
-	// A sidecar killed mid-publish left this record.
-	left, _ := json.Marshal(record{Hash: requestHash(&adapters.OutMessage{Topic: "t", Payload: []byte("p")}), Until: now.Add(time.Second).UnixMilli(), Token: "dead"})
-	rec.m = map[string][]byte{"k": left}
-	if r, _ := post(t, hs.URL+"/v1/publish/t", "p", "Idempotency-Key", "k"); r.StatusCode != 409 {
-		t.Fatalf("within the lease: %d", r.StatusCode)
-	}
-	now = now.Add(2 * time.Second)
-	if r, b := post(t, hs.URL+"/v1/publish/t", "p", "Idempotency-Key", "k"); r.StatusCode != 200 || pub.count() != 1 {
-		t.Fatalf("after the lease: %d %s, sent %d", r.StatusCode, b, pub.count())
 	}
 }
 

@@ -13,11 +13,11 @@
 //
 // Headers map to message headers as the consumer side maps them back (headers.go). The
 // message ID is Idempotency-Key, else ce-id, else a generated one (answered in the
-// Receipt); with a store (Records), a key is remembered with its payload's hash and its
-// receipt (idempotency.go): a retry of a confirmed key answers the first receipt without
-// sending, a retry while the first is in flight answers 409, the same key with another
-// payload 422, and a retry after a failure sends again with the same ID, so the consumer
-// side's dedup removes the copy.
+// Receipt); with a store (Records), a confirmed key is remembered with its payload's hash
+// and its receipt (idempotency.go): a retry of a confirmed key answers the first receipt
+// without sending, a retry while the first is in flight in this process answers 409, the
+// same key with another payload 422, and a retry after a failure sends again with the same
+// ID, so the consumer side's dedup removes the copy.
 //
 // Lifecycle (internal/lifecycle): New starts nothing; Listen binds; Run serves until ctx
 // ends, then stops accepting and waits for the publishes in flight (each bounded by
@@ -67,8 +67,11 @@ type Server struct {
 	loop lifecycle.Loop
 
 	mu       sync.Mutex
-	inflight sync.WaitGroup
+	requests sync.WaitGroup // requests being served (Drain waits for them)
 	closing  bool
+
+	keysMu   sync.Mutex
+	inflight map[string]string // idempotency keys being published by this process → their hash
 }
 
 // New returns the endpoint; it binds nothing and starts no goroutine.
@@ -95,7 +98,7 @@ func New(o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{opts: o, log: o.Logger.With("component", "publish"), mux: http.NewServeMux(), m: m}
+	s := &Server{opts: o, log: o.Logger.With("component", "publish"), mux: http.NewServeMux(), m: m, inflight: map[string]string{}}
 	s.mux.HandleFunc("POST /v1/publish/{topic...}", s.publishNative)
 	s.mux.HandleFunc("POST /v1.0/publish/{pubsub}/{topic...}", s.publishDapr)
 	s.srv = &http.Server{Addr: o.Settings.Listen, Handler: s, ReadHeaderTimeout: 5 * time.Second}
@@ -116,9 +119,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusServiceUnavailable, "the sidecar is shutting down")
 		return
 	}
-	s.inflight.Add(1)
+	s.requests.Add(1)
 	s.mu.Unlock()
-	defer s.inflight.Done()
+	defer s.requests.Done()
 	s.mux.ServeHTTP(w, r)
 }
 
@@ -167,7 +170,7 @@ func (s *Server) Drain(ctx context.Context) {
 	defer cancel()
 	_ = s.srv.Shutdown(wait) // stops accepting, closes idle connections, waits for active ones
 	done := make(chan struct{})
-	go func() { s.inflight.Wait(); close(done) }()
+	go func() { s.requests.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-wait.Done():
