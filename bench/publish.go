@@ -251,6 +251,7 @@ publish: {listen: %q}
 		return "", nil, err
 	}
 	cmd := exec.Command(bin, "run", "--config", path)
+	cmd.Env = consumerEnv("") // BENCH_CONSUMER_ENV, e.g. MQSIDECAR_CPUPROFILE=file
 	var logs bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
