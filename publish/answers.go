@@ -22,56 +22,51 @@ var (
 	ErrStore = errors.New("idempotency store unavailable")
 )
 
+// answers maps each publish error (adapters.Err* and this package's) to its HTTP status
+// and metrics outcome; the first match wins.
+var answers = []struct {
+	err     error
+	status  int
+	outcome string
+}{
+	{ErrTooLarge, http.StatusRequestEntityTooLarge, "too_large"},
+	{ErrBadRequest, http.StatusBadRequest, "bad_request"},
+	{adapters.ErrUnknownTopic, http.StatusNotFound, "unknown_topic"},
+	{ErrInFlight, http.StatusConflict, "in_flight"},
+	{ErrKeyReused, http.StatusUnprocessableEntity, "key_reused"},
+	{adapters.ErrUnroutable, http.StatusUnprocessableEntity, "unroutable"},
+	{adapters.ErrRejected, http.StatusUnprocessableEntity, "rejected"},
+	{adapters.ErrOutcomeUnknown, http.StatusGatewayTimeout, "outcome_unknown"},
+	{adapters.ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
+	{ErrStore, http.StatusServiceUnavailable, "store"},
+}
+
 // Status returns the HTTP status for a publish error: the one mapping of every error of
 // the publish contract (adapters.Err*) and of this package to an answer. The transactions
-// handler answers with it too.
+// handler answers with it too. Anything unclassified may have left: 504, rather than claim
+// it did not.
 func Status(err error) int {
-	switch {
-	case err == nil:
+	if err == nil {
 		return http.StatusOK
-	case errors.Is(err, ErrTooLarge):
-		return http.StatusRequestEntityTooLarge
-	case errors.Is(err, ErrBadRequest):
-		return http.StatusBadRequest
-	case errors.Is(err, adapters.ErrUnknownTopic):
-		return http.StatusNotFound
-	case errors.Is(err, ErrInFlight):
-		return http.StatusConflict
-	case errors.Is(err, ErrKeyReused), errors.Is(err, adapters.ErrUnroutable), errors.Is(err, adapters.ErrRejected):
-		return http.StatusUnprocessableEntity
-	case errors.Is(err, adapters.ErrOutcomeUnknown):
-		return http.StatusGatewayTimeout
-	case errors.Is(err, adapters.ErrUnavailable), errors.Is(err, ErrStore):
-		return http.StatusServiceUnavailable
 	}
-	// Anything unclassified may have left: say so rather than claim it did not.
+	for _, a := range answers {
+		if errors.Is(err, a.err) {
+			return a.status
+		}
+	}
 	return http.StatusGatewayTimeout
 }
 
-// Outcome is the metrics label of err: ok, too_large, bad_request, unknown_topic, in_flight,
-// key_reused, unroutable, rejected, outcome_unknown, unavailable, store.
+// Outcome is the metrics label of err: ok, or the outcome of answers (outcome_unknown for
+// anything unclassified).
 func Outcome(err error) string {
-	switch {
-	case err == nil:
+	if err == nil {
 		return "ok"
-	case errors.Is(err, ErrTooLarge):
-		return "too_large"
-	case errors.Is(err, ErrBadRequest):
-		return "bad_request"
-	case errors.Is(err, adapters.ErrUnknownTopic):
-		return "unknown_topic"
-	case errors.Is(err, ErrInFlight):
-		return "in_flight"
-	case errors.Is(err, ErrKeyReused):
-		return "key_reused"
-	case errors.Is(err, adapters.ErrUnroutable):
-		return "unroutable"
-	case errors.Is(err, adapters.ErrRejected):
-		return "rejected"
-	case errors.Is(err, adapters.ErrUnavailable):
-		return "unavailable"
-	case errors.Is(err, ErrStore):
-		return "store"
+	}
+	for _, a := range answers {
+		if errors.Is(err, a.err) {
+			return a.outcome
+		}
 	}
 	return "outcome_unknown"
 }

@@ -40,12 +40,7 @@ func (s *Server) publishDapr(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, Status(err), daprError{ErrorCode: "ERR_PUBSUB_PUBLISH_MESSAGE",
 			Message: fmt.Sprintf("error when publish to topic %s in pubsub %s: %s", topic, pubsub, err)})
 	}
-	rk := r.Header.Get(HeaderRoutingKey)
-	if s.opts.Broker == "rabbitmq" {
-		if ex, key, ok := strings.Cut(topic, "/"); ok {
-			topic, rk = ex, key
-		}
-	}
+	topic, rk := s.destination(r)
 	q, err := s.read(w, r, topic, rk)
 	if err != nil {
 		s.m.observe(topic, err, false, 0)

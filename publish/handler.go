@@ -107,14 +107,21 @@ func (s *Server) publish(r *http.Request, q *request) (rc adapters.Receipt, repl
 // cut short by the client's departure.
 const storeWait = 5 * time.Second
 
-// publishNative serves POST /v1/publish/{topic}: 200 and the Receipt, or a Problem.
-func (s *Server) publishNative(w http.ResponseWriter, r *http.Request) {
-	topic, rk := r.PathValue("topic"), r.Header.Get(HeaderRoutingKey)
+// destination is the request's topic (exchange) and routing key: RabbitMQ takes
+// {exchange}/{routing-key} from the path, or the routing key from Mqsidecar-Routing-Key.
+func (s *Server) destination(r *http.Request) (topic, routingKey string) {
+	topic, routingKey = r.PathValue("topic"), r.Header.Get(HeaderRoutingKey)
 	if s.opts.Broker == "rabbitmq" {
 		if ex, key, ok := strings.Cut(topic, "/"); ok {
-			topic, rk = ex, key
+			topic, routingKey = ex, key
 		}
 	}
+	return topic, routingKey
+}
+
+// publishNative serves POST /v1/publish/{topic}: 200 and the Receipt, or a Problem.
+func (s *Server) publishNative(w http.ResponseWriter, r *http.Request) {
+	topic, rk := s.destination(r)
 	q, err := s.read(w, r, topic, rk)
 	if err != nil {
 		s.m.observe(topic, err, false, 0)

@@ -283,22 +283,11 @@ func New(cfg Settings, deadLetterTopic string, opts ...Option) (*Source, error) 
 	if cfg.GroupInstanceID != "" {
 		kopts = append(kopts, kgo.InstanceID(cfg.GroupInstanceID))
 	}
-	mech, err := saslMechanism(cfg.SASL.Mechanism, cfg.SASL.Username, cfg.SASL.Password.Reveal())
+	conn, err := cfg.connOpts()
 	if err != nil {
 		return nil, err
 	}
-	if mech != nil {
-		kopts = append(kopts, kgo.SASL(mech))
-	}
-	kopts = append(kopts, producerOpts...)
-	tlsCfg, err := cfg.TLS.ClientConfig()
-	if err != nil {
-		return nil, fmt.Errorf("kafka: %w", err)
-	}
-	if tlsCfg != nil {
-		kopts = append(kopts, kgo.DialTLSConfig(tlsCfg))
-	}
-	kopts = append(kopts, s.extra...)
+	kopts = append(append(append(kopts, conn...), producerOpts...), s.extra...)
 	cl, err := kgo.NewClient(kopts...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka: create client: %w", err)

@@ -89,22 +89,11 @@ func NewPublisher(cfg Settings, timeout time.Duration, opts ...PublisherOption) 
 		kgo.WithHooks(publishHooks{p}),
 		kgo.WithLogger(kgoLogger{p.log}),
 	}
-	kopts = append(kopts, producerOpts...)
-	mech, err := saslMechanism(cfg.SASL.Mechanism, cfg.SASL.Username, cfg.SASL.Password.Reveal())
+	conn, err := cfg.connOpts()
 	if err != nil {
 		return nil, err
 	}
-	if mech != nil {
-		kopts = append(kopts, kgo.SASL(mech))
-	}
-	tlsCfg, err := cfg.TLS.ClientConfig()
-	if err != nil {
-		return nil, fmt.Errorf("kafka: %w", err)
-	}
-	if tlsCfg != nil {
-		kopts = append(kopts, kgo.DialTLSConfig(tlsCfg))
-	}
-	kopts = append(kopts, p.extra...)
+	kopts = append(append(append(kopts, conn...), producerOpts...), p.extra...)
 	cl, err := kgo.NewClient(kopts...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka: create producer: %w", err)

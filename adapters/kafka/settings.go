@@ -1,7 +1,10 @@
 package kafka
 
 import (
+	"fmt"
 	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/mqsidecar/mqsidecar/internal/settings"
 )
@@ -114,4 +117,25 @@ func validTopic(name string) bool {
 		}
 	}
 	return true
+}
+
+// connOpts are the client options of the connection settings every client of the section
+// shares (the consumer's and the publisher's): SASL and TLS.
+func (k Settings) connOpts() ([]kgo.Opt, error) {
+	var opts []kgo.Opt
+	mech, err := saslMechanism(k.SASL.Mechanism, k.SASL.Username, k.SASL.Password.Reveal())
+	if err != nil {
+		return nil, err
+	}
+	if mech != nil {
+		opts = append(opts, kgo.SASL(mech))
+	}
+	tlsCfg, err := k.TLS.ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kafka: %w", err)
+	}
+	if tlsCfg != nil {
+		opts = append(opts, kgo.DialTLSConfig(tlsCfg))
+	}
+	return opts, nil
 }
