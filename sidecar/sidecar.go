@@ -3,8 +3,8 @@
 // them down in reverse. It is what `mqsidecar run` and `mqsidecar demo` both execute, so the
 // demo exercises exactly the production path.
 //
-// Lifecycle (internal/lifecycle): New opens the store and binds the admin listener, and
-// starts no goroutine. Run composes every long-lived part under one errgroup: the admin
+// Lifecycle (internal/lifecycle): New opens the store and binds the admin listener (and
+// the publish endpoint's, with publish.listen: publish.go), and starts no goroutine. Run composes every long-lived part under one errgroup: the admin
 // server, the store's writer, the durability checks, the app's health checks, the adapter's
 // loop, and the consuming sequence (durability.require, the app's first health answer, the
 // gate). Each part's Run returns nil when the group's context ends; an error of one starts
@@ -13,7 +13,9 @@
 // Shutdown (G5 in docs/guarantees.md): when ctx is cancelled, readiness turns false at once; the sidecar keeps
 // consuming for drain_delay (so Kubernetes endpoints update), then the gate stops reading and
 // drains within shutdown_timeout; the adapter commits what completed; the store is closed;
-// only then does the group's context end, which stops the admin server and the rest.
+// only then does the group's context end, which stops the admin server and the rest. The
+// publish endpoint stops taking requests when the drain starts and drains its publishes in
+// flight; its publisher closes after that, and the store only after both.
 package sidecar
 
 import (
