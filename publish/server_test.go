@@ -254,3 +254,53 @@ func TestPublishClientGoneMidBodySendsNothing(t *testing.T) {
 		t.Fatalf("a request whose client was gone was sent")
 	}
 }
+
+// TestRunDrainsPublishesInFlight: when Run's context ends, the endpoint stops taking
+// requests (a new one is refused) and Run returns only after the publish in flight was
+// answered, so the sidecar closes the publisher after it.
+func TestRunDrainsPublishesInFlight(t *testing.T) {
+	pub := &fakePublisher{block: make(chan struct{}), entered: make(chan struct{}, 1)}
+	s, err := New(Options{Settings: Settings{Listen: "127.0.0.1:0", MaxMessageBytes: 1024, Timeout: 5 * time.Second}, Broker: "kafka", Publisher: pub})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- s.Run(ctx) }()
+	answered := make(chan int, 1)
+	go func() {
+		resp, _ := post(t, "http://"+s.Addr()+"/v1/publish/t", "p")
+		answered <- resp.StatusCode
+	}()
+	<-pub.entered
+	cancel()
+	select {
+	case <-ran:
+		t.Fatal("Run returned while a publish was in flight")
+	case <-time.After(300 * time.Millisecond):
+	}
+	// A request arriving now is refused, whether or not the listener still accepts.
+	w := httptest.NewRecorder()
+	s.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/v1/publish/t", strings.NewReader("q")))
+	if w.Code != http.StatusServiceUnavailable {
+		t.Fatalf("a request during the drain: %d", w.Code)
+	}
+	close(pub.block)
+	if st := <-answered; st != 200 {
+		t.Fatalf("the publish in flight was answered %d", st)
+	}
+	select {
+	case err := <-ran:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after the drain")
+	}
+	if pub.count() != 1 {
+		t.Fatalf("sent %d", pub.count())
+	}
+}
