@@ -542,10 +542,25 @@ func runOnce(sc scenario, app appProfile, c contender, bin string, n int, dir, p
 // produce writes n records round-robin over the partitions and returns each partition's end
 // offset.
 func produce(brokers []string, n, keys int) ([]int64, error) {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(topic),
-		kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.ProducerLinger(5*time.Millisecond),
+	return produceRecords(brokers, n, func(i int) *kgo.Record {
+		// ~100 B of JSON that compresses like real events do (not a run of one byte).
+		payload := fmt.Appendf(nil, `{"order":%d,"customer":"c-%05d","amount":%d.%02d,"sku":"%08x","note":"bench"}`,
+			i, i%9973, i%997, i%100, uint32(i)*2654435761)
+		r := &kgo.Record{Value: payload}
+		if keys > 0 {
+			r.Key = []byte("key-" + strconv.Itoa(i%keys))
+		}
+		return r
+	}, kgo.ProducerLinger(5*time.Millisecond),
 		// 16 KiB batches: the Java producer's default batch.size, what most topics hold.
 		kgo.ProducerBatchMaxBytes(16<<10))
+}
+
+// produceRecords writes the n records that record(i) returns round-robin over the
+// partitions, each with a message-id header, and returns each partition's end offset.
+func produceRecords(brokers []string, n int, record func(i int) *kgo.Record, opts ...kgo.Opt) ([]int64, error) {
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(topic),
+		kgo.RecordPartitioner(kgo.ManualPartitioner())}, opts...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -554,15 +569,10 @@ func produce(brokers []string, n, keys int) ([]int64, error) {
 	var wg sync.WaitGroup
 	var failed atomic.Value
 	for i := 0; i < n; i++ {
-		p := int32(i % partitions)
-		// ~100 B of JSON that compresses like real events do (not a run of one byte).
-		payload := fmt.Appendf(nil, `{"order":%d,"customer":"c-%05d","amount":%d.%02d,"sku":"%08x","note":"bench"}`,
-			i, i%9973, i%997, i%100, uint32(i)*2654435761)
-		r := &kgo.Record{Partition: p, Value: payload, Headers: []kgo.RecordHeader{{Key: "message-id", Value: []byte("m-" + strconv.Itoa(i))}}}
-		if keys > 0 {
-			r.Key = []byte("key-" + strconv.Itoa(i%keys))
-		}
-		ends[p]++
+		r := record(i)
+		r.Partition = int32(i % partitions)
+		r.Headers = append(r.Headers, kgo.RecordHeader{Key: "message-id", Value: []byte("m-" + strconv.Itoa(i))})
+		ends[r.Partition]++
 		wg.Add(1)
 		cl.Produce(context.Background(), r, func(_ *kgo.Record, err error) {
 			if err != nil {
