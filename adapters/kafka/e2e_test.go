@@ -22,3 +22,16 @@ func TestConformanceE2E(t *testing.T) {
 	}
 	adaptertest.Run(t, harness(strings.Split(addr, ",")))
 }
+
+// TestConformanceShareE2E runs the suite in share mode against the real Kafka (4.2, share
+// groups enabled by e2e/harness/kafka.sh).
+func TestConformanceShareE2E(t *testing.T) {
+	addr := os.Getenv("MQSIDECAR_E2E_KAFKA")
+	if addr == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("MQSIDECAR_E2E_KAFKA is not set: the Kafka broker did not start (see e2e/harness/kafka.sh)")
+		}
+		t.Skip("MQSIDECAR_E2E_KAFKA not set; start one with e2e/harness/kafka.sh start")
+	}
+	adaptertest.Run(t, shareHarness(strings.Split(addr, ",")))
+}
