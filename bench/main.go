@@ -38,7 +38,12 @@
 // msg/s, push-to-commit latency, the largest replica's peak RSS, the replicas' summed CPU per
 // message (and redis-server's own, when private) and the ratio redis/bbolt.
 //
-// Usage: go run ./bench [-runs 5] [-messages N] [-scenario partition|key|none|idle|held|fleet] [-apps instant,200us,1ms,5ms,cpu] [-only NAME] [-cpuprofile PREFIX] [-app-delays 0,200us]
+// The share scenario (-scenario share, see share.go): one partition, an app sleeping 5 ms,
+// ordering none and max_inflight 8 for every contender: one sidecar in a consumer group (all
+// that one partition can use) beside 1, 2 and 4 sidecars in one share group
+// (source.kafka.mode: share); unique messages answered per second, 6000 messages by default.
+//
+// Usage: go run ./bench [-runs 5] [-messages N] [-scenario partition|key|none|idle|held|fleet|share] [-apps instant,200us,1ms,5ms,cpu] [-only NAME] [-cpuprofile PREFIX] [-app-delays 0,200us]
 //
 // Investigation aids: -cpuprofile PREFIX writes a CPU profile of every consumer run, the
 // loop's too (PREFIX-<scenario>[-<app>]-<contender>-run<N>.pprof, and the sidecar's
@@ -184,7 +189,7 @@ func main() {
 	mode := flag.String("mode", "", "internal: baseline (run the hand-written loop)")
 	runs := flag.Int("runs", 5, "runs per contender; medians are reported")
 	messages := flag.Int("messages", 0, "messages per run (default 50000; 10000 for -scenario key, whose baseline does 200 msg/s; 30000 for -scenario fleet)")
-	scen := flag.String("scenario", "partition", "partition | key | none | fleet | idle | held")
+	scen := flag.String("scenario", "partition", "partition | key | none | fleet | share | idle | held")
 	appDelays := flag.String("app-delays", "0,200us", "-scenario fleet: the app profiles, comma-separated push latencies (0 = the instant app)")
 	apps := flag.String("apps", "", "the app profiles, comma-separated: instant, a latency (200us, 1ms, 5ms), cpu[:100us] (default: partition all five, key 5ms, none instant)")
 	window := flag.Duration("window", 5*time.Second, "-scenario idle and held: how long CPU is measured, once the consumer is settled (these two use the sidecar's default commit_interval, 1s, unless -commit-interval is given)")
@@ -223,6 +228,16 @@ func main() {
 			*messages = 30000
 		}
 		if err := fleet(*runs, *messages, delays, *only); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if *scen == "share" {
+		if *messages == 0 {
+			*messages = 6000
+		}
+		if err := shareBench(*runs, *messages, 5*time.Millisecond); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			os.Exit(1)
 		}
