@@ -366,12 +366,8 @@ func (s *ShareSource) poll(ctx context.Context) error {
 		}
 	}()
 	fetches := s.cl.PollRecords(pctx, s.maxInflight)
-	if fetches.IsClientClosed() {
-		return fmt.Errorf("kafka: %w", adapters.ErrClosed)
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
+	// Whatever the poll returned is kept even when ctx ended meanwhile: a record dropped here
+	// would be accepted by the next poll.
 	failed := false
 	fetches.EachError(func(topic string, p int32, err error) {
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
@@ -422,15 +418,19 @@ func (s *ShareSource) poll(ctx context.Context) error {
 		batch = append(batch, sr)
 	})
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.batch, s.next, s.open = batch, 0, len(batch)
 	s.idle = make(chan struct{})
 	if s.open == 0 {
 		close(s.idle)
 	}
-	if s.closed {
-		// Close ran during the poll; the client releases what it returned.
+	closed := s.closed
+	s.mu.Unlock()
+	switch {
+	case closed || fetches.IsClientClosed():
+		// The client releases what it returned and nobody accepted.
 		return fmt.Errorf("kafka: %w", adapters.ErrClosed)
+	case len(batch) == 0 && ctx.Err() != nil:
+		return ctx.Err()
 	}
 	return nil
 }
