@@ -5,7 +5,9 @@ package main
 // 4 sidecars in one share group (source.kafka.mode: share, KIP-932). Every contender has
 // the same delivery settings (ordering none, max_inflight 8, each replica its own bbolt
 // store); the rate is unique messages answered 2xx per second, from the first push to the
-// last first-push of an ID. See shareBench.
+// last first-push of an ID. BENCH_SHARE_DEDUP=off turns the dedup store off for every
+// contender (then the app's latency, not the store's fsync, bounds each sidecar). See
+// shareBench.
 
 import (
 	"bytes"
@@ -160,10 +162,10 @@ func shareOnce(bin, dir string, c shareContender, n int, delay time.Duration) (r
   kafka: {mode: %s, brokers: [%s], group: bench, topics: [%s], message_id: "header:message-id", commit_interval: 20ms, session_timeout: 6s, client_id: replica-%d}
 app: {url: "http://%s/"}
 delivery: {ordering: none, max_inflight: %d}
-dedup: {enabled: true, path: %q}
+dedup: {enabled: %v, path: %q}
 admin: {listen: ""}
 log: {level: warn}
-`, c.mode, strings.Join(kafka.ListenAddrs(), ","), topic, i, ln.Addr(), shareInflight, filepath.Join(rdir, "dedup-"+strconv.Itoa(i)+".db"))
+`, c.mode, strings.Join(kafka.ListenAddrs(), ","), topic, i, ln.Addr(), shareInflight, os.Getenv("BENCH_SHARE_DEDUP") != "off", filepath.Join(rdir, "dedup-"+strconv.Itoa(i)+".db"))
 		path := filepath.Join(rdir, "config-"+strconv.Itoa(i)+".yaml")
 		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 			return 0, 0, err
