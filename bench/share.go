@@ -21,7 +21,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -123,22 +122,7 @@ func shareOnce(bin, dir string, c shareContender, n int, delay time.Duration) (r
 	}
 	// Share members fetch only once all of them joined, so that they share the work from
 	// the first push (a member learns of its assignment from its next heartbeat).
-	release := make(chan struct{})
-	var released atomic.Bool
-	kafka.ControlKey(kmsg.ShareFetch.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
-		if released.Load() {
-			kafka.DropControl()
-			return nil, nil, false
-		}
-		kafka.KeepControl()
-		kafka.SleepControl(func() { <-release })
-		return nil, nil, false
-	})
-	releaseFetches := func() {
-		if released.CompareAndSwap(false, true) {
-			close(release)
-		}
-	}
+	releaseFetches := holdRequests(kafka, kmsg.ShareFetch)
 	defer releaseFetches()
 
 	a := &shareApp{delay: delay, n: n, seen: map[string]bool{}, done: make(chan struct{})}

@@ -285,6 +285,18 @@ func New(cfg Settings, deadLetterTopic string, opts ...Option) (*Source, error) 
 	if cfg.GroupInstanceID != "" {
 		kopts = append(kopts, kgo.InstanceID(cfg.GroupInstanceID))
 	}
+	cl, err := newClient(cfg, kopts, s.extra)
+	if err != nil {
+		return nil, err
+	}
+	s.cl = cl
+	return s, nil
+}
+
+// newClient creates the franz-go client of either mode: kopts (the mode's consumer
+// options) with the brokers' SASL and TLS settings, the dead-letter producer's options and
+// then extra (WithClientOptions).
+func newClient(cfg Settings, kopts, extra []kgo.Opt) (*kgo.Client, error) {
 	mech, err := saslMechanism(cfg.SASL.Mechanism, cfg.SASL.Username, cfg.SASL.Password.Reveal())
 	if err != nil {
 		return nil, err
@@ -300,13 +312,12 @@ func New(cfg Settings, deadLetterTopic string, opts ...Option) (*Source, error) 
 	if tlsCfg != nil {
 		kopts = append(kopts, kgo.DialTLSConfig(tlsCfg))
 	}
-	kopts = append(kopts, s.extra...)
+	kopts = append(kopts, extra...)
 	cl, err := kgo.NewClient(kopts...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka: create client: %w", err)
 	}
-	s.cl = cl
-	return s, nil
+	return cl, nil
 }
 
 // Run commits the completed prefixes every commit_interval and when Read needs a higher

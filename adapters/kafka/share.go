@@ -139,25 +139,9 @@ func NewShare(cfg Settings, deadLetterTopic string, opts ...Option) (*ShareSourc
 		kgo.FetchMaxPartitionBytes(64 << 10),
 		kgo.WithLogger(kgoLogger{s.log}),
 	}
-	mech, err := saslMechanism(cfg.SASL.Mechanism, cfg.SASL.Username, cfg.SASL.Password.Reveal())
+	cl, err := newClient(cfg, kopts, o.extra)
 	if err != nil {
 		return nil, err
-	}
-	if mech != nil {
-		kopts = append(kopts, kgo.SASL(mech))
-	}
-	kopts = append(kopts, producerOpts...)
-	tlsCfg, err := cfg.TLS.ClientConfig()
-	if err != nil {
-		return nil, fmt.Errorf("kafka: %w", err)
-	}
-	if tlsCfg != nil {
-		kopts = append(kopts, kgo.DialTLSConfig(tlsCfg))
-	}
-	kopts = append(kopts, o.extra...)
-	cl, err := kgo.NewClient(kopts...)
-	if err != nil {
-		return nil, fmt.Errorf("kafka: create client: %w", err)
 	}
 	s.cl = cl
 	return s, nil
