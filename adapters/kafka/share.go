@@ -74,15 +74,14 @@ type ShareSource struct {
 	ev          adapters.Events
 	cl          *kgo.Client
 	maxInflight int
+	mu          sync.Mutex
 	// noRenew (tests) leaves locks unrenewed, as on a broker without KIP-1222.
 	noRenew bool
-
-	mu     sync.Mutex
-	batch  []*shareRec
-	next   int           // batch[next] is the next record to hand out
-	open   int           // records of batch not yet settled
-	idle   chan struct{} // closed when open drops to 0; replaced at each poll
-	closed bool
+	batch   []*shareRec
+	next    int           // batch[next] is the next record to hand out
+	open    int           // records of batch not yet settled
+	idle    chan struct{} // closed when open drops to 0; replaced at each poll
+	closed  bool
 	// resetDone: share.auto.offset.reset was set for the group (see setReset).
 	resetDone bool
 

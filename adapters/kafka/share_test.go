@@ -165,7 +165,9 @@ func TestShareFencesExpiringLock(t *testing.T) {
 	topic := "share-expire"
 	shareTopic(t, brokers, topic, 1)
 	s := newShareSource(t, brokers, topic, 4)
-	s.noRenew = true
+	s.mu.Lock()
+	s.noRenew = true // read by keepLocks under mu
+	s.mu.Unlock()
 	d, err := readWithin(t, s, 20*time.Second)
 	if err != nil {
 		t.Fatal(err)
