@@ -102,6 +102,7 @@ bench:
 	$(GO) run ./bench -runs 3 -scenario idle
 	$(GO) run ./bench -runs 3 -scenario held
 	$(GO) run ./bench -runs 3 -scenario fleet
+	$(GO) run ./bench -runs 3 -scenario share
 	$(GO) run ./bench -runs 3 -scenario bytes
 	$(GO) run ./bench -runs 3 -scenario publish
 	$(GO) test ./ackgate/ -run '^$$' -bench '^BenchmarkPushClient$$' -benchtime 20000x -count 5

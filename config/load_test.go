@@ -197,7 +197,7 @@ func TestFullYAML(t *testing.T) {
 		Source: Source{
 			Kind: "kafka",
 			Kafka: Kafka{
-				Brokers: []string{"kafka-1.internal:9092", "kafka-2.internal:9093"}, Group: "orders-sidecar",
+				Mode: "group", Brokers: []string{"kafka-1.internal:9092", "kafka-2.internal:9093"}, Group: "orders-sidecar",
 				Topics: []string{"orders", "payments"}, MessageID: "header:message-id", StartOffset: "latest",
 				GroupInstanceID: "pod-0", CommitInterval: 250 * time.Millisecond, SessionTimeout: 12 * time.Second, ClientID: "sidecar-test",
 				SASL: KafkaSASL{

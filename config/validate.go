@@ -126,6 +126,9 @@ func (c Config) checkApp(ck *checker) {
 func (c Config) checkDelivery(ck *checker) {
 	d := c.Delivery
 	ck.OneOf("delivery.ordering", d.Ordering, "partition", "key", "none")
+	if c.Source.Kind == "kafka" && c.Source.Kafka.Mode == "share" && d.Ordering != "none" {
+		ck.Add("delivery.ordering", "must be none with source.kafka.mode: share (a share group hands records to any member in no order), got %q", d.Ordering)
+	}
 	if d.MaxInflight < 1 || d.MaxInflight > 100000 {
 		ck.Add("delivery.max_inflight", "must be between 1 and 100000, got %d", d.MaxInflight)
 	}

@@ -89,14 +89,9 @@ func NewPublisher(cfg Settings, timeout time.Duration, opts ...PublisherOption) 
 		kgo.WithHooks(publishHooks{p}),
 		kgo.WithLogger(kgoLogger{p.log}),
 	}
-	conn, err := cfg.connOpts()
+	cl, err := newClient(cfg, kopts, p.extra)
 	if err != nil {
 		return nil, err
-	}
-	kopts = append(append(append(kopts, conn...), producerOpts...), p.extra...)
-	cl, err := kgo.NewClient(kopts...)
-	if err != nil {
-		return nil, fmt.Errorf("kafka: create producer: %w", err)
 	}
 	p.cl = cl
 	return p, nil
