@@ -13,6 +13,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/mqsidecar/mqsidecar/adapters"
 	"github.com/mqsidecar/mqsidecar/internal/lifecycle"
@@ -41,6 +42,7 @@ type Publisher struct {
 	log  *slog.Logger
 	life lifecycle.Loop
 
+	known     sync.Map              // topics the brokers reported to exist (checkTopic)
 	writes    atomic.Uint64         // produce requests written to a broker
 	down      atomic.Pointer[error] // nil = a broker answered the last ping (or none yet)
 	kick      chan struct{}
@@ -165,6 +167,9 @@ func (p *Publisher) Publish(ctx context.Context, m adapters.OutMessage) (adapter
 	if !validTopic(m.Topic) {
 		return adapters.Receipt{}, fmt.Errorf("%w: %q is not a valid Kafka topic name", adapters.ErrUnknownTopic, m.Topic)
 	}
+	if err := p.checkTopic(ctx, m.Topic); err != nil {
+		return adapters.Receipt{}, err
+	}
 	rec := &kgo.Record{Topic: m.Topic, Value: m.Payload, Headers: make([]kgo.RecordHeader, 0, len(m.Headers)+2)}
 	if m.Key != "" {
 		rec.Key = []byte(m.Key)
@@ -208,6 +213,37 @@ func (p *Publisher) Publish(ctx context.Context, m adapters.OutMessage) (adapter
 		Broker: "kafka", Topic: m.Topic, ID: m.ID, Partition: &part, Offset: &off,
 		Durability: []string{"acks=all", "idempotent"},
 	}, nil
+}
+
+// checkTopic asks the brokers once whether topic exists, before its first publish: the
+// producer would otherwise wait for it through several metadata refreshes (seconds each)
+// and the request would end in its timeout instead of a 404. A topic found is remembered;
+// when the brokers cannot be asked, the produce decides.
+func (p *Publisher) checkTopic(ctx context.Context, topic string) error {
+	if _, ok := p.known.Load(topic); ok {
+		return nil
+	}
+	req := kmsg.NewPtrMetadataRequest()
+	req.AllowAutoTopicCreation = false
+	rt := kmsg.NewMetadataRequestTopic()
+	rt.Topic = kmsg.StringPtr(topic)
+	req.Topics = append(req.Topics, rt)
+	resp, err := req.RequestWith(ctx, p.cl)
+	if err != nil {
+		return nil
+	}
+	for _, t := range resp.Topics {
+		if t.Topic == nil || *t.Topic != topic {
+			continue
+		}
+		switch err := kerr.ErrorForCode(t.ErrorCode); {
+		case err == nil:
+			p.known.Store(topic, struct{}{})
+		case errors.Is(err, kerr.UnknownTopicOrPartition):
+			return fmt.Errorf("%w: kafka topic %q does not exist", adapters.ErrUnknownTopic, topic)
+		}
+	}
+	return nil
 }
 
 // classify maps a produce error to the publish errors; sent says whether any produce

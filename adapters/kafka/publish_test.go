@@ -78,12 +78,18 @@ func TestPublisherWritesWhatTheConsumerReads(t *testing.T) {
 }
 
 func TestPublisherUnknownTopic(t *testing.T) {
-	p := newPublisher(t, newCluster(t), 5*time.Second)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	cfg := Defaults()
+	cfg.Brokers = newCluster(t)
+	p, err := NewPublisher(cfg, 5*time.Second, WithPublisherLogger(testLogger(t))) // franz-go's default retries
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	_, err := p.Publish(ctx, adapters.OutMessage{Topic: "nope", ID: "1", Payload: []byte("x")})
+	_, err = p.Publish(ctx, adapters.OutMessage{Topic: "nope", ID: "1", Payload: []byte("x")})
 	if !errors.Is(err, adapters.ErrUnknownTopic) {
-		t.Fatalf("err %v, want ErrUnknownTopic", err)
+		t.Fatalf("err %v, want ErrUnknownTopic well within the request's 3s", err)
 	}
 	_, err = p.Publish(ctx, adapters.OutMessage{Topic: "bad/name", ID: "1", Payload: []byte("x")})
 	if !errors.Is(err, adapters.ErrUnknownTopic) {
