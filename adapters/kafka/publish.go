@@ -228,8 +228,21 @@ func (p *Publisher) checkTopic(ctx context.Context, topic string) error {
 	rt := kmsg.NewMetadataRequestTopic()
 	rt.Topic = kmsg.StringPtr(topic)
 	req.Topics = append(req.Topics, rt)
-	resp, err := req.RequestWith(ctx, p.cl)
-	if err != nil {
+	// franz-go may not give up on a connection being set up when ctx ends: do not wait for it.
+	type answer struct {
+		resp *kmsg.MetadataResponse
+		err  error
+	}
+	ch := make(chan answer, 1)
+	go func() { r, err := req.RequestWith(ctx, p.cl); ch <- answer{r, err} }()
+	var resp *kmsg.MetadataResponse
+	select {
+	case a := <-ch:
+		if a.err != nil {
+			return nil
+		}
+		resp = a.resp
+	case <-ctx.Done():
 		return nil
 	}
 	for _, t := range resp.Topics {

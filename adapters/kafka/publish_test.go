@@ -125,19 +125,20 @@ func TestPublisherNothingSentIsUnavailable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close() // accepts connections and never answers
 	cfg := Defaults()
-	cfg.Brokers = []string{ln.Addr().String()}
+	cfg.Brokers = []string{ln.Addr().String()} // accepts connections and never answers
 	p, err := NewPublisher(cfg, time.Second, WithPublisherLogger(testLogger(t))) // Run not started: no ping
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer p.Close(context.Background())
+	t.Cleanup(func() { _ = p.Close(context.Background()) })
+	t.Cleanup(func() { ln.Close() }) // first: the pending connections are reset, so Close need not wait for them
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
+	start := time.Now()
 	_, err = p.Publish(ctx, adapters.OutMessage{Topic: "t", ID: "1", Payload: []byte("x")})
-	if !errors.Is(err, adapters.ErrUnavailable) {
-		t.Fatalf("err %v, want ErrUnavailable", err)
+	if !errors.Is(err, adapters.ErrUnavailable) || time.Since(start) > 2*time.Second {
+		t.Fatalf("err %v after %s, want ErrUnavailable at the 300ms deadline", err, time.Since(start))
 	}
 }
 
