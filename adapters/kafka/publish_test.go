@@ -126,7 +126,7 @@ func TestPublisherNothingSentIsUnavailable(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := Defaults()
-	cfg.Brokers = []string{ln.Addr().String()} // accepts connections and never answers
+	cfg.Brokers = []string{ln.Addr().String()}                                   // accepts connections and never answers
 	p, err := NewPublisher(cfg, time.Second, WithPublisherLogger(testLogger(t))) // Run not started: no ping
 	if err != nil {
 		t.Fatal(err)
