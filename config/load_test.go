@@ -218,7 +218,7 @@ func TestFullYAML(t *testing.T) {
 			RabbitMQ: RabbitMQ{
 				URL: "amqp://guest:inline-amqp-pw@127.0.0.1:5672/", URLFile: "testdata/secrets/rabbitmq-url",
 				Queue: "rmq-queue", Prefetch: 128, MessageID: "header:x-id", Declare: true,
-				DeadLetterMode: "nack", TLS: rabbitTLS,
+				DeadLetterMode: "nack", TLS: rabbitTLS, PublishChannels: 32,
 				ManagementURL: "http://127.0.0.1:15672", ManagementUsername: "monitor",
 				ManagementPassword:     "inline-mgmt-pw", // not the selected kind: its file is not read
 				ManagementPasswordFile: "testdata/secrets/rabbitmq-mgmt-password",

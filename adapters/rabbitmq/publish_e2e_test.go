@@ -1,0 +1,318 @@
+//go:build e2e
+
+package rabbitmq
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/mqsidecar/mqsidecar/adapters"
+	"github.com/mqsidecar/mqsidecar/internal/lifecycle/lifecycletest"
+	"github.com/mqsidecar/mqsidecar/internal/settings"
+)
+
+// openPublisher runs a publisher on url (default brokerURL) and closes it at cleanup.
+func openPublisher(t *testing.T, url string, run bool) *Publisher {
+	t.Helper()
+	cfg := Defaults()
+	cfg.URL = settings.Secret(url)
+	cfg.Queue = "unused-by-the-publisher"
+	cfg.PublishChannels = 8
+	log, logs := testLogger(t)
+	p, err := NewPublisher(cfg, WithLogger(log), WithBackoff(50*time.Millisecond, 500*time.Millisecond))
+	if err != nil {
+		t.Fatalf("NewPublisher: %v", err)
+	}
+	if run {
+		lifecycletest.Start(t, p.Run)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = p.Close(ctx)
+		if t.Failed() {
+			t.Logf("publisher logs:\n%s", logs.String())
+		}
+	})
+	return p
+}
+
+// publishWithin retries ErrUnavailable until the publisher connected (Run just started).
+func publishWithin(t *testing.T, p *Publisher, m adapters.OutMessage) (adapters.Receipt, error) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		r, err := p.Publish(ctx, m)
+		cancel()
+		if !errors.Is(err, adapters.ErrUnavailable) || time.Now().After(deadline) {
+			return r, err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// exchangeWithQueue declares a durable direct exchange (deleted at cleanup) and, when queue
+// is not "", a durable queue bound to it with routing key "k".
+func exchangeWithQueue(t *testing.T, a *admin, queue string) string {
+	t.Helper()
+	ex := uniqueName(t) + "-x"
+	a.must("declare exchange", func(ch *amqp.Channel) error {
+		return ch.ExchangeDeclare(ex, "direct", true, false, false, false, nil)
+	})
+	t.Cleanup(func() { _ = a.do(func(ch *amqp.Channel) error { return ch.ExchangeDelete(ex, false, false) }) })
+	if queue != "" {
+		a.queue(queue, nil)
+		a.must("bind", func(ch *amqp.Channel) error { return ch.QueueBind(queue, "k", ex, false, nil) })
+	}
+	return ex
+}
+
+// TestPublishConsumed: a confirmed publish reaches the queue, and the consumer side reads
+// the ID, content type and headers the publisher wrote; the receipt says what was confirmed.
+func TestPublishConsumed(t *testing.T) {
+	a := newAdmin(t)
+	q := uniqueName(t)
+	ex := exchangeWithQueue(t, a, q)
+	p := openPublisher(t, brokerURL(t), true)
+	m := adapters.OutMessage{
+		Topic: ex, RoutingKey: "k", ID: "pub-" + randHex(4), ContentType: "application/json",
+		Headers: []adapters.Header{{Key: "ce-type", Value: "order.created"}, {Key: "traceparent", Value: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}},
+		Payload: []byte(`{"n":1}`),
+	}
+	r, err := publishWithin(t, p, m)
+	if err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	if r.Broker != "rabbitmq" || r.ID != m.ID || r.Topic != ex || r.RoutingKey != "k" || len(r.Durability) == 0 {
+		t.Fatalf("receipt %+v", r)
+	}
+	ts := open(t, q, srcOpts{})
+	d := readOne(t, ts, 10*time.Second)
+	d.Settle(nil)
+	if d.ID != m.ID || d.ContentType != m.ContentType || string(d.Payload) != string(m.Payload) {
+		t.Fatalf("consumed id %q content type %q payload %q; published %q %q %q", d.ID, d.ContentType, d.Payload, m.ID, m.ContentType, m.Payload)
+	}
+	got := map[string]string{}
+	for _, h := range d.Headers {
+		got[h.Key] = h.Value
+	}
+	for _, h := range m.Headers {
+		if got[h.Key] != h.Value {
+			t.Errorf("header %s: consumed %q, published %q", h.Key, got[h.Key], h.Value)
+		}
+	}
+	// Persistent: the consumer side cannot see the delivery mode, so ask the broker (the
+	// source is closed first, or it would take the message).
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = ts.Close(ctx)
+	m.ID += "-2"
+	if _, err := publishWithin(t, p, m); err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	if dl := a.get(q, 1, 10*time.Second)[0]; dl.DeliveryMode != amqp.Persistent || dl.MessageId != m.ID {
+		t.Fatalf("delivery mode %d message_id %q", dl.DeliveryMode, dl.MessageId)
+	}
+}
+
+// TestPublishUnroutable: an exchange with no bound queue confirms the message but returns
+// it (mandatory): never a success. Also through the default exchange to a missing queue.
+func TestPublishUnroutable(t *testing.T) {
+	a := newAdmin(t)
+	ex := exchangeWithQueue(t, a, "")
+	p := openPublisher(t, brokerURL(t), true)
+	for _, m := range []adapters.OutMessage{
+		{Topic: ex, RoutingKey: "k", ID: "unroutable-1", Payload: []byte("x")},
+		{Topic: "", RoutingKey: uniqueName(t) + "-no-such-queue", ID: "unroutable-2", Payload: []byte("x")},
+	} {
+		for i := range 3 { // the channel stays usable: each attempt is classified alike
+			if _, err := publishWithin(t, p, m); !errors.Is(err, adapters.ErrUnroutable) {
+				t.Fatalf("publish %d to %q/%q: %v, want ErrUnroutable", i, m.Topic, m.RoutingKey, err)
+			}
+		}
+	}
+	// Bind a queue: the same message is now confirmed.
+	q := uniqueName(t)
+	a.queue(q, nil)
+	a.must("bind", func(ch *amqp.Channel) error { return ch.QueueBind(q, "k", ex, false, nil) })
+	if _, err := publishWithin(t, p, adapters.OutMessage{Topic: ex, RoutingKey: "k", ID: "routed", Payload: []byte("x")}); err != nil {
+		t.Fatalf("publish after binding a queue: %v", err)
+	}
+}
+
+// TestPublishUnknownExchange: the broker closes the channel with 404; the publish answers
+// ErrUnknownTopic, and the publisher's next publish works (the channel was replaced).
+func TestPublishUnknownExchange(t *testing.T) {
+	a := newAdmin(t)
+	q := uniqueName(t)
+	ex := exchangeWithQueue(t, a, q)
+	p := openPublisher(t, brokerURL(t), true)
+	for i := range 3 {
+		_, err := publishWithin(t, p, adapters.OutMessage{Topic: ex + "-missing", RoutingKey: "k", ID: fmt.Sprint("missing-", i), Payload: []byte("x")})
+		if !errors.Is(err, adapters.ErrUnknownTopic) {
+			t.Fatalf("publish to a missing exchange: %v, want ErrUnknownTopic", err)
+		}
+		if _, err := publishWithin(t, p, adapters.OutMessage{Topic: ex, RoutingKey: "k", ID: fmt.Sprint("ok-", i), Payload: []byte("x")}); err != nil {
+			t.Fatalf("publish after the 404: %v", err)
+		}
+	}
+	if n := len(a.get(q, 3, 10*time.Second)); n != 3 {
+		t.Fatalf("%d messages", n)
+	}
+}
+
+// TestPublishNotConnected: without a broker (or before Run connected) Publish answers
+// ErrUnavailable at once, not after the request's timeout.
+func TestPublishNotConnected(t *testing.T) {
+	p := openPublisher(t, "amqp://guest:guest@127.0.0.1:1/", true)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err := p.Publish(ctx, adapters.OutMessage{Topic: "x", ID: "a", Payload: []byte("x")})
+	if !errors.Is(err, adapters.ErrUnavailable) {
+		t.Fatalf("Publish: %v, want ErrUnavailable", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("ErrUnavailable after %v", d)
+	}
+}
+
+// TestPublishBrokerChaos: 8 clients publish a stream while the broker is stopped, started,
+// killed with SIGKILL and started again (the harness's verbs). A client retries a publish
+// that failed with ErrUnavailable or ErrOutcomeUnknown with the same ID, as the publish
+// endpoint's clients do. Afterwards every confirmed ID is in the queue (0 lost), every
+// message in the queue carries an ID that was published, and copies (retries of an outcome
+// the client could not know) share their ID, which is what the consumer side dedups by.
+// It restarts the broker, so it runs only when MQSIDECAR_E2E_RABBITMQ_CHAOS=1 says the
+// broker of MQSIDECAR_E2E_RABBITMQ is the caller's own (never the shared dev broker).
+func TestPublishBrokerChaos(t *testing.T) {
+	if os.Getenv("MQSIDECAR_E2E_RABBITMQ_CHAOS") != "1" {
+		t.Skip("MQSIDECAR_E2E_RABBITMQ_CHAOS=1 is not set (disruptive: stops and kills the broker)")
+	}
+	script := filepath.Join(repoRoot(), "e2e", "harness", "rabbitmq.sh")
+	verb := func(args ...string) {
+		t0 := time.Now()
+		out, err := exec.Command("bash", append([]string{script}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("rabbitmq.sh %v: %v\n%s", args, err, out)
+		}
+		t.Logf("rabbitmq.sh %v: %v", args, time.Since(t0).Round(100*time.Millisecond))
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			_, _ = exec.Command("bash", script, "start").CombinedOutput()
+		}
+	})
+
+	a := newAdmin(t)
+	q := uniqueName(t)
+	ex := exchangeWithQueue(t, a, q)
+	p := openPublisher(t, brokerURL(t), true)
+
+	var (
+		mu        sync.Mutex
+		confirmed = map[string]bool{}
+		attempted = map[string]bool{}
+		outcomes  = map[string]int{}
+		stop      atomic.Bool
+		wg        sync.WaitGroup
+	)
+	for c := range 8 {
+		wg.Go(func() {
+			for i := 0; !stop.Load(); i++ {
+				id := fmt.Sprintf("c%d-%05d", c, i)
+				for {
+					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+					_, err := p.Publish(ctx, adapters.OutMessage{Topic: ex, RoutingKey: "k", ID: id, Payload: []byte("payload " + id)})
+					cancel()
+					mu.Lock()
+					attempted[id] = true
+					switch {
+					case err == nil:
+						confirmed[id] = true
+						outcomes["ok"]++
+					case errors.Is(err, adapters.ErrOutcomeUnknown):
+						outcomes["outcome-unknown"]++
+					case errors.Is(err, adapters.ErrUnavailable):
+						outcomes["unavailable"]++
+					default:
+						outcomes[err.Error()]++
+					}
+					mu.Unlock()
+					if err == nil {
+						break
+					}
+					if !errors.Is(err, adapters.ErrOutcomeUnknown) && !errors.Is(err, adapters.ErrUnavailable) {
+						t.Errorf("publish %s: %v (not a retryable class)", id, err)
+						return
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+		})
+	}
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(confirmed) }
+	eventually(t, 20*time.Second, "publishing started", func() bool { return count() > 200 })
+	verb("stop")
+	verb("start")
+	eventually(t, 30*time.Second, "publishing resumed after the restart", func() bool { n := count(); time.Sleep(500 * time.Millisecond); return count() > n })
+	verb("kill")
+	verb("start")
+	eventually(t, 30*time.Second, "publishing resumed after the kill", func() bool { n := count(); time.Sleep(500 * time.Millisecond); return count() > n })
+	stop.Store(true)
+	wg.Wait()
+
+	seen := map[string]int{}
+	a2 := newAdmin(t) // the old admin connection died with the broker
+	n := a2.count(q)
+	a2.must("drain "+q, func(ch *amqp.Channel) error {
+		ds, err := ch.Consume(q, "", true, false, false, false, nil)
+		if err != nil {
+			return err
+		}
+		for range n {
+			select {
+			case d := <-ds:
+				seen[d.MessageId]++
+			case <-time.After(10 * time.Second):
+				return fmt.Errorf("%d of %d messages drained", len(seen), n)
+			}
+		}
+		return nil
+	})
+	lost, foreign, copies := 0, 0, 0
+	for id := range confirmed {
+		if seen[id] == 0 {
+			lost++
+			if lost <= 10 {
+				t.Errorf("confirmed %s is not in the queue", id)
+			}
+		}
+	}
+	for id, k := range seen {
+		if !attempted[id] {
+			foreign++
+			t.Errorf("%s in the queue was never published", id)
+		}
+		copies += k - 1
+	}
+	t.Logf("%d confirmed, %d messages in the queue, %d distinct IDs, %d copies of a retried ID (removed by the consumer's dedup), %d lost; outcomes %v",
+		len(confirmed), n, len(seen), copies, lost, outcomes)
+	if lost > 0 || foreign > 0 {
+		t.Fatalf("%d confirmed messages lost, %d unknown IDs", lost, foreign)
+	}
+	if outcomes["outcome-unknown"]+outcomes["unavailable"] == 0 {
+		t.Fatal("no publish failed during the broker outages: the disruption did not happen")
+	}
+}
