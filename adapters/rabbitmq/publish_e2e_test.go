@@ -257,7 +257,7 @@ func TestPublishBrokerChaos(t *testing.T) {
 						t.Errorf("publish %s: %v (not a retryable class)", id, err)
 						return
 					}
-					time.Sleep(20 * time.Millisecond)
+					time.Sleep(100 * time.Millisecond) // a client backing off
 				}
 			}
 		})

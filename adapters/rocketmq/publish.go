@@ -40,6 +40,13 @@ type Publisher struct {
 	down    error                // why the producer is not started
 	known   map[string]time.Time // topic → when the name servers last routed it
 	routed  map[string]bool      // topics the name servers routed at least once
+	failed  map[string]routeFailure
+}
+
+// routeFailure is a topic check's failure, answered again without asking for routeRetry.
+type routeFailure struct {
+	err error
+	at  time.Time
 }
 
 // sendProducer is the part of the client's producer the publisher uses.
@@ -56,6 +63,9 @@ const (
 	noAutoCreateTopic = "MQSIDECAR_NO_AUTO_CREATE"
 	// routeTTL is how long a topic the name servers routed is sent to without asking again.
 	routeTTL = 30 * time.Second
+	// routeRetry is how long a failed topic check is answered again without asking the name
+	// servers: clients retrying fast while a broker restarts would otherwise flood them.
+	routeRetry = time.Second
 	// routeTimeout bounds one route request.
 	routeTimeout = 3 * time.Second
 	// sendTimeout bounds one send when the request's context has no earlier deadline.
@@ -113,6 +123,7 @@ func newPublisher(cfg Settings, log *slog.Logger, prod sendProducer) *Publisher 
 		down:    errors.New("not started yet"),
 		known:   map[string]time.Time{},
 		routed:  map[string]bool{},
+		failed:  map[string]routeFailure{},
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	return p
@@ -267,10 +278,27 @@ func classifySend(err error) error {
 func (p *Publisher) checkTopic(ctx context.Context, topic string) error {
 	p.mu.Lock()
 	at, ok := p.known[topic]
+	f, failed := p.failed[topic]
 	p.mu.Unlock()
-	if ok && time.Since(at) < routeTTL {
+	switch {
+	case ok && time.Since(at) < routeTTL:
 		return nil
+	case failed && time.Since(f.at) < routeRetry:
+		return f.err
 	}
+	err := p.askRoute(ctx, topic)
+	p.mu.Lock()
+	if err != nil {
+		p.failed[topic] = routeFailure{err: err, at: time.Now()}
+	} else {
+		delete(p.failed, topic)
+	}
+	p.mu.Unlock()
+	return err
+}
+
+// askRoute asks the name servers for the route of topic; see checkTopic.
+func (p *Publisher) askRoute(ctx context.Context, topic string) error {
 	timeout := routeTimeout
 	if d, ok := ctx.Deadline(); ok {
 		timeout = min(timeout, time.Until(d))

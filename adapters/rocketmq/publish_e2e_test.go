@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -141,6 +142,7 @@ func TestPublishBrokerChaos(t *testing.T) {
 		confirmed = map[string]bool{}
 		attempted = map[string]bool{}
 		outcomes  = map[string]int{}
+		reasons   = map[string]int{}
 		stop      atomic.Bool
 		wg        sync.WaitGroup
 	)
@@ -162,6 +164,7 @@ func TestPublishBrokerChaos(t *testing.T) {
 						outcomes["outcome-unknown"]++
 					case errors.Is(err, adapters.ErrUnavailable):
 						outcomes["unavailable"]++
+						reasons[strings.ReplaceAll(err.Error(), id, "<id>")]++
 					default:
 						outcomes[err.Error()]++
 					}
@@ -173,7 +176,7 @@ func TestPublishBrokerChaos(t *testing.T) {
 						t.Errorf("publish %s: %v (not a retryable class)", id, err)
 						return
 					}
-					time.Sleep(20 * time.Millisecond)
+					time.Sleep(100 * time.Millisecond) // a client backing off
 				}
 			}
 		})
@@ -231,6 +234,11 @@ func TestPublishBrokerChaos(t *testing.T) {
 	}
 	t.Logf("%d SEND_OK, %d distinct IDs read, %d copies of a retried ID (removed by the consumer's dedup), %d lost; outcomes %v",
 		len(confirmed), len(seen), copies, lost, outcomes)
+	for why, n := range reasons {
+		if n > 100 {
+			t.Logf("%d× %s", n, why)
+		}
+	}
 	if lost > 0 || foreign > 0 {
 		t.Fatalf("%d confirmed messages lost, %d unknown IDs", lost, foreign)
 	}

@@ -181,6 +181,23 @@ func TestPublishTopicCheck(t *testing.T) {
 	if *routes != 1 {
 		t.Fatalf("%d route requests for 3 publishes", *routes)
 	}
+	// A failed check is answered again for routeRetry without asking: clients retrying fast
+	// while a broker restarts must not flood the name servers.
+	*routes = 0
+	for range 3 {
+		if _, err := p.Publish(context.Background(), adapters.OutMessage{Topic: "nsdown", ID: "i"}); !errors.Is(err, adapters.ErrUnavailable) {
+			t.Fatal(err)
+		}
+	}
+	if *routes != 0 {
+		t.Fatalf("%d route requests within routeRetry of a failed one", *routes)
+	}
+	p.mu.Lock()
+	p.failed["nsdown"] = routeFailure{err: p.failed["nsdown"].err, at: time.Now().Add(-routeRetry)}
+	p.mu.Unlock()
+	if _, err := p.Publish(context.Background(), adapters.OutMessage{Topic: "nsdown", ID: "i"}); !errors.Is(err, adapters.ErrUnavailable) || *routes != 1 {
+		t.Fatalf("after routeRetry: %v, %d route requests", err, *routes)
+	}
 	f.err = errors.New("CODE: 17, DESC: topic[t] not exist")
 	if _, err := p.Publish(context.Background(), adapters.OutMessage{Topic: "t", ID: "i"}); !errors.Is(err, adapters.ErrUnknownTopic) {
 		t.Fatal(err)
@@ -201,6 +218,7 @@ func TestPublishNoRouteWhileBrokerDown(t *testing.T) {
 		t.Fatalf("no broker registered: %v, want ErrUnavailable", err)
 	}
 	p.brokers = func(time.Duration) (int, error) { return 0, errors.New("timeout") }
+	p.failed = map[string]routeFailure{} // not the cached answer
 	if _, err := p.Publish(context.Background(), adapters.OutMessage{Topic: "missing", ID: "i"}); !errors.Is(err, adapters.ErrUnavailable) {
 		t.Fatalf("cluster info failed: %v, want ErrUnavailable", err)
 	}
