@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -140,6 +141,23 @@ func (r *publishRun) finish(t *testing.T, app *recApp, p *sidecarProc) {
 	}
 }
 
+// receiptWith checks that a 2xx body is a receipt of broker naming the durability fact.
+func receiptWith(broker, fact string) func(body []byte) error {
+	return func(body []byte) error {
+		var rc struct {
+			Broker     string   `json:"broker"`
+			Durability []string `json:"durability"`
+		}
+		if err := json.Unmarshal(body, &rc); err != nil {
+			return err
+		}
+		if rc.Broker != broker || !slices.Contains(rc.Durability, fact) {
+			return fmt.Errorf("want broker %s and %s among the durability facts", broker, fact)
+		}
+		return nil
+	}
+}
+
 // withPublish adds the publish endpoint on addr to a sidecar config.
 func withPublish(yaml, addr string) string {
 	return yaml + fmt.Sprintf("\npublish:\n  listen: %s\n  timeout: 5s\n", addr)
@@ -186,19 +204,7 @@ func TestRabbitMQE2EPublishBrokerChaos(t *testing.T) {
 		}
 	}
 
-	run := startPublishing(t, func(string) string { return "http://" + addr + "/v1/publish/" + ex + "/k" }, func(body []byte) error {
-		var rc struct {
-			Broker     string   `json:"broker"`
-			Durability []string `json:"durability"`
-		}
-		if err := json.Unmarshal(body, &rc); err != nil {
-			return err
-		}
-		if rc.Broker != "rabbitmq" || !strings.Contains(strings.Join(rc.Durability, " "), "publisher-confirm") {
-			return fmt.Errorf("no publisher confirm in the receipt")
-		}
-		return nil
-	})
+	run := startPublishing(t, func(string) string { return "http://" + addr + "/v1/publish/" + ex + "/k" }, receiptWith("rabbitmq", "publisher-confirm"))
 	run.waitProgress(t, "publishing started")
 	harnessVerb(t, "rabbitmq.sh", "stop")
 	harnessVerb(t, "rabbitmq.sh", "start")
@@ -219,19 +225,7 @@ func TestRocketMQE2EPublishBrokerChaos(t *testing.T) {
 	addr := freeAddr(t)
 	p := newSidecarConfig(t, "sidecar", withPublish(yaml, addr), env...).start()
 
-	run := startPublishing(t, func(string) string { return "http://" + addr + "/v1/publish/" + r.topic }, func(body []byte) error {
-		var rc struct {
-			Broker     string   `json:"broker"`
-			Durability []string `json:"durability"`
-		}
-		if err := json.Unmarshal(body, &rc); err != nil {
-			return err
-		}
-		if rc.Broker != "rocketmq" || !strings.Contains(strings.Join(rc.Durability, " "), "SEND_OK") {
-			return fmt.Errorf("no SEND_OK in the receipt")
-		}
-		return nil
-	})
+	run := startPublishing(t, func(string) string { return "http://" + addr + "/v1/publish/" + r.topic }, receiptWith("rocketmq", "SEND_OK"))
 	run.waitProgress(t, "publishing started")
 	harnessVerb(t, "rocketmq.sh", "restart-broker")
 	run.waitProgress(t, "publishing resumed after the broker restart")

@@ -7,16 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/mqsidecar/mqsidecar/adapters"
+	"github.com/mqsidecar/mqsidecar/adapters/adaptertest"
 	"github.com/mqsidecar/mqsidecar/internal/lifecycle/lifecycletest"
 	"github.com/mqsidecar/mqsidecar/internal/settings"
 )
@@ -47,19 +45,10 @@ func openPublisher(t *testing.T, url string, run bool) *Publisher {
 	return p
 }
 
-// publishWithin retries ErrUnavailable until the publisher connected (Run just started).
+// publishWithin publishes m, retrying ErrUnavailable while the publisher connects.
 func publishWithin(t *testing.T, p *Publisher, m adapters.OutMessage) (adapters.Receipt, error) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		r, err := p.Publish(ctx, m)
-		cancel()
-		if !errors.Is(err, adapters.ErrUnavailable) || time.Now().After(deadline) {
-			return r, err
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return adaptertest.PublishWithin(p, m, 20*time.Second)
 }
 
 // exchangeWithQueue declares a durable direct exchange (deleted at cleanup) and, when queue
@@ -201,77 +190,24 @@ func TestPublishBrokerChaos(t *testing.T) {
 		t.Skip("MQSIDECAR_E2E_RABBITMQ_CHAOS=1 is not set (disruptive: stops and kills the broker)")
 	}
 	script := filepath.Join(repoRoot(), "e2e", "harness", "rabbitmq.sh")
-	verb := func(args ...string) {
-		t0 := time.Now()
-		out, err := exec.Command("bash", append([]string{script}, args...)...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("rabbitmq.sh %v: %v\n%s", args, err, out)
-		}
-		t.Logf("rabbitmq.sh %v: %v", args, time.Since(t0).Round(100*time.Millisecond))
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			_, _ = exec.Command("bash", script, "start").CombinedOutput()
-		}
-	})
+	verb := func(args ...string) { adaptertest.HarnessVerb(t, script, args...) }
 
 	a := newAdmin(t)
 	q := uniqueName(t)
 	ex := exchangeWithQueue(t, a, q)
 	p := openPublisher(t, brokerURL(t), true)
 
-	var (
-		mu        sync.Mutex
-		confirmed = map[string]bool{}
-		attempted = map[string]bool{}
-		outcomes  = map[string]int{}
-		stop      atomic.Bool
-		wg        sync.WaitGroup
-	)
-	for c := range 8 {
-		wg.Go(func() {
-			for i := 0; !stop.Load(); i++ {
-				id := fmt.Sprintf("c%d-%05d", c, i)
-				for {
-					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-					_, err := p.Publish(ctx, adapters.OutMessage{Topic: ex, RoutingKey: "k", ID: id, Payload: []byte("payload " + id)})
-					cancel()
-					mu.Lock()
-					attempted[id] = true
-					switch {
-					case err == nil:
-						confirmed[id] = true
-						outcomes["ok"]++
-					case errors.Is(err, adapters.ErrOutcomeUnknown):
-						outcomes["outcome-unknown"]++
-					case errors.Is(err, adapters.ErrUnavailable):
-						outcomes["unavailable"]++
-					default:
-						outcomes[err.Error()]++
-					}
-					mu.Unlock()
-					if err == nil {
-						break
-					}
-					if !errors.Is(err, adapters.ErrOutcomeUnknown) && !errors.Is(err, adapters.ErrUnavailable) {
-						t.Errorf("publish %s: %v (not a retryable class)", id, err)
-						return
-					}
-					time.Sleep(100 * time.Millisecond) // a client backing off
-				}
-			}
-		})
-	}
-	count := func() int { mu.Lock(); defer mu.Unlock(); return len(confirmed) }
-	eventually(t, 20*time.Second, "publishing started", func() bool { return count() > 200 })
+	stream := adaptertest.StartPublishStream(t, p, 8, func(id string) adapters.OutMessage {
+		return adapters.OutMessage{Topic: ex, RoutingKey: "k", ID: id, Payload: []byte("payload " + id)}
+	})
+	stream.WaitProgress(t, 20*time.Second, "publishing started")
 	verb("stop")
 	verb("start")
-	eventually(t, 30*time.Second, "publishing resumed after the restart", func() bool { n := count(); time.Sleep(500 * time.Millisecond); return count() > n })
+	stream.WaitProgress(t, 30*time.Second, "publishing resumed after the restart")
 	verb("kill")
 	verb("start")
-	eventually(t, 30*time.Second, "publishing resumed after the kill", func() bool { n := count(); time.Sleep(500 * time.Millisecond); return count() > n })
-	stop.Store(true)
-	wg.Wait()
+	stream.WaitProgress(t, 30*time.Second, "publishing resumed after the kill")
+	stream.Stop()
 
 	seen := map[string]int{}
 	a2 := newAdmin(t) // the old admin connection died with the broker
@@ -291,28 +227,5 @@ func TestPublishBrokerChaos(t *testing.T) {
 		}
 		return nil
 	})
-	lost, foreign, copies := 0, 0, 0
-	for id := range confirmed {
-		if seen[id] == 0 {
-			lost++
-			if lost <= 10 {
-				t.Errorf("confirmed %s is not in the queue", id)
-			}
-		}
-	}
-	for id, k := range seen {
-		if !attempted[id] {
-			foreign++
-			t.Errorf("%s in the queue was never published", id)
-		}
-		copies += k - 1
-	}
-	t.Logf("%d confirmed, %d messages in the queue, %d distinct IDs, %d copies of a retried ID (removed by the consumer's dedup), %d lost; outcomes %v",
-		len(confirmed), n, len(seen), copies, lost, outcomes)
-	if lost > 0 || foreign > 0 {
-		t.Fatalf("%d confirmed messages lost, %d unknown IDs", lost, foreign)
-	}
-	if outcomes["outcome-unknown"]+outcomes["unavailable"] == 0 {
-		t.Fatal("no publish failed during the broker outages: the disruption did not happen")
-	}
+	stream.Check(t, seen)
 }

@@ -7,11 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -37,19 +33,10 @@ func openPublisher(t *testing.T) *Publisher {
 	return p
 }
 
-// publishWithin retries ErrUnavailable until the producer started (Run just began).
+// publishWithin publishes m, retrying ErrUnavailable while the publisher connects.
 func publishWithin(t *testing.T, p *Publisher, m adapters.OutMessage) (adapters.Receipt, error) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		r, err := p.Publish(ctx, m)
-		cancel()
-		if !errors.Is(err, adapters.ErrUnavailable) || time.Now().After(deadline) {
-			return r, err
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return adaptertest.PublishWithin(p, m, 20*time.Second)
 }
 
 // TestPublishConsumed: a publish answered SEND_OK is consumed by the source with its
@@ -119,86 +106,21 @@ func TestPublishBrokerChaos(t *testing.T) {
 		t.Skip("MQSIDECAR_E2E_ROCKETMQ_CHAOS=1 is not set (disruptive: stops and kills the broker)")
 	}
 	script, _ := filepath.Abs("../../e2e/harness/rocketmq.sh")
-	verb := func(args ...string) {
-		t0 := time.Now()
-		out, err := exec.Command("bash", append([]string{script}, args...)...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("rocketmq.sh %v: %v\n%s", args, err, out)
-		}
-		t.Logf("rocketmq.sh %v: %v", args, time.Since(t0).Round(100*time.Millisecond))
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			_, _ = exec.Command("bash", script, "start").CombinedOutput()
-		}
-	})
+	verb := func(args ...string) { adaptertest.HarnessVerb(t, script, args...) }
+
 	topic := fmt.Sprintf("mqsc-rmq-pubchaos-%d", time.Now().UnixNano()%1e9)
 	createTopic(t, topic, 4)
 	p := openPublisher(t)
-	run := fmt.Sprintf("%d", time.Now().UnixNano()%1e9)
-
-	var (
-		mu        sync.Mutex
-		confirmed = map[string]bool{}
-		attempted = map[string]bool{}
-		outcomes  = map[string]int{}
-		reasons   = map[string]int{}
-		stop      atomic.Bool
-		wg        sync.WaitGroup
-	)
-	for c := range 8 {
-		wg.Go(func() {
-			for i := 0; !stop.Load(); i++ {
-				id := fmt.Sprintf("%s-c%d-%05d", run, c, i)
-				for {
-					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-					_, err := p.Publish(ctx, adapters.OutMessage{Topic: topic, ID: id, Payload: []byte("payload " + id)})
-					cancel()
-					mu.Lock()
-					attempted[id] = true
-					switch {
-					case err == nil:
-						confirmed[id] = true
-						outcomes["SEND_OK"]++
-					case errors.Is(err, adapters.ErrOutcomeUnknown):
-						outcomes["outcome-unknown"]++
-					case errors.Is(err, adapters.ErrUnavailable):
-						outcomes["unavailable"]++
-						reasons[strings.ReplaceAll(err.Error(), id, "<id>")]++
-					default:
-						outcomes[err.Error()]++
-					}
-					mu.Unlock()
-					if err == nil {
-						break
-					}
-					if !errors.Is(err, adapters.ErrOutcomeUnknown) && !errors.Is(err, adapters.ErrUnavailable) {
-						t.Errorf("publish %s: %v (not a retryable class)", id, err)
-						return
-					}
-					time.Sleep(100 * time.Millisecond) // a client backing off
-				}
-			}
-		})
-	}
-	count := func() int { mu.Lock(); defer mu.Unlock(); return len(confirmed) }
-	resumed := func() bool { n := count(); time.Sleep(500 * time.Millisecond); return count() > n }
-	waitFor := func(what string, cond func() bool) {
-		deadline := time.Now().Add(45 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				stop.Store(true)
-				t.Fatalf("not within 45s: %s", what)
-			}
-		}
-	}
-	waitFor("publishing started", func() bool { return count() > 200 })
+	stream := adaptertest.StartPublishStream(t, p, 8, func(id string) adapters.OutMessage {
+		return adapters.OutMessage{Topic: topic, ID: id, Payload: []byte("payload " + id)}
+	})
+	stream.WaitProgress(t, 45*time.Second, "publishing started")
 	verb("restart-broker")
-	waitFor("publishing resumed after the broker restart", resumed)
+	stream.WaitProgress(t, 45*time.Second, "publishing resumed after the broker restart")
 	verb("restart", "--hard")
-	waitFor("publishing resumed after the kill -9", resumed)
-	stop.Store(true)
-	wg.Wait()
+	stream.WaitProgress(t, 45*time.Second, "publishing resumed after the kill -9")
+	stream.Stop()
+	confirmed := stream.ConfirmedIDs()
 
 	seen := map[string]int{}
 	allConfirmed := func(got []adaptertest.Message) bool {
@@ -216,33 +138,5 @@ func TestPublishBrokerChaos(t *testing.T) {
 	for _, m := range readTopicUntil(t, topic, allConfirmed, 60*time.Second) {
 		seen[m.ID]++
 	}
-	lost, foreign, copies := 0, 0, 0
-	for id := range confirmed {
-		if seen[id] == 0 {
-			lost++
-			if lost <= 10 {
-				t.Errorf("%s answered SEND_OK but is not in the topic", id)
-			}
-		}
-	}
-	for id, k := range seen {
-		if !attempted[id] {
-			foreign++
-			t.Errorf("%s in the topic was never published", id)
-		}
-		copies += k - 1
-	}
-	t.Logf("%d SEND_OK, %d distinct IDs read, %d copies of a retried ID (removed by the consumer's dedup), %d lost; outcomes %v",
-		len(confirmed), len(seen), copies, lost, outcomes)
-	for why, n := range reasons {
-		if n > 100 {
-			t.Logf("%d× %s", n, why)
-		}
-	}
-	if lost > 0 || foreign > 0 {
-		t.Fatalf("%d confirmed messages lost, %d unknown IDs", lost, foreign)
-	}
-	if outcomes["outcome-unknown"]+outcomes["unavailable"] == 0 {
-		t.Fatal("no publish failed during the outages: the disruption did not happen")
-	}
+	stream.Check(t, seen)
 }
