@@ -142,8 +142,10 @@
 //     cannot carry (a message ID, exchange, routing key, content type or header name over
 //     255 bytes; refused before sending).
 //   - ErrUnavailable: nothing was sent: no connection (Publish does not wait for one; Run
-//     reconnects with backoff), every channel busy until the request ended, or the request
-//     ended before sending.
+//     reconnects with backoff), the broker blocks publishing (connection.blocked, a memory
+//     or disk alarm: answered at once instead of waiting for a confirm that cannot come),
+//     every channel busy or a new channel not opened before the request ended, or the
+//     request ended before sending.
 //   - ErrOutcomeUnknown: the message left but no confirm came (the connection was lost, or
 //     the request ended first). The channel is then dropped, so that a late confirm or return
 //     cannot be taken for another publish. A retry with the same ID may store a second copy,

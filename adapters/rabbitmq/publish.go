@@ -31,6 +31,7 @@ type Publisher struct {
 	closed bool
 	conn   *amqp.Connection
 	down   error             // why conn is nil
+	block  string            // the broker's reason while it blocks publishing on conn, else ""
 	idle   []*confirmChannel // open confirm channels of conn not in use
 }
 
@@ -85,6 +86,7 @@ func (p *Publisher) run() {
 			continue
 		}
 		lost := conn.NotifyClose(make(chan *amqp.Error, 1))
+		blocked := conn.NotifyBlocked(make(chan amqp.Blocking, 1))
 		if !p.setConn(conn) {
 			_ = conn.CloseDeadline(time.Now().Add(closeGrace))
 			return
@@ -92,9 +94,46 @@ func (p *Publisher) run() {
 		p.log.Info("rabbitmq: publisher connected", slog.String("addr", p.src.addr), slog.Int("failed_attempts", dl.attempts))
 		dl.reset()
 		started := time.Now()
+		if !p.serve(conn, lost, blocked) {
+			return // Close closes the connection
+		}
+		if time.Since(started) > 10*p.src.backoffMin {
+			bo.reset()
+		}
+		if !p.sleep(bo.next()) {
+			return
+		}
+	}
+}
+
+// serve follows conn until it is lost (true) or Close (false). While the broker blocks
+// publishing on it (connection.blocked: a memory or disk alarm), publishes fail at once
+// with ErrUnavailable instead of waiting for a confirm that cannot come.
+func (p *Publisher) serve(conn *amqp.Connection, lost <-chan *amqp.Error, blocked <-chan amqp.Blocking) bool {
+	for {
 		select {
 		case <-p.ctx.Done():
-			return // Close closes the connection
+			return false
+		case b, ok := <-blocked:
+			if !ok {
+				blocked = nil // closed with the connection; lost says so
+				continue
+			}
+			reason := ""
+			if b.Active {
+				reason = b.Reason
+				if reason == "" {
+					reason = "blocked"
+				}
+				p.log.Warn("rabbitmq: the broker blocks publishing", slog.String("reason", reason))
+			} else {
+				p.log.Info("rabbitmq: the broker unblocked publishing")
+			}
+			p.mu.Lock()
+			if p.conn == conn {
+				p.block = reason
+			}
+			p.mu.Unlock()
 		case e := <-lost:
 			err := errors.New("connection closed")
 			if e != nil {
@@ -102,12 +141,7 @@ func (p *Publisher) run() {
 			}
 			p.setDown(conn, fmt.Errorf("rabbitmq: publisher connection to %s lost: %w", p.src.addr, err))
 			p.log.Warn("rabbitmq: publisher connection lost; reconnecting", slog.String("error", err.Error()))
-		}
-		if time.Since(started) > 10*p.src.backoffMin {
-			bo.reset()
-		}
-		if !p.sleep(bo.next()) {
-			return
+			return true
 		}
 	}
 }
@@ -130,7 +164,7 @@ func (p *Publisher) setConn(conn *amqp.Connection) bool {
 	if p.closed {
 		return false
 	}
-	p.conn, p.down, p.idle = conn, nil, nil
+	p.conn, p.down, p.idle, p.block = conn, nil, nil, ""
 	return true
 }
 
@@ -142,7 +176,7 @@ func (p *Publisher) setDown(old *amqp.Connection, err error) {
 	if old != nil && p.conn != old {
 		return
 	}
-	p.conn, p.down, p.idle = nil, err, nil
+	p.conn, p.down, p.idle, p.block = nil, err, nil, ""
 }
 
 // Publish implements adapters.Publisher: a persistent, mandatory publish on a confirm
@@ -161,7 +195,7 @@ func (p *Publisher) Publish(ctx context.Context, m adapters.OutMessage) (adapter
 	}
 	defer func() { <-p.slots }()
 
-	cc, err := p.take()
+	cc, err := p.take(ctx)
 	if err != nil {
 		return adapters.Receipt{}, fmt.Errorf("rabbitmq: publish %q: %w (%w)", m.ID, err, adapters.ErrUnavailable)
 	}
@@ -293,8 +327,10 @@ func checkOut(m adapters.OutMessage) error {
 	return nil
 }
 
-// take returns an idle confirm channel of the current connection or opens one.
-func (p *Publisher) take() (*confirmChannel, error) {
+// take returns an idle confirm channel of the current connection or opens one, bounded
+// by ctx: opening is a round trip, which a broker that blocks the connection (or hangs)
+// does not answer.
+func (p *Publisher) take(ctx context.Context) (*confirmChannel, error) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -306,6 +342,11 @@ func (p *Publisher) take() (*confirmChannel, error) {
 		p.mu.Unlock()
 		return nil, fmt.Errorf("no connection to %s: %w", p.src.addr, err)
 	}
+	if p.block != "" {
+		reason := p.block
+		p.mu.Unlock()
+		return nil, fmt.Errorf("the broker %s blocks publishing (connection.blocked: %s; a memory or disk alarm)", p.src.addr, reason)
+	}
 	for n := len(p.idle); n > 0; n = len(p.idle) {
 		cc := p.idle[n-1]
 		p.idle = p.idle[:n-1]
@@ -316,21 +357,43 @@ func (p *Publisher) take() (*confirmChannel, error) {
 	}
 	p.mu.Unlock()
 
-	ch, err := conn.Channel()
-	if err == nil {
-		if err = ch.Confirm(false); err != nil {
-			_ = ch.Close()
+	type opened struct {
+		cc  *confirmChannel
+		err error
+	}
+	done := make(chan opened, 1)
+	go func() {
+		ch, err := conn.Channel()
+		if err == nil {
+			if err = ch.Confirm(false); err != nil {
+				_ = ch.Close()
+			}
 		}
+		if err != nil {
+			done <- opened{err: err}
+			return
+		}
+		done <- opened{cc: &confirmChannel{
+			conn:    conn,
+			ch:      ch,
+			returns: ch.NotifyReturn(make(chan amqp.Return, 1)),
+			closes:  ch.NotifyClose(make(chan *amqp.Error, 1)),
+		}}
+	}()
+	select {
+	case o := <-done:
+		if o.err != nil {
+			return nil, fmt.Errorf("open a confirm channel on %s: %w", p.src.addr, o.err)
+		}
+		return o.cc, nil
+	case <-ctx.Done():
+		go func() { // the broker may still answer: close that channel then
+			if o := <-done; o.cc != nil {
+				_ = o.cc.ch.Close()
+			}
+		}()
+		return nil, fmt.Errorf("open a confirm channel on %s: no answer before the request ended: %w", p.src.addr, ctx.Err())
 	}
-	if err != nil {
-		return nil, fmt.Errorf("open a confirm channel on %s: %w", p.src.addr, err)
-	}
-	return &confirmChannel{
-		conn:    conn,
-		ch:      ch,
-		returns: ch.NotifyReturn(make(chan amqp.Return, 1)),
-		closes:  ch.NotifyClose(make(chan *amqp.Error, 1)),
-	}, nil
 }
 
 // release puts cc back into the pool, unless its connection was replaced or it closed.

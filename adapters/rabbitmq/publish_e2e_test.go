@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -228,4 +229,38 @@ func TestPublishBrokerChaos(t *testing.T) {
 		return nil
 	})
 	stream.Check(t, seen)
+}
+
+// TestPublishBrokerBlocked: while a memory alarm makes the broker block publishers
+// (connection.blocked), Publish answers ErrUnavailable at once instead of waiting for a
+// confirm; after the alarm, publishing works again. It sets an alarm on the whole broker,
+// so it runs only with MQSIDECAR_E2E_RABBITMQ_CHAOS=1 (the caller's own broker).
+func TestPublishBrokerBlocked(t *testing.T) {
+	if os.Getenv("MQSIDECAR_E2E_RABBITMQ_CHAOS") != "1" {
+		t.Skip("MQSIDECAR_E2E_RABBITMQ_CHAOS=1 is not set (disruptive: sets a memory alarm on the broker)")
+	}
+	a := newAdmin(t)
+	q := uniqueName(t)
+	ex := exchangeWithQueue(t, a, q)
+	p := openPublisher(t, brokerURL(t), true)
+	m := adapters.OutMessage{Topic: ex, RoutingKey: "k", ID: "before", Payload: []byte("x")}
+	if _, err := publishWithin(t, p, m); err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	ctl(t, "set_vm_memory_high_watermark", "0")
+	t.Cleanup(func() { ctl(t, "set_vm_memory_high_watermark", "0.4") })
+	eventually(t, 30*time.Second, "Publish answers ErrUnavailable at once while the broker blocks", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		start := time.Now()
+		m.ID = "during"
+		_, err := p.Publish(ctx, m)
+		return errors.Is(err, adapters.ErrUnavailable) && strings.Contains(err.Error(), "blocks publishing") && time.Since(start) < time.Second
+	})
+	ctl(t, "set_vm_memory_high_watermark", "0.4")
+	m.ID = "after"
+	eventually(t, 30*time.Second, "publishing works after the alarm", func() bool {
+		_, err := publishWithin(t, p, m)
+		return err == nil
+	})
 }
