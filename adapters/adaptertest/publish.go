@@ -163,14 +163,18 @@ func PublishWithin(p adapters.Publisher, m adapters.OutMessage, within time.Dura
 func HarnessVerb(t *testing.T, script string, args ...string) {
 	t.Helper()
 	t0 := time.Now()
-	out, err := exec.Command("bash", append([]string{script}, args...)...).CombinedOutput()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "bash", append([]string{script}, args...)...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("%s %v: %v\n%s", script, args, err, out)
 	}
 	t.Logf("%s %v: %v", script, args, time.Since(t0).Round(100*time.Millisecond))
 	t.Cleanup(func() {
 		if t.Failed() {
-			_, _ = exec.Command("bash", script, "start").CombinedOutput()
+			ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+			defer cancel()
+			_, _ = exec.CommandContext(ctx, "bash", script, "start").CombinedOutput()
 		}
 	})
 }
