@@ -160,7 +160,7 @@ type txView struct {
 	Error   string            `json:"error,omitempty"`
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
+func writeTxJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
@@ -171,7 +171,7 @@ func txError(w http.ResponseWriter, status int, id string, state dedup.TxState, 
 	if state != dedup.TxUnknown {
 		v.State = state.String()
 	}
-	writeJSON(w, status, v)
+	writeTxJSON(w, status, v)
 }
 
 // messageOf maps a prepare request to the message: the payload unchanged, Content-Type,
@@ -243,14 +243,14 @@ func (m *Txn) prepare(w http.ResponseWriter, r *http.Request) {
 		case !bytes.Equal(old.Message, enc):
 			txError(w, http.StatusUnprocessableEntity, msg.ID, old.State, "the id was prepared with a different message")
 		default:
-			writeJSON(w, http.StatusOK, txView{ID: msg.ID, State: old.State.String(), Topic: msg.Topic})
+			writeTxJSON(w, http.StatusOK, txView{ID: msg.ID, State: old.State.String(), Topic: msg.Topic})
 		}
 		return
 	case err != nil:
 		txError(w, http.StatusServiceUnavailable, msg.ID, 0, "the outbox did not store the message: "+err.Error())
 		return
 	}
-	writeJSON(w, http.StatusCreated, txView{ID: msg.ID, State: rec.State.String(), Topic: msg.Topic})
+	writeTxJSON(w, http.StatusCreated, txView{ID: msg.ID, State: rec.State.String(), Topic: msg.Topic})
 }
 
 // answer writes a record's state (with its receipt once committed).
@@ -262,7 +262,7 @@ func (m *Txn) answer(w http.ResponseWriter, status int, rec dedup.TxRecord) {
 			v.Receipt, v.Topic = &rc, rc.Topic
 		}
 	}
-	writeJSON(w, status, v)
+	writeTxJSON(w, status, v)
 }
 
 func (m *Txn) get(w http.ResponseWriter, r *http.Request) {
