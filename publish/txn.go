@@ -48,6 +48,18 @@ type TxnOptions struct {
 	Store dedup.Outbox
 	// Publisher publishes committed messages. Required.
 	Publisher adapters.Publisher
+	// Half, when set, is the broker's own transactional messages (RocketMQ): the prepare
+	// also sends a half message, a commit or rollback ends it, and CheckBack answers the
+	// broker's check-back. A commit of a half message this process does not hold goes
+	// through Publisher (a plain, non-transactional send) once OrphanGrace passed; before
+	// that the broker's check-back commits it.
+	Half HalfMessages
+	// OrphanGrace is how long after its prepare a half message no process holds (its
+	// process died) is left to the broker's check-back before the checker asks the app and
+	// publishes it through Publisher; keep it below the broker's transactionCheckMax ×
+	// transactionCheckInterval, after which the broker drops the half message. <= 0 means
+	// 5 minutes.
+	OrphanGrace time.Duration
 	// CheckURL is the app's check endpoint (publish.transactions.check_url); "" = the
 	// checker cannot ask: undecided records wait for the app's commit or rollback.
 	CheckURL string
@@ -72,6 +84,25 @@ type TxnOptions struct {
 	// Now is the clock, for tests; nil means time.Now.
 	Now func() time.Time
 }
+
+// HalfMessages is a broker's own transactional messages (adapters/rocketmq.Txn).
+type HalfMessages interface {
+	// Prepare sends m as a half message; nil once the broker stored it.
+	Prepare(ctx context.Context, m adapters.OutMessage) error
+	// End commits or rolls back the half message of id that this process holds open;
+	// held is false when it holds none (the broker's check-back settles that one).
+	End(ctx context.Context, id string, commit bool) (r adapters.Receipt, held bool, err error)
+	// Holds reports whether this process holds the half message of id open.
+	Holds(id string) bool
+}
+
+// Durability facts of a half message's receipt; CheckBack commits a half message only
+// when the committed record's receipt has durabilityHalf (otherwise the message went out
+// by a plain send, and the half message is an orphan to roll back).
+const (
+	durabilityHalf    = "half-message"
+	durabilityByCheck = "committed by the broker's check-back"
+)
 
 // Txn is the transaction manager: the HTTP handler of /v1/transactions and the checker.
 type Txn struct {
@@ -106,6 +137,7 @@ func NewTxn(o TxnOptions) (*Txn, error) {
 	def(&o.PublishTimeout, 10*time.Second)
 	def(&o.CheckTimeout, 5*time.Second)
 	def(&o.Poll, time.Second)
+	def(&o.OrphanGrace, 5*time.Minute)
 	if o.MaxBackoff < o.MinBackoff {
 		o.MaxBackoff = o.MinBackoff
 	}
@@ -250,6 +282,17 @@ func (m *Txn) prepare(w http.ResponseWriter, r *http.Request) {
 		txError(w, http.StatusServiceUnavailable, msg.ID, 0, "the outbox did not store the message: "+err.Error())
 		return
 	}
+	if m.o.Half != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), m.o.PublishTimeout)
+		herr := m.o.Half.Prepare(ctx, msg)
+		cancel()
+		if herr != nil {
+			m.abandon(context.WithoutCancel(r.Context()), msg.ID)
+			status, reason := publishStatus(herr)
+			txError(w, status, msg.ID, 0, "the half message was not stored: "+reason)
+			return
+		}
+	}
 	writeTxJSON(w, http.StatusCreated, txView{ID: msg.ID, State: rec.State.String(), Topic: msg.Topic})
 }
 
@@ -338,7 +381,24 @@ func (m *Txn) publish(ctx context.Context, owner string, rec dedup.TxRecord) (de
 	if err := json.Unmarshal(rec.Message, &msg); err != nil {
 		return rec, fmt.Errorf("transaction %s: undecodable message in the outbox: %w", rec.ID, err)
 	}
-	receipt, perr := m.o.Publisher.Publish(ctx, msg)
+	var (
+		receipt adapters.Receipt
+		perr    error
+		held    bool
+	)
+	switch {
+	case m.o.Half == nil:
+	case m.o.Half.Holds(rec.ID):
+		receipt, held, perr = m.o.Half.End(ctx, rec.ID, true)
+	case m.orphanInGrace(rec):
+		// The half message is on the broker (SEND_OK at prepare) and the decision is now
+		// in the outbox: the broker's check-back commits it (CheckBack).
+		receipt, held = adapters.Receipt{Broker: "rocketmq", Topic: msg.Topic, ID: rec.ID,
+			Durability: []string{"SEND_OK", durabilityHalf, durabilityByCheck}}, true
+	}
+	if !held {
+		receipt, perr = m.o.Publisher.Publish(ctx, msg)
+	}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.o.PublishTimeout)
 	defer cancel()
 	if perr != nil {
@@ -385,7 +445,98 @@ func (m *Txn) rollback(w http.ResponseWriter, r *http.Request) {
 		txError(w, http.StatusServiceUnavailable, id, dedup.TxPrepared, "outbox: "+err.Error())
 		return
 	}
+	m.endHalf(r.Context(), id)
 	m.answer(w, http.StatusOK, rec)
+}
+
+// endHalf rolls back the half message of a rolled back transaction, when this process
+// holds it; otherwise the broker's check-back reads the rollback from the outbox.
+func (m *Txn) endHalf(ctx context.Context, id string) {
+	if m.o.Half == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.o.PublishTimeout)
+	defer cancel()
+	if _, _, err := m.o.Half.End(ctx, id, false); err != nil {
+		m.log.Warn("transaction: rolling back the half message failed; the broker's check-back rolls it back",
+			slog.String("id", id), slog.Any("error", err))
+	}
+}
+
+// orphanInGrace reports whether rec's half message is left to the broker's check-back: a
+// broker with half messages, none held here, within OrphanGrace of the prepare.
+func (m *Txn) orphanInGrace(rec dedup.TxRecord) bool {
+	return m.o.Half != nil && !m.o.Half.Holds(rec.ID) && m.o.Now().Before(rec.Prepared.Add(m.o.OrphanGrace))
+}
+
+// abandon rolls back a prepared record whose half message was not stored.
+func (m *Txn) abandon(ctx context.Context, id string) {
+	owner := m.claimOwner()
+	rec, err := m.o.Store.TxClaim(ctx, id, owner, m.lease)
+	if err == nil && rec.State == dedup.TxPrepared {
+		rec.State = dedup.TxRolledBack
+		err = m.o.Store.TxUpdate(ctx, owner, rec)
+	}
+	if err != nil {
+		m.log.Warn("transaction: recording a failed prepare failed; the checker asks the app", slog.String("id", id), slog.Any("error", err))
+	}
+}
+
+// CheckBack answers the broker's check-back about the half message of id (RocketMQ):
+// COMMIT or ROLLBACK as the outbox has it decided; for a message still undecided after
+// the timeout, the app's check URL decides (and the outbox records it); otherwise UNKNOWN,
+// and the broker asks again later.
+func (m *Txn) CheckBack(ctx context.Context, id string) string {
+	owner := m.claimOwner()
+	rec, err := m.o.Store.TxClaim(ctx, id, owner, m.lease)
+	switch {
+	case errors.Is(err, dedup.ErrTxNotFound):
+		// Not prepared through this outbox (or forgotten after its retention): the app knows.
+		d, _ := m.ask(ctx, dedup.TxRecord{ID: id})
+		return d
+	case err != nil:
+		return "UNKNOWN"
+	}
+	switch rec.State {
+	case dedup.TxCommitted:
+		var rc adapters.Receipt
+		if json.Unmarshal(rec.Receipt, &rc) == nil && slices.Contains(rc.Durability, durabilityHalf) {
+			return "COMMIT"
+		}
+		return "ROLLBACK" // published by a plain send: this half message is a second copy
+	case dedup.TxRolledBack:
+		return "ROLLBACK"
+	case dedup.TxCommitting:
+		// Its publish is being retried; that copy carries the same ID.
+		m.release(ctx, owner, rec)
+		return "UNKNOWN"
+	}
+	if m.o.Now().Before(rec.Prepared.Add(m.o.Timeout)) {
+		m.release(ctx, owner, rec)
+		return "UNKNOWN" // the app still has time to decide
+	}
+	decision, why := m.ask(ctx, rec)
+	switch decision {
+	case "COMMIT":
+		var msg adapters.OutMessage
+		_ = json.Unmarshal(rec.Message, &msg)
+		rec.State = dedup.TxCommitted
+		rec.Receipt, _ = json.Marshal(adapters.Receipt{Broker: "rocketmq", Topic: msg.Topic, ID: id,
+			Durability: []string{"SEND_OK", durabilityHalf, durabilityByCheck}})
+	case "ROLLBACK":
+		rec.State = dedup.TxRolledBack
+	default:
+		rec.NextCheck = m.o.Now().Add(m.backoff(rec.Checks))
+		rec.Checks++
+		m.log.Info("check-back: transaction undecided", slog.String("id", id), slog.String("answer", why))
+		m.release(ctx, owner, rec)
+		return "UNKNOWN"
+	}
+	if err := m.o.Store.TxUpdate(ctx, owner, rec); err != nil {
+		m.log.Warn("check-back: recording the decision failed; answering UNKNOWN", slog.String("id", id), slog.Any("error", err))
+		return "UNKNOWN"
+	}
+	return decision
 }
 
 // release ends a claim without changing the record.
@@ -463,6 +614,12 @@ func (m *Txn) resolve(ctx context.Context, id string) bool {
 		return false // held elsewhere, gone, or resolved meanwhile
 	}
 	log := m.log.With(slog.String("id", id))
+	if rec.State == dedup.TxPrepared && m.orphanInGrace(rec) {
+		// The broker's check-back asks the app about it (CheckBack).
+		rec.NextCheck = rec.Prepared.Add(m.o.OrphanGrace)
+		m.release(ctx, owner, rec)
+		return false
+	}
 	if rec.State == dedup.TxPrepared {
 		decision, why := m.ask(ctx, rec)
 		switch decision {
@@ -472,6 +629,7 @@ func (m *Txn) resolve(ctx context.Context, id string) bool {
 				log.Warn("transaction checker: recording the rollback failed", slog.Any("error", err))
 				return false
 			}
+			m.endHalf(ctx, id)
 			log.Info("transaction rolled back by the check URL")
 			return true
 		case "COMMIT":

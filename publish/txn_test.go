@@ -366,3 +366,118 @@ func TestTxnRun(t *testing.T) {
 		t.Fatalf("Run's checker published %d times, want 1", f.pub.count(id))
 	}
 }
+
+// fakeHalf is a broker with half messages: the IDs in held are held open here.
+type fakeHalf struct {
+	mu    sync.Mutex
+	held  map[string]bool
+	ended map[string]string // id -> "commit" / "rollback"
+}
+
+func (h *fakeHalf) Prepare(_ context.Context, m adapters.OutMessage) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.held[m.ID] = true
+	return nil
+}
+
+func (h *fakeHalf) End(_ context.Context, id string, commit bool) (adapters.Receipt, bool, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.held[id] {
+		return adapters.Receipt{}, false, nil
+	}
+	delete(h.held, id)
+	h.ended[id] = map[bool]string{true: "commit", false: "rollback"}[commit]
+	return adapters.Receipt{Broker: "rocketmq", ID: id, Durability: []string{"SEND_OK", durabilityHalf}}, true, nil
+}
+
+func (h *fakeHalf) Holds(id string) bool { h.mu.Lock(); defer h.mu.Unlock(); return h.held[id] }
+
+// forget is the process's death: nothing is held any more.
+func (h *fakeHalf) forget() { h.mu.Lock(); h.held = map[string]bool{}; h.mu.Unlock() }
+
+func (h *fakeHalf) end(id string) string { h.mu.Lock(); defer h.mu.Unlock(); return h.ended[id] }
+
+func newHalfFixture(t *testing.T, answer string) (*fixture, *fakeHalf) {
+	f := newFixture(t, answer)
+	h := &fakeHalf{held: map[string]bool{}, ended: map[string]string{}}
+	m, err := NewTxn(TxnOptions{Store: f.store, Publisher: f.pub, Half: h, CheckURL: f.app.srv.URL, Timeout: 10 * time.Second,
+		OrphanGrace: time.Minute, Logger: slog.New(slog.DiscardHandler), Now: f.clk.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.m = m
+	f.srv.Close()
+	f.srv = httptest.NewServer(m)
+	t.Cleanup(f.srv.Close)
+	return f, h
+}
+
+// A half message held here is ended by commit and rollback; nothing goes through the
+// plain publisher, and the broker's check-back reads the decisions from the outbox.
+func TestTxnHalfHeld(t *testing.T) {
+	f, h := newHalfFixture(t, "UNKNOWN")
+	ctx := context.Background()
+	c, r, u := f.prepare("c"), f.prepare("r"), f.prepare("u")
+	f.want("POST", "/v1/transactions/"+c+"/commit", 200, "committed")
+	f.want("POST", "/v1/transactions/"+r+"/rollback", 200, "rolled_back")
+	if h.end(c) != "commit" || h.end(r) != "rollback" || f.pub.count(c) != 0 {
+		t.Fatalf("ends %q %q, plain publishes %d", h.end(c), h.end(r), f.pub.count(c))
+	}
+	if got := f.m.CheckBack(ctx, c); got != "COMMIT" {
+		t.Fatalf("CheckBack of a committed half message = %s", got)
+	}
+	if got := f.m.CheckBack(ctx, r); got != "ROLLBACK" {
+		t.Fatalf("CheckBack of a rolled back one = %s", got)
+	}
+	// Undecided: before the timeout the app is not asked; after it, it decides.
+	if got := f.m.CheckBack(ctx, u); got != "UNKNOWN" || f.app.n(u) != 0 {
+		t.Fatalf("CheckBack before the timeout = %s, %d checks", got, f.app.n(u))
+	}
+	f.clk.advance(11 * time.Second)
+	if got := f.m.CheckBack(ctx, u); got != "UNKNOWN" || f.app.n(u) != 1 {
+		t.Fatalf("CheckBack with the app undecided = %s, %d checks", got, f.app.n(u))
+	}
+	f.app.set("COMMIT")
+	f.clk.advance(time.Minute)
+	if got := f.m.CheckBack(ctx, u); got != "COMMIT" {
+		t.Fatalf("CheckBack with the app at COMMIT = %s", got)
+	}
+	f.want("GET", "/v1/transactions/"+u, 200, "committed")
+	f.m.CheckDue(ctx)
+	if f.pub.count(u) != 0 || h.end(u) != "" {
+		t.Fatalf("a check-back commit was also published: %d plain, end %q", f.pub.count(u), h.end(u))
+	}
+}
+
+// After the process died, its half messages are orphans: within the grace the broker's
+// check-back decides them (a commit is only recorded, the checker leaves them alone);
+// after it, the checker asks the app and a commit goes out by a plain send, and the
+// orphan is then rolled back by the check-back, so the message is consumed once.
+func TestTxnHalfOrphans(t *testing.T) {
+	f, h := newHalfFixture(t, "COMMIT")
+	ctx := context.Background()
+	a, b := f.prepare("a"), f.prepare("b")
+	h.forget()
+	f.want("POST", "/v1/transactions/"+a+"/commit", 200, "committed")
+	if f.pub.count(a) != 0 {
+		t.Fatal("an orphan in its grace was published by a plain send")
+	}
+	if got := f.m.CheckBack(ctx, a); got != "COMMIT" {
+		t.Fatalf("CheckBack of an orphan committed in its grace = %s", got)
+	}
+	f.clk.advance(30 * time.Second)
+	f.m.CheckDue(ctx)
+	if f.app.n(b) != 0 || f.pub.count(b) != 0 {
+		t.Fatalf("the checker took an orphan in its grace: %d checks, %d publishes", f.app.n(b), f.pub.count(b))
+	}
+	f.clk.advance(31 * time.Second)
+	f.m.CheckDue(ctx)
+	if f.app.n(b) != 1 || f.pub.count(b) != 1 {
+		t.Fatalf("after the grace: %d checks, %d publishes; want 1, 1", f.app.n(b), f.pub.count(b))
+	}
+	if got := f.m.CheckBack(ctx, b); got != "ROLLBACK" {
+		t.Fatalf("CheckBack of an orphan published by a plain send = %s, want ROLLBACK", got)
+	}
+}
