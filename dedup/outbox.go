@@ -288,7 +288,8 @@ func (s *Store) TxUpdate(_ context.Context, owner string, r TxRecord) error {
 	})
 }
 
-// TxDue implements Outbox. It also forgets final records older than the store's TTL.
+// TxDue implements Outbox. It also forgets final records resolved longer than the store's
+// TTL ago.
 func (s *Store) TxDue(_ context.Context, now time.Time, limit int) ([]string, error) {
 	type due struct {
 		id string
@@ -306,7 +307,9 @@ func (s *Store) TxDue(_ context.Context, now time.Time, limit int) ([]string, er
 			}
 			switch {
 			case r.State.Final():
-				if now.Sub(r.Resolved) > s.ttl {
+				// Retention runs on the store's clock: now may be any time the caller
+				// asks about.
+				if s.now().Sub(r.Resolved) > s.ttl {
 					stale = append(stale, append([]byte(nil), k...))
 				}
 			case !r.NextCheck.After(now) && !(now.Before(r.LeaseUntil) && s.inProcessLease(r.ID)):

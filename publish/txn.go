@@ -116,6 +116,8 @@ type Txn struct {
 	stop  chan struct{}
 	// stopOnce closes stop.
 	stopOnce sync.Once
+	// endRace: a check-back this soon after a commit is answered UNKNOWN (CheckBack).
+	endRace time.Duration
 }
 
 // NewTxn validates o; it starts no goroutine (Run runs the checker).
@@ -161,8 +163,9 @@ func NewTxn(o TxnOptions) (*Txn, error) {
 		mux:  http.NewServeMux(),
 		stop: make(chan struct{}),
 		// A claim covers the longest a resolver holds a record: a check and a publish.
-		lease: o.PublishTimeout + o.CheckTimeout + 5*time.Second,
-		owner: hex.EncodeToString(b[:]),
+		lease:   o.PublishTimeout + o.CheckTimeout + 5*time.Second,
+		owner:   hex.EncodeToString(b[:]),
+		endRace: 5 * time.Second,
 	}
 	m.mux.HandleFunc("POST /v1/transactions", m.prepare)
 	m.mux.HandleFunc("POST /v1/transactions/{id}/commit", m.commit)
@@ -501,6 +504,12 @@ func (m *Txn) CheckBack(ctx context.Context, id string) string {
 	case dedup.TxCommitted:
 		var rc adapters.Receipt
 		if json.Unmarshal(rec.Receipt, &rc) == nil && slices.Contains(rc.Durability, durabilityHalf) {
+			if time.Since(rec.Resolved) < m.endRace {
+				// The END just sent may still be on its way; answering COMMIT now would
+				// commit the half message a second time. Ask again: if the END was lost,
+				// the next check-back commits it.
+				return "UNKNOWN"
+			}
 			return "COMMIT"
 		}
 		return "ROLLBACK" // published by a plain send: this half message is a second copy
@@ -571,6 +580,7 @@ func (m *Txn) Close() error {
 }
 
 func (m *Txn) check(ctx context.Context) {
+	m.primeAll(ctx)
 	t := time.NewTicker(m.o.Poll)
 	defer t.Stop()
 	for {
@@ -581,6 +591,32 @@ func (m *Txn) check(ctx context.Context) {
 		case <-m.stop:
 			return
 		case <-t.C:
+		}
+	}
+}
+
+// primer is a HalfMessages that must be told the topics whose check-backs it should get.
+type primer interface {
+	Prime(ctx context.Context, topic string)
+}
+
+// primeAll, at the start, primes the topics of every unresolved record: their half
+// messages' check-backs then reach this process, though it holds none of them.
+func (m *Txn) primeAll(ctx context.Context) {
+	p, ok := m.o.Half.(primer)
+	if !ok {
+		return
+	}
+	ids, err := m.o.Store.TxDue(ctx, m.o.Now().Add(100*365*24*time.Hour), 10000)
+	if err != nil {
+		m.log.Warn("transaction checker: listing the unresolved transactions failed", slog.Any("error", err))
+		return
+	}
+	for _, id := range ids {
+		rec, err := m.o.Store.TxGet(ctx, id)
+		var msg adapters.OutMessage
+		if err == nil && json.Unmarshal(rec.Message, &msg) == nil {
+			p.Prime(ctx, msg.Topic)
 		}
 	}
 }
@@ -615,7 +651,13 @@ func (m *Txn) resolve(ctx context.Context, id string) bool {
 	}
 	log := m.log.With(slog.String("id", id))
 	if rec.State == dedup.TxPrepared && m.orphanInGrace(rec) {
-		// The broker's check-back asks the app about it (CheckBack).
+		// The broker's check-back asks the app about it (CheckBack), once it knows to ask us.
+		if p, ok := m.o.Half.(primer); ok {
+			var msg adapters.OutMessage
+			if json.Unmarshal(rec.Message, &msg) == nil {
+				p.Prime(ctx, msg.Topic)
+			}
+		}
 		rec.NextCheck = rec.Prepared.Add(m.o.OrphanGrace)
 		m.release(ctx, owner, rec)
 		return false

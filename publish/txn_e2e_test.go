@@ -22,6 +22,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/mqsidecar/mqsidecar/adapters"
+	"github.com/mqsidecar/mqsidecar/adapters/rocketmq"
 	"github.com/mqsidecar/mqsidecar/dedup"
 )
 
@@ -61,14 +62,25 @@ func TestTxnChildProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(kafkaBrokers(t)...))
+	o := TxnOptions{Store: store, CheckURL: os.Getenv("MQSIDECAR_TXN_CHECK"),
+		Timeout: 2 * time.Second, MinBackoff: 200 * time.Millisecond, MaxBackoff: time.Second, Poll: 100 * time.Millisecond}
+	var half *rocketmq.Txn
+	if os.Getenv("MQSIDECAR_TXN_BROKER") == "rocketmq" {
+		half = rocketmqHalf(t, &o)
+	} else {
+		cl, err := kgo.NewClient(kgo.SeedBrokers(kafkaBrokers(t)...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Publisher = kafkaPublisher{cl}
+	}
+	m, err := NewTxn(o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := NewTxn(TxnOptions{Store: store, Publisher: kafkaPublisher{cl}, CheckURL: os.Getenv("MQSIDECAR_TXN_CHECK"),
-		Timeout: 2 * time.Second, MinBackoff: 200 * time.Millisecond, MaxBackoff: time.Second, Poll: 100 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
+	if half != nil {
+		half.SetCheck(m.CheckBack)
+		go func() { _ = half.Run(context.Background()) }()
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -85,10 +97,10 @@ type child struct {
 	base string
 }
 
-func startChild(t *testing.T, dir, checkURL string) *child {
+func startChild(t *testing.T, dir, checkURL string, env ...string) *child {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestTxnChildProcess$", "-test.v")
-	cmd.Env = append(os.Environ(), "MQSIDECAR_TXN_CHILD="+dir, "MQSIDECAR_TXN_CHECK="+checkURL)
+	cmd.Env = append(append(os.Environ(), "MQSIDECAR_TXN_CHILD="+dir, "MQSIDECAR_TXN_CHECK="+checkURL), env...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -131,34 +143,57 @@ func (c *child) post(t *testing.T, path, body string, hdr ...string) int {
 	return resp.StatusCode
 }
 
-// consumed reads the topic from the start for d and counts the records per ce-id.
-func consumed(t *testing.T, brokers []string, topic string, d time.Duration) map[string]int {
+// seen records what a consumer got: per message ID, how often and when first.
+type seen struct {
+	mu    sync.Mutex
+	count map[string]int
+	first map[string]time.Time
+}
+
+func newSeen() *seen { return &seen{count: map[string]int{}, first: map[string]time.Time{}} }
+
+func (s *seen) add(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.count[id] == 0 {
+		s.first[id] = time.Now()
+	}
+	s.count[id]++
+}
+
+func (s *seen) get(id string) (int, time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.count[id], s.first[id]
+}
+
+// consumeKafka reads the topic from the start until the test ends, by ce-id.
+func consumeKafka(t *testing.T, brokers []string, topic string) *seen {
 	t.Helper()
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cl.Close()
-	got := map[string]int{}
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	defer cancel()
-	for ctx.Err() == nil {
-		fs := cl.PollFetches(ctx)
-		fs.EachRecord(func(r *kgo.Record) {
-			for _, h := range r.Headers {
-				if h.Key == "ce-id" {
-					got[string(h.Value)]++
+	ctx, cancel := context.WithCancel(context.Background())
+	s := newSeen()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
+				for _, h := range r.Headers {
+					if h.Key == "ce-id" {
+						s.add(string(h.Value))
+					}
 				}
-			}
-		})
-	}
-	return got
+			})
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done; cl.Close() })
+	return s
 }
 
-// TestTxnKafkaKill9, on the real Kafka: commit → consumed once; rollback → never consumed;
-// the app answering neither → the check URL decides; kill -9 of the process between
-// prepare and commit → after the restart the check-back resolves it: nothing lost,
-// nothing published without a commit.
+// TestTxnKafkaKill9 runs the transaction scenario on the real Kafka.
 func TestTxnKafkaKill9(t *testing.T) {
 	brokers := kafkaBrokers(t)
 	topic := fmt.Sprintf("txn-e2e-%d", time.Now().UnixNano())
@@ -171,17 +206,28 @@ func TestTxnKafkaKill9(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _, _ = kadm.NewClient(adm).DeleteTopics(context.Background(), topic) })
+	txnScenario(t, topic, consumeKafka(t, brokers, topic))
+}
 
+// txnScenario, on a real broker through a real process: commit → consumed once; rollback
+// → never consumed; the app answering neither → the check URL decides; kill -9 of the
+// process between prepare and commit → after the restart the check-back resolves it:
+// nothing lost, nothing published before the commit decision.
+func txnScenario(t *testing.T, topic string, got *seen, env ...string) {
 	var (
 		mu      sync.Mutex
 		answers = map[string]string{} // what the check URL answers per ID ("" = UNKNOWN)
 		asked   = map[string]int{}
+		decided = map[string]time.Time{} // when the check URL first answered COMMIT
 	)
 	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := r.Header.Get("Mq-Transaction-Id")
 		mu.Lock()
 		asked[id]++
 		a := answers[id]
+		if a == "COMMIT" && decided[id].IsZero() {
+			decided[id] = time.Now()
+		}
 		mu.Unlock()
 		if a == "" {
 			a = "UNKNOWN"
@@ -195,16 +241,16 @@ func TestTxnKafkaKill9(t *testing.T) {
 	go func() { _ = app.Serve(ln) }()
 	defer app.Close()
 	checkURL := "http://" + ln.Addr().String() + "/check"
+	answer := func(id, a string) { mu.Lock(); answers[id] = a; mu.Unlock() }
+	timesAsked := func(id string) int { mu.Lock(); defer mu.Unlock(); return asked[id] }
 
 	dir := t.TempDir()
-	c := startChild(t, dir, checkURL)
-	prep := func(id string) {
+	c := startChild(t, dir, checkURL, env...)
+	ids := []string{"commit", "rollback", "silent-commit", "silent-rollback", "kill-commit", "kill-rollback"}
+	for _, id := range ids {
 		if code := c.post(t, "/v1/transactions?topic="+topic, "payload-"+id, "Idempotency-Key", id); code != http.StatusCreated {
 			t.Fatalf("prepare %s: %d", id, code)
 		}
-	}
-	for _, id := range []string{"commit", "rollback", "silent-commit", "silent-rollback", "kill-commit", "kill-rollback"} {
-		prep(id)
 	}
 	if code := c.post(t, "/v1/transactions/commit/commit", ""); code != http.StatusOK {
 		t.Fatalf("commit: %d", code)
@@ -212,51 +258,59 @@ func TestTxnKafkaKill9(t *testing.T) {
 	if code := c.post(t, "/v1/transactions/rollback/rollback", ""); code != http.StatusOK {
 		t.Fatalf("rollback: %d", code)
 	}
-	// kill -9 between prepare and commit: the kill-* IDs were never decided.
-	mu.Lock()
-	answers["silent-commit"], answers["silent-rollback"] = "COMMIT", "ROLLBACK"
-	mu.Unlock()
-	time.Sleep(3 * time.Second) // the silent ones pass their timeout (2s) and are checked
+	answer("silent-commit", "COMMIT")
+	answer("silent-rollback", "ROLLBACK")
+	// The silent ones pass their timeout (2 s) and are asked; so are the kill-* ones,
+	// which the app leaves undecided until the process is gone.
+	waitFor(t, 10*time.Second, "the check URL asked about every undecided transaction", func() bool {
+		return timesAsked("silent-commit") > 0 && timesAsked("silent-rollback") > 0 && timesAsked("kill-commit") > 0 && timesAsked("kill-rollback") > 0
+	})
 	if err := c.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	_ = c.cmd.Wait()
-	mu.Lock()
-	answers["kill-commit"], answers["kill-rollback"] = "COMMIT", "ROLLBACK"
-	mu.Unlock()
-	c = startChild(t, dir, checkURL)
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		mu.Lock()
-		n := asked["kill-commit"] + asked["kill-rollback"]
-		k := asked["kill-commit"]
-		mu.Unlock()
-		if n >= 2 && k >= 1 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	time.Sleep(500 * time.Millisecond) // the publish after the check answer
-	got := consumed(t, brokers, topic, 4*time.Second)
+	before := timesAsked("kill-commit") + timesAsked("kill-rollback")
+	answer("kill-commit", "COMMIT")
+	answer("kill-rollback", "ROLLBACK")
+	c = startChild(t, dir, checkURL, env...)
+	waitFor(t, 20*time.Second, "kill-commit consumed after the restart", func() bool {
+		n, _ := got.get("kill-commit")
+		return n > 0 && timesAsked("kill-commit")+timesAsked("kill-rollback") >= before+2
+	})
+	time.Sleep(2 * time.Second) // room for a copy that should not come
 	want := map[string]int{"commit": 1, "silent-commit": 1, "kill-commit": 1}
-	for _, id := range []string{"commit", "rollback", "silent-commit", "silent-rollback", "kill-commit", "kill-rollback"} {
-		if got[id] != want[id] {
-			t.Errorf("%s consumed %d times, want %d (asked %d)", id, got[id], want[id], asked[id])
+	for _, id := range ids {
+		if n, _ := got.get(id); n != want[id] {
+			t.Errorf("%s consumed %d times, want %d (check URL asked %d times)", id, n, want[id], timesAsked(id))
 		}
 	}
-	if len(got) != 3 {
-		t.Errorf("consumed IDs %v, want only the three committed", got)
+	for _, id := range []string{"silent-commit", "kill-commit"} {
+		mu.Lock()
+		d := decided[id]
+		mu.Unlock()
+		if _, first := got.get(id); !first.IsZero() && first.Before(d) {
+			t.Errorf("%s was consumed at %s, before the check URL answered COMMIT at %s", id, first.Format(time.StampMilli), d.Format(time.StampMilli))
+		}
 	}
-	mu.Lock()
-	if asked["commit"] != 0 || asked["rollback"] != 0 {
-		t.Errorf("the check URL was asked about decided transactions: %v", asked)
+	if timesAsked("commit") != 0 || timesAsked("rollback") != 0 {
+		t.Errorf("the check URL was asked about decided transactions: %d, %d", timesAsked("commit"), timesAsked("rollback"))
 	}
-	mu.Unlock()
-	// The decisions stand after the restart: a commit answers the receipt, a rollback 409.
+	// The decisions stand after the restart: a commit answers 200, a commit of a rolled back one 409.
 	if code := c.post(t, "/v1/transactions/kill-commit/commit", ""); code != http.StatusOK {
 		t.Errorf("commit of kill-commit after the check-back: %d, want 200", code)
 	}
 	if code := c.post(t, "/v1/transactions/kill-rollback/commit", ""); code != http.StatusConflict {
 		t.Errorf("commit of kill-rollback after the check-back: %d, want 409", code)
+	}
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %s: %s", d, what)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -425,6 +425,11 @@ func TestTxnHalfHeld(t *testing.T) {
 	if h.end(c) != "commit" || h.end(r) != "rollback" || f.pub.count(c) != 0 {
 		t.Fatalf("ends %q %q, plain publishes %d", h.end(c), h.end(r), f.pub.count(c))
 	}
+	// Right after the commit, its END may still be on the way: no second commit.
+	if got := f.m.CheckBack(ctx, c); got != "UNKNOWN" {
+		t.Fatalf("CheckBack right after the commit = %s, want UNKNOWN", got)
+	}
+	f.m.endRace = 0
 	if got := f.m.CheckBack(ctx, c); got != "COMMIT" {
 		t.Fatalf("CheckBack of a committed half message = %s", got)
 	}
@@ -460,6 +465,7 @@ func TestTxnHalfOrphans(t *testing.T) {
 	ctx := context.Background()
 	a, b := f.prepare("a"), f.prepare("b")
 	h.forget()
+	f.m.endRace = 0
 	f.want("POST", "/v1/transactions/"+a+"/commit", 200, "committed")
 	if f.pub.count(a) != 0 {
 		t.Fatal("an orphan in its grace was published by a plain send")

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -55,6 +56,7 @@ type Txn struct {
 	log    *slog.Logger
 	mu     sync.Mutex
 	held   map[string]*half
+	primed map[string]bool
 	check  func(ctx context.Context, id string) string
 	loop   lifecycle.Loop
 	closed chan struct{}
@@ -89,6 +91,8 @@ func NewTxn(o TxnOptions) (*Txn, error) {
 	opts := []producer.Option{
 		producer.WithNsResolver(primitive.NewPassthroughResolver(o.Nameservers)),
 		producer.WithGroupName(o.Group),
+		// One client per process run: a restarted sidecar is a new producer of the group.
+		producer.WithInstanceName(fmt.Sprintf("mqsidecar-txn-%d-%d", os.Getpid(), time.Now().UnixNano())),
 		producer.WithRetry(2),
 		producer.WithSendMsgTimeout(o.SendTimeout),
 	}
@@ -229,6 +233,36 @@ func (t *Txn) End(ctx context.Context, id string, commit bool) (r adapters.Recei
 	return r, true, nil
 }
 
+// primeProperty marks Prime's half message, which is always rolled back.
+const primeProperty = "MQSIDECAR_PRIME"
+
+// Prime makes the broker of topic send its check-backs to this process: the client
+// registers its producer group (heartbeat) only with the brokers it knows a route to, and a
+// restarted sidecar that holds no half message knows none. It sends a half message of its
+// own to topic and rolls it back (consumers never see it), once per topic.
+func (t *Txn) Prime(ctx context.Context, topic string) {
+	t.mu.Lock()
+	if t.primed == nil {
+		t.primed = map[string]bool{}
+	}
+	done := t.primed[topic]
+	t.primed[topic] = true
+	t.mu.Unlock()
+	if done {
+		return
+	}
+	msg := primitive.NewMessage(topic, []byte("prime"))
+	msg.WithProperty(primeProperty, "1")
+	ctx, cancel := context.WithTimeout(ctx, t.o.SendTimeout)
+	defer cancel()
+	if _, err := t.tp.SendMessageInTransaction(ctx, msg); err != nil {
+		t.mu.Lock()
+		delete(t.primed, topic)
+		t.mu.Unlock()
+		t.log.Warn("priming the broker route for check-backs failed", slog.String("topic", topic), slog.Any("error", err))
+	}
+}
+
 // Holds reports whether this process holds the half message of id open.
 func (t *Txn) Holds(id string) bool {
 	t.mu.Lock()
@@ -253,6 +287,9 @@ func (t *Txn) ExecuteLocalTransaction(msg *primitive.Message) primitive.LocalTra
 	h := t.held[id]
 	t.mu.Unlock()
 	if h == nil {
+		if msg.GetProperty(primeProperty) != "" {
+			return primitive.RollbackMessageState
+		}
 		return primitive.UnkonwnState
 	}
 	close(h.stored)
@@ -275,6 +312,9 @@ func (t *Txn) ExecuteLocalTransaction(msg *primitive.Message) primitive.LocalTra
 
 // CheckLocalTransaction answers the broker's check-back (primitive.TransactionListener).
 func (t *Txn) CheckLocalTransaction(msg *primitive.MessageExt) primitive.LocalTransactionState {
+	if msg.GetProperty(primeProperty) != "" {
+		return primitive.RollbackMessageState
+	}
 	id := msg.GetProperty(primitive.PropertyUniqueClientMessageIdKeyIndex)
 	t.mu.Lock()
 	f := t.check

@@ -3,6 +3,7 @@ package storetest
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -206,6 +207,14 @@ func dueList(t *testing.T, s OutboxStore) {
 	}
 	if got := ours(100); len(got) != 2 || got[0] != early.ID || got[1] != late.ID {
 		t.Fatalf("TxDue = %q, want [%s %s] (due, oldest first; not the future, held or final ones)", got, early.ID, late.ID)
+	}
+	// Asking about the far future lists the future one too, and forgets no decision.
+	far, err := s.TxDue(ctx, time.Now().Add(100*365*24*time.Hour), 1000)
+	if err != nil || !slices.Contains(far, future.ID) {
+		t.Fatalf("TxDue in 100 years = %q, %v; want %s among them", far, err, future.ID)
+	}
+	if got := txGet(t, s, done.ID); got.State != dedup.TxRolledBack {
+		t.Fatalf("the rolled back record after TxDue in 100 years: %+v", got)
 	}
 	// Rescheduled into the future: no longer due.
 	c, err = s.TxClaim(ctx, early.ID, "a", time.Minute)
