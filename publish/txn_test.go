@@ -87,10 +87,12 @@ func newCheckApp(t *testing.T, answer string) *checkApp {
 func (a *checkApp) set(answer string) { a.mu.Lock(); a.answer = answer; a.mu.Unlock() }
 func (a *checkApp) n(id string) int   { a.mu.Lock(); defer a.mu.Unlock(); return a.calls[id] }
 
-// clock is a settable Now.
+// clock is a settable Now that stands still between advances.
 type clock struct{ off atomic.Int64 }
 
-func (c *clock) now() time.Time          { return time.Now().Add(time.Duration(c.off.Load())) }
+var clockBase = time.Now()
+
+func (c *clock) now() time.Time          { return clockBase.Add(time.Duration(c.off.Load())) }
 func (c *clock) advance(d time.Duration) { c.off.Add(int64(d)) }
 
 type fixture struct {
