@@ -248,6 +248,7 @@ func TestFullYAML(t *testing.T) {
 		Log:             Log{Level: "debug", Format: "text"},
 		Durability:      Durability{Require: true, Interval: time.Minute},
 		Tracing:         Tracing{Enabled: true, Endpoint: "http://otel-collector:4318"},
+		Publish:         Publish{Listen: "127.0.0.1:3500", MaxMessageBytes: 65536, Timeout: 3 * time.Second},
 	}
 	if !reflect.DeepEqual(got, want) {
 		// Compare per key, so the failure names the key (and reveals test secrets only).
