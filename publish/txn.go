@@ -28,7 +28,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"net/http"
 	"slices"
 	"strconv"
@@ -195,52 +194,38 @@ type txView struct {
 	Error   string            `json:"error,omitempty"`
 }
 
-func writeTxJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
-}
-
 func txError(w http.ResponseWriter, status int, id string, state dedup.TxState, msg string) {
 	v := txView{ID: id, Error: msg}
 	if state != dedup.TxUnknown {
 		v.State = state.String()
 	}
-	writeTxJSON(w, status, v)
+	writeJSON(w, status, v)
 }
 
-// messageOf maps a prepare request to the message: the payload unchanged, Content-Type,
-// the CloudEvents ce-* headers and the trace context as message headers, the ID from
-// Idempotency-Key, ce-id, or a new one.
+// messageOf maps a prepare request to the message as the publish endpoint maps a publish
+// (Server.read): the payload unchanged, the headers by messageHeaders, the ordering key
+// from ce-partitionkey, the ID from Idempotency-Key, ce-id, or a new one; the topic (and
+// RabbitMQ routing key) from the query.
 func messageOf(r *http.Request, body []byte) (adapters.OutMessage, error) {
 	q := r.URL.Query()
 	m := adapters.OutMessage{
-		Topic: q.Get("topic"), RoutingKey: q.Get("routing_key"), Key: q.Get("key"),
-		ContentType: r.Header.Get("Content-Type"), Payload: body,
+		Topic: q.Get("topic"), RoutingKey: q.Get("routing_key"), Payload: body,
+		Key:         r.Header.Get("Ce-Partitionkey"),
+		ContentType: r.Header.Get("Content-Type"),
+		Headers:     messageHeaders(r.Header),
 	}
 	if m.Topic == "" {
 		return m, errors.New("the topic query parameter is required")
 	}
-	m.ID = r.Header.Get("Idempotency-Key")
+	m.ID = r.Header.Get(HeaderIdempotencyKey)
 	if m.ID == "" {
 		m.ID = r.Header.Get("Ce-Id")
 	}
 	if m.ID == "" {
-		var b [16]byte
-		_, _ = rand.Read(b[:])
-		m.ID = hex.EncodeToString(b[:])
+		m.ID = newID()
 	}
-	if len(m.ID) > dedup.MaxIDLen-64 {
-		return m, fmt.Errorf("transaction id of %d bytes is too long", len(m.ID))
-	}
-	// In a fixed order, so a retried prepare encodes the same message.
-	for _, k := range slices.Sorted(maps.Keys(r.Header)) {
-		vs, lk := r.Header[k], strings.ToLower(k)
-		if (strings.HasPrefix(lk, "ce-") && lk != "ce-id") || lk == "traceparent" || lk == "tracestate" {
-			for _, v := range vs {
-				m.Headers = append(m.Headers, adapters.Header{Key: lk, Value: v})
-			}
-		}
+	if len(m.ID) > MaxKeyLen {
+		return m, fmt.Errorf("the transaction id has %d bytes, at most %d are allowed", len(m.ID), MaxKeyLen)
 	}
 	return m, nil
 }
@@ -278,7 +263,7 @@ func (m *Txn) prepare(w http.ResponseWriter, r *http.Request) {
 		case !bytes.Equal(old.Message, enc):
 			txError(w, http.StatusUnprocessableEntity, msg.ID, old.State, "the id was prepared with a different message")
 		default:
-			writeTxJSON(w, http.StatusOK, txView{ID: msg.ID, State: old.State.String(), Topic: msg.Topic})
+			writeJSON(w, http.StatusOK, txView{ID: msg.ID, State: old.State.String(), Topic: msg.Topic})
 		}
 		return
 	case err != nil:
@@ -296,7 +281,7 @@ func (m *Txn) prepare(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	writeTxJSON(w, http.StatusCreated, txView{ID: msg.ID, State: rec.State.String(), Topic: msg.Topic})
+	writeJSON(w, http.StatusCreated, txView{ID: msg.ID, State: rec.State.String(), Topic: msg.Topic})
 }
 
 // answer writes a record's state (with its receipt once committed).
@@ -308,7 +293,7 @@ func (m *Txn) answer(w http.ResponseWriter, status int, rec dedup.TxRecord) {
 			v.Receipt, v.Topic = &rc, rc.Topic
 		}
 	}
-	writeTxJSON(w, status, v)
+	writeJSON(w, status, v)
 }
 
 func (m *Txn) get(w http.ResponseWriter, r *http.Request) {
@@ -363,17 +348,17 @@ func (m *Txn) commit(w http.ResponseWriter, r *http.Request) {
 	m.answer(w, http.StatusOK, rec)
 }
 
-// publishStatus maps a publish error to the HTTP answer of the publish endpoint.
+// publishStatus is the publish endpoint's answer to a publish error (Status), with what
+// it means for the commit.
 func publishStatus(err error) (int, string) {
-	switch {
-	case errors.Is(err, adapters.ErrUnknownTopic):
-		return http.StatusNotFound, err.Error()
-	case errors.Is(err, adapters.ErrUnroutable), errors.Is(err, adapters.ErrRejected):
-		return http.StatusUnprocessableEntity, err.Error()
-	case errors.Is(err, adapters.ErrOutcomeUnknown), errors.Is(err, context.DeadlineExceeded):
-		return http.StatusGatewayTimeout, "outcome unknown: " + err.Error() + "; the commit stands and is retried with the same id"
+	st := Status(err)
+	switch st {
+	case http.StatusGatewayTimeout:
+		return st, "outcome unknown: " + err.Error() + "; the commit stands and is retried with the same id"
+	case http.StatusServiceUnavailable:
+		return st, err.Error() + "; the commit stands and is retried"
 	}
-	return http.StatusServiceUnavailable, err.Error() + "; the commit stands and is retried"
+	return st, err.Error()
 }
 
 // publish publishes a claimed record and writes the outcome: committed with its receipt,
