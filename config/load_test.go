@@ -250,6 +250,8 @@ func TestFullYAML(t *testing.T) {
 		Tracing:         Tracing{Enabled: true, Endpoint: "http://otel-collector:4318"},
 		Publish:         Publish{Listen: "127.0.0.1:3500", MaxMessageBytes: 65536, Timeout: 3 * time.Second},
 	}
+	want.Publish.Transactions.CheckURL = "http://127.0.0.1:8080/tx-check"
+	want.Publish.Transactions.Timeout, want.Publish.Transactions.MaxBackoff = 30*time.Second, 2*time.Minute
 	if !reflect.DeepEqual(got, want) {
 		// Compare per key, so the failure names the key (and reveals test secrets only).
 		gv, wv := reflect.ValueOf(got), reflect.ValueOf(want)

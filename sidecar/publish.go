@@ -44,6 +44,8 @@ type PublishParts struct {
 // drained, before the publisher and the store close.
 type PublishMount struct {
 	Pattern string
+	// More are further patterns for Handler (a subtree and its root, say).
+	More    []string
 	Handler http.Handler
 	Run     func(context.Context) error
 }
@@ -78,7 +80,9 @@ func (s *Sidecar) openPublish() error {
 		if err != nil {
 			return err
 		}
-		srv.Mount(m.Pattern, m.Handler)
+		for _, pattern := range append([]string{m.Pattern}, m.More...) {
+			srv.Mount(pattern, m.Handler)
+		}
 		if m.Run != nil {
 			s.pubRuns = append(s.pubRuns, m.Run)
 		}

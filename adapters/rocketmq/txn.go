@@ -334,3 +334,11 @@ func (t *Txn) CheckLocalTransaction(msg *primitive.MessageExt) primitive.LocalTr
 	}
 	return primitive.UnkonwnState
 }
+
+// TxnOptionsFor returns the options for the source's connection settings: the same name
+// servers, namespace and credentials; the producer group is the source's group with
+// "-mqsidecar-txn" appended, the same on every replica.
+func TxnOptionsFor(cfg Settings) TxnOptions {
+	return TxnOptions{Nameservers: cfg.Nameservers, Group: cfg.Group + "-mqsidecar-txn", Namespace: cfg.Namespace,
+		Credentials: credentials(cfg)}
+}
