@@ -152,6 +152,15 @@ func (s *Store) txUpdate(id string, f func(b *bolt.Bucket) error) error {
 	return err
 }
 
+// mustGetTx is getTx with an absent record an error wrapping ErrTxNotFound.
+func mustGetTx(b *bolt.Bucket, id string) (TxRecord, error) {
+	r, found, err := getTx(b, id)
+	if err == nil && !found {
+		err = fmt.Errorf("dedup: outbox %q: %w", id, ErrTxNotFound)
+	}
+	return r, err
+}
+
 func getTx(b *bolt.Bucket, id string) (TxRecord, bool, error) {
 	v := b.Get([]byte(id))
 	if v == nil {
@@ -198,16 +207,9 @@ func (s *Store) TxPrepare(_ context.Context, r TxRecord) (TxRecord, error) {
 // TxGet implements Outbox.
 func (s *Store) TxGet(_ context.Context, id string) (TxRecord, error) {
 	var r TxRecord
-	err := s.txView(id, func(b *bolt.Bucket) error {
-		old, found, err := getTx(b, id)
-		if err != nil {
-			return err
-		}
-		if !found {
-			return fmt.Errorf("dedup: outbox %q: %w", id, ErrTxNotFound)
-		}
-		r = old
-		return nil
+	err := s.txView(id, func(b *bolt.Bucket) (err error) {
+		r, err = mustGetTx(b, id)
+		return err
 	})
 	return r, err
 }
@@ -217,12 +219,9 @@ func (s *Store) TxGet(_ context.Context, id string) (TxRecord, error) {
 func (s *Store) TxClaim(_ context.Context, id, owner string, lease time.Duration) (TxRecord, error) {
 	var r TxRecord
 	err := s.txUpdate(id, func(b *bolt.Bucket) error {
-		old, found, err := getTx(b, id)
+		old, err := mustGetTx(b, id)
 		if err != nil {
 			return err
-		}
-		if !found {
-			return fmt.Errorf("dedup: outbox %q: %w", id, ErrTxNotFound)
 		}
 		r = old
 		if old.State.Final() {
@@ -267,12 +266,9 @@ func (s *Store) TxUpdate(_ context.Context, owner string, r TxRecord) error {
 		return fmt.Errorf("dedup: outbox update %q: state %s: %w", r.ID, r.State, ErrInvalid)
 	}
 	return s.txUpdate(r.ID, func(b *bolt.Bucket) error {
-		old, found, err := getTx(b, r.ID)
+		old, err := mustGetTx(b, r.ID)
 		if err != nil {
 			return err
-		}
-		if !found {
-			return fmt.Errorf("dedup: outbox %q: %w", r.ID, ErrTxNotFound)
 		}
 		if old.Owner != owner || !s.now().Before(old.LeaseUntil) {
 			return fmt.Errorf("dedup: outbox update %q: %w", r.ID, ErrTxClaimed)

@@ -319,11 +319,17 @@ func (m *Txn) storeError(w http.ResponseWriter, id string, rec dedup.TxRecord, e
 	return true
 }
 
-func (m *Txn) commit(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
-	owner := m.claimOwner()
+// claim claims the record of the request's {id} for a commit or rollback; when it cannot
+// (unknown, held elsewhere, the store failing) it answers and returns ok=false.
+func (m *Txn) claim(w http.ResponseWriter, r *http.Request) (id, owner string, rec dedup.TxRecord, ok bool) {
+	id, owner = r.PathValue("id"), m.claimOwner()
 	rec, err := m.o.Store.TxClaim(r.Context(), id, owner, m.lease)
-	if m.storeError(w, id, rec, err) {
+	return id, owner, rec, !m.storeError(w, id, rec, err)
+}
+
+func (m *Txn) commit(w http.ResponseWriter, r *http.Request) {
+	id, owner, rec, ok := m.claim(w, r)
+	if !ok {
 		return
 	}
 	switch rec.State {
@@ -339,7 +345,7 @@ func (m *Txn) commit(w http.ResponseWriter, r *http.Request) {
 	// short helps nobody.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), m.o.PublishTimeout)
 	defer cancel()
-	rec, err = m.publish(ctx, owner, rec)
+	rec, err := m.publish(ctx, owner, rec)
 	if err != nil {
 		status, reason := publishStatus(err)
 		txError(w, status, id, rec.State, reason)
@@ -410,10 +416,8 @@ func (m *Txn) publish(ctx context.Context, owner string, rec dedup.TxRecord) (de
 }
 
 func (m *Txn) rollback(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
-	owner := m.claimOwner()
-	rec, err := m.o.Store.TxClaim(r.Context(), id, owner, m.lease)
-	if m.storeError(w, id, rec, err) {
+	id, owner, rec, ok := m.claim(w, r)
+	if !ok {
 		return
 	}
 	switch rec.State {

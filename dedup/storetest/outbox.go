@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/mqsidecar/mqsidecar/dedup"
-	"github.com/mqsidecar/mqsidecar/internal/lifecycle/lifecycletest"
 )
 
 // OutboxStore is what the outbox suite exercises.
@@ -25,25 +24,14 @@ type OutboxStore interface {
 // message and keeps the decision, and TxDue lists the unresolved records that are due and
 // not held. open returns a new store, not yet running, as for Run.
 func RunOutbox(t *testing.T, open func(t *testing.T) OutboxStore) {
-	cases := []struct {
-		name string
-		fn   func(t *testing.T, s OutboxStore)
-	}{
+	runEach(t, open, []suiteCase[OutboxStore]{
 		{"PrepareOnce", prepareOnce},
 		{"ClaimExclusive", claimExclusive},
 		{"LeaseExpiry", leaseExpiry},
 		{"FinalKeepsDecision", finalKeepsDecision},
 		{"Due", dueList},
 		{"ConcurrentClaims", concurrentClaims},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			s := open(t)
-			t.Cleanup(func() { _ = s.Close() })
-			lifecycletest.Start(t, s.Run)
-			c.fn(t, s)
-		})
-	}
+	})
 }
 
 func prepared(t *testing.T, s OutboxStore, what string, next time.Time) dedup.TxRecord {
