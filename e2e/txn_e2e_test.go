@@ -14,26 +14,69 @@ import (
 	"time"
 )
 
-// TestKafkaE2ETransactions: transactional publishing through the built binary on the real
-// Kafka, the same sidecar consuming the topic and pushing to the app (its dedup by ce-id):
-// commit → pushed once; rollback → never; the app answering neither → its check URL
-// decides after publish.transactions.timeout; kill -9 of the sidecar between prepare and
-// commit → after the restart the checker asks the check URL and resolves it: nothing lost,
-// nothing published before its commit decision.
+// TestKafkaE2ETransactions runs txnE2E on the real Kafka.
 func TestKafkaE2ETransactions(t *testing.T) {
 	brokers := strings.Split(brokerEnv(t, "MQSIDECAR_E2E_KAFKA", "kafka.sh"), ",")
 	topic := fmt.Sprintf("txn-e2e-%d", time.Now().UnixNano())
 	k := newKafkaEnv(t, "kafka", brokers, topic, topic+"-g")
 	k.createTopic(1)
 	app := newRecApp(t, 0, 0)
-	check := newTxnCheckApp(t)
 	listen := freeAddr(t)
 	y := publishConfig(brokers, topic, app.url(), filepath.Join(t.TempDir(), "dedup.db"), listen)
-	y = strings.Replace(y, "publish:\n", "publish:\n  transactions:\n    check_url: "+check.url+
-		"\n    timeout: 2s\n    max_backoff: 1s\n", 1)
 	// The killed sidecar's consumer leaves the group only when its session expires.
 	y = strings.Replace(y, "commit_interval: 100ms\n", "commit_interval: 100ms\n    session_timeout: 6s\n", 1)
-	cfg := newSidecarConfig(t, "sidecar", y)
+	txnE2E(t, y, nil, listen, "topic="+topic, app)
+}
+
+// TestRocketMQE2ETransactions runs txnE2E on the real RocketMQ: half messages, and after
+// the kill -9 the broker's check-back reaches the restarted sidecar. The harness broker
+// checks back every second (e2e/harness/rocketmq/broker.conf).
+func TestRocketMQE2ETransactions(t *testing.T) {
+	r := newRocketE2E(t, "txn", 1, "concurrent")
+	app := newRecApp(t, 0, 0)
+	yaml, env := r.sidecarYAML(app.url(), filepath.Join(t.TempDir(), "dedup.db"))
+	listen := freeAddr(t)
+	txnE2E(t, withPublish(yaml, listen), env, listen, "topic="+r.topic, app)
+}
+
+// TestRabbitMQE2ETransactions runs txnE2E on the real RabbitMQ, publishing to an exchange
+// bound to the sidecar's queue.
+func TestRabbitMQE2ETransactions(t *testing.T) {
+	r := newRabbitE2E(t, "txn")
+	ch, err := r.channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex := r.queue + "-x"
+	if err := ch.ExchangeDeclare(ex, "direct", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.QueueBind(r.queue, "k", ex, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if ch, err := r.channel(); err == nil {
+			_ = ch.ExchangeDelete(ex, false, false)
+		}
+	})
+	app := newRecApp(t, 0, 0)
+	yaml, env := r.sidecarYAML(app.url(), filepath.Join(t.TempDir(), "dedup.db"))
+	listen := freeAddr(t)
+	txnE2E(t, withPublish(yaml, listen), env, listen, "topic="+ex+"&routing_key=k", app)
+}
+
+// txnE2E: transactional publishing through the built binary on a real broker, the same
+// sidecar consuming the topic and pushing to the app (its dedup by the message ID): commit
+// → pushed once; rollback → never; the app answering neither → its check URL decides after
+// publish.transactions.timeout; kill -9 of the sidecar between prepare and commit → after
+// the restart the check-back resolves it: nothing lost, nothing published before its
+// commit decision. yaml has a publish section listening on listen; dest is the prepare's
+// query naming the destination.
+func txnE2E(t *testing.T, yaml string, env []string, listen, dest string, app *recApp) {
+	check := newTxnCheckApp(t)
+	yaml = strings.Replace(yaml, "publish:\n", "publish:\n  transactions:\n    check_url: "+check.url+
+		"\n    timeout: 2s\n    max_backoff: 1s\n", 1)
+	cfg := newSidecarConfig(t, "sidecar", yaml, env...)
 	began := time.Now()
 	p := cfg.start()
 	t.Logf("started in %s", time.Since(began).Round(time.Millisecond))
@@ -41,7 +84,7 @@ func TestKafkaE2ETransactions(t *testing.T) {
 
 	ids := []string{"commit", "rollback", "silent-commit", "silent-rollback", "kill-commit", "kill-rollback"}
 	for _, id := range ids {
-		if code := txnPost(t, base+"?topic="+topic, "payload-"+id, id); code != http.StatusCreated {
+		if code := txnPost(t, base+"?"+dest, "payload-"+id, id); code != http.StatusCreated {
 			t.Fatalf("prepare %s: %d (%s)", id, code, p.logTail(20))
 		}
 	}
