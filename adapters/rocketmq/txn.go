@@ -57,10 +57,13 @@ type Txn struct {
 	mu     sync.Mutex
 	held   map[string]*half
 	primed map[string]bool
-	check  func(ctx context.Context, id string) string
-	loop   lifecycle.Loop
-	closed chan struct{}
-	once   sync.Once
+	// started: Run started the producer; pending are the topics Prime got before.
+	started bool
+	pending []string
+	check   func(ctx context.Context, id string) string
+	loop    lifecycle.Loop
+	closed  chan struct{}
+	once    sync.Once
 }
 
 // half is one half message in flight in this process.
@@ -122,6 +125,14 @@ func (t *Txn) Run(ctx context.Context) error {
 	return t.loop.Run(ctx, func() { _ = t.Close(context.Background()) }, func() error {
 		if err := t.tp.Start(); err != nil {
 			return fmt.Errorf("rocketmq: start the transaction producer: %w", err)
+		}
+		t.mu.Lock()
+		t.started = true
+		pending := t.pending
+		t.pending = nil
+		t.mu.Unlock()
+		for _, topic := range pending {
+			t.sendPrime(ctx, topic)
 		}
 		select {
 		case <-ctx.Done():
@@ -237,27 +248,38 @@ func (t *Txn) End(ctx context.Context, id string, commit bool) (r adapters.Recei
 const primeProperty = "MQSIDECAR_PRIME"
 
 // Prime makes the broker of topic send its check-backs to this process: the client
-// registers its producer group (heartbeat) only with the brokers it knows a route to, and a
-// restarted sidecar that holds no half message knows none. It sends a half message of its
-// own to topic and rolls it back (consumers never see it), once per topic.
+// registers its producer group (heartbeat) only with the brokers it knows a route to, 1 s
+// after it starts and then every 30 s, and a restarted sidecar that holds no half message
+// knows none. It sends a half message of its own to topic and rolls it back (consumers
+// never see it), once per topic; before Run started the producer, it is queued and sent
+// right after the start, ahead of the first heartbeat.
 func (t *Txn) Prime(ctx context.Context, topic string) {
 	t.mu.Lock()
 	if t.primed == nil {
 		t.primed = map[string]bool{}
 	}
-	done := t.primed[topic]
-	t.primed[topic] = true
-	t.mu.Unlock()
-	if done {
+	if t.primed[topic] {
+		t.mu.Unlock()
 		return
 	}
+	t.primed[topic] = true
+	if !t.started {
+		t.pending = append(t.pending, topic)
+		t.mu.Unlock()
+		return
+	}
+	t.mu.Unlock()
+	t.sendPrime(ctx, topic)
+}
+
+func (t *Txn) sendPrime(ctx context.Context, topic string) {
 	msg := primitive.NewMessage(topic, []byte("prime"))
 	msg.WithProperty(primeProperty, "1")
 	ctx, cancel := context.WithTimeout(ctx, t.o.SendTimeout)
 	defer cancel()
 	if _, err := t.tp.SendMessageInTransaction(ctx, msg); err != nil {
 		t.mu.Lock()
-		delete(t.primed, topic)
+		delete(t.primed, topic) // the next Prime tries again
 		t.mu.Unlock()
 		t.log.Warn("priming the broker route for check-backs failed", slog.String("topic", topic), slog.Any("error", err))
 	}

@@ -34,14 +34,14 @@ func TestOutboxTwoReplicas(t *testing.T) {
 	if _, err := a.TxPrepare(ctx, r); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.TxClaim(ctx, r.ID, "a-1", 700*time.Millisecond); err != nil {
+	if _, err := a.TxClaim(ctx, r.ID, "a-1", 2*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	_ = a.Close() // the pod is gone; its claim stays until the lease ends
 	if ids, err := b.TxDue(ctx, time.Now(), 10); err != nil || len(ids) != 0 {
 		t.Fatalf("TxDue on b while a's lease lives = %q, %v; want none", ids, err)
 	}
-	time.Sleep(time.Second)
+	time.Sleep(2500 * time.Millisecond)
 	ids, err := b.TxDue(ctx, time.Now(), 10)
 	if err != nil || len(ids) != 1 || ids[0] != r.ID {
 		t.Fatalf("TxDue on b after a's lease ended = %q, %v; want [%s]", ids, err, r.ID)
