@@ -30,6 +30,7 @@ import (
 	"github.com/mqsidecar/mqsidecar/adapters/rocketmq"
 	"github.com/mqsidecar/mqsidecar/dedup"
 	"github.com/mqsidecar/mqsidecar/internal/settings"
+	"github.com/mqsidecar/mqsidecar/publish"
 )
 
 // Config is the whole sidecar configuration (docs/guarantees.md, "Configuration").
@@ -46,6 +47,8 @@ type Config struct {
 	Log        Log           `mapstructure:"log"`
 	Durability Durability    `mapstructure:"durability"`
 	Tracing    Tracing       `mapstructure:"tracing"`
+	// Publish is the publish endpoint (package publish); off unless publish.listen is set.
+	Publish Publish `mapstructure:"publish"`
 }
 
 // Tracing configures OpenTelemetry traces (package tracing): a consumer span per delivery
@@ -91,6 +94,8 @@ type (
 	RabbitMQ = rabbitmq.Settings
 	// TLS configures client TLS for a broker or Redis connection.
 	TLS = settings.TLS
+	// Publish configures the publish endpoint (package publish).
+	Publish = publish.Settings
 	// Secret is a string that never prints: fmt, slog and JSON see "<redacted>".
 	Secret = settings.Secret
 )
@@ -248,6 +253,7 @@ func Defaults() Config {
 		ShutdownTimeout: 30 * time.Second,
 		Log:             Log{Level: "info", Format: "json"},
 		Durability:      Durability{Interval: 5 * time.Minute},
+		Publish:         publish.Defaults(),
 	}
 }
 

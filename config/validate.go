@@ -188,6 +188,7 @@ func (c Config) checkRest(ck *checker) {
 			ck.Add("admin.listen", "%q: %s, or \"\" to disable the admin listener", l, msg)
 		}
 	}
+	c.Publish.Check(ck)
 	if c.ShutdownTimeout <= 0 {
 		ck.Add("shutdown_timeout", "must be greater than 0, got %s", c.ShutdownTimeout)
 	}

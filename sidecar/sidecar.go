@@ -34,6 +34,7 @@ import (
 	"github.com/mqsidecar/mqsidecar/dedup/redisstore"
 	"github.com/mqsidecar/mqsidecar/durability"
 	"github.com/mqsidecar/mqsidecar/metrics"
+	"github.com/mqsidecar/mqsidecar/publish"
 	"github.com/mqsidecar/mqsidecar/tracing"
 
 	"golang.org/x/sync/errgroup"
@@ -67,6 +68,10 @@ type Sidecar struct {
 	src      atomic.Pointer[adapters.Source]
 	// durable runs the broker durability checks (at start and every durability.interval).
 	durable *durability.Runner
+	// The publish endpoint (publish.go); nil when publish.listen is "".
+	pub       *publish.Server
+	publisher adapters.Publisher
+	pubRuns   []func(context.Context) error
 }
 
 // store is what the sidecar needs of a dedup store: the gate's interface, Run (the
@@ -109,6 +114,10 @@ func New(cfg config.Config, log *slog.Logger) (*Sidecar, error) {
 			s.closeStore()
 			return nil, err
 		}
+	}
+	if err := s.openPublish(); err != nil {
+		s.closeStore()
+		return nil, err
 	}
 	return s, nil
 }
@@ -202,10 +211,12 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	if s.store != nil {
 		run(life, s.store.Run)
 	}
+	published := s.runPublish(stop, run)
 	run(stop, func(stop context.Context) error {
 		defer endLife() // last: everything is closed by now
 		defer s.closeStore()
-		defer fail() // the parts that run until stop end with it
+		defer func() { <-published }() // the publish endpoint drained and its publisher closed
+		defer fail()                   // the parts that run until stop end with it
 		return s.consume(stop, life, run)
 	})
 	return g.Wait()

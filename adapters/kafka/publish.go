@@ -1,0 +1,241 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/mqsidecar/mqsidecar/adapters"
+	"github.com/mqsidecar/mqsidecar/internal/lifecycle"
+	"github.com/mqsidecar/mqsidecar/internal/settings"
+)
+
+// IDHeader is the record header the publisher writes the message ID to. The consumer side
+// reads it with source.kafka.message_id: header:ce-id, so that a message published twice
+// (a retry after a 504) is pushed to the consuming app once.
+const IDHeader = "ce-id"
+
+// Publisher is the Kafka producer side (adapters.Publisher): its own franz-go client on the
+// source's brokers and credentials, with acks=all and the idempotent producer (franz-go's
+// defaults, stated in producerOpts as for dead letters), unlimited retries within a record
+// delivery timeout of publish.timeout. Publish returns after the partition leader
+// answered that every in-sync replica has the record.
+//
+// Broker down: Run pings the brokers every second (at once after a failed connection);
+// while no broker answers, Publish fails at once with ErrUnavailable and the reason,
+// instead of waiting for its timeout. A publish that failed while no produce request was
+// written to any broker during its life is ErrUnavailable (nothing left); one that failed
+// after a produce request was written is ErrOutcomeUnknown, as it may be stored.
+type Publisher struct {
+	cfg  Settings
+	cl   *kgo.Client
+	log  *slog.Logger
+	life lifecycle.Loop
+
+	writes    atomic.Uint64         // produce requests written to a broker
+	down      atomic.Pointer[error] // nil = a broker answered the last ping (or none yet)
+	kick      chan struct{}
+	stop      chan struct{}
+	closeOnce sync.Once
+	extra     []kgo.Opt
+}
+
+// PublisherOption configures NewPublisher.
+type PublisherOption func(*Publisher)
+
+// WithPublisherLogger sets the logger.
+func WithPublisherLogger(l *slog.Logger) PublisherOption { return func(p *Publisher) { p.log = l } }
+
+// WithPublisherClientOptions adds franz-go options (tests).
+func WithPublisherClientOptions(opts ...kgo.Opt) PublisherOption {
+	return func(p *Publisher) { p.extra = append(p.extra, opts...) }
+}
+
+// pingEvery is the interval of Run's pings.
+const pingEvery = time.Second
+
+// NewPublisher creates the producer on cfg's brokers, SASL and TLS (the source's
+// connection settings); timeout bounds the delivery of one record (publish.timeout). It
+// starts no goroutine of its own (franz-go's client connects on first use).
+func NewPublisher(cfg Settings, timeout time.Duration, opts ...PublisherOption) (*Publisher, error) {
+	var ck settings.Checker
+	ck.HostPorts("source.kafka.brokers", cfg.Brokers, "credentials go in source.kafka.sasl")
+	if len(ck.Problems) > 0 {
+		return nil, ck.Err("kafka publisher")
+	}
+	p := &Publisher{cfg: cfg, log: slog.Default(), kick: make(chan struct{}, 1), stop: make(chan struct{})}
+	for _, o := range opts {
+		o(p)
+	}
+	p.log = p.log.With("publisher", "kafka")
+	kopts := []kgo.Opt{
+		kgo.SeedBrokers(cfg.Brokers...),
+		kgo.ClientID(cfg.ClientID),
+		kgo.RecordDeliveryTimeout(timeout),
+		kgo.ProducerBatchMaxBytes(16 << 20),
+		kgo.WithHooks(publishHooks{p}),
+		kgo.WithLogger(kgoLogger{p.log}),
+	}
+	kopts = append(kopts, producerOpts...)
+	mech, err := saslMechanism(cfg.SASL.Mechanism, cfg.SASL.Username, cfg.SASL.Password.Reveal())
+	if err != nil {
+		return nil, err
+	}
+	if mech != nil {
+		kopts = append(kopts, kgo.SASL(mech))
+	}
+	tlsCfg, err := cfg.TLS.ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kafka: %w", err)
+	}
+	if tlsCfg != nil {
+		kopts = append(kopts, kgo.DialTLSConfig(tlsCfg))
+	}
+	kopts = append(kopts, p.extra...)
+	cl, err := kgo.NewClient(kopts...)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: create producer: %w", err)
+	}
+	p.cl = cl
+	return p, nil
+}
+
+// publishHooks count produce writes and notice failed connections.
+type publishHooks struct{ p *Publisher }
+
+func (h publishHooks) OnBrokerWrite(_ kgo.BrokerMetadata, key int16, _ int, _, _ time.Duration, err error) {
+	if key == 0 && err == nil { // Produce
+		h.p.writes.Add(1)
+	}
+}
+
+func (h publishHooks) OnBrokerConnect(_ kgo.BrokerMetadata, _ time.Duration, _ net.Conn, err error) {
+	if err != nil {
+		select {
+		case h.p.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Run pings the brokers until ctx ends or Close (see Publisher); cancelling ctx closes the
+// publisher.
+func (p *Publisher) Run(ctx context.Context) error {
+	return p.life.Run(ctx, lifecycle.CloseWithin(adapters.CloseWait, p.Close), func() error {
+		t := time.NewTimer(0)
+		defer t.Stop()
+		for {
+			select {
+			case <-p.stop:
+				return nil
+			case <-t.C:
+			case <-p.kick:
+			}
+			p.ping()
+			t.Reset(pingEvery)
+		}
+	})
+}
+
+func (p *Publisher) ping() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	go func() {
+		select {
+		case <-p.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	err := p.cl.Ping(ctx)
+	if err != nil {
+		err = fmt.Errorf("kafka: no broker of %s answers: %w", strings.Join(p.cfg.Brokers, ","), err)
+		if p.down.Swap(&err) == nil {
+			p.log.Warn("brokers unreachable; publishes are answered 503 until one answers", "error", err)
+		}
+		return
+	}
+	if p.down.Swap(nil) != nil {
+		p.log.Info("brokers reachable again")
+	}
+}
+
+// Publish implements adapters.Publisher.
+func (p *Publisher) Publish(ctx context.Context, m adapters.OutMessage) (adapters.Receipt, error) {
+	if e := p.down.Load(); e != nil {
+		return adapters.Receipt{}, fmt.Errorf("%w: %w", adapters.ErrUnavailable, *e)
+	}
+	if !validTopic(m.Topic) {
+		return adapters.Receipt{}, fmt.Errorf("%w: %q is not a valid Kafka topic name", adapters.ErrUnknownTopic, m.Topic)
+	}
+	rec := &kgo.Record{Topic: m.Topic, Value: m.Payload, Headers: make([]kgo.RecordHeader, 0, len(m.Headers)+2)}
+	if m.Key != "" {
+		rec.Key = []byte(m.Key)
+	}
+	for _, h := range m.Headers {
+		if strings.EqualFold(h.Key, IDHeader) || (m.ContentType != "" && strings.EqualFold(h.Key, "content-type")) {
+			continue // written below, once
+		}
+		rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: h.Key, Value: []byte(h.Value)})
+	}
+	if m.ContentType != "" {
+		rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: "content-type", Value: []byte(m.ContentType)})
+	}
+	rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: IDHeader, Value: []byte(m.ID)})
+	before := p.writes.Load()
+	r, err := p.cl.ProduceSync(ctx, rec).First()
+	if err != nil {
+		return adapters.Receipt{}, p.classify(m.Topic, err, p.writes.Load() != before)
+	}
+	part, off := r.Partition, r.Offset
+	return adapters.Receipt{
+		Broker: "kafka", Topic: m.Topic, ID: m.ID, Partition: &part, Offset: &off,
+		Durability: []string{"acks=all", "idempotent"},
+	}, nil
+}
+
+// classify maps a produce error to the publish errors; sent says whether any produce
+// request was written during the publish (then the record may be stored).
+func (p *Publisher) classify(topic string, err error, sent bool) error {
+	var ke *kerr.Error
+	switch {
+	case errors.Is(err, kerr.UnknownTopicOrPartition):
+		return fmt.Errorf("%w: kafka topic %q does not exist", adapters.ErrUnknownTopic, topic)
+	case errors.Is(err, kerr.InvalidTopicException):
+		return fmt.Errorf("%w: %q is not a valid Kafka topic: %w", adapters.ErrUnknownTopic, topic, err)
+	case errors.Is(err, kerr.MessageTooLarge), errors.Is(err, kerr.RecordListTooLarge), errors.Is(err, kerr.InvalidRecord),
+		errors.Is(err, kerr.TopicAuthorizationFailed), errors.Is(err, kerr.PolicyViolation), errors.Is(err, kerr.CorruptMessage):
+		return fmt.Errorf("%w: kafka: %w", adapters.ErrRejected, err)
+	case !sent && (errors.Is(err, kgo.ErrRecordTimeout) || errors.Is(err, kgo.ErrRecordRetries) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || errors.Is(err, kgo.ErrClientClosed) ||
+		errors.As(err, &ke) && ke.Retriable):
+		reason := err
+		if e := p.down.Load(); e != nil {
+			reason = *e
+		}
+		return fmt.Errorf("%w: kafka: nothing was sent: %w", adapters.ErrUnavailable, reason)
+	}
+	return fmt.Errorf("%w: kafka: %w (a produce request was sent; the record may be stored)", adapters.ErrOutcomeUnknown, err)
+}
+
+// Close implements adapters.Publisher: the client is closed, failing what it still holds
+// (the publish endpoint drains before, so normally nothing).
+func (p *Publisher) Close(ctx context.Context) error {
+	p.closeOnce.Do(func() {
+		close(p.stop)
+		_ = p.life.StopWithin(ctx)
+		p.cl.Close()
+	})
+	return nil
+}
+
+var _ adapters.Publisher = (*Publisher)(nil)

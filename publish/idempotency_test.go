@@ -1,0 +1,166 @@
+package publish
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mqsidecar/mqsidecar/adapters"
+)
+
+func TestRetryOfAConfirmedKeyAnswersTheFirstReceiptWithoutSending(t *testing.T) {
+	pub := &fakePublisher{}
+	_, hs, reg := newTestServer(t, pub, &memRecords{}, nil)
+	r1, b1 := post(t, hs.URL+"/v1/publish/t", "payload", "Idempotency-Key", "k1")
+	r2, b2 := post(t, hs.URL+"/v1/publish/t", "payload", "Idempotency-Key", "k1")
+	if r1.StatusCode != 200 || r2.StatusCode != 200 || b1 != b2 {
+		t.Fatalf("answers %d %s / %d %s", r1.StatusCode, b1, r2.StatusCode, b2)
+	}
+	if pub.count() != 1 || pub.sent[0].ID != "k1" {
+		t.Fatalf("sent %d times (%+v)", pub.count(), pub.sent)
+	}
+	if r1.Header.Get(HeaderReplayed) != "" || r2.Header.Get(HeaderReplayed) != "true" {
+		t.Fatalf("%s: %q then %q", HeaderReplayed, r1.Header.Get(HeaderReplayed), r2.Header.Get(HeaderReplayed))
+	}
+	// ce-id is the key when Idempotency-Key is absent.
+	if r, b := post(t, hs.URL+"/v1/publish/t", "payload", "ce-id", "k1"); r.StatusCode != 200 || b != b1 || pub.count() != 1 {
+		t.Fatalf("ce-id retry: %d %s, sent %d", r.StatusCode, b, pub.count())
+	}
+	if v := counterValue(t, reg, "t", "replayed"); v != 2 {
+		t.Fatalf("replayed counter %v", v)
+	}
+}
+
+func TestKeyReusedWithAnotherPayloadOrTopicIs422(t *testing.T) {
+	pub := &fakePublisher{}
+	_, hs, _ := newTestServer(t, pub, &memRecords{}, nil)
+	post(t, hs.URL+"/v1/publish/t", "one", "Idempotency-Key", "k")
+	if r, b := post(t, hs.URL+"/v1/publish/t", "two", "Idempotency-Key", "k"); r.StatusCode != 422 {
+		t.Fatalf("other payload: %d %s", r.StatusCode, b)
+	}
+	if r, b := post(t, hs.URL+"/v1/publish/u", "one", "Idempotency-Key", "k"); r.StatusCode != 422 {
+		t.Fatalf("other topic: %d %s", r.StatusCode, b)
+	}
+	if pub.count() != 1 {
+		t.Fatalf("sent %d", pub.count())
+	}
+}
+
+func TestRetryWhileInFlightIs409(t *testing.T) {
+	pub := &fakePublisher{block: make(chan struct{}), entered: make(chan struct{}, 1)}
+	_, hs, _ := newTestServer(t, pub, &memRecords{}, nil)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	var first *http.Response
+	go func() { defer wg.Done(); first, _ = post(t, hs.URL+"/v1/publish/t", "p", "Idempotency-Key", "k") }()
+	<-pub.entered // the first request holds the key and is being published
+	r, b := post(t, hs.URL+"/v1/publish/t", "p", "Idempotency-Key", "k")
+	close(pub.block)
+	wg.Wait()
+	if r.StatusCode != 409 {
+		t.Fatalf("retry while in flight: %d %s", r.StatusCode, b)
+	}
+	if first.StatusCode != 200 || pub.count() != 1 {
+		t.Fatalf("first answered %d, sent %d", first.StatusCode, pub.count())
+	}
+}
+
+func TestRetryAfterAFailureSendsAgainWithTheSameID(t *testing.T) {
+	var fail sync.Mutex
+	failing := true
+	pub := &fakePublisher{next: func(adapters.OutMessage) error {
+		fail.Lock()
+		defer fail.Unlock()
+		if failing {
+			failing = false
+			return fmt.Errorf("%w: timed out after the send", adapters.ErrOutcomeUnknown)
+		}
+		return nil
+	}}
+	_, hs, _ := newTestServer(t, pub, &memRecords{}, nil)
+	if r, b := post(t, hs.URL+"/v1/publish/t", "p", "Idempotency-Key", "k"); r.StatusCode != 504 {
+		t.Fatalf("first: %d %s", r.StatusCode, b)
+	}
+	r, b := post(t, hs.URL+"/v1/publish/t", "p", "Idempotency-Key", "k")
+	if r.StatusCode != 200 || pub.count() != 1 || pub.sent[0].ID != "k" {
+		t.Fatalf("retry: %d %s, sent %+v", r.StatusCode, b, pub.sent)
+	}
+}
+
+func TestAnInFlightKeyPastItsLeaseIsTakenOver(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	rec := &memRecords{}
+	pub := &fakePublisher{}
+	_, hs, _ := newTestServer(t, pub, rec, func(o *Options) { o.Now = func() time.Time { return now } })
+	// A sidecar killed mid-publish left this record.
+	left, _ := json.Marshal(record{Hash: requestHash(&adapters.OutMessage{Topic: "t", Payload: []byte("p")}), Until: now.Add(time.Second).UnixMilli(), Token: "dead"})
+	rec.m = map[string][]byte{"k": left}
+	if r, _ := post(t, hs.URL+"/v1/publish/t", "p", "Idempotency-Key", "k"); r.StatusCode != 409 {
+		t.Fatalf("within the lease: %d", r.StatusCode)
+	}
+	now = now.Add(2 * time.Second)
+	if r, b := post(t, hs.URL+"/v1/publish/t", "p", "Idempotency-Key", "k"); r.StatusCode != 200 || pub.count() != 1 {
+		t.Fatalf("after the lease: %d %s, sent %d", r.StatusCode, b, pub.count())
+	}
+}
+
+func TestStoreFailureIs503AndSendsNothing(t *testing.T) {
+	pub := &fakePublisher{}
+	_, hs, _ := newTestServer(t, pub, &memRecords{fail: errors.New("disk gone")}, nil)
+	if r, b := post(t, hs.URL+"/v1/publish/t", "p", "Idempotency-Key", "k"); r.StatusCode != 503 || pub.count() != 0 {
+		t.Fatalf("%d %s, sent %d", r.StatusCode, b, pub.count())
+	}
+	// Without a key nothing is remembered, so the store is not needed.
+	if r, b := post(t, hs.URL+"/v1/publish/t", "p"); r.StatusCode != 200 || pub.count() != 1 {
+		t.Fatalf("%d %s, sent %d", r.StatusCode, b, pub.count())
+	}
+}
+
+func TestDaprPublish(t *testing.T) {
+	pub := &fakePublisher{}
+	_, hs, _ := newTestServer(t, pub, &memRecords{}, nil)
+	r, b := post(t, hs.URL+"/v1.0/publish/pubsub/orders?metadata.partitionKey=c7&metadata.cloudevent.id=e1&metadata.tenant=t1", `{"x":1}`, "Content-Type", "application/json")
+	if r.StatusCode != 204 || b != "" {
+		t.Fatalf("%d %q", r.StatusCode, b)
+	}
+	m := pub.sent[0]
+	if m.Topic != "orders" || m.Key != "c7" || m.ID != "e1" || string(m.Payload) != `{"x":1}` || m.ContentType != "application/json" {
+		t.Fatalf("sent %+v", m)
+	}
+	if !hasHeader(m, "tenant", "t1") {
+		t.Fatalf("headers %v", m.Headers)
+	}
+	// The ID is an idempotency key as with Idempotency-Key.
+	if r, _ := post(t, hs.URL+"/v1.0/publish/pubsub/orders?metadata.cloudevent.id=e1", `{"x":1}`); r.StatusCode != 204 || pub.count() != 1 {
+		t.Fatalf("retry: %d, sent %d", r.StatusCode, pub.count())
+	}
+	pub.next = func(adapters.OutMessage) error { return fmt.Errorf("%w: down", adapters.ErrUnavailable) }
+	r, b = post(t, hs.URL+"/v1.0/publish/pubsub/orders", "y")
+	var de daprError
+	if r.StatusCode != 503 || json.Unmarshal([]byte(b), &de) != nil || de.ErrorCode != "ERR_PUBSUB_PUBLISH_MESSAGE" || de.Message == "" {
+		t.Fatalf("%d %s", r.StatusCode, b)
+	}
+}
+
+func hasHeader(m adapters.OutMessage, k, v string) bool {
+	for _, h := range m.Headers {
+		if h.Key == k && h.Value == v {
+			return true
+		}
+	}
+	return false
+}
+
+func TestRabbitMQPathCarriesTheRoutingKey(t *testing.T) {
+	pub := &fakePublisher{}
+	_, hs, _ := newTestServer(t, pub, nil, func(o *Options) { o.Broker = "rabbitmq" })
+	post(t, hs.URL+"/v1/publish/orders/eu.created", "p")
+	post(t, hs.URL+"/v1/publish/orders", "p", HeaderRoutingKey, "us.created")
+	if pub.sent[0].Topic != "orders" || pub.sent[0].RoutingKey != "eu.created" || pub.sent[1].Topic != "orders" || pub.sent[1].RoutingKey != "us.created" {
+		t.Fatalf("sent %+v", pub.sent)
+	}
+}
