@@ -13,6 +13,7 @@ import (
 
 	"github.com/mqsidecar/mqsidecar/adapters"
 	"github.com/mqsidecar/mqsidecar/dedup"
+	"github.com/mqsidecar/mqsidecar/internal/lifecycle/lifecycletest"
 	"github.com/mqsidecar/mqsidecar/metrics"
 )
 
@@ -101,6 +102,7 @@ func benchGate(b *testing.B, app string, tr Tracing, flush func()) {
 		b.Fatal(err)
 	}
 	defer st.Close()
+	lifecycletest.Start(b, st.Run)
 	src := &benchSource{n: b.N, prefix: "run" + strconv.FormatInt(benchRuns.Add(1), 10) + "/", done: make(chan struct{})}
 	g := New(src, st, Options{
 		Push:     PushOptions{URL: app, Timeout: 10 * time.Second, EventType: "mqsidecar.message", MaxResponseBytes: 64 << 10},

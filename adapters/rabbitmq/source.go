@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"strconv"
@@ -106,6 +107,7 @@ type options struct {
 	backoffMax     time.Duration
 	publishTimeout time.Duration
 	dialer         func(ctx context.Context, network, addr string) (net.Conn, error)
+	depthInterval  time.Duration
 }
 
 // WithLogger sets the logger (default slog.Default()).
@@ -128,6 +130,9 @@ func WithBackoff(min, max time.Duration) Option {
 // the caller's ctx (default 30s).
 func WithPublishTimeout(d time.Duration) Option { return func(o *options) { o.publishTimeout = d } }
 
+// withDepthInterval sets how often the queue depth is read (tests; default depthInterval).
+func withDepthInterval(d time.Duration) Option { return func(o *options) { o.depthInterval = d } }
+
 // withDialer replaces the TCP dialer (tests cut connections through it).
 func withDialer(d func(ctx context.Context, network, addr string) (net.Conn, error)) Option {
 	return func(o *options) { o.dialer = d }
@@ -143,25 +148,27 @@ const (
 // documentation for the contract. Create it with New.
 type Source struct {
 	// Immutable after New.
-	url        string // secret: carries the password; never logged
-	addr       string // host:port, for logs (the URL's user info is unambiguous: see New)
-	vhost      string
-	user       string
-	queue      string
-	source     string // "rabbitmq://<vhost>/<queue>"
-	lane       string
-	prefetch   int
-	declare    bool
-	idHeader   string // "" = message_id property
-	dl         deadLetterTarget
-	tlsConfig  *tls.Config
-	log        *slog.Logger
-	events     adapters.Events
-	trace      func(Event)
-	backoffMin time.Duration
-	backoffMax time.Duration
-	pubTimeout time.Duration
-	dialer     func(ctx context.Context, network, addr string) (net.Conn, error)
+	url           string // secret: carries the password; never logged
+	addr          string // host:port, for logs (the URL's user info is unambiguous: see New)
+	vhost         string
+	user          string
+	queue         string
+	source        string // "rabbitmq://<vhost>/<queue>"
+	lane          string
+	prefetch      int
+	declare       bool
+	idHeader      string // "" = message_id property
+	dl            deadLetterTarget
+	tlsConfig     *tls.Config
+	log           *slog.Logger
+	events        adapters.Events
+	trace         func(Event)
+	backoffMin    time.Duration
+	backoffMax    time.Duration
+	pubTimeout    time.Duration
+	dialer        func(ctx context.Context, network, addr string) (net.Conn, error)
+	mgmt          *mgmtAPI // the management API the queue depth is read from; nil for none
+	depthInterval time.Duration
 
 	out       chan *adapters.Delivery // unbuffered: a delivery is handed out or not at all
 	closing   chan struct{}           // closed when Close starts
@@ -200,6 +207,7 @@ func New(cfg Settings, deadLetterTarget string, opts ...Option) (*Source, error)
 		backoffMax:     30 * time.Second,
 		publishTimeout: 30 * time.Second,
 		dialer:         (&net.Dialer{Timeout: handshakeTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		depthInterval:  depthInterval,
 	}
 	for _, opt := range opts {
 		opt(&o)
@@ -215,19 +223,20 @@ func New(cfg Settings, deadLetterTarget string, opts ...Option) (*Source, error)
 	}
 
 	s := &Source{
-		url:        cfg.URL.Reveal(),
-		queue:      cfg.Queue,
-		prefetch:   cfg.Prefetch,
-		declare:    cfg.Declare,
-		log:        o.log,
-		events:     o.events,
-		trace:      o.trace,
-		backoffMin: o.backoffMin,
-		backoffMax: o.backoffMax,
-		pubTimeout: o.publishTimeout,
-		dialer:     o.dialer,
-		out:        make(chan *adapters.Delivery),
-		closing:    make(chan struct{}),
+		url:           cfg.URL.Reveal(),
+		queue:         cfg.Queue,
+		prefetch:      cfg.Prefetch,
+		declare:       cfg.Declare,
+		log:           o.log,
+		events:        o.events,
+		trace:         o.trace,
+		backoffMin:    o.backoffMin,
+		backoffMax:    o.backoffMax,
+		pubTimeout:    o.publishTimeout,
+		dialer:        o.dialer,
+		depthInterval: o.depthInterval,
+		out:           make(chan *adapters.Delivery),
+		closing:       make(chan struct{}),
 	}
 	// Check refused a URL whose user info net/url would split in the wrong place
 	// ("amqp://u:#pw@host/" reads as host "u"), which would dial the wrong host and put the
@@ -243,6 +252,7 @@ func New(cfg Settings, deadLetterTarget string, opts ...Option) (*Source, error)
 	s.addr = net.JoinHostPort(uri.Host, strconv.Itoa(uri.Port))
 	s.vhost = uri.Vhost
 	s.user = uri.Username
+	s.mgmt = newMgmtAPI(cfg, uri)
 	if len(s.queue) > 255 {
 		return nil, fmt.Errorf("rabbitmq: queue: name longer than 255 bytes (%d)", len(s.queue))
 	}
@@ -258,6 +268,9 @@ func New(cfg Settings, deadLetterTarget string, opts ...Option) (*Source, error)
 	}
 	if s.tlsConfig, err = tlsConfig(cfg.TLS); err != nil {
 		return nil, err
+	}
+	if s.mgmt != nil && s.tlsConfig != nil {
+		s.mgmt.client.Transport = &http.Transport{TLSClientConfig: s.tlsConfig.Clone()} // as the durability checks
 	}
 
 	s.log = s.log.With(slog.String("component", "rabbitmq"), slog.String("queue", s.queue), slog.String("vhost", s.vhost))
