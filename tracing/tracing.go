@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/sdk/resource"
@@ -82,26 +83,24 @@ func exporter(ctx context.Context, endpoint string) (sdktrace.SpanExporter, erro
 			break // the traces variable takes precedence
 		}
 	}
-	var (
-		exp sdktrace.SpanExporter
-		err error
-	)
+	var client otlptrace.Client
 	switch protocol {
 	case "http/protobuf":
 		var opts []otlptracehttp.Option
 		if endpoint != "" {
 			opts = append(opts, otlptracehttp.WithEndpointURL(strings.TrimSuffix(endpoint, "/")+"/v1/traces"))
 		}
-		exp, err = otlptracehttp.New(ctx, opts...)
+		client = otlptracehttp.NewClient(opts...)
 	case "grpc":
 		var opts []otlptracegrpc.Option
 		if endpoint != "" {
 			opts = append(opts, otlptracegrpc.WithEndpointURL(strings.TrimSuffix(endpoint, "/")))
 		}
-		exp, err = otlptracegrpc.New(ctx, opts...)
+		client = otlptracegrpc.NewClient(opts...)
 	default:
 		return nil, fmt.Errorf("tracing: %s=%s: mqsidecar exports OTLP over http/protobuf (a collector listens on :4318 for it) or grpc (:4317)", from, protocol)
 	}
+	exp, err := NewExporter(ctx, client)
 	if err != nil {
 		return nil, fmt.Errorf("tracing: OTLP exporter (%s): %w", protocol, err)
 	}
