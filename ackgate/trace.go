@@ -55,7 +55,24 @@ type tracer struct {
 	t      trace.Tracer
 	attrs  []attribute.KeyValue
 	appURL attribute.KeyValue
+	// bySrc caches, by CloudEvents source, what the consumer spans of a source share: their
+	// name and first attributes. Used by the read loop only (startDelivery), so it needs no
+	// lock.
+	bySrc map[string]*sourceSpans
 }
+
+// sourceSpans is what the consumer spans of one source share.
+type sourceSpans struct {
+	name   string               // "process <topic|queue>"
+	system string               // messaging.system
+	attrs  []attribute.KeyValue // messaging.system, .operation.type, .destination.name
+}
+
+// The span kinds, as start options made once (an option made per span is an allocation).
+var (
+	consumerKind = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer)}
+	clientKind   = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindClient)}
+)
 
 // traceContext reads and writes the W3C traceparent and tracestate headers.
 var traceContext propagation.TraceContext
@@ -68,7 +85,23 @@ func newTracer(opts Options) *tracer {
 		t:      opts.Tracing.Provider.Tracer("github.com/mqsidecar/mqsidecar/ackgate"),
 		attrs:  opts.Tracing.Attributes,
 		appURL: semconv.URLFull(settings.RedactURL(opts.Push.URL)),
+		bySrc:  map[string]*sourceSpans{},
 	}
+}
+
+// source returns what the consumer spans of source share.
+func (t *tracer) source(source string) *sourceSpans {
+	if s, ok := t.bySrc[source]; ok {
+		return s
+	}
+	system, dest := splitSource(source)
+	s := &sourceSpans{name: "process " + dest, system: system, attrs: []attribute.KeyValue{
+		semconv.MessagingSystemKey.String(system), semconv.MessagingOperationTypeProcess, semconv.MessagingDestinationName(dest),
+	}}
+	if len(t.bySrc) < 1024 { // a bound for sources that name anything
+		t.bySrc[source] = s
+	}
+	return s
 }
 
 // itemTrace is an item's consumer span and the context its log lines and pushes descend
@@ -86,24 +119,20 @@ func (g *Gate) startDelivery(it *item) {
 		return
 	}
 	d := it.d
-	system, dest := splitSource(d.Source)
+	src := g.tracer.source(d.Source)
 	parent := traceContext.Extract(context.Background(), headerCarrier(d.Headers))
-	it.trace.ctx, it.trace.span = g.tracer.t.Start(parent, "process "+dest, trace.WithSpanKind(trace.SpanKindConsumer))
+	it.trace.ctx, it.trace.span = g.tracer.t.Start(parent, src.name, consumerKind...)
 	if !it.trace.span.IsRecording() {
 		return // sampled out: its attributes would be dropped
 	}
 	attrs := make([]attribute.KeyValue, 0, 8+len(g.tracer.attrs))
-	attrs = append(attrs,
-		semconv.MessagingSystemKey.String(system),
-		semconv.MessagingOperationTypeProcess,
-		semconv.MessagingDestinationName(dest),
-		semconv.MessagingMessageID(d.ID),
-	)
+	attrs = append(attrs, src.attrs...)
+	attrs = append(attrs, semconv.MessagingMessageID(d.ID))
 	attrs = append(attrs, g.tracer.attrs...)
 	if d.HasCoordinates {
 		attrs = append(attrs, semconv.MessagingDestinationPartitionID(strconv.FormatInt(int64(d.Partition), 10)))
 	}
-	switch system {
+	switch src.system {
 	case "kafka":
 		if d.HasCoordinates {
 			attrs = append(attrs, semconv.MessagingKafkaOffset(int(d.Offset)))
@@ -125,7 +154,7 @@ func (g *Gate) startPush(ctx context.Context, it *item, attempt int) (context.Co
 	if g.tracer == nil {
 		return ctx, nil
 	}
-	_, span := g.tracer.t.Start(it.trace.ctx, "POST", trace.WithSpanKind(trace.SpanKindClient))
+	_, span := g.tracer.t.Start(it.trace.ctx, "POST", clientKind...)
 	if span.IsRecording() {
 		span.SetAttributes(semconv.HTTPRequestMethodPost, g.tracer.appURL, AttrAttempt.Int(attempt))
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/mqsidecar/mqsidecar/dedup"
 	"github.com/mqsidecar/mqsidecar/internal/lifecycle/lifecycletest"
 	"github.com/mqsidecar/mqsidecar/metrics"
+	"github.com/mqsidecar/mqsidecar/tracing"
 )
 
 // BenchmarkGateTracing is the cost of tracing on the partition scenario's shape, through the
@@ -41,21 +42,28 @@ import (
 // per message (~20 µs each of CPU, with the GC they cause); the gate adds its attributes only
 // to spans that record.
 func BenchmarkGateTracing(b *testing.B) {
-	app := benchApp(b, 0)
 	collector := benchApp(b, 0) // answers every POST 200 with an empty body, as a collector does
-	b.Run("tracing=off", func(b *testing.B) { benchGate(b, app, Tracing{}, nil) })
-	b.Run("tracing=on", func(b *testing.B) {
-		exp, err := otlptracehttp.New(context.Background(), otlptracehttp.WithEndpointURL(collector[:len(collector)-len("/events")]+"/v1/traces"))
-		if err != nil {
-			b.Fatal(err)
-		}
-		tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()), sdktrace.WithBatcher(exp, sdktrace.WithBlocking()))
-		benchGate(b, app, Tracing{Provider: tp}, func() {
-			if err := tp.Shutdown(context.Background()); err != nil {
-				b.Fatal(err)
-			}
+	for _, app := range []struct {
+		name  string
+		delay time.Duration
+	}{{"instant", 0}, {"200us", 200 * time.Microsecond}, {"1ms", time.Millisecond}} {
+		url := benchApp(b, app.delay)
+		b.Run("app="+app.name, func(b *testing.B) {
+			b.Run("tracing=off", func(b *testing.B) { benchGate(b, url, Tracing{}, nil) })
+			b.Run("tracing=on", func(b *testing.B) {
+				exp, err := tracing.NewExporter(context.Background(), otlptracehttp.NewClient(otlptracehttp.WithEndpointURL(collector[:len(collector)-len("/events")]+"/v1/traces")))
+				if err != nil {
+					b.Fatal(err)
+				}
+				tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()), sdktrace.WithBatcher(exp, sdktrace.WithBlocking()))
+				benchGate(b, url, Tracing{Provider: tp}, func() {
+					if err := tp.Shutdown(context.Background()); err != nil {
+						b.Fatal(err)
+					}
+				})
+			})
 		})
-	})
+	}
 }
 
 // benchSource hands out n deliveries of the partition scenario's shape over 8 lanes and
