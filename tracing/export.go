@@ -289,25 +289,15 @@ func appendValue(b []byte, num protowire.Number, v attribute.Value) []byte {
 		am := beginMsg(&b, 5) // ArrayValue
 		switch v.Type() {
 		case attribute.BOOLSLICE:
-			for _, x := range v.AsBoolSlice() {
-				b = appendValue(b, 1, attribute.BoolValue(x))
-			}
+			b = appendValues(b, v.AsBoolSlice(), attribute.BoolValue)
 		case attribute.INT64SLICE:
-			for _, x := range v.AsInt64Slice() {
-				b = appendValue(b, 1, attribute.Int64Value(x))
-			}
+			b = appendValues(b, v.AsInt64Slice(), attribute.Int64Value)
 		case attribute.FLOAT64SLICE:
-			for _, x := range v.AsFloat64Slice() {
-				b = appendValue(b, 1, attribute.Float64Value(x))
-			}
+			b = appendValues(b, v.AsFloat64Slice(), attribute.Float64Value)
 		case attribute.STRINGSLICE:
-			for _, x := range v.AsStringSlice() {
-				b = appendValue(b, 1, attribute.StringValue(x))
-			}
+			b = appendValues(b, v.AsStringSlice(), attribute.StringValue)
 		default:
-			for _, x := range v.AsSlice() {
-				b = appendValue(b, 1, x)
-			}
+			b = appendValues(b, v.AsSlice(), func(x attribute.Value) attribute.Value { return x })
 		}
 		endMsg(&b, am)
 	case attribute.MAP:
@@ -322,6 +312,14 @@ func appendValue(b []byte, num protowire.Number, v attribute.Value) []byte {
 		b = protowire.AppendString(b, "INVALID")
 	}
 	endMsg(&b, m)
+	return b
+}
+
+// appendValues appends the values of an ArrayValue (field 1, repeated).
+func appendValues[T any](b []byte, xs []T, value func(T) attribute.Value) []byte {
+	for _, x := range xs {
+		b = appendValue(b, 1, value(x))
+	}
 	return b
 }
 
@@ -351,35 +349,27 @@ func endMsg(b *[]byte, start int) {
 // The appenders of scalar fields omit zero values, as proto3 does.
 
 func appendString(b []byte, num protowire.Number, s string) []byte {
-	if s == "" {
-		return b
-	}
-	b = protowire.AppendTag(b, num, protowire.BytesType)
-	return protowire.AppendString(b, s)
+	return appendNonZero(b, num, protowire.BytesType, s, protowire.AppendString)
 }
 
 func appendVarint(b []byte, num protowire.Number, v uint64) []byte {
-	if v == 0 {
-		return b
-	}
-	b = protowire.AppendTag(b, num, protowire.VarintType)
-	return protowire.AppendVarint(b, v)
+	return appendNonZero(b, num, protowire.VarintType, v, protowire.AppendVarint)
 }
 
 func appendFixed64(b []byte, num protowire.Number, v uint64) []byte {
-	if v == 0 {
-		return b
-	}
-	b = protowire.AppendTag(b, num, protowire.Fixed64Type)
-	return protowire.AppendFixed64(b, v)
+	return appendNonZero(b, num, protowire.Fixed64Type, v, protowire.AppendFixed64)
 }
 
 func appendFixed32(b []byte, num protowire.Number, v uint32) []byte {
-	if v == 0 {
+	return appendNonZero(b, num, protowire.Fixed32Type, v, protowire.AppendFixed32)
+}
+
+func appendNonZero[T comparable](b []byte, num protowire.Number, typ protowire.Type, v T, appendValue func([]byte, T) []byte) []byte {
+	var zero T
+	if v == zero {
 		return b
 	}
-	b = protowire.AppendTag(b, num, protowire.Fixed32Type)
-	return protowire.AppendFixed32(b, v)
+	return appendValue(protowire.AppendTag(b, num, typ), v)
 }
 
 func unixNano(n int64) uint64 { return uint64(max(0, n)) } //nolint:gosec // not negative
