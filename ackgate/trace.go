@@ -112,20 +112,67 @@ type itemTrace struct {
 	outcome string // set when completed (complete); settle derives the others
 }
 
-// startDelivery begins it's consumer span, a child of the message's traceparent.
+// startDelivery begins it's consumer span, a child of the message's traceparent. Its
+// attributes are set when it ends (endDelivery), in one call: each call grows the span's
+// attribute slice anew (none of the samplers OTEL_TRACES_SAMPLER offers reads attributes).
 func (g *Gate) startDelivery(it *item) {
 	it.trace.ctx = context.Background()
 	if g.tracer == nil {
 		return
 	}
+	parent := traceContext.Extract(context.Background(), headerCarrier(it.d.Headers))
+	it.trace.ctx, it.trace.span = g.tracer.t.Start(parent, g.tracer.source(it.d.Source).name, consumerKind...)
+}
+
+// startPush begins the span of one push; the push carries the returned context's span as
+// its traceparent. Off, it returns ctx and a nil span.
+func (g *Gate) startPush(ctx context.Context, it *item) (context.Context, trace.Span) {
+	if g.tracer == nil {
+		return ctx, nil
+	}
+	_, span := g.tracer.t.Start(it.trace.ctx, "POST", clientKind...)
+	return trace.ContextWithSpan(ctx, span), span
+}
+
+// endPush ends a push span with its attributes and the app's answer.
+func (g *Gate) endPush(span trace.Span, attempt int, res Result) {
+	if span == nil {
+		return
+	}
+	if !span.IsRecording() {
+		span.End() // sampled out: its attributes would be dropped
+		return
+	}
+	attrs := make([]attribute.KeyValue, 0, 6)
+	attrs = append(attrs, semconv.HTTPRequestMethodPost, g.tracer.appURL, AttrAttempt.Int(attempt))
+	if res.Status != 0 {
+		attrs = append(attrs, semconv.HTTPResponseStatusCode(res.Status))
+	}
+	if res.Verdict != Success {
+		errType := "transport"
+		if res.Status != 0 {
+			errType = strconv.Itoa(res.Status)
+		}
+		attrs = append(attrs, AttrVerdict.String(res.Verdict.String()), semconv.ErrorTypeKey.String(errType))
+		span.SetStatus(codes.Error, errText(res.Err))
+	}
+	span.SetAttributes(attrs...)
+	span.End()
+}
+
+// endDelivery ends it's consumer span, with its attributes, as it is settled with err.
+func (g *Gate) endDelivery(it *item, err error) {
+	span := it.trace.span
+	if span == nil {
+		return
+	}
+	if !span.IsRecording() {
+		span.End() // sampled out: its attributes would be dropped
+		return
+	}
 	d := it.d
 	src := g.tracer.source(d.Source)
-	parent := traceContext.Extract(context.Background(), headerCarrier(d.Headers))
-	it.trace.ctx, it.trace.span = g.tracer.t.Start(parent, src.name, consumerKind...)
-	if !it.trace.span.IsRecording() {
-		return // sampled out: its attributes would be dropped
-	}
-	attrs := make([]attribute.KeyValue, 0, 8+len(g.tracer.attrs))
+	attrs := make([]attribute.KeyValue, 0, 11+len(g.tracer.attrs))
 	attrs = append(attrs, src.attrs...)
 	attrs = append(attrs, semconv.MessagingMessageID(d.ID))
 	attrs = append(attrs, g.tracer.attrs...)
@@ -145,55 +192,6 @@ func (g *Gate) startDelivery(it *item) {
 			attrs = append(attrs, semconv.MessagingRocketMQMessageKeys(strings.Fields(d.Key)...))
 		}
 	}
-	it.trace.span.SetAttributes(attrs...)
-}
-
-// startPush begins the span of one push; the push carries the returned context's span as
-// its traceparent. Off, it returns ctx and a nil span.
-func (g *Gate) startPush(ctx context.Context, it *item, attempt int) (context.Context, trace.Span) {
-	if g.tracer == nil {
-		return ctx, nil
-	}
-	_, span := g.tracer.t.Start(it.trace.ctx, "POST", clientKind...)
-	if span.IsRecording() {
-		span.SetAttributes(semconv.HTTPRequestMethodPost, g.tracer.appURL, AttrAttempt.Int(attempt))
-	}
-	return trace.ContextWithSpan(ctx, span), span
-}
-
-// endPush ends a push span with the app's answer.
-func endPush(span trace.Span, res Result) {
-	if span == nil {
-		return
-	}
-	if !span.IsRecording() {
-		span.End()
-		return
-	}
-	if res.Status != 0 {
-		span.SetAttributes(semconv.HTTPResponseStatusCode(res.Status))
-	}
-	if res.Verdict != Success {
-		errType := "transport"
-		if res.Status != 0 {
-			errType = strconv.Itoa(res.Status)
-		}
-		span.SetAttributes(AttrVerdict.String(res.Verdict.String()), semconv.ErrorTypeKey.String(errType))
-		span.SetStatus(codes.Error, errText(res.Err))
-	}
-	span.End()
-}
-
-// endDelivery ends it's consumer span as it is settled with err.
-func (g *Gate) endDelivery(it *item, err error) {
-	span := it.trace.span
-	if span == nil {
-		return
-	}
-	if !span.IsRecording() {
-		span.End()
-		return
-	}
 	outcome := it.trace.outcome
 	switch {
 	case err != nil:
@@ -201,11 +199,12 @@ func (g *Gate) endDelivery(it *item, err error) {
 	case outcome == "":
 		outcome = "duplicate" // settled without a push: the store knew it as completed
 	}
-	span.SetAttributes(AttrAttempts.Int(it.baseAttempt+it.pushes), AttrOutcome.String(outcome))
+	attrs = append(attrs, AttrAttempts.Int(it.baseAttempt+it.pushes), AttrOutcome.String(outcome))
 	if outcome == "dead_lettered" || outcome == "dropped" {
-		span.SetAttributes(semconv.ErrorTypeKey.String(outcome))
+		attrs = append(attrs, semconv.ErrorTypeKey.String(outcome))
 		span.SetStatus(codes.Error, "not delivered: "+outcome)
 	}
+	span.SetAttributes(attrs...)
 	span.End()
 }
 

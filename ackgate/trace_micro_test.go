@@ -60,9 +60,9 @@ func BenchmarkDeliverySpans(b *testing.B) {
 			for b.Loop() {
 				it := &item{d: d}
 				g.startDelivery(it)
-				ctx, span := g.startPush(context.Background(), it, 1)
+				ctx, span := g.startPush(context.Background(), it)
 				traceContext.Inject(ctx, lineCarrier(sink))
-				endPush(span, Result{Status: 200, Verdict: Success})
+				g.endPush(span, 1, Result{Status: 200, Verdict: Success})
 				it.pushes = 1
 				it.trace.outcome = "delivered"
 				g.endDelivery(it, nil)
