@@ -148,26 +148,29 @@ const (
 // documentation for the contract. Create it with New.
 type Source struct {
 	// Immutable after New.
-	url           string // secret: carries the password; never logged
-	addr          string // host:port, for logs (the URL's user info is unambiguous: see New)
-	vhost         string
-	user          string
-	queue         string
-	source        string // "rabbitmq://<vhost>/<queue>"
-	lane          string
-	prefetch      int
-	declare       bool
-	idHeader      string // "" = message_id property
-	dl            deadLetterTarget
-	tlsConfig     *tls.Config
-	log           *slog.Logger
-	events        adapters.Events
-	trace         func(Event)
-	backoffMin    time.Duration
-	backoffMax    time.Duration
-	pubTimeout    time.Duration
-	dialer        func(ctx context.Context, network, addr string) (net.Conn, error)
-	mgmt          *mgmtAPI // the management API the queue depth is read from; nil for none
+	url        string // secret: carries the password; never logged
+	addr       string // host:port, for logs (the URL's user info is unambiguous: see New)
+	vhost      string
+	user       string
+	queue      string
+	source     string // "rabbitmq://<vhost>/<queue>"
+	lane       string
+	prefetch   int
+	declare    bool
+	idHeader   string // "" = message_id property
+	dl         deadLetterTarget
+	tlsConfig  *tls.Config
+	log        *slog.Logger
+	events     adapters.Events
+	trace      func(Event)
+	backoffMin time.Duration
+	backoffMax time.Duration
+	pubTimeout time.Duration
+	dialer     func(ctx context.Context, network, addr string) (net.Conn, error)
+
+	// The queue depth (depth.go): the management API it is read from (nil for none), and how
+	// often.
+	mgmt          *mgmtAPI
 	depthInterval time.Duration
 
 	out       chan *adapters.Delivery // unbuffered: a delivery is handed out or not at all
@@ -223,20 +226,19 @@ func New(cfg Settings, deadLetterTarget string, opts ...Option) (*Source, error)
 	}
 
 	s := &Source{
-		url:           cfg.URL.Reveal(),
-		queue:         cfg.Queue,
-		prefetch:      cfg.Prefetch,
-		declare:       cfg.Declare,
-		log:           o.log,
-		events:        o.events,
-		trace:         o.trace,
-		backoffMin:    o.backoffMin,
-		backoffMax:    o.backoffMax,
-		pubTimeout:    o.publishTimeout,
-		dialer:        o.dialer,
-		depthInterval: o.depthInterval,
-		out:           make(chan *adapters.Delivery),
-		closing:       make(chan struct{}),
+		url:        cfg.URL.Reveal(),
+		queue:      cfg.Queue,
+		prefetch:   cfg.Prefetch,
+		declare:    cfg.Declare,
+		log:        o.log,
+		events:     o.events,
+		trace:      o.trace,
+		backoffMin: o.backoffMin,
+		backoffMax: o.backoffMax,
+		pubTimeout: o.publishTimeout,
+		dialer:     o.dialer,
+		out:        make(chan *adapters.Delivery),
+		closing:    make(chan struct{}),
 	}
 	// Check refused a URL whose user info net/url would split in the wrong place
 	// ("amqp://u:#pw@host/" reads as host "u"), which would dial the wrong host and put the
@@ -252,7 +254,7 @@ func New(cfg Settings, deadLetterTarget string, opts ...Option) (*Source, error)
 	s.addr = net.JoinHostPort(uri.Host, strconv.Itoa(uri.Port))
 	s.vhost = uri.Vhost
 	s.user = uri.Username
-	s.mgmt = newMgmtAPI(cfg, uri)
+	s.mgmt, s.depthInterval = newMgmtAPI(cfg, uri), o.depthInterval
 	if len(s.queue) > 255 {
 		return nil, fmt.Errorf("rabbitmq: queue: name longer than 255 bytes (%d)", len(s.queue))
 	}
