@@ -15,16 +15,20 @@ const reqGetMaxOffset = 30
 
 // queueLag returns, for each message queue the client holds now, the broker's max offset
 // minus the client's consumer offset (adapters.QueueGauges). A queue without a consumer
-// offset yet, or whose broker did not answer, is left out of this report.
+// offset yet, or whose broker did not answer, is left out of this report; after a broker
+// failed to answer, its other queues are not asked this time (an unreachable broker costs
+// one timeout a tick, not one a queue: the health loop that calls this also refreshes Ready).
 func (s *Source) queueLag() map[adapters.QueueID]int64 {
 	owned := s.memoryOffsets()
 	lag := make(map[adapters.QueueID]int64, len(owned))
+	failed := map[string]bool{}
 	for mq, off := range owned {
-		if off < 0 {
+		if off < 0 || failed[mq.BrokerName] {
 			continue
 		}
 		head, err := s.maxOffset(mq)
 		if err != nil {
+			failed[mq.BrokerName] = true
 			s.log.Debug("rocketmq: queue lag not read", "queue", mqString(mq), "error", err.Error())
 			continue
 		}
