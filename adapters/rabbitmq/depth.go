@@ -2,12 +2,8 @@ package rabbitmq
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
-	"net/url"
-	"strings"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -38,7 +34,7 @@ func newMgmtAPI(cfg Settings, uri amqp.URI) *mgmtAPI {
 		return nil
 	}
 	m := &mgmtAPI{
-		base: strings.TrimRight(cfg.ManagementURL, "/"), user: cfg.ManagementUsername, password: cfg.ManagementPassword.Reveal(),
+		base: cfg.ManagementURL, user: cfg.ManagementUsername, password: cfg.ManagementPassword.Reveal(),
 		client: &http.Client{Timeout: 5 * time.Second},
 	}
 	if m.user == "" {
@@ -53,28 +49,13 @@ func newMgmtAPI(cfg Settings, uri amqp.URI) *mgmtAPI {
 // depth reads the queue's depth from the management API. The broker fills the counts in
 // only after its first statistics round, so an answer without them is an error.
 func (m *mgmtAPI) depth(ctx context.Context, vhost, queue string) (adapters.QueueDepth, error) {
-	u := m.base + "/api/queues/" + url.PathEscape(vhost) + "/" + url.PathEscape(queue)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return adapters.QueueDepth{}, fmt.Errorf("management_url: %v", redactURLError(err))
-	}
-	req.SetBasicAuth(m.user, m.password)
-	resp, err := m.client.Do(req)
-	if err != nil {
-		return adapters.QueueDepth{}, redactURLError(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode != http.StatusOK {
-		return adapters.QueueDepth{}, fmt.Errorf("GET /api/queues/%s/%s: %s", url.PathEscape(vhost), url.PathEscape(queue), resp.Status)
-	}
 	var q struct {
 		Ready     *int64 `json:"messages_ready"`
 		Unacked   *int64 `json:"messages_unacknowledged"`
 		Consumers *int   `json:"consumers"`
 	}
-	if err := json.Unmarshal(body, &q); err != nil {
-		return adapters.QueueDepth{}, fmt.Errorf("management API answer: %w", err)
+	if err := mgmtGetQueue(ctx, m.client, m.base, m.user, m.password, vhost, queue, &q); err != nil {
+		return adapters.QueueDepth{}, err
 	}
 	if q.Ready == nil || q.Unacked == nil || q.Consumers == nil {
 		return adapters.QueueDepth{}, fmt.Errorf("management API: queue %q has no message counts yet", queue)
