@@ -27,8 +27,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -250,34 +248,10 @@ log: {level: warn}
 // produceSized writes n records of size bytes round-robin over the partitions, uncompressed,
 // and returns each partition's end offset.
 func produceSized(brokers []string, size, n int) ([]int64, error) {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(topic),
-		kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.ProducerBatchCompression(kgo.NoCompression()),
-		kgo.ProducerBatchMaxBytes(int32(size+(64<<10))), kgo.MaxBufferedBytes(64<<20))
-	if err != nil {
-		return nil, err
-	}
-	defer cl.Close()
 	payload := bytes.Repeat([]byte("0123456789abcdef"), size/16+1)[:size]
-	ends := make([]int64, partitions)
-	var wg sync.WaitGroup
-	var failed atomic.Value
-	for i := 0; i < n; i++ {
-		p := int32(i % partitions)
-		ends[p]++
-		wg.Add(1)
-		r := &kgo.Record{Partition: p, Value: payload, Headers: []kgo.RecordHeader{{Key: "message-id", Value: []byte("m-" + strconv.Itoa(i))}}}
-		cl.Produce(context.Background(), r, func(_ *kgo.Record, err error) {
-			if err != nil {
-				failed.Store(err)
-			}
-			wg.Done()
-		})
-	}
-	wg.Wait()
-	if err, _ := failed.Load().(error); err != nil {
-		return nil, err
-	}
-	return ends, nil
+	return produceRecords(brokers, n, func(int) *kgo.Record { return &kgo.Record{Value: payload} },
+		kgo.ProducerBatchCompression(kgo.NoCompression()),
+		kgo.ProducerBatchMaxBytes(int32(size+(64<<10))), kgo.MaxBufferedBytes(64<<20))
 }
 
 type bytesFlags struct {

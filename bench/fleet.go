@@ -167,22 +167,7 @@ func fleetOnce(bin, store string, rs *redisServer, delay time.Duration, n int, d
 	// Hold every fetch until the group is stable with three members: otherwise the first
 	// replica up takes all eight partitions and consumes alone until the others joined
 	// (seconds: a member learns of a rebalance from its next heartbeat).
-	release := make(chan struct{})
-	var released atomic.Bool
-	kafka.ControlKey(kmsg.Fetch.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
-		if released.Load() {
-			kafka.DropControl()
-			return nil, nil, false
-		}
-		kafka.KeepControl()
-		kafka.SleepControl(func() { <-release })
-		return nil, nil, false
-	})
-	releaseFetches := func() {
-		if released.CompareAndSwap(false, true) {
-			close(release)
-		}
-	}
+	releaseFetches := holdRequests(kafka, kmsg.Fetch)
 	defer releaseFetches()
 
 	a := newApp(ends, appProfile{delay: delay})
@@ -360,6 +345,27 @@ log: {level: warn}
 		}
 	}
 	return res, nil
+}
+
+// holdRequests makes kafka hold every request of key until release is called (once or
+// more).
+func holdRequests(kafka *kfake.Cluster, key kmsg.Key) (release func()) {
+	ch := make(chan struct{})
+	var released atomic.Bool
+	kafka.ControlKey(key.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
+		if released.Load() {
+			kafka.DropControl()
+			return nil, nil, false
+		}
+		kafka.KeepControl()
+		kafka.SleepControl(func() { <-ch })
+		return nil, nil, false
+	})
+	return func() {
+		if released.CompareAndSwap(false, true) {
+			close(ch)
+		}
+	}
 }
 
 // groupReady reports whether group "bench" is stable with members members that together

@@ -38,7 +38,12 @@
 // msg/s, push-to-commit latency, the largest replica's peak RSS, the replicas' summed CPU per
 // message (and redis-server's own, when private) and the ratio redis/bbolt.
 //
-// Usage: go run ./bench [-runs 5] [-messages N] [-scenario partition|key|none|idle|held|fleet] [-apps instant,200us,1ms,5ms,cpu] [-only NAME] [-cpuprofile PREFIX] [-app-delays 0,200us]
+// The share scenario (-scenario share, see share.go): one partition, an app sleeping 5 ms,
+// ordering none and max_inflight 8 for every contender: one sidecar in a consumer group (all
+// that one partition can use) beside 1, 2 and 4 sidecars in one share group
+// (source.kafka.mode: share); unique messages answered per second, 6000 messages by default.
+//
+// Usage: go run ./bench [-runs 5] [-messages N] [-scenario partition|key|none|idle|held|fleet|share] [-apps instant,200us,1ms,5ms,cpu] [-only NAME] [-cpuprofile PREFIX] [-app-delays 0,200us]
 //
 // Investigation aids: -cpuprofile PREFIX writes a CPU profile of every consumer run, the
 // loop's too (PREFIX-<scenario>[-<app>]-<contender>-run<N>.pprof, and the sidecar's
@@ -184,7 +189,7 @@ func main() {
 	mode := flag.String("mode", "", "internal: baseline (run the hand-written loop)")
 	runs := flag.Int("runs", 5, "runs per contender; medians are reported")
 	messages := flag.Int("messages", 0, "messages per run (default 50000; 10000 for -scenario key, whose baseline does 200 msg/s; 30000 for -scenario fleet)")
-	scen := flag.String("scenario", "partition", "partition | key | none | fleet | idle | held")
+	scen := flag.String("scenario", "partition", "partition | key | none | fleet | share | idle | held")
 	appDelays := flag.String("app-delays", "0,200us", "-scenario fleet: the app profiles, comma-separated push latencies (0 = the instant app)")
 	apps := flag.String("apps", "", "the app profiles, comma-separated: instant, a latency (200us, 1ms, 5ms), cpu[:100us] (default: partition all five, key 5ms, none instant)")
 	window := flag.Duration("window", 5*time.Second, "-scenario idle and held: how long CPU is measured, once the consumer is settled (these two use the sidecar's default commit_interval, 1s, unless -commit-interval is given)")
@@ -223,6 +228,16 @@ func main() {
 			*messages = 30000
 		}
 		if err := fleet(*runs, *messages, delays, *only); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if *scen == "share" {
+		if *messages == 0 {
+			*messages = 6000
+		}
+		if err := shareBench(*runs, *messages, 5*time.Millisecond); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			os.Exit(1)
 		}
@@ -542,10 +557,25 @@ func runOnce(sc scenario, app appProfile, c contender, bin string, n int, dir, p
 // produce writes n records round-robin over the partitions and returns each partition's end
 // offset.
 func produce(brokers []string, n, keys int) ([]int64, error) {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(topic),
-		kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.ProducerLinger(5*time.Millisecond),
+	return produceRecords(brokers, n, func(i int) *kgo.Record {
+		// ~100 B of JSON that compresses like real events do (not a run of one byte).
+		payload := fmt.Appendf(nil, `{"order":%d,"customer":"c-%05d","amount":%d.%02d,"sku":"%08x","note":"bench"}`,
+			i, i%9973, i%997, i%100, uint32(i)*2654435761)
+		r := &kgo.Record{Value: payload}
+		if keys > 0 {
+			r.Key = []byte("key-" + strconv.Itoa(i%keys))
+		}
+		return r
+	}, kgo.ProducerLinger(5*time.Millisecond),
 		// 16 KiB batches: the Java producer's default batch.size, what most topics hold.
 		kgo.ProducerBatchMaxBytes(16<<10))
+}
+
+// produceRecords writes the n records that record(i) returns round-robin over the
+// partitions, each with a message-id header, and returns each partition's end offset.
+func produceRecords(brokers []string, n int, record func(i int) *kgo.Record, opts ...kgo.Opt) ([]int64, error) {
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(topic),
+		kgo.RecordPartitioner(kgo.ManualPartitioner())}, opts...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -554,15 +584,10 @@ func produce(brokers []string, n, keys int) ([]int64, error) {
 	var wg sync.WaitGroup
 	var failed atomic.Value
 	for i := 0; i < n; i++ {
-		p := int32(i % partitions)
-		// ~100 B of JSON that compresses like real events do (not a run of one byte).
-		payload := fmt.Appendf(nil, `{"order":%d,"customer":"c-%05d","amount":%d.%02d,"sku":"%08x","note":"bench"}`,
-			i, i%9973, i%997, i%100, uint32(i)*2654435761)
-		r := &kgo.Record{Partition: p, Value: payload, Headers: []kgo.RecordHeader{{Key: "message-id", Value: []byte("m-" + strconv.Itoa(i))}}}
-		if keys > 0 {
-			r.Key = []byte("key-" + strconv.Itoa(i%keys))
-		}
-		ends[p]++
+		r := record(i)
+		r.Partition = int32(i % partitions)
+		r.Headers = append(r.Headers, kgo.RecordHeader{Key: "message-id", Value: []byte("m-" + strconv.Itoa(i))})
+		ends[r.Partition]++
 		wg.Add(1)
 		cl.Produce(context.Background(), r, func(_ *kgo.Record, err error) {
 			if err != nil {

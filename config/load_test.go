@@ -197,7 +197,7 @@ func TestFullYAML(t *testing.T) {
 		Source: Source{
 			Kind: "kafka",
 			Kafka: Kafka{
-				Brokers: []string{"kafka-1.internal:9092", "kafka-2.internal:9093"}, Group: "orders-sidecar",
+				Mode: "group", Brokers: []string{"kafka-1.internal:9092", "kafka-2.internal:9093"}, Group: "orders-sidecar",
 				Topics: []string{"orders", "payments"}, MessageID: "header:message-id", StartOffset: "latest",
 				GroupInstanceID: "pod-0", CommitInterval: 250 * time.Millisecond, SessionTimeout: 12 * time.Second, ClientID: "sidecar-test",
 				SASL: KafkaSASL{
@@ -250,6 +250,8 @@ func TestFullYAML(t *testing.T) {
 		Tracing:         Tracing{Enabled: true, Endpoint: "http://otel-collector:4318"},
 		Publish:         Publish{Listen: "127.0.0.1:3500", MaxMessageBytes: 65536, Timeout: 3 * time.Second},
 	}
+	want.Publish.Transactions.CheckURL = "http://127.0.0.1:8080/tx-check"
+	want.Publish.Transactions.Timeout, want.Publish.Transactions.MaxBackoff = 30*time.Second, 2*time.Minute
 	if !reflect.DeepEqual(got, want) {
 		// Compare per key, so the failure names the key (and reveals test secrets only).
 		gv, wv := reflect.ValueOf(got), reflect.ValueOf(want)

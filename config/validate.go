@@ -126,6 +126,9 @@ func (c Config) checkApp(ck *checker) {
 func (c Config) checkDelivery(ck *checker) {
 	d := c.Delivery
 	ck.OneOf("delivery.ordering", d.Ordering, "partition", "key", "none")
+	if c.Source.Kind == "kafka" && c.Source.Kafka.Mode == "share" && d.Ordering != "none" {
+		ck.Add("delivery.ordering", "must be none with source.kafka.mode: share (a share group hands records to any member in no order), got %q", d.Ordering)
+	}
 	if d.MaxInflight < 1 || d.MaxInflight > 100000 {
 		ck.Add("delivery.max_inflight", "must be between 1 and 100000, got %d", d.MaxInflight)
 	}
@@ -197,7 +200,7 @@ func (c Config) checkRest(ck *checker) {
 	}
 	if e := c.Tracing.Endpoint; e != "" {
 		if u, err := url.Parse(e); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			ck.Add("tracing.endpoint", "%q must be an http:// or https:// URL (the OTLP/HTTP receiver, e.g. http://otel-collector:4318), or \"\" for OTEL_EXPORTER_OTLP_ENDPOINT", RedactURL(e))
+			ck.Add("tracing.endpoint", "%q must be an http:// or https:// URL (the OTLP receiver, e.g. http://otel-collector:4318, or :4317 for gRPC), or \"\" for OTEL_EXPORTER_OTLP_ENDPOINT", RedactURL(e))
 		}
 	}
 	ck.OneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")

@@ -90,6 +90,11 @@ func TestValidationRules(t *testing.T) {
 		{"kafka message_id", k, func(c *Config) { c.Source.Kafka.MessageID = "offset" }, "source.kafka.message_id", `got "offset"`},
 		{"kafka message_id header empty", k, func(c *Config) { c.Source.Kafka.MessageID = "header:" }, "source.kafka.message_id", "header:<name>"},
 		{"kafka start_offset", k, func(c *Config) { c.Source.Kafka.StartOffset = "oldest" }, "source.kafka.start_offset", "earliest | latest"},
+		{"kafka mode", k, func(c *Config) { c.Source.Kafka.Mode = "queue" }, "source.kafka.mode", "group | share"},
+		{"kafka share mode needs ordering none", k, func(c *Config) { c.Source.Kafka.Mode = "share" }, "delivery.ordering", "must be none with source.kafka.mode: share"},
+		{"kafka share mode no static membership", k, func(c *Config) {
+			c.Source.Kafka.Mode, c.Delivery.Ordering, c.Source.Kafka.GroupInstanceID = "share", "none", "pod-0"
+		}, "source.kafka.group_instance_id", "share groups"},
 		{"kafka commit_interval", k, func(c *Config) { c.Source.Kafka.CommitInterval = 0 }, "source.kafka.commit_interval", "greater than 0"},
 		{"kafka session_timeout too short", k, func(c *Config) { c.Source.Kafka.SessionTimeout = time.Second }, "source.kafka.session_timeout", "between 6s and 30m"},
 		{"kafka sasl mechanism", k, func(c *Config) {

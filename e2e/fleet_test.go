@@ -341,14 +341,31 @@ func drainCheck(t *testing.T, b brokerUnderTest, done *recApp) []string {
 	ok := done.okSet()
 	pushes, _ := app.snapshot()
 	var replays []string
+	var firstReplays []push
 	seen := map[string]bool{}
 	for _, ps := range pushes {
 		if ok[ps.ID] && !seen[ps.ID] {
 			seen[ps.ID] = true
 			replays = append(replays, fmt.Sprintf("%s(p%s@%s)", ps.ID, ps.Partition, ps.Offset))
+			if len(firstReplays) < 3 {
+				firstReplays = append(firstReplays, ps)
+			}
 		}
 	}
 	t.Logf("drain check: the fresh sidecar received %d pushes, %d of IDs the fleet had completed", len(pushes), len(replays))
+	// Where the fleet pushed the first few: which replica, when, from which coordinates.
+	fleet, _ := done.snapshot()
+	for _, ps := range firstReplays {
+		var lines []string
+		for _, f := range fleet {
+			if f.ID == ps.ID {
+				lines = append(lines, fmt.Sprintf("%s at %s p%s@%s attempt %d redelivered %t status %d",
+					f.From, f.At.Format("15:04:05.000"), f.Partition, f.Offset, f.Attempt, f.Redelivered, f.Status))
+			}
+		}
+		t.Logf("drain got %s (p%s@%s attempt %d redelivered %t at %s); the fleet pushed it: %s", ps.ID, ps.Partition, ps.Offset,
+			ps.Attempt, ps.Redelivered, ps.At.Format("15:04:05.000"), strings.Join(lines, "; "))
+	}
 	return replays
 }
 

@@ -240,6 +240,7 @@ type kafkaConfig struct {
 	dedupPath      string
 	commitInterval string
 	ordering       string
+	mode           string // source.kafka.mode; "" = group
 	deliveryExtra  string // appended inside the delivery section (indented lines)
 	extra          string // appended verbatim (top-level YAML)
 }
@@ -257,7 +258,11 @@ func (c kafkaConfig) withDelivery(delivery string) string {
 	if c.commitInterval == "" {
 		c.commitInterval = "100ms"
 	}
-	section := fmt.Sprintf(`    brokers: [%s]
+	mode := ""
+	if c.mode != "" {
+		mode = "    mode: " + c.mode + "\n"
+	}
+	section := mode + fmt.Sprintf(`    brokers: [%s]
     group: %s
     topics: [%s]
     message_id: "header:message-id"

@@ -12,7 +12,15 @@ import (
 	"github.com/mqsidecar/mqsidecar/adapters/rabbitmq"
 	"github.com/mqsidecar/mqsidecar/adapters/rocketmq"
 	"github.com/mqsidecar/mqsidecar/config"
+	"github.com/mqsidecar/mqsidecar/dedup"
+	"github.com/mqsidecar/mqsidecar/dedup/redisstore"
 	"github.com/mqsidecar/mqsidecar/publish"
+)
+
+// Both stores keep the endpoint's idempotency keys (their records).
+var (
+	_ publish.Records = (*dedup.Store)(nil)
+	_ publish.Records = (*redisstore.Store)(nil)
 )
 
 // newPublisher builds the publisher of source.kind on the source's connection settings.
@@ -42,6 +50,8 @@ type PublishParts struct {
 // drained, before the publisher and the store close.
 type PublishMount struct {
 	Pattern string
+	// More are further patterns for Handler (a subtree and its root, say).
+	More    []string
 	Handler http.Handler
 	Run     func(context.Context) error
 }
@@ -76,7 +86,9 @@ func (s *Sidecar) openPublish() error {
 		if err != nil {
 			return err
 		}
-		srv.Mount(m.Pattern, m.Handler)
+		for _, pattern := range append([]string{m.Pattern}, m.More...) {
+			srv.Mount(pattern, m.Handler)
+		}
 		if m.Run != nil {
 			s.pubRuns = append(s.pubRuns, m.Run)
 		}

@@ -20,6 +20,9 @@ func newSource(cfg config.Config, log *slog.Logger, ev adapters.Events) (adapter
 	buf, _ := cfg.Delivery.BufferShares()
 	switch cfg.Source.Kind {
 	case "kafka":
+		if cfg.Source.Kafka.Mode == kafka.ModeShare {
+			return kafka.NewShare(cfg.Source.Kafka, dl, kafka.WithLogger(log), kafka.WithEvents(ev), kafka.WithMaxInflight(cfg.Delivery.MaxInflight))
+		}
 		return kafka.New(cfg.Source.Kafka, dl, kafka.WithLogger(log), kafka.WithEvents(ev), kafka.WithMaxBufferBytes(buf))
 	case "rabbitmq":
 		return rabbitmq.New(cfg.Source.RabbitMQ, dl, rabbitmq.WithLogger(log), rabbitmq.WithEvents(ev))

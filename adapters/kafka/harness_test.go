@@ -123,3 +123,22 @@ func harness(brokers []string) adaptertest.Harness {
 		Kill: func(t *testing.T, src adapters.Source) { src.(*Source).kill() },
 	}
 }
+
+// shareHarness is harness for source.kafka.mode: share: each record is acknowledged on its
+// own (SelectiveAck), the broker counts deliveries (Redelivered), and there is no order.
+func shareHarness(brokers []string) adaptertest.Harness {
+	h := harness(brokers)
+	h.Name = "kafka-share"
+	h.Features = adaptertest.Features{DeadLetter: true, Keys: true, SelectiveAck: true, Redelivered: true, Timeout: 30 * time.Second}
+	h.NewSource = func(t *testing.T, dest, dl string) adapters.Source {
+		c := testConfig(brokers, dest)
+		c.Mode = ModeShare
+		s, err := NewShare(c, dl, WithLogger(testLogger(t)), WithMaxInflight(16))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	h.Kill = func(t *testing.T, src adapters.Source) { src.(*ShareSource).kill() }
+	return h
+}

@@ -197,6 +197,8 @@ type Source struct {
 	buffered int   // records in all partStates' buffers
 	bufBytes int64 // their bytes (recordSize), bounded by maxBytes
 	maxBytes int64 // WithMaxBufferBytes
+	// maxInflight is WithMaxInflight, for NewShare.
+	maxInflight int
 	// pause and resume collect partitions whose fetching must be paused (by buffer) or
 	// resumed (by next) at the client, outside mu.
 	pause, resume map[string][]int32
@@ -283,6 +285,18 @@ func New(cfg Settings, deadLetterTopic string, opts ...Option) (*Source, error) 
 	if cfg.GroupInstanceID != "" {
 		kopts = append(kopts, kgo.InstanceID(cfg.GroupInstanceID))
 	}
+	cl, err := newClient(cfg, kopts, s.extra)
+	if err != nil {
+		return nil, err
+	}
+	s.cl = cl
+	return s, nil
+}
+
+// newClient creates the franz-go client of either mode: kopts (the mode's consumer
+// options) with the brokers' SASL and TLS settings, the dead-letter producer's options and
+// then extra (WithClientOptions).
+func newClient(cfg Settings, kopts, extra []kgo.Opt) (*kgo.Client, error) {
 	mech, err := saslMechanism(cfg.SASL.Mechanism, cfg.SASL.Username, cfg.SASL.Password.Reveal())
 	if err != nil {
 		return nil, err
@@ -298,13 +312,12 @@ func New(cfg Settings, deadLetterTopic string, opts ...Option) (*Source, error) 
 	if tlsCfg != nil {
 		kopts = append(kopts, kgo.DialTLSConfig(tlsCfg))
 	}
-	kopts = append(kopts, s.extra...)
+	kopts = append(kopts, extra...)
 	cl, err := kgo.NewClient(kopts...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka: create client: %w", err)
 	}
-	s.cl = cl
-	return s, nil
+	return cl, nil
 }
 
 // Run commits the completed prefixes every commit_interval and when Read needs a higher
@@ -942,7 +955,13 @@ func (s *Source) DeadLetter(ctx context.Context, d *adapters.Delivery, f adapter
 	if d.IsFenced() {
 		return fmt.Errorf("kafka: dead-letter %s/%d@%d: partition revoked: %w", strings.TrimPrefix(d.Source, "kafka://"), d.Partition, d.Offset, adapters.ErrStaleDelivery)
 	}
-	rec := &kgo.Record{Topic: s.dlq, Value: d.Payload}
+	return produceDeadLetter(ctx, s.cl, s.dlq, d, f)
+}
+
+// produceDeadLetter writes d's copy with the failure headers to topic dlq and returns once
+// the brokers acknowledged it (acks=all).
+func produceDeadLetter(ctx context.Context, cl *kgo.Client, dlq string, d *adapters.Delivery, f adapters.Failure) error {
+	rec := &kgo.Record{Topic: dlq, Value: d.Payload}
 	if d.Key != "" {
 		rec.Key = []byte(d.Key)
 	}
@@ -952,8 +971,8 @@ func (s *Source) DeadLetter(ctx context.Context, d *adapters.Delivery, f adapter
 	for _, h := range adapters.FailureHeaders(d, f) {
 		rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: h.Key, Value: []byte(h.Value)})
 	}
-	if err := s.cl.ProduceSync(ctx, rec).FirstErr(); err != nil {
-		return fmt.Errorf("kafka: dead-letter to %s: %w", s.dlq, err)
+	if err := cl.ProduceSync(ctx, rec).FirstErr(); err != nil {
+		return fmt.Errorf("kafka: dead-letter to %s: %w", dlq, err)
 	}
 	return nil
 }

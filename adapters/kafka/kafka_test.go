@@ -660,3 +660,23 @@ func TestHeldLanesDoNotBusyLoop(t *testing.T) {
 		t.Fatalf("%d polls in a second while every lane was held: a busy loop", n)
 	}
 }
+
+// newShareCluster is a kfake cluster whose share-group locks last lock, so a killed
+// member's records come back quickly.
+func newShareCluster(t *testing.T, lock time.Duration) []string {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.BrokerConfigs(map[string]string{
+		"group.share.record.lock.duration.ms": strconv.FormatInt(lock.Milliseconds(), 10),
+		"share.record.lock.sweep.interval.ms": "100",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c.ListenAddrs()
+}
+
+// TestConformanceShareKfake runs the shared adapter suite in share mode on the fake.
+func TestConformanceShareKfake(t *testing.T) {
+	adaptertest.Run(t, shareHarness(newShareCluster(t, 3*time.Second)))
+}

@@ -10,6 +10,10 @@ import (
 // (docs/guarantees.md, "Configuration"). Package config composes it into the file's shape,
 // reads it from the file and the environment, and validates it with Check.
 type Settings struct {
+	// Mode is "group" (a consumer group: partitions are assigned to members, offsets
+	// committed) or "share" (a share group, KIP-932: records are handed to any member and
+	// acknowledged one by one; needs Kafka 4.2 and delivery.ordering: none).
+	Mode    string   `mapstructure:"mode"`
 	Brokers []string `mapstructure:"brokers" log:"addrs"`
 	Group   string   `mapstructure:"group"`
 	Topics  []string `mapstructure:"topics"`
@@ -37,9 +41,16 @@ type SASL struct {
 	PasswordFile string          `mapstructure:"password_file"` // read at load time, overrides Password
 }
 
+// The values of Settings.Mode.
+const (
+	ModeGroup = "group"
+	ModeShare = "share"
+)
+
 // Defaults returns the settings used for every key not set elsewhere.
 func Defaults() Settings {
 	return Settings{
+		Mode:           ModeGroup,
 		StartOffset:    "earliest",
 		CommitInterval: time.Second,
 		SessionTimeout: 45 * time.Second,
@@ -50,6 +61,12 @@ func Defaults() Settings {
 // Check implements settings.Broker: every rule of the section, and the dead-letter
 // target, which must be a valid topic name.
 func (k Settings) Check(ck *settings.Checker, deadLetterTarget string) {
+	if k.Mode != "" { // "" is group
+		ck.OneOf("source.kafka.mode", k.Mode, ModeGroup, ModeShare)
+	}
+	if k.Mode == ModeShare && k.GroupInstanceID != "" {
+		ck.Add("source.kafka.group_instance_id", "static membership does not apply to share groups (source.kafka.mode: share); remove it")
+	}
 	ck.HostPorts("source.kafka.brokers", k.Brokers, "credentials go in source.kafka.sasl")
 	ck.Required("source.kafka.group", k.Group)
 	if len(k.Topics) == 0 {

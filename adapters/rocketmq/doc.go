@@ -167,7 +167,9 @@
 // (handoverWait: the allocation being applied ages meanwhile), and only when the group has
 // other members; the messages it inherits (below the reservation) wait for the released
 // mark, at most 3 s after it took the queue (inheritHold), so the two owners do not push one
-// message at once. An owner killed with -9 marks nothing: its queues start from its last
+// message at once. A queue's first reservation clears the marks it inherited, so the
+// next owner waits for this one's; the group's retry queue is never reserved, so its new owner
+// clears them itself once it took the queue (claimRetry). An owner killed with -9 marks nothing: its queues start from its last
 // periodic persist (every 5 s) after those waits. Close hands every queue over the same way
 // before the consumer's Shutdown.
 //

@@ -133,6 +133,7 @@ func (s *Source) allocate(group, clientID string, mqAll []*primitive.MessageQueu
 		// after it released its queues (Close), so a mark still held is a dead one's.
 		s.awaitRelease(gained)
 	}
+	s.claimRetry(gained)
 	for _, st := range revoked {
 		close(st.dropped)
 	}
@@ -246,6 +247,38 @@ func (s *Source) awaitRelease(gained []*queueState) {
 				break
 			}
 			time.Sleep(50 * time.Millisecond) // polling the previous owner's release mark
+		}
+	}
+}
+
+// claimRetry clears the handover marks of the retry queues among gained, once their
+// previous owner's marks were awaited: the next owner must wait for this source's handover.
+// A queue of the subscribed topic has its marks cleared by its first reservation, but a
+// retry queue is never reserved, so the marks of its first handover would stay for good, and
+// every later owner would read the queue's offset at once, before the current owner saved
+// what it consumed; that stale offset goes back to the broker with each pull and at the
+// reader's own shutdown, and completed retry copies come back (a fleet stopped cleanly left
+// them for the next sidecar).
+func (s *Source) claimRetry(gained []*queueState) {
+	if s.hwmOff.Load() {
+		return
+	}
+	for _, st := range gained {
+		if st.main {
+			continue
+		}
+		addr, err := s.brokerAddr(st.mq)
+		if err == nil {
+			st.mu.Lock()
+			var h int64
+			if h, err = queryOffset(addr, s.hwmGroup, st.mq, s.creds); err == nil && h >= 0 && h&markBits != 0 {
+				err = s.commitReservation(addr, st, decodeMark(h))
+			}
+			st.mu.Unlock()
+		}
+		if err != nil {
+			s.log.Warn("rocketmq: cannot clear a retry queue's handover marks; its next owner may read its offset before this one saved it",
+				"queue", mqString(st.mq), "error", err)
 		}
 	}
 }

@@ -19,9 +19,6 @@ import (
 // Two Sources in one consumer group against the real broker: what a fleet of sidecars does
 // to the adapter (fleet.go).
 
-// reqGetMaxOffset is the broker's GET_MAX_OFFSET request code.
-const reqGetMaxOffset = 30
-
 // savedOffsets returns, per queue of topic, group's saved offset (-1: none) and the queue's
 // max offset.
 func savedOffsets(t *testing.T, topic, group string, queues int) (saved, maxOff []int64) {
@@ -225,5 +222,53 @@ func TestReservationTakeover(t *testing.T) {
 	c.salt = 3
 	if reserve(c, sc, 3*reserveStep+10) {
 		t.Error("a queue released by its owner: a message beyond every reservation was flagged")
+	}
+}
+
+// TestRetryQueueHandover: a retry queue's next owner waits for its current owner's handover
+// before the client reads the offset, also after earlier handovers left their marks (a
+// retry queue is never reserved, so nothing else clears them). Without that wait the next
+// owner read an offset the current owner had not saved yet and wrote it back: a fleet
+// stopped cleanly left completed retry copies for the next sidecar.
+func TestRetryQueueHandover(t *testing.T) {
+	topic := fmt.Sprintf("e2e-retryhand-%d", time.Now().UnixNano())
+	createTopic(t, topic, 1)
+	cfg := sourceConfig(t, topic, "concurrent", "topic")
+	mq := primitive.MessageQueue{Topic: "%RETRY%" + cfg.Group, BrokerName: "broker-a", QueueId: 0}
+	createTopic(t, mq.Topic, 1) // as the broker does when the group's first member registers
+	state := func() *queueState {
+		return &queueState{mq: mq, fence: make(chan struct{}), dropped: make(chan struct{}), inherited: -1,
+			acquired: time.Now(), inheritDone: make(chan struct{})}
+	}
+	first := newSource(cfg, "", options{log: testLogger(t)})
+	a := newSource(cfg, "", options{log: testLogger(t)})
+	b := newSource(cfg, "", options{log: testLogger(t)})
+
+	// An earlier owner handed the queue over (its marks stay), then a takes it.
+	if !first.handOver(state(), nil) {
+		t.Fatal("the first owner's handover failed")
+	}
+	sa := state()
+	a.claimRetry([]*queueState{sa})
+
+	// b gains the queue while a still holds it: b must wait for a's handover.
+	done := make(chan time.Duration, 1)
+	start := time.Now()
+	go func() { b.awaitRelease([]*queueState{state()}); done <- time.Since(start) }()
+	select {
+	case took := <-done:
+		t.Fatalf("the next owner read the retry queue's offset after %s, before its owner handed it over (an earlier handover's marks)", took)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if !a.handOver(sa, nil) {
+		t.Fatal("the owner's handover failed")
+	}
+	select {
+	case took := <-done:
+		if took >= handoverWait {
+			t.Errorf("the next owner waited %s, the whole handoverWait: the owner's mark went unseen", took)
+		}
+	case <-time.After(2 * handoverWait):
+		t.Fatal("the next owner still waits after the owner's handover")
 	}
 }

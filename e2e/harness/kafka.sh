@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# kafka.sh — a single-node Apache Kafka 3.9 broker (KRaft, broker+controller in one JVM) on
+# kafka.sh — a single-node Apache Kafka 4.2 broker (KRaft, broker+controller in one JVM) on
 # loopback for the e2e tests, run from the published jars on Maven Central.
 #
 # Usage: kafka.sh start|stop|restart [--hard]|kill|reset|status|env|topics ARGS|groups ARGS|logs
@@ -105,6 +105,17 @@ group.initial.rebalance.delay.ms=0
 broker.session.timeout.ms=3000
 broker.heartbeat.interval.ms=500
 
+# Share groups (KIP-932; the storage is formatted with share.version=1): a record whose
+# member died goes to another member when its acquisition lock expires, 30 s by default; 5 s
+# here so the share-mode kill tests finish quickly (the sidecar renews locks it still needs).
+share.coordinator.state.topic.replication.factor=$RF
+share.coordinator.state.topic.min.isr=$MIN_ISR
+share.coordinator.state.topic.num.partitions=8
+group.share.min.record.lock.duration.ms=1000
+group.share.record.lock.duration.ms=5000
+group.share.min.session.timeout.ms=6000
+group.share.session.timeout.ms=10000
+
 # Small thread pools and segments for a shared 2-core machine.
 num.network.threads=2
 num.io.threads=4
@@ -124,8 +135,8 @@ format_storage() {
 	log "formatting storage in $DATA_DIR (cluster id $cluster_id)"
 	# shellcheck disable=SC2046 # one flag per line from java_tool_flags
 	if ! java $(java_tool_flags) -cp "$LIBS/*" \
-		-Dlog4j.configuration="file:$HARNESS_DIR/kafka/tools-log4j.properties" \
-		kafka.tools.StorageTool format -t "$cluster_id" -c "$CONFIG" >>"$OUT_LOG" 2>&1; then
+		-Dlog4j2.configurationFile="$HARNESS_DIR/kafka/tools-log4j2.properties" \
+		kafka.tools.StorageTool format -t "$cluster_id" -c "$CONFIG" --feature share.version=1 >>"$OUT_LOG" 2>&1; then
 		log_tail "$OUT_LOG"
 		die "kafka storage format failed"
 	fi
@@ -164,7 +175,7 @@ do_start() {
 	# shellcheck disable=SC2046 # one flag per line from java_heap_flags
 	(cd "$K_DIR" && spawn_bg "$PIDFILE" "$OUT_LOG" java $(java_heap_flags "$HEAP") \
 		-XX:ErrorFile="$LOG_DIR/hs_err_%p.log" \
-		-Dlog4j.configuration="file:$HARNESS_DIR/kafka/log4j.properties" \
+		-Dlog4j2.configurationFile="$HARNESS_DIR/kafka/log4j2.properties" \
 		-Dkafka.logs.dir="$LOG_DIR" \
 		-cp "$LIBS/*" kafka.Kafka "$CONFIG")
 	pid=$(tr -dc '0-9' <"$PIDFILE")
@@ -243,7 +254,7 @@ run_tool() {
 	maven_fetch "$POM" "$LIBS"
 	# shellcheck disable=SC2046 # one flag per line from java_tool_flags
 	exec java $(java_tool_flags) -cp "$LIBS/*" \
-		-Dlog4j.configuration="file:$HARNESS_DIR/kafka/tools-log4j.properties" \
+		-Dlog4j2.configurationFile="$HARNESS_DIR/kafka/tools-log4j2.properties" \
 		"$class" --bootstrap-server "$E2E_HOST:$KAFKA_PORT" "$@"
 }
 
