@@ -83,7 +83,7 @@ brokers-stop:
 ## The doctor's tests (e2e/doctor_e2e_test.go) also need the broker shapes of
 ## $(HARNESS)/doctor/shapes.sh: a 3-node Kafka cluster, a SYNC_FLUSH RocketMQ, a RabbitMQ
 ## node with the management API.
-E2E_ADAPTERS := ./adapters/kafka/ ./adapters/rabbitmq/ ./adapters/rocketmq/ ./dedup/redisstore/ ./sidecar/
+E2E_ADAPTERS := ./adapters/kafka/ ./adapters/rabbitmq/ ./adapters/rocketmq/ ./dedup/redisstore/ ./sidecar/ ./publish/
 test-e2e: build
 	@set -e; $(HARNESS)/all.sh start; \
 	status=0; $(HARNESS)/doctor/shapes.sh start || status=$$?; \

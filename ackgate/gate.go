@@ -633,10 +633,10 @@ func (g *Gate) process(it *item) {
 		}
 		it.pushes++
 		attempt := it.baseAttempt + it.pushes
-		ctx, span := g.startPush(g.hardCtx, it, attempt)
+		ctx, span := g.startPush(g.hardCtx, it)
 		res := g.pusher.Push(ctx, it.d, attempt, it.redelivered || it.pushes > 1)
 		<-g.pushSlots
-		endPush(span, res)
+		g.endPush(span, attempt, res)
 		it.mc.Delivery(res.Verdict.String(), res.Duration.Seconds())
 		g.noteApp(res)
 		switch res.Verdict {

@@ -55,7 +55,24 @@ type tracer struct {
 	t      trace.Tracer
 	attrs  []attribute.KeyValue
 	appURL attribute.KeyValue
+	// bySrc caches, by CloudEvents source, what the consumer spans of a source share: their
+	// name and first attributes. Used by the read loop only (startDelivery), so it needs no
+	// lock.
+	bySrc map[string]*sourceSpans
 }
+
+// sourceSpans is what the consumer spans of one source share.
+type sourceSpans struct {
+	name   string               // "process <topic|queue>"
+	system string               // messaging.system
+	attrs  []attribute.KeyValue // messaging.system, .operation.type, .destination.name
+}
+
+// The span kinds, as start options made once (an option made per span is an allocation).
+var (
+	consumerKind = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer)}
+	clientKind   = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindClient)}
+)
 
 // traceContext reads and writes the W3C traceparent and tracestate headers.
 var traceContext propagation.TraceContext
@@ -68,7 +85,23 @@ func newTracer(opts Options) *tracer {
 		t:      opts.Tracing.Provider.Tracer("github.com/mqsidecar/mqsidecar/ackgate"),
 		attrs:  opts.Tracing.Attributes,
 		appURL: semconv.URLFull(settings.RedactURL(opts.Push.URL)),
+		bySrc:  map[string]*sourceSpans{},
 	}
+}
+
+// source returns what the consumer spans of source share.
+func (t *tracer) source(source string) *sourceSpans {
+	if s, ok := t.bySrc[source]; ok {
+		return s
+	}
+	system, dest := splitSource(source)
+	s := &sourceSpans{name: "process " + dest, system: system, attrs: []attribute.KeyValue{
+		semconv.MessagingSystemKey.String(system), semconv.MessagingOperationTypeProcess, semconv.MessagingDestinationName(dest),
+	}}
+	if len(t.bySrc) < 1024 { // a bound for sources that name anything
+		t.bySrc[source] = s
+	}
+	return s
 }
 
 // itemTrace is an item's consumer span and the context its log lines and pushes descend
@@ -79,31 +112,74 @@ type itemTrace struct {
 	outcome string // set when completed (complete); settle derives the others
 }
 
-// startDelivery begins it's consumer span, a child of the message's traceparent.
+// startDelivery begins it's consumer span, a child of the message's traceparent. Its
+// attributes are set when it ends (endDelivery), in one call: each call grows the span's
+// attribute slice anew (none of the samplers OTEL_TRACES_SAMPLER offers reads attributes).
 func (g *Gate) startDelivery(it *item) {
 	it.trace.ctx = context.Background()
 	if g.tracer == nil {
 		return
 	}
-	d := it.d
-	system, dest := splitSource(d.Source)
-	parent := traceContext.Extract(context.Background(), headerCarrier(d.Headers))
-	it.trace.ctx, it.trace.span = g.tracer.t.Start(parent, "process "+dest, trace.WithSpanKind(trace.SpanKindConsumer))
-	if !it.trace.span.IsRecording() {
-		return // sampled out: its attributes would be dropped
+	parent := traceContext.Extract(context.Background(), headerCarrier(it.d.Headers))
+	it.trace.ctx, it.trace.span = g.tracer.t.Start(parent, g.tracer.source(it.d.Source).name, consumerKind...)
+}
+
+// startPush begins the span of one push; the push carries the returned context's span as
+// its traceparent. Off, it returns ctx and a nil span.
+func (g *Gate) startPush(ctx context.Context, it *item) (context.Context, trace.Span) {
+	if g.tracer == nil {
+		return ctx, nil
 	}
-	attrs := make([]attribute.KeyValue, 0, 8+len(g.tracer.attrs))
-	attrs = append(attrs,
-		semconv.MessagingSystemKey.String(system),
-		semconv.MessagingOperationTypeProcess,
-		semconv.MessagingDestinationName(dest),
-		semconv.MessagingMessageID(d.ID),
-	)
+	_, span := g.tracer.t.Start(it.trace.ctx, "POST", clientKind...)
+	return trace.ContextWithSpan(ctx, span), span
+}
+
+// endPush ends a push span with its attributes and the app's answer.
+func (g *Gate) endPush(span trace.Span, attempt int, res Result) {
+	if span == nil {
+		return
+	}
+	if !span.IsRecording() {
+		span.End() // sampled out: its attributes would be dropped
+		return
+	}
+	attrs := make([]attribute.KeyValue, 0, 6)
+	attrs = append(attrs, semconv.HTTPRequestMethodPost, g.tracer.appURL, AttrAttempt.Int(attempt))
+	if res.Status != 0 {
+		attrs = append(attrs, semconv.HTTPResponseStatusCode(res.Status))
+	}
+	if res.Verdict != Success {
+		errType := "transport"
+		if res.Status != 0 {
+			errType = strconv.Itoa(res.Status)
+		}
+		attrs = append(attrs, AttrVerdict.String(res.Verdict.String()), semconv.ErrorTypeKey.String(errType))
+		span.SetStatus(codes.Error, errText(res.Err))
+	}
+	span.SetAttributes(attrs...)
+	span.End()
+}
+
+// endDelivery ends it's consumer span, with its attributes, as it is settled with err.
+func (g *Gate) endDelivery(it *item, err error) {
+	span := it.trace.span
+	if span == nil {
+		return
+	}
+	if !span.IsRecording() {
+		span.End() // sampled out: its attributes would be dropped
+		return
+	}
+	d := it.d
+	src := g.tracer.source(d.Source)
+	attrs := make([]attribute.KeyValue, 0, 11+len(g.tracer.attrs))
+	attrs = append(attrs, src.attrs...)
+	attrs = append(attrs, semconv.MessagingMessageID(d.ID))
 	attrs = append(attrs, g.tracer.attrs...)
 	if d.HasCoordinates {
 		attrs = append(attrs, semconv.MessagingDestinationPartitionID(strconv.FormatInt(int64(d.Partition), 10)))
 	}
-	switch system {
+	switch src.system {
 	case "kafka":
 		if d.HasCoordinates {
 			attrs = append(attrs, semconv.MessagingKafkaOffset(int(d.Offset)))
@@ -116,55 +192,6 @@ func (g *Gate) startDelivery(it *item) {
 			attrs = append(attrs, semconv.MessagingRocketMQMessageKeys(strings.Fields(d.Key)...))
 		}
 	}
-	it.trace.span.SetAttributes(attrs...)
-}
-
-// startPush begins the span of one push; the push carries the returned context's span as
-// its traceparent. Off, it returns ctx and a nil span.
-func (g *Gate) startPush(ctx context.Context, it *item, attempt int) (context.Context, trace.Span) {
-	if g.tracer == nil {
-		return ctx, nil
-	}
-	_, span := g.tracer.t.Start(it.trace.ctx, "POST", trace.WithSpanKind(trace.SpanKindClient))
-	if span.IsRecording() {
-		span.SetAttributes(semconv.HTTPRequestMethodPost, g.tracer.appURL, AttrAttempt.Int(attempt))
-	}
-	return trace.ContextWithSpan(ctx, span), span
-}
-
-// endPush ends a push span with the app's answer.
-func endPush(span trace.Span, res Result) {
-	if span == nil {
-		return
-	}
-	if !span.IsRecording() {
-		span.End()
-		return
-	}
-	if res.Status != 0 {
-		span.SetAttributes(semconv.HTTPResponseStatusCode(res.Status))
-	}
-	if res.Verdict != Success {
-		errType := "transport"
-		if res.Status != 0 {
-			errType = strconv.Itoa(res.Status)
-		}
-		span.SetAttributes(AttrVerdict.String(res.Verdict.String()), semconv.ErrorTypeKey.String(errType))
-		span.SetStatus(codes.Error, errText(res.Err))
-	}
-	span.End()
-}
-
-// endDelivery ends it's consumer span as it is settled with err.
-func (g *Gate) endDelivery(it *item, err error) {
-	span := it.trace.span
-	if span == nil {
-		return
-	}
-	if !span.IsRecording() {
-		span.End()
-		return
-	}
 	outcome := it.trace.outcome
 	switch {
 	case err != nil:
@@ -172,11 +199,12 @@ func (g *Gate) endDelivery(it *item, err error) {
 	case outcome == "":
 		outcome = "duplicate" // settled without a push: the store knew it as completed
 	}
-	span.SetAttributes(AttrAttempts.Int(it.baseAttempt+it.pushes), AttrOutcome.String(outcome))
+	attrs = append(attrs, AttrAttempts.Int(it.baseAttempt+it.pushes), AttrOutcome.String(outcome))
 	if outcome == "dead_lettered" || outcome == "dropped" {
-		span.SetAttributes(semconv.ErrorTypeKey.String(outcome))
+		attrs = append(attrs, semconv.ErrorTypeKey.String(outcome))
 		span.SetStatus(codes.Error, "not delivered: "+outcome)
 	}
+	span.SetAttributes(attrs...)
 	span.End()
 }
 

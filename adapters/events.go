@@ -34,3 +34,35 @@ func (NoEvents) Error(string) {}
 
 // SetConsumerLag implements Events.
 func (NoEvents) SetConsumerLag(map[string]int64) {}
+
+// QueueGauges is the extension of Events through which a source reports what its broker
+// says about the queues it consumes. A source finds it by a type assertion on its Events
+// (*metrics.Metrics implements it), so an Events without it simply gets no such reports.
+// Labels stay bounded by the configuration: the configured queue or topic, the broker
+// names and queue IDs of that topic; never a message's coordinates.
+type QueueGauges interface {
+	// SetQueueDepth reports a RabbitMQ queue's depth and consumers.
+	SetQueueDepth(queue string, d QueueDepth)
+	// SetQueueLag reports, for each message queue this replica owns now (RocketMQ), the
+	// broker's max offset minus the consumer offset; a queue missing from lag is owned no
+	// longer.
+	SetQueueLag(lag map[QueueID]int64)
+}
+
+// QueueDepth is what a broker reports of one queue.
+type QueueDepth struct {
+	// Ready is the messages ready for delivery; Consumers the consumers subscribed (this
+	// replica's and every other).
+	Ready     int64
+	Consumers int
+	// Unacked is the messages delivered and not yet acknowledged, when HasUnacked (the
+	// management API reports it; a passive queue.declare does not).
+	Unacked    int64
+	HasUnacked bool
+}
+
+// QueueID names one message queue of a RocketMQ topic.
+type QueueID struct {
+	Topic, Broker string
+	ID            int
+}

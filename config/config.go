@@ -52,14 +52,16 @@ type Config struct {
 }
 
 // Tracing configures OpenTelemetry traces (package tracing): a consumer span per delivery
-// and a client span per push, exported over OTLP/HTTP. Everything else (sampler, service
+// and a client span per push, exported over OTLP/HTTP, or gRPC when
+// OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL=grpc. Everything else (sampler, service
 // name, resource attributes, headers, batching) comes from the standard OTEL_* environment
 // variables. Off by default: then no SDK is set up and the gate records nothing.
 type Tracing struct {
 	Enabled bool `mapstructure:"enabled"`
-	// Endpoint is the OTLP/HTTP base URL (http://collector:4318, the exporter adds
-	// /v1/traces); "" leaves it to OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or
-	// OTEL_EXPORTER_OTLP_ENDPOINT (default http://localhost:4318).
+	// Endpoint is the OTLP base URL: http://collector:4318 for HTTP (the exporter adds
+	// /v1/traces), http://collector:4317 for gRPC (http:// = without TLS); "" leaves it to
+	// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT (default
+	// http://localhost:4318, or localhost:4317 for gRPC).
 	Endpoint string `mapstructure:"endpoint" log:"url"`
 }
 

@@ -213,12 +213,12 @@ func TestFullYAML(t *testing.T) {
 				DeadLetterMode: "broker", Namespace: "ns", AccessKey: "ak",
 				SecretKey:     "inline-rocketmq-secret", // not the selected kind: its file is not read
 				SecretKeyFile: "testdata/secrets/rocketmq-secret-key", SuspendTime: 3 * time.Second,
-				InstanceName: "orders-pod-7",
+				InstanceName: "orders-pod-7", PublishGroup: "orders-publishers",
 			},
 			RabbitMQ: RabbitMQ{
 				URL: "amqp://guest:inline-amqp-pw@127.0.0.1:5672/", URLFile: "testdata/secrets/rabbitmq-url",
 				Queue: "rmq-queue", Prefetch: 128, MessageID: "header:x-id", Declare: true,
-				DeadLetterMode: "nack", TLS: rabbitTLS,
+				DeadLetterMode: "nack", TLS: rabbitTLS, PublishChannels: 32,
 				ManagementURL: "http://127.0.0.1:15672", ManagementUsername: "monitor",
 				ManagementPassword:     "inline-mgmt-pw", // not the selected kind: its file is not read
 				ManagementPasswordFile: "testdata/secrets/rabbitmq-mgmt-password",
@@ -250,6 +250,8 @@ func TestFullYAML(t *testing.T) {
 		Tracing:         Tracing{Enabled: true, Endpoint: "http://otel-collector:4318"},
 		Publish:         Publish{Listen: "127.0.0.1:3500", MaxMessageBytes: 65536, Timeout: 3 * time.Second},
 	}
+	want.Publish.Transactions.CheckURL = "http://127.0.0.1:8080/tx-check"
+	want.Publish.Transactions.Timeout, want.Publish.Transactions.MaxBackoff = 30*time.Second, 2*time.Minute
 	if !reflect.DeepEqual(got, want) {
 		// Compare per key, so the failure names the key (and reveals test secrets only).
 		gv, wv := reflect.ValueOf(got), reflect.ValueOf(want)

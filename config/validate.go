@@ -200,7 +200,7 @@ func (c Config) checkRest(ck *checker) {
 	}
 	if e := c.Tracing.Endpoint; e != "" {
 		if u, err := url.Parse(e); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			ck.Add("tracing.endpoint", "%q must be an http:// or https:// URL (the OTLP/HTTP receiver, e.g. http://otel-collector:4318), or \"\" for OTEL_EXPORTER_OTLP_ENDPOINT", RedactURL(e))
+			ck.Add("tracing.endpoint", "%q must be an http:// or https:// URL (the OTLP receiver, e.g. http://otel-collector:4318, or :4317 for gRPC), or \"\" for OTEL_EXPORTER_OTLP_ENDPOINT", RedactURL(e))
 		}
 	}
 	ck.OneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")

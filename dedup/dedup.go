@@ -246,6 +246,9 @@ type Store struct {
 	writerLoop lifecycle.Loop // the writer: Run
 	closeOnce  sync.Once
 	closeErr   error
+	// leases are the outbox IDs claimed in this process (outbox.go).
+	leaseMu sync.Mutex
+	leases  map[string]struct{}
 	// paused is set while commits wait for disk space (see commitWith); nil otherwise.
 	paused atomic.Pointer[pauseState]
 	// recSweep guards recSweepAt, where the next sweep of expired records starts (records.go).

@@ -1,6 +1,7 @@
 package dedup
 
-// On-disk layout (schema 1). The root holds exactly two buckets:
+// On-disk layout (schema 1). The root holds two buckets, and the records and outbox
+// buckets once they are used:
 //
 //	meta    "magic"     -> "mqsidecar-dedup"
 //	        "schema"    -> 1 (one byte)
@@ -11,6 +12,7 @@ package dedup
 //	slices  name        -> bucket of id -> record, one per time slice
 //	records key         -> written (unix nanos, 8 bytes) | value (records.go; created on
 //	                       first use, so a file without it is still schema 1)
+//	outbox  id          -> JSON of a TxRecord (outbox.go), created on first use
 //
 // A slice name is 24 bytes, big endian: seq | start | end (unix nanos). seq orders slices
 // (newest last) independently of clock jumps; start and end are the slice's nominal time
@@ -157,7 +159,7 @@ func (s *Store) load() (err error) {
 			return nil
 		}
 		for _, n := range names {
-			if !bytes.Equal(n, metaBucket) && !bytes.Equal(n, slicesBucket) && !bytes.Equal(n, recordsBucket) {
+			if !bytes.Equal(n, metaBucket) && !bytes.Equal(n, slicesBucket) && !bytes.Equal(n, recordsBucket) && !bytes.Equal(n, outboxBucket) {
 				return fmt.Errorf("%w: unexpected bucket %q", ErrCorrupt, n)
 			}
 		}

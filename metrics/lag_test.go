@@ -1,20 +1,15 @@
 package metrics
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func lagOf(t *testing.T, m *Metrics) map[string]float64 {
 	t.Helper()
-	mfs, err := m.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := map[string]float64{}
-	for _, mf := range mfs {
-		if mf.GetName() == "mqsidecar_consumer_lag" {
-			for _, mt := range mf.GetMetric() {
-				out[mt.GetLabel()[0].GetValue()] = mt.GetGauge().GetValue()
-			}
-		}
+	for labels, v := range series(t, m, "mqsidecar_consumer_lag") {
+		out[strings.TrimPrefix(labels, "topic=")] = v
 	}
 	return out
 }

@@ -13,11 +13,14 @@ package metrics
 
 import (
 	"runtime"
+	"strconv"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/mqsidecar/mqsidecar/adapters"
 )
 
 // Push results, the values of the result label of mqsidecar_deliveries_total.
@@ -43,11 +46,17 @@ type Metrics struct {
 	Dropped      *prometheus.CounterVec
 	Abandoned    *prometheus.CounterVec
 
-	PushDuration   prometheus.Histogram
-	Inflight       prometheus.Gauge
-	ParkedLanes    prometheus.Gauge
-	OldestParked   prometheus.Gauge
-	ConsumerLag    *prometheus.GaugeVec
+	PushDuration prometheus.Histogram
+	Inflight     prometheus.Gauge
+	ParkedLanes  prometheus.Gauge
+	OldestParked prometheus.Gauge
+	ConsumerLag  *prometheus.GaugeVec
+	// What the broker reports of the queues consumed (adapters.QueueGauges): a RabbitMQ
+	// queue's messages by state (ready, and unacked when the management API is configured)
+	// and its consumers; the lag of each RocketMQ message queue this replica owns.
+	QueueMessages  *prometheus.GaugeVec
+	QueueConsumers *prometheus.GaugeVec
+	QueueLag       *prometheus.GaugeVec
 	SourceReady    prometheus.Gauge
 	AppReady       prometheus.Gauge
 	DedupCommit    prometheus.Histogram
@@ -145,6 +154,15 @@ func New() *Metrics {
 		ConsumerLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "mqsidecar_consumer_lag", Help: "Messages behind the head of the topic (high watermark minus committed offset), over the partitions or queues this replica owns.",
 		}, []string{"topic"}),
+		QueueMessages: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mqsidecar_rabbitmq_queue_messages", Help: "Messages in the consumed RabbitMQ queue, by state: ready (for delivery), unacked (delivered to any consumer, not yet acknowledged; only with source.rabbitmq.management_url).",
+		}, []string{"queue", "state"}),
+		QueueConsumers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mqsidecar_rabbitmq_queue_consumers", Help: "Consumers subscribed to the consumed RabbitMQ queue (every replica's), as the broker reports it.",
+		}, []string{"queue"}),
+		QueueLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mqsidecar_rocketmq_queue_lag", Help: "Messages behind the head of each RocketMQ message queue this replica owns (broker max offset minus consumer offset).",
+		}, []string{"topic", "broker", "queue_id"}),
 		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mqsidecar_errors_total", Help: "Runtime errors by kind (app, broker, store, dead_letter, commit).",
 		}, []string{"kind"}),
@@ -161,7 +179,7 @@ func New() *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12),
 		}),
 	}
-	r.MustRegister(m.Deliveries, m.ConsumerLag, m.Errors, m.PushDuration, m.DedupCommit, m.BrokerDurability, m.BuildInfo)
+	r.MustRegister(m.Deliveries, m.ConsumerLag, m.QueueMessages, m.QueueConsumers, m.QueueLag, m.Errors, m.PushDuration, m.DedupCommit, m.BrokerDurability, m.BuildInfo)
 	m.SetBuildInfo("unknown")
 	return m
 }
@@ -206,6 +224,60 @@ func (m *Metrics) SetConsumerLag(lag map[string]int64) {
 // caller that takes its snapshot under a lock of its own should call SetConsumerLag under
 // that lock too, so that an older snapshot never lands after a newer one.
 var lagMu sync.Mutex
+
+// SetQueueDepth implements adapters.QueueGauges: mqsidecar_rabbitmq_queue_messages and
+// mqsidecar_rabbitmq_queue_consumers of queue. Without an unacked count its series is
+// deleted rather than left at an old value.
+func (m *Metrics) SetQueueDepth(queue string, d adapters.QueueDepth) {
+	m.QueueMessages.WithLabelValues(queue, "ready").Set(float64(d.Ready))
+	if d.HasUnacked {
+		m.QueueMessages.WithLabelValues(queue, "unacked").Set(float64(d.Unacked))
+	} else {
+		m.QueueMessages.DeleteLabelValues(queue, "unacked")
+	}
+	m.QueueConsumers.WithLabelValues(queue).Set(float64(d.Consumers))
+}
+
+// SetQueueLag implements adapters.QueueGauges: mqsidecar_rocketmq_queue_lag of each message
+// queue in lag; the series of a queue this replica no longer owns are deleted, as
+// SetConsumerLag does for topics.
+func (m *Metrics) SetQueueLag(lag map[adapters.QueueID]int64) {
+	lagMu.Lock()
+	defer lagMu.Unlock()
+	owned := make(map[[3]string]int64, len(lag))
+	for q, n := range lag {
+		owned[[3]string{q.Topic, q.Broker, strconv.Itoa(q.ID)}] = n
+	}
+	ch := make(chan prometheus.Metric)
+	go func() { m.QueueLag.Collect(ch); close(ch) }()
+	var gone [][3]string
+	for pm := range ch {
+		var d dto.Metric
+		if pm.Write(&d) != nil {
+			continue
+		}
+		var k [3]string
+		for _, l := range d.GetLabel() {
+			switch l.GetName() {
+			case "topic":
+				k[0] = l.GetValue()
+			case "broker":
+				k[1] = l.GetValue()
+			case "queue_id":
+				k[2] = l.GetValue()
+			}
+		}
+		if _, ok := owned[k]; !ok {
+			gone = append(gone, k)
+		}
+	}
+	for _, k := range gone {
+		m.QueueLag.DeleteLabelValues(k[:]...)
+	}
+	for k, n := range owned {
+		m.QueueLag.WithLabelValues(k[:]...).Set(float64(n))
+	}
+}
 
 // CounterSum returns the sum of the counter series c holds (one series: its value). For the
 // demo's summary and for tests; it is not on a hot path.

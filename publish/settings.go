@@ -17,11 +17,13 @@ type Settings struct {
 	// Timeout bounds one publish from the request's arrival to the broker's confirmation
 	// (Kafka: the record delivery timeout); past it the answer is 504, outcome unknown.
 	Timeout time.Duration `mapstructure:"timeout"`
+	// Transactions: POST /v1/transactions (txn.go, txn_settings.go).
+	Transactions TxnSettings `mapstructure:"transactions"`
 }
 
 // Defaults returns the settings used for every key not set elsewhere.
 func Defaults() Settings {
-	return Settings{MaxMessageBytes: 1 << 20, Timeout: 10 * time.Second}
+	return Settings{MaxMessageBytes: 1 << 20, Timeout: 10 * time.Second, Transactions: TxnDefaults()}
 }
 
 // Check adds the problems of the section to ck.
@@ -38,4 +40,5 @@ func (p Settings) Check(ck *settings.Checker) {
 	if p.Timeout < 100*time.Millisecond {
 		ck.Add("publish.timeout", "must be at least 100ms, got %s", p.Timeout)
 	}
+	p.Transactions.Check(ck)
 }

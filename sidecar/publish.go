@@ -9,6 +9,8 @@ import (
 
 	"github.com/mqsidecar/mqsidecar/adapters"
 	"github.com/mqsidecar/mqsidecar/adapters/kafka"
+	"github.com/mqsidecar/mqsidecar/adapters/rabbitmq"
+	"github.com/mqsidecar/mqsidecar/adapters/rocketmq"
 	"github.com/mqsidecar/mqsidecar/config"
 	"github.com/mqsidecar/mqsidecar/dedup"
 	"github.com/mqsidecar/mqsidecar/dedup/redisstore"
@@ -26,6 +28,10 @@ func newPublisher(cfg config.Config, log *slog.Logger) (adapters.Publisher, erro
 	switch cfg.Source.Kind {
 	case "kafka":
 		return kafka.NewPublisher(cfg.Source.Kafka, cfg.Publish.Timeout, kafka.WithPublisherLogger(log))
+	case "rabbitmq":
+		return rabbitmq.NewPublisher(cfg.Source.RabbitMQ, rabbitmq.WithLogger(log))
+	case "rocketmq":
+		return rocketmq.NewPublisher(cfg.Source.RocketMQ, rocketmq.WithLogger(log))
 	}
 	return nil, fmt.Errorf("publish.listen: source.kind %q has no publisher", cfg.Source.Kind)
 }
@@ -44,6 +50,8 @@ type PublishParts struct {
 // drained, before the publisher and the store close.
 type PublishMount struct {
 	Pattern string
+	// More are further patterns for Handler (a subtree and its root, say).
+	More    []string
 	Handler http.Handler
 	Run     func(context.Context) error
 }
@@ -78,7 +86,9 @@ func (s *Sidecar) openPublish() error {
 		if err != nil {
 			return err
 		}
-		srv.Mount(m.Pattern, m.Handler)
+		for _, pattern := range append([]string{m.Pattern}, m.More...) {
+			srv.Mount(pattern, m.Handler)
+		}
 		if m.Run != nil {
 			s.pubRuns = append(s.pubRuns, m.Run)
 		}

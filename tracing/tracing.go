@@ -1,5 +1,5 @@
 // Package tracing sets up OpenTelemetry traces for a running sidecar: the SDK's tracer
-// provider with an OTLP/HTTP (protobuf) exporter and a batch span processor, configured by
+// provider with an OTLP exporter (HTTP/protobuf, or gRPC) and a batch span processor, configured by
 // the tracing section (config.Tracing) and the standard OTEL_* environment variables. The
 // spans themselves are recorded by the ack gate (ackgate, Options.Tracing), which knows the
 // attempts and outcomes of a delivery; this package only builds what exports them, and the
@@ -11,8 +11,9 @@
 // Environment (read by the SDK and the exporter): OTEL_SERVICE_NAME (default "mqsidecar"),
 // OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG (default
 // parentbased_always_on), OTEL_EXPORTER_OTLP_ENDPOINT / _TRACES_ENDPOINT (tracing.endpoint
-// overrides both), _HEADERS, _TIMEOUT, _COMPRESSION, _CERTIFICATE, and OTEL_BSP_*. The
-// protocol is http/protobuf; OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL=grpc is refused.
+// overrides both), _HEADERS, _TIMEOUT, _COMPRESSION, _CERTIFICATE, _INSECURE (gRPC), and
+// OTEL_BSP_*. OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, else OTEL_EXPORTER_OTLP_PROTOCOL, chooses
+// http/protobuf (the default; a collector's :4318) or grpc (:4317); http/json is refused.
 package tracing
 
 import (
@@ -26,6 +27,8 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -48,21 +51,9 @@ func Setup(ctx context.Context, cfg config.Tracing, version string, log *slog.Lo
 	if !cfg.Enabled || strings.EqualFold(strings.TrimSpace(os.Getenv("OTEL_SDK_DISABLED")), "true") {
 		return nil, noop, nil
 	}
-	for _, v := range []string{"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"} {
-		if p := strings.TrimSpace(os.Getenv(v)); p != "" {
-			if p != "http/protobuf" {
-				return nil, noop, fmt.Errorf("tracing: %s=%s: mqsidecar exports OTLP over HTTP only (http/protobuf; a collector listens on :4318 for it)", v, p)
-			}
-			break // the traces variable takes precedence
-		}
-	}
-	var opts []otlptracehttp.Option
-	if e := cfg.Endpoint; e != "" {
-		opts = append(opts, otlptracehttp.WithEndpointURL(strings.TrimSuffix(e, "/")+"/v1/traces"))
-	}
-	exp, err := otlptracehttp.New(ctx, opts...)
+	exp, err := exporter(ctx, cfg.Endpoint)
 	if err != nil {
-		return nil, noop, fmt.Errorf("tracing: OTLP exporter: %w", err)
+		return nil, noop, err
 	}
 	// Later sources win: the environment overrides the defaults.
 	res, err := resource.New(ctx,
@@ -78,6 +69,42 @@ func Setup(ctx context.Context, cfg config.Tracing, version string, log *slog.Lo
 	// batching from OTEL_BSP_*.
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
 	return tp, tp.Shutdown, nil
+}
+
+// exporter builds the OTLP exporter of the protocol OTEL_EXPORTER_OTLP_TRACES_PROTOCOL or
+// else OTEL_EXPORTER_OTLP_PROTOCOL names: http/protobuf (the default) or grpc. endpoint
+// (tracing.endpoint), when set, overrides the endpoint variables: a base URL, to which the
+// HTTP exporter adds /v1/traces; for gRPC, http:// means without TLS.
+func exporter(ctx context.Context, endpoint string) (sdktrace.SpanExporter, error) {
+	protocol, from := "http/protobuf", ""
+	for _, v := range []string{"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"} {
+		if p := strings.TrimSpace(os.Getenv(v)); p != "" {
+			protocol, from = p, v
+			break // the traces variable takes precedence
+		}
+	}
+	var client otlptrace.Client
+	switch protocol {
+	case "http/protobuf":
+		var opts []otlptracehttp.Option
+		if endpoint != "" {
+			opts = append(opts, otlptracehttp.WithEndpointURL(strings.TrimSuffix(endpoint, "/")+"/v1/traces"))
+		}
+		client = otlptracehttp.NewClient(opts...)
+	case "grpc":
+		var opts []otlptracegrpc.Option
+		if endpoint != "" {
+			opts = append(opts, otlptracegrpc.WithEndpointURL(strings.TrimSuffix(endpoint, "/")))
+		}
+		client = otlptracegrpc.NewClient(opts...)
+	default:
+		return nil, fmt.Errorf("tracing: %s=%s: mqsidecar exports OTLP over http/protobuf (a collector listens on :4318 for it) or grpc (:4317)", from, protocol)
+	}
+	exp, err := NewExporter(ctx, client)
+	if err != nil {
+		return nil, fmt.Errorf("tracing: OTLP exporter (%s): %w", protocol, err)
+	}
+	return exp, nil
 }
 
 // rateLimited logs the SDK's errors (an unreachable collector) at most once per interval,

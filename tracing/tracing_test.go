@@ -38,18 +38,52 @@ func TestOffBuildsNothing(t *testing.T) {
 	}
 }
 
-func TestGRPCProtocolIsRefused(t *testing.T) {
-	t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-	_, _, err := Setup(context.Background(), config.Tracing{Enabled: true}, "v1", slog.Default())
-	if err == nil || !strings.Contains(err.Error(), "http/protobuf") {
-		t.Fatalf("err = %v, want a refusal naming http/protobuf", err)
+// TestProtocol: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, else OTEL_EXPORTER_OTLP_PROTOCOL, picks
+// the exporter: a span reaches an HTTP receiver with http/protobuf (and by default), a gRPC
+// one with grpc; an unsupported protocol is refused.
+func TestProtocol(t *testing.T) {
+	for _, c := range []struct {
+		name, traces, general string
+		grpc                  bool
+	}{
+		{"default", "", "", false},
+		{"grpc", "", "grpc", true},
+		{"traces grpc over general http", "grpc", "http/protobuf", true},
+		{"traces http over general grpc", "http/protobuf", "grpc", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", c.traces)
+			t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", c.general)
+			rcv := otlptest.New(t)
+			if c.grpc {
+				rcv = otlptest.NewGRPC(t)
+			}
+			exportOne(t, config.Tracing{Enabled: true, Endpoint: rcv.URL()})
+			if spans := rcv.Spans(); len(spans) != 1 || spans[0].Name != "work" || len(rcv.Errors()) > 0 {
+				t.Fatalf("received %+v, errors %v; want the one span", spans, rcv.Errors())
+			}
+		})
 	}
-	// The traces variable takes precedence.
-	t.Setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")
-	if _, shutdown, err := Setup(context.Background(), config.Tracing{Enabled: true}, "v1", slog.Default()); err != nil {
-		t.Fatalf("with OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf: %v", err)
-	} else {
-		_ = shutdown(context.Background())
+	t.Setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json")
+	_, _, err := Setup(context.Background(), config.Tracing{Enabled: true}, "v1", slog.Default())
+	if err == nil || !strings.Contains(err.Error(), "grpc") || !strings.Contains(err.Error(), "http/protobuf") {
+		t.Fatalf("http/json: err = %v, want a refusal naming grpc and http/protobuf", err)
+	}
+}
+
+// exportOne sets tracing up with cfg, records one span "work" and shuts down (which flushes).
+func exportOne(t *testing.T, cfg config.Tracing) {
+	t.Helper()
+	tp, shutdown, err := Setup(context.Background(), cfg, "v1", slog.Default())
+	if err != nil || tp == nil {
+		t.Fatalf("Setup: %v, %v", tp, err)
+	}
+	_, span := tp.Tracer("test").Start(context.Background(), "work")
+	span.End()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := shutdown(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
 

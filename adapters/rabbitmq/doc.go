@@ -117,6 +117,40 @@
 // take the host, port or vhost out of the password — dialling the wrong host and logging
 // the password as an address.
 //
+// # Publishing
+//
+// Publisher (NewPublisher) is the producer side behind the publish endpoint
+// (adapters.Publisher). It dials like the source (same URL, TLS, backoff) on a connection
+// of its own, and opens up to source.rabbitmq.publish_channels channels in confirm mode,
+// each carrying one publish at a time. A message is published persistent (delivery mode
+// 2), mandatory, with message_id = OutMessage.ID (the consumer side's default ID source),
+// the content type, the headers as an AMQP table (string values; a later header of one name
+// replaces an earlier one) and a timestamp, to the exchange OutMessage.Topic ("" = the
+// default exchange) with OutMessage.RoutingKey. What the answer means:
+//
+//   - nil (2xx): the broker acked the publish (confirm, matched by delivery tag) and
+//     returned nothing: at least one queue took the message, and for a durable queue the
+//     ack comes after the message was written to disk (quorum queues: after a majority).
+//     A persistent message in a non-durable queue is not durable; the durability checks
+//     (`mqsidecar doctor`) report such queues.
+//   - ErrUnroutable: basic.return (no queue is bound for the routing key). The broker acks a
+//     returned message too; the return arrives first, and one publish per channel makes it
+//     attributable, so a returned message is never a success.
+//   - ErrUnknownTopic: the exchange does not exist (the broker closes the channel with 404;
+//     the next publish opens a new channel). ErrRejected: a nack, or a channel exception
+//     refusing the message (access refused, precondition failed, too large), or a field AMQP
+//     cannot carry (a message ID, exchange, routing key, content type or header name over
+//     255 bytes; refused before sending).
+//   - ErrUnavailable: nothing was sent: no connection (Publish does not wait for one; Run
+//     reconnects with backoff), the broker blocks publishing (connection.blocked, a memory
+//     or disk alarm: answered at once instead of waiting for a confirm that cannot come),
+//     every channel busy or a new channel not opened before the request ended, or the
+//     request ended before sending.
+//   - ErrOutcomeUnknown: the message left but no confirm came (the connection was lost, or
+//     the request ended first). The channel is then dropped, so that a late confirm or return
+//     cannot be taken for another publish. A retry with the same ID may store a second copy,
+//     which the consumer side removes by message_id.
+//
 // # Lifecycle
 //
 // New validates the configuration; it never blocks on the network and starts no goroutine.

@@ -215,29 +215,39 @@ func queueSetting(q *mgmtQueue, key string) (string, string, bool) {
 
 // getQueue reads the queue from the management API.
 func getQueue(ctx context.Context, p DurabilityParams, vhost string, timeout time.Duration) (*mgmtQueue, error) {
-	u := strings.TrimRight(p.ManagementURL, "/") + "/api/queues/" + url.PathEscape(vhost) + "/" + url.PathEscape(p.Queue)
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return nil, fmt.Errorf("management_url: %v", redactURLError(err))
-	}
-	if p.ManagementUser != "" || p.ManagementPassword != "" {
-		req.SetBasicAuth(p.ManagementUser, p.ManagementPassword)
-	}
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: p.TLS}}
+	var q mgmtQueue
+	if err := mgmtGetQueue(ctx, client, p.ManagementURL, p.ManagementUser, p.ManagementPassword, vhost, p.Queue, &q); err != nil {
+		return nil, err
+	}
+	return &q, nil
+}
+
+// mgmtGetQueue reads GET /api/queues/<vhost>/<queue> of the management API at base into
+// out (JSON); user and password, when set, authenticate. Errors never contain the URL's
+// user info.
+func mgmtGetQueue(ctx context.Context, client *http.Client, base, user, password, vhost, queue string, out any) error {
+	path := "/api/queues/" + url.PathEscape(vhost) + "/" + url.PathEscape(queue)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(base, "/")+path, nil)
+	if err != nil {
+		return fmt.Errorf("management_url: %v", redactURLError(err))
+	}
+	if user != "" || password != "" {
+		req.SetBasicAuth(user, password)
+	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return nil, redactURLError(err)
+		return redactURLError(err)
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET /api/queues/%s/%s: %s", url.PathEscape(vhost), url.PathEscape(p.Queue), resp.Status)
+		return fmt.Errorf("GET %s: %s", path, resp.Status)
 	}
-	var q mgmtQueue
-	if err := json.Unmarshal(body, &q); err != nil {
-		return nil, fmt.Errorf("management API answer: %w", err)
+	if err := json.Unmarshal(body, out); err != nil {
+		return fmt.Errorf("management API answer: %w", err)
 	}
-	return &q, nil
+	return nil
 }

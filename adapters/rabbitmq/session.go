@@ -10,15 +10,18 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/mqsidecar/mqsidecar/adapters"
 )
 
 // session is one connection with its consuming channel: one generation. Delivery tags are
 // only meaningful on the channel that produced them, so every delivery keeps a pointer to
 // its session, and settlements are written by this session's acker or dropped.
 //
-// Goroutines: a watcher (drains the close and cancel notifications; marks the session dead)
-// and an acker (writes acks/nacks in settlement order). Both end after the connection is
-// closed, which teardown and shutdown always do.
+// Goroutines: a watcher (drains the close and cancel notifications; marks the session dead),
+// an acker (writes acks/nacks in settlement order) and, when the source's Events reports
+// queue gauges, a depth reader (depth.go). All end after the connection is closed, which
+// teardown and shutdown always do.
 //
 // Lock order: Source.mu before session.mu; neither is held while doing network I/O.
 type session struct {
@@ -41,6 +44,7 @@ type session struct {
 	wake        chan struct{} // cap 1: new ops or stop
 	ackerDone   chan struct{}
 	watcherDone chan struct{}
+	depthDone   chan struct{} // closed when watchDepth ends (at once without QueueGauges)
 	closeOnce   sync.Once
 }
 
@@ -60,6 +64,7 @@ func newSession(s *Source, gen uint64, conn *amqp.Connection, ch *amqp.Channel) 
 		wake:        make(chan struct{}, 1),
 		ackerDone:   make(chan struct{}),
 		watcherDone: make(chan struct{}),
+		depthDone:   make(chan struct{}),
 	}
 	// Buffered and always drained by the watcher: amqp091 blocks its reader goroutine
 	// (up to a timeout) on a full notification channel.
@@ -68,6 +73,11 @@ func newSession(s *Source, gen uint64, conn *amqp.Connection, ch *amqp.Channel) 
 	cancels := ch.NotifyCancel(make(chan string, 4))
 	go ss.watch(connClose, chClose, cancels)
 	go ss.ackLoop()
+	if g, ok := s.events.(adapters.QueueGauges); ok {
+		go ss.watchDepth(g, s.depthInterval)
+	} else {
+		close(ss.depthDone)
+	}
 	return ss
 }
 
@@ -299,7 +309,7 @@ func (ss *session) closeConn(deadline time.Time) {
 func (ss *session) waitGoroutines(deadline time.Time) {
 	t := time.NewTimer(time.Until(deadline))
 	defer t.Stop()
-	for _, done := range []chan struct{}{ss.ackerDone, ss.watcherDone} {
+	for _, done := range []chan struct{}{ss.ackerDone, ss.watcherDone, ss.depthDone} {
 		select {
 		case <-done:
 		case <-t.C:

@@ -35,14 +35,19 @@ type Settings struct {
 	ManagementUsername     string          `mapstructure:"management_username"`
 	ManagementPassword     settings.Secret `mapstructure:"management_password"`
 	ManagementPasswordFile string          `mapstructure:"management_password_file"` // overrides ManagementPassword
+	// PublishChannels is how many confirm channels the publisher (publish endpoint) opens on
+	// its connection: each carries one publish at a time, so it bounds the publishes in
+	// flight. Unused unless publishing is on.
+	PublishChannels int `mapstructure:"publish_channels"`
 }
 
 // Defaults returns the settings used for every key not set elsewhere.
 func Defaults() Settings {
 	return Settings{
-		Prefetch:       64,
-		MessageID:      "message_id",
-		DeadLetterMode: "publish",
+		Prefetch:        64,
+		MessageID:       "message_id",
+		DeadLetterMode:  "publish",
+		PublishChannels: 16,
 	}
 }
 
@@ -53,6 +58,9 @@ func (r Settings) Check(ck *settings.Checker, deadLetterTarget string) {
 	ck.Required("source.rabbitmq.queue", r.Queue)
 	if r.Prefetch < 1 || r.Prefetch > 65535 {
 		ck.Add("source.rabbitmq.prefetch", "must be between 1 and 65535, got %d", r.Prefetch)
+	}
+	if r.PublishChannels < 1 || r.PublishChannels > 1024 {
+		ck.Add("source.rabbitmq.publish_channels", "must be between 1 and 1024, got %d", r.PublishChannels)
 	}
 	ck.MessageID("source.rabbitmq.message_id", r.MessageID, []string{"message_id"}, "header")
 	ck.OneOf("source.rabbitmq.dead_letter_mode", r.DeadLetterMode, "publish", "nack")

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"strconv"
@@ -106,6 +107,7 @@ type options struct {
 	backoffMax     time.Duration
 	publishTimeout time.Duration
 	dialer         func(ctx context.Context, network, addr string) (net.Conn, error)
+	depthInterval  time.Duration
 }
 
 // WithLogger sets the logger (default slog.Default()).
@@ -127,6 +129,9 @@ func WithBackoff(min, max time.Duration) Option {
 // WithPublishTimeout bounds how long DeadLetter waits for the broker's confirm, on top of
 // the caller's ctx (default 30s).
 func WithPublishTimeout(d time.Duration) Option { return func(o *options) { o.publishTimeout = d } }
+
+// withDepthInterval sets how often the queue depth is read (tests; default depthInterval).
+func withDepthInterval(d time.Duration) Option { return func(o *options) { o.depthInterval = d } }
 
 // withDialer replaces the TCP dialer (tests cut connections through it).
 func withDialer(d func(ctx context.Context, network, addr string) (net.Conn, error)) Option {
@@ -162,6 +167,11 @@ type Source struct {
 	backoffMax time.Duration
 	pubTimeout time.Duration
 	dialer     func(ctx context.Context, network, addr string) (net.Conn, error)
+
+	// The queue depth (depth.go): the management API it is read from (nil for none), and how
+	// often.
+	mgmt          *mgmtAPI
+	depthInterval time.Duration
 
 	out       chan *adapters.Delivery // unbuffered: a delivery is handed out or not at all
 	closing   chan struct{}           // closed when Close starts
@@ -200,6 +210,7 @@ func New(cfg Settings, deadLetterTarget string, opts ...Option) (*Source, error)
 		backoffMax:     30 * time.Second,
 		publishTimeout: 30 * time.Second,
 		dialer:         (&net.Dialer{Timeout: handshakeTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		depthInterval:  depthInterval,
 	}
 	for _, opt := range opts {
 		opt(&o)
@@ -243,6 +254,7 @@ func New(cfg Settings, deadLetterTarget string, opts ...Option) (*Source, error)
 	s.addr = net.JoinHostPort(uri.Host, strconv.Itoa(uri.Port))
 	s.vhost = uri.Vhost
 	s.user = uri.Username
+	s.mgmt, s.depthInterval = newMgmtAPI(cfg, uri), o.depthInterval
 	if len(s.queue) > 255 {
 		return nil, fmt.Errorf("rabbitmq: queue: name longer than 255 bytes (%d)", len(s.queue))
 	}
@@ -258,6 +270,9 @@ func New(cfg Settings, deadLetterTarget string, opts ...Option) (*Source, error)
 	}
 	if s.tlsConfig, err = tlsConfig(cfg.TLS); err != nil {
 		return nil, err
+	}
+	if s.mgmt != nil && s.tlsConfig != nil {
+		s.mgmt.client.Transport = &http.Transport{TLSClientConfig: s.tlsConfig.Clone()} // as the durability checks
 	}
 
 	s.log = s.log.With(slog.String("component", "rabbitmq"), slog.String("queue", s.queue), slog.String("vhost", s.vhost))

@@ -86,6 +86,45 @@
 // (broker address + commit log offset), which dedups redeliveries of that stored message
 // but not producer duplicates.
 //
+// # Publishing
+//
+// Publisher (NewPublisher) is the producer side behind the publish endpoint
+// (adapters.Publisher): a synchronous producer of its own (group
+// source.rocketmq.publish_group, default "<group>-mqsidecar-publish"; the source's name
+// servers, namespace and credentials). A message carries OutMessage.ID as its UNIQ_KEY
+// property, which is what the consumer side reads with its default message_id uniq_key
+// (with message_id keys or property:<name> the consumer would not find the publisher's ID:
+// keep uniq_key where the publish endpoint produces), the key as KEYS, the content type as
+// the content-type property and the headers as user properties (a header named like a
+// RocketMQ system property, or containing \x01 or \x02, is refused; empty values are left
+// out: RocketMQ cannot carry them). What the answer means:
+//
+//   - nil (2xx): the broker answered SEND_OK: the message is in the commit log, and with
+//     flushDiskType SYNC_FLUSH flushed to disk, with brokerRole SYNC_MASTER replicated to a
+//     slave, before the answer. With ASYNC_FLUSH and ASYNC_MASTER (RocketMQ's defaults)
+//     SEND_OK means written to the page cache: a machine crash can lose it; the durability
+//     checks (`mqsidecar doctor`) report such brokers.
+//   - ErrOutcomeUnknown: FLUSH_DISK_TIMEOUT, FLUSH_SLAVE_TIMEOUT, SLAVE_NOT_AVAILABLE (the
+//     Go client returns these without an error: the message is stored, the configured
+//     durability was not confirmed; the status is named in the error), or no answer before
+//     the request ended (the client fails a sent request only by its timeout).
+//   - ErrUnknownTopic: the name servers have no route for the topic while brokers are
+//     registered, or the broker answers TOPIC_NOT_EXIST. The publisher never creates a
+//     topic: it asks the name servers itself, and its CreateTopicKey names no topic, so
+//     neither the client (which would borrow TBW102's route) nor a broker with
+//     autoCreateTopicEnable creates one on a send. A topic the name servers routed before
+//     and route no more, or any topic while no broker is registered, is ErrUnavailable (a
+//     broker restarting unregisters it).
+//   - ErrUnavailable: nothing was sent (producer not started, name servers or broker
+//     unreachable, a failed write, SYSTEM_BUSY or SERVICE_NOT_AVAILABLE); ErrRejected: the
+//     broker refused the message (e.g. too large, no permission), or it cannot be carried.
+//
+// Retries: the client's own retries are off (retry 0). A retry after a timeout would
+// hide that the first attempt may be stored, turning ErrOutcomeUnknown into a success or
+// into ErrUnavailable; the caller retries instead, with the same ID, and every copy carries
+// the same UNIQ_KEY (the client sets UNIQ_KEY only when the message has none), so the
+// consumer side removes copies by it.
+//
 // # Shutdown
 //
 // Close: Read returns ErrClosed at once and nothing more is handed out. Deliveries not

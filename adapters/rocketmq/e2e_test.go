@@ -174,6 +174,13 @@ func produce(t *testing.T, p rmq.Producer, topic string, msgs ...adaptertest.Mes
 // readTopic consumes topic from the start with a fresh group until n messages arrived.
 func readTopic(t *testing.T, topic string, n int, timeout time.Duration) []adaptertest.Message {
 	t.Helper()
+	return readTopicUntil(t, topic, func(got []adaptertest.Message) bool { return len(got) >= n }, timeout)
+}
+
+// readTopicUntil reads topic from its first offset with a new group until done says so
+// or timeout.
+func readTopicUntil(t *testing.T, topic string, done func([]adaptertest.Message) bool, timeout time.Duration) []adaptertest.Message {
+	t.Helper()
 	ns, _ := env(t)
 	var mu sync.Mutex
 	var got []adaptertest.Message
@@ -210,9 +217,9 @@ func readTopic(t *testing.T, topic string, n int, timeout time.Duration) []adapt
 	deadline := time.Now().Add(timeout)
 	for {
 		mu.Lock()
-		k := len(got)
+		ok := done(got)
 		mu.Unlock()
-		if k >= n || time.Now().After(deadline) {
+		if ok || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(50 * time.Millisecond) // polling with a deadline

@@ -19,9 +19,6 @@ import (
 // Two Sources in one consumer group against the real broker: what a fleet of sidecars does
 // to the adapter (fleet.go).
 
-// reqGetMaxOffset is the broker's GET_MAX_OFFSET request code.
-const reqGetMaxOffset = 30
-
 // savedOffsets returns, per queue of topic, group's saved offset (-1: none) and the queue's
 // max offset.
 func savedOffsets(t *testing.T, topic, group string, queues int) (saved, maxOff []int64) {

@@ -812,6 +812,9 @@ func (s *Source) health(ctx context.Context) {
 		// The client reports the queues this replica holds now; a topic whose queues all
 		// went to other replicas loses its series instead of keeping its last value.
 		s.ev.SetConsumerLag(s.consumer.GetOffsetDiffMap())
+		if g, ok := s.ev.(adapters.QueueGauges); ok {
+			g.SetQueueLag(s.queueLag())
+		}
 	}
 }
 

@@ -31,6 +31,9 @@ type Settings struct {
 	// restarted sidecar is the same client and, in orderly mode, takes its queue locks back
 	// at once instead of waiting for them to expire (60 s). "" = unique per process.
 	InstanceName string `mapstructure:"instance_name"`
+	// PublishGroup is the producer group of the publisher (publish endpoint); "" =
+	// "<group>-mqsidecar-publish". Unused unless publishing is on.
+	PublishGroup string `mapstructure:"publish_group"`
 }
 
 // Defaults returns the settings used for every key not set elsewhere.
@@ -62,6 +65,9 @@ func (r Settings) Check(ck *settings.Checker, deadLetterTarget string) {
 	}
 	if !validInstanceName(r.InstanceName) {
 		ck.Add("source.rocketmq.instance_name", "%q: use 1-64 of a-z A-Z 0-9 . _ - (or leave it empty)", r.InstanceName)
+	}
+	if r.PublishGroup != "" && !validTopic(r.PublishGroup) {
+		ck.Add("source.rocketmq.publish_group", "%q: use 1-127 of a-z A-Z 0-9 %% | _ - (or leave it empty)", r.PublishGroup)
 	}
 	if r.AccessKey != "" && r.SecretKey == "" {
 		ck.Add("source.rocketmq.secret_key", "required when source.rocketmq.access_key is set (or set source.rocketmq.secret_key_file, or %s)", settings.EnvVar("source.rocketmq.secret_key"))

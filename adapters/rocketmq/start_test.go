@@ -108,7 +108,7 @@ func fakeNameServer(l net.Listener, code int, remark string) {
 }
 
 // fakeRemoting answers every request on l with what answer returns for its request code:
-// response code, remark and body.
+// response code, remark and body. A connection serves requests until the client closes it.
 func fakeRemoting(l net.Listener, answer func(code int) (int, string, []byte)) {
 	for {
 		c, err := l.Accept()
@@ -117,28 +117,32 @@ func fakeRemoting(l net.Listener, answer func(code int) (int, string, []byte)) {
 		}
 		go func() {
 			defer c.Close()
-			var n [4]byte
-			if _, err := io.ReadFull(c, n[:]); err != nil {
-				return
+			for {
+				var n [4]byte
+				if _, err := io.ReadFull(c, n[:]); err != nil {
+					return
+				}
+				buf := make([]byte, binary.BigEndian.Uint32(n[:]))
+				if _, err := io.ReadFull(c, buf); err != nil {
+					return
+				}
+				hl := binary.BigEndian.Uint32(buf[0:4]) & 0xFFFFFF
+				var req struct {
+					Code   int   `json:"code"`
+					Opaque int32 `json:"opaque"`
+				}
+				if err := json.Unmarshal(buf[4:4+hl], &req); err != nil {
+					return
+				}
+				code, remark, body := answer(req.Code)
+				header, _ := json.Marshal(map[string]any{"code": code, "remark": remark, "opaque": req.Opaque, "flag": responseFlag})
+				frame := make([]byte, 8, 8+len(header)+len(body))
+				binary.BigEndian.PutUint32(frame[0:4], uint32(4+len(header)+len(body)))
+				binary.BigEndian.PutUint32(frame[4:8], uint32(len(header)))
+				if _, err := c.Write(append(append(frame, header...), body...)); err != nil {
+					return
+				}
 			}
-			buf := make([]byte, binary.BigEndian.Uint32(n[:]))
-			if _, err := io.ReadFull(c, buf); err != nil {
-				return
-			}
-			hl := binary.BigEndian.Uint32(buf[0:4]) & 0xFFFFFF
-			var req struct {
-				Code   int   `json:"code"`
-				Opaque int32 `json:"opaque"`
-			}
-			if err := json.Unmarshal(buf[4:4+hl], &req); err != nil {
-				return
-			}
-			code, remark, body := answer(req.Code)
-			header, _ := json.Marshal(map[string]any{"code": code, "remark": remark, "opaque": req.Opaque, "flag": responseFlag})
-			frame := make([]byte, 8, 8+len(header)+len(body))
-			binary.BigEndian.PutUint32(frame[0:4], uint32(4+len(header)+len(body)))
-			binary.BigEndian.PutUint32(frame[4:8], uint32(len(header)))
-			_, _ = c.Write(append(append(frame, header...), body...))
 		}()
 	}
 }

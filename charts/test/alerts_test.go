@@ -28,7 +28,7 @@ type prometheusRule struct {
 
 // wantAlerts are the alerts the chart promises (values.yaml, alerts).
 var wantAlerts = []string{
-	"MqsidecarConsumerLagGrowing", "MqsidecarNoAcknowledgements", "MqsidecarDeadLetters", "MqsidecarParkedTooLong",
+	"MqsidecarConsumerLagGrowing", "MqsidecarQueueLagGrowing", "MqsidecarQueueBacklogGrowing", "MqsidecarNoAcknowledgements", "MqsidecarDeadLetters", "MqsidecarParkedTooLong",
 	"MqsidecarStoreCommitSlow", "MqsidecarBrokerNotReady", "MqsidecarAppNotReady", "MqsidecarBrokerDurabilityAtRisk",
 }
 

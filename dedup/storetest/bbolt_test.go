@@ -21,3 +21,16 @@ func TestBbolt(t *testing.T) {
 		return s
 	})
 }
+
+// TestBboltOutbox runs the outbox suite against the embedded store.
+func TestBboltOutbox(t *testing.T) {
+	storetest.RunOutbox(t, func(t *testing.T) storetest.OutboxStore {
+		s, err := dedup.Open(filepath.Join(t.TempDir(), "dedup.db"), dedup.Options{
+			TTL: storetest.TTL, Logger: slog.New(slog.DiscardHandler),
+		})
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		return s
+	})
+}

@@ -43,10 +43,7 @@ type Store interface {
 // suite's IDs are unique per open), with a TTL of TTL. The suite closes the stores itself;
 // open may register more cleanup with t.
 func Run(t *testing.T, open func(t *testing.T) Store) {
-	cases := []struct {
-		name string
-		fn   func(t *testing.T, s Store)
-	}{
+	runEach(t, open, []suiteCase[Store]{
 		{"UnknownPutGet", unknownPutGet},
 		{"UpdateSemantics", updateSemantics},
 		{"PerIDOrder", perIDOrder},
@@ -55,7 +52,23 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"TTLExpiry", ttlExpiry},
 		{"CloseThenErrClosed", closeThenErrClosed},
 		{"Concurrent", concurrent},
-	}
+	})
+	t.Run("CancelCloses", func(t *testing.T) { cancelCloses(t, open(t)) })
+	t.Run("CloseBeforeRun", func(t *testing.T) { closeBeforeRun(t, open(t)) })
+}
+
+// suiteCase is one case of a suite, run on a store of type S.
+type suiteCase[S any] struct {
+	name string
+	fn   func(t *testing.T, s S)
+}
+
+// runEach runs every case as a subtest on a new store from open, started through its Run
+// and closed when the subtest ends.
+func runEach[S interface {
+	Close() error
+	Run(ctx context.Context) error
+}](t *testing.T, open func(t *testing.T) S, cases []suiteCase[S]) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			s := open(t)
@@ -64,8 +77,6 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 			c.fn(t, s)
 		})
 	}
-	t.Run("CancelCloses", func(t *testing.T) { cancelCloses(t, open(t)) })
-	t.Run("CloseBeforeRun", func(t *testing.T) { closeBeforeRun(t, open(t)) })
 }
 
 // cancelCloses: cancelling Run's context closes the store, as Close does: Run returns nil,

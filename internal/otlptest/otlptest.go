@@ -1,13 +1,15 @@
-// Package otlptest is an in-process OTLP/HTTP trace receiver for tests: an httptest server
-// that accepts POST /v1/traces (protobuf, optionally gzip-compressed), decodes each
-// ExportTraceServiceRequest and keeps the spans, so a test can assert what the sidecar
-// exported through its real exporter.
+// Package otlptest is an in-process OTLP trace receiver for tests: an httptest server that
+// accepts POST /v1/traces (protobuf, optionally gzip-compressed), or a gRPC server of the
+// TraceService (NewGRPC), decodes each ExportTraceServiceRequest and keeps the spans, so a
+// test can assert what the sidecar exported through its real exporter.
 package otlptest
 
 import (
 	"compress/gzip"
+	"context"
 	"encoding/hex"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -17,6 +19,7 @@ import (
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -32,7 +35,7 @@ type Span struct {
 
 // Receiver collects the spans exported to it.
 type Receiver struct {
-	srv *httptest.Server
+	url string
 
 	mu       sync.Mutex
 	spans    []Span
@@ -43,13 +46,14 @@ type Receiver struct {
 // New starts a receiver; it stops when the test ends.
 func New(t testing.TB) *Receiver {
 	r := &Receiver{}
-	r.srv = httptest.NewServer(http.HandlerFunc(r.serve))
-	t.Cleanup(r.srv.Close)
+	srv := httptest.NewServer(http.HandlerFunc(r.serve))
+	t.Cleanup(srv.Close)
+	r.url = srv.URL
 	return r
 }
 
-// URL is the base URL (an OTLP endpoint: the exporter adds /v1/traces).
-func (r *Receiver) URL() string { return r.srv.URL }
+// URL is the base URL (an OTLP endpoint: the HTTP exporter adds /v1/traces).
+func (r *Receiver) URL() string { return r.url }
 
 // Spans returns a copy of the spans received so far.
 func (r *Receiver) Spans() []Span {
@@ -100,6 +104,14 @@ func (r *Receiver) serve(w http.ResponseWriter, req *http.Request) {
 		r.fail(w, "decode: "+err.Error())
 		return
 	}
+	r.record(&msg)
+	out, _ := proto.Marshal(&coltracepb.ExportTraceServiceResponse{})
+	w.Header().Set("Content-Type", "application/x-protobuf")
+	_, _ = w.Write(out)
+}
+
+// record keeps the spans of one export request.
+func (r *Receiver) record(msg *coltracepb.ExportTraceServiceRequest) {
 	var got []Span
 	for _, rs := range msg.GetResourceSpans() {
 		res := attrs(rs.GetResource().GetAttributes())
@@ -121,9 +133,31 @@ func (r *Receiver) serve(w http.ResponseWriter, req *http.Request) {
 	r.spans = append(r.spans, got...)
 	r.requests++
 	r.mu.Unlock()
-	out, _ := proto.Marshal(&coltracepb.ExportTraceServiceResponse{})
-	w.Header().Set("Content-Type", "application/x-protobuf")
-	_, _ = w.Write(out)
+}
+
+// NewGRPC starts a receiver of OTLP over gRPC (the TraceService, without TLS); URL is then
+// its endpoint, http://127.0.0.1:port. It stops when the test ends.
+func NewGRPC(t testing.TB) *Receiver {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &Receiver{url: "http://" + ln.Addr().String()}
+	srv := grpc.NewServer()
+	coltracepb.RegisterTraceServiceServer(srv, grpcService{r: r})
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(srv.Stop)
+	return r
+}
+
+type grpcService struct {
+	coltracepb.UnimplementedTraceServiceServer
+	r *Receiver
+}
+
+func (g grpcService) Export(_ context.Context, req *coltracepb.ExportTraceServiceRequest) (*coltracepb.ExportTraceServiceResponse, error) {
+	g.r.record(req)
+	return &coltracepb.ExportTraceServiceResponse{}, nil
 }
 
 // attrs flattens attributes to their string form (ints in decimal, bools true/false,
