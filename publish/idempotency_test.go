@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"sync"
 	"testing"
 
@@ -55,7 +54,7 @@ func TestRetryWhileInFlightIs409(t *testing.T) {
 	_, hs, _ := newTestServer(t, pub, rec, nil)
 	var wg sync.WaitGroup
 	wg.Add(1)
-	var first *http.Response
+	var first answer
 	go func() { defer wg.Done(); first, _ = post(t, hs.URL+"/v1/publish/t", "p", "Idempotency-Key", "k") }()
 	<-pub.entered // the first request holds the key and is being published
 	r, b := post(t, hs.URL+"/v1/publish/t", "p", "Idempotency-Key", "k")

@@ -103,7 +103,13 @@ func newTestServer(t *testing.T, pub adapters.Publisher, rec Records, mod func(*
 	return s, hs, reg
 }
 
-func post(t *testing.T, url, body string, hdr ...string) (*http.Response, string) {
+// answer is what a test reads of a response, whose body post has read and closed.
+type answer struct {
+	StatusCode int
+	Header     http.Header
+}
+
+func post(t *testing.T, url, body string, hdr ...string) (answer, string) {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
 	if err != nil {
@@ -118,7 +124,7 @@ func post(t *testing.T, url, body string, hdr ...string) (*http.Response, string
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	return resp, string(b)
+	return answer{StatusCode: resp.StatusCode, Header: resp.Header}, string(b)
 }
 
 func TestPublishAnswersTheReceiptAndMapsHeaders(t *testing.T) {
