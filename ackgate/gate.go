@@ -796,6 +796,7 @@ func (g *Gate) complete(it *item, o outcome) {
 		it.mc.DeadLettered.Inc()
 	case outcomeDropped:
 		it.mc.Dropped.Inc()
+		it.d.MarkDropped()
 	}
 	if g.store == nil {
 		g.settle(it, nil)

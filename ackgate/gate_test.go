@@ -481,10 +481,10 @@ func TestMaxAttempts(t *testing.T) {
 		o := opts(url)
 		o.MaxAttempts, o.DropAfterMaxAttempts = 2, true
 		g, _ := start(t, src, openStore(t), o)
-		src.send("doomed", "p0", "")
+		d := src.send("doomed", "p0", "")
 		waitFor(t, "settled", func() bool { return src.settledCount() == 1 })
-		if a.count("doomed") != 2 || counter(g.m.Dropped) != 1 {
-			t.Fatalf("pushes %d dropped %v", a.count("doomed"), counter(g.m.Dropped))
+		if a.count("doomed") != 2 || counter(g.m.Dropped) != 1 || !d.Dropped() {
+			t.Fatalf("pushes %d dropped %v, delivery marked dropped %t", a.count("doomed"), counter(g.m.Dropped), d.Dropped())
 		}
 	})
 	t.Run("attempts persisted across a restart", func(t *testing.T) {
@@ -507,6 +507,9 @@ func TestMaxAttempts(t *testing.T) {
 
 func TestDaprDrop(t *testing.T) {
 	drop := func(id string, attempt int, w http.ResponseWriter) bool {
+		if id != "unwanted" {
+			return false // the default answer: 200
+		}
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte(`{"status":"DROP"}`))
 		return true
@@ -514,10 +517,14 @@ func TestDaprDrop(t *testing.T) {
 	a, url := newApp(t, drop)
 	src := newFakeSource()
 	g, _ := start(t, src, openStore(t), opts(url))
-	src.send("unwanted", "p0", "")
-	waitFor(t, "settled", func() bool { return src.settledCount() == 1 })
-	if r := src.results("unwanted"); r[0] != nil || a.count("unwanted") != 1 || counter(g.m.Dropped) != 1 {
-		t.Fatalf("settled %v pushes %d dropped %v", r, a.count("unwanted"), counter(g.m.Dropped))
+	d := src.send("unwanted", "p0", "")
+	done := src.send("wanted", "p1", "")
+	waitFor(t, "settled", func() bool { return src.settledCount() == 2 })
+	if r := src.results("unwanted"); r[0] != nil || a.count("unwanted") != 1 || counter(g.m.Dropped) != 1 || !d.Dropped() {
+		t.Fatalf("settled %v pushes %d dropped %v, delivery marked dropped %t", r, a.count("unwanted"), counter(g.m.Dropped), d.Dropped())
+	}
+	if done.Dropped() {
+		t.Fatal("a delivered message was marked dropped")
 	}
 }
 

@@ -106,7 +106,18 @@ type Delivery struct {
 	Ack func(err error)
 
 	settled atomic.Bool
+	dropped atomic.Bool
 }
+
+// MarkDropped is called by the ack gate before Settle(nil) when it drops the message
+// (drop_after_max_attempts, or the app's DROP without a dead-letter target) instead of
+// completing it.
+func (d *Delivery) MarkDropped() { d.dropped.Store(true) }
+
+// Dropped reports whether the gate dropped d: Settle(nil) still means "do not deliver it
+// again", but a broker that can reject a message (Kafka share groups) rejects it instead
+// of accepting it. Adapters whose broker has only one acknowledgement ignore it.
+func (d *Delivery) Dropped() bool { return d.dropped.Load() }
 
 // Settle reports the ack gate's decision to the adapter: nil means done (acknowledge to the
 // broker), any error means not done (do not acknowledge; the broker redelivers). Only the

@@ -77,6 +77,8 @@ type ShareSource struct {
 	mu          sync.Mutex
 	// noRenew (tests) leaves locks unrenewed, as on a broker without KIP-1222.
 	noRenew bool
+	// ackWith (tests) sees each acknowledgement instead of the client; nil = the record's Ack.
+	ackWith func(*kgo.Record, kgo.AckStatus)
 	batch   []*shareRec
 	next    int           // batch[next] is the next record to hand out
 	open    int           // records of batch not yet settled
@@ -418,7 +420,8 @@ func (s *ShareSource) poll(ctx context.Context) error {
 	return nil
 }
 
-// settled translates the gate's decision: nil accepts, anything else releases.
+// settled translates the gate's decision: nil accepts (rejects when the gate dropped the
+// message: the broker archives it as unprocessable), anything else releases.
 func (s *ShareSource) settled(sr *shareRec, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -431,16 +434,27 @@ func (s *ShareSource) settleLocked(sr *shareRec, err error) {
 	}
 	sr.settled = true
 	if !s.closed {
-		if err == nil {
-			sr.r.Ack(kgo.AckAccept)
-		} else {
-			sr.r.Ack(kgo.AckRelease)
+		switch {
+		case err == nil && sr.d.Dropped():
+			s.ack(sr.r, kgo.AckReject)
+		case err == nil:
+			s.ack(sr.r, kgo.AckAccept)
+		default:
+			s.ack(sr.r, kgo.AckRelease)
 		}
 	}
 	s.open--
 	if s.open == 0 {
 		close(s.idle)
 	}
+}
+
+func (s *ShareSource) ack(r *kgo.Record, status kgo.AckStatus) {
+	if s.ackWith != nil {
+		s.ackWith(r, status)
+		return
+	}
+	r.Ack(status)
 }
 
 func (s *ShareSource) setReady(err error) { s.ready.Store(&err) }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -184,4 +185,44 @@ func TestShareFencesExpiringLock(t *testing.T) {
 		t.Fatalf("the expired record at the other member: %v %+v", ok, r)
 	}
 	d.Settle(nil) // late: the lock is gone, and the source must not wait for it forever
+}
+
+// TestShareDroppedIsRejected: a delivery the gate dropped (Settle(nil) after MarkDropped)
+// is rejected, so the broker archives it as unprocessable; a completed one is accepted and
+// one not done is released.
+func TestShareDroppedIsRejected(t *testing.T) {
+	brokers := newShareCluster(t, 5*time.Second)
+	topic := "share-reject"
+	shareTopic(t, brokers, topic, 3)
+	s := newShareSource(t, brokers, topic, 3)
+	var mu sync.Mutex
+	got := map[string]kgo.AckStatus{}
+	s.mu.Lock()
+	s.ackWith = func(r *kgo.Record, st kgo.AckStatus) {
+		mu.Lock()
+		defer mu.Unlock()
+		got[string(r.Headers[0].Value)] = st
+		r.Ack(st)
+	}
+	s.mu.Unlock()
+	for range 3 {
+		d, err := readWithin(t, s, 20*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch d.ID {
+		case "m0":
+			d.Settle(nil)
+		case "m1":
+			d.MarkDropped()
+			d.Settle(nil)
+		default:
+			d.Settle(adapters.ErrNotDone)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if got["m0"] != kgo.AckAccept || got["m1"] != kgo.AckReject || got["m2"] != kgo.AckRelease {
+		t.Fatalf("acknowledgements %v, want m0 accept (%v), m1 reject (%v), m2 release (%v)", got, kgo.AckAccept, kgo.AckReject, kgo.AckRelease)
+	}
 }
