@@ -1,6 +1,7 @@
 package rocketmq
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -51,6 +52,13 @@ var closedFence = func() chan struct{} { ch := make(chan struct{}); close(ch); r
 type queueState struct {
 	mq    primitive.MessageQueue
 	fence chan struct{} // closed when the queue is revoked
+	// epoch is the Fenced channel of the deliveries handed out since the last contention
+	// (guarded by Source.qmu): closed with fence at a revocation, and when another member
+	// took the queue over (watchContention), then replaced, so that what was handed out
+	// unflagged before is not pushed while what follows goes out flagged.
+	epoch chan struct{}
+	// contentionFenced is set once the epoch was closed for a contention (guarded by mu).
+	contentionFenced bool
 	// dropped is closed when the allocation that revoked the queue returns to the client,
 	// which drops the queue right after: a verdict returned later is discarded.
 	dropped chan struct{}
@@ -93,7 +101,7 @@ func (s *Source) allocate(group, clientID string, mqAll []*primitive.MessageQueu
 			next[*mq] = st
 			continue
 		}
-		st := &queueState{mq: *mq, fence: make(chan struct{}), dropped: make(chan struct{}), inherited: -1,
+		st := &queueState{mq: *mq, fence: make(chan struct{}), epoch: make(chan struct{}), dropped: make(chan struct{}), inherited: -1,
 			main: !strings.HasPrefix(mq.Topic, "%RETRY%"), acquired: time.Now(), inheritDone: make(chan struct{})}
 		next[*mq] = st
 		gained = append(gained, st)
@@ -102,6 +110,7 @@ func (s *Source) allocate(group, clientID string, mqAll []*primitive.MessageQueu
 		if next[mq] == nil {
 			// Fencing: the gate starts no new push of these deliveries from now on.
 			close(st.fence)
+			close(st.epoch)
 			revoked = append(revoked, st)
 		}
 	}
@@ -346,7 +355,7 @@ func (s *Source) queueOf(m *primitive.MessageExt) (*queueState, <-chan struct{})
 	if st == nil {
 		return nil, closedFence
 	}
-	return st, st.fence
+	return st, st.epoch
 }
 
 // reserve makes sure the broker holds a reservation above m's offset before m is handed
@@ -533,4 +542,87 @@ func (s *Source) awaitDrop(inf *inflight) {
 	case <-inf.st.dropped:
 	case <-s.released:
 	}
+}
+
+// watchContention closes the epoch of every queue another member took over while this
+// source still held deliveries of it: reserve flags what this source hands out after it
+// noticed the takeover, but deliveries handed out before wait in the gate unflagged (a slow
+// app, a full max_inflight), and the other member may push and complete them meanwhile.
+// Fenced, the gate does not push them; they are sent back not done and come again flagged.
+// It runs until ctx is done or the health checks stop (Close).
+func (s *Source) watchContention(ctx context.Context) {
+	t := time.NewTicker(contendEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stopHC:
+			return
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, st := range s.heldMainQueues() {
+			if s.pendingOf(st.mq) > 0 && s.contendedNow(st) {
+				s.fenceEpoch(st)
+			}
+		}
+	}
+}
+
+// heldMainQueues returns the queues of the subscribed topic allocated to this source.
+func (s *Source) heldMainQueues() []*queueState {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	var out []*queueState
+	for _, alloc := range s.alloc {
+		for _, st := range alloc {
+			if st.main {
+				out = append(out, st)
+			}
+		}
+	}
+	return out
+}
+
+// contendedNow reports whether another member reserved st's queue since this source last
+// did (the check reserve makes every contendEvery), once per takeover: false again after
+// fenceEpoch ran for it.
+func (s *Source) contendedNow(st *queueState) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.contentionFenced || st.inherited < 0 || s.hwmOff.Load() {
+		return false
+	}
+	if !st.contended {
+		addr, err := s.brokerAddr(st.mq)
+		if err != nil {
+			return false
+		}
+		h, err := queryOffset(addr, s.hwmGroup, st.mq, s.creds)
+		if err != nil {
+			return false
+		}
+		st.checked = time.Now()
+		if cur := decodeMark(h); cur > st.seen || (cur != st.seen && h&markBits == 0) {
+			s.log.Warn("rocketmq: another consumer took this queue over; what this one handed out of it unflagged is not pushed, the rest is flagged redelivered",
+				"queue", mqString(st.mq), "ours", st.seen, "theirs", cur)
+			st.contended = true
+		}
+	}
+	if st.contended {
+		st.contentionFenced = true
+	}
+	return st.contended
+}
+
+// fenceEpoch closes st's current epoch (unless the queue was revoked meanwhile, which
+// closed it) and starts a new one for what is handed out from now on.
+func (s *Source) fenceEpoch(st *queueState) {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	if isClosed(st.fence) {
+		return
+	}
+	close(st.epoch)
+	st.epoch = make(chan struct{})
 }

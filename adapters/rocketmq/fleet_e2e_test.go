@@ -185,7 +185,7 @@ func TestReservationTakeover(t *testing.T) {
 	a.salt, b.salt = 1, 2
 	mq := primitive.MessageQueue{Topic: topic, BrokerName: "broker-a", QueueId: 0}
 	state := func() *queueState {
-		return &queueState{mq: mq, fence: make(chan struct{}), dropped: make(chan struct{}), inherited: -1,
+		return &queueState{mq: mq, fence: make(chan struct{}), epoch: make(chan struct{}), dropped: make(chan struct{}), inherited: -1,
 			main: true, acquired: time.Now(), inheritDone: make(chan struct{})}
 	}
 	reserve := func(s *Source, st *queueState, off int64) bool {
@@ -237,7 +237,7 @@ func TestRetryQueueHandover(t *testing.T) {
 	mq := primitive.MessageQueue{Topic: "%RETRY%" + cfg.Group, BrokerName: "broker-a", QueueId: 0}
 	createTopic(t, mq.Topic, 1) // as the broker does when the group's first member registers
 	state := func() *queueState {
-		return &queueState{mq: mq, fence: make(chan struct{}), dropped: make(chan struct{}), inherited: -1,
+		return &queueState{mq: mq, fence: make(chan struct{}), epoch: make(chan struct{}), dropped: make(chan struct{}), inherited: -1,
 			acquired: time.Now(), inheritDone: make(chan struct{})}
 	}
 	first := newSource(cfg, "", options{log: testLogger(t)})
@@ -271,4 +271,75 @@ func TestRetryQueueHandover(t *testing.T) {
 	case <-time.After(2 * handoverWait):
 		t.Fatal("the next owner still waits after the owner's handover")
 	}
+}
+
+// TestContentionFencesHeldDeliveries: A owns a queue and holds deliveries it handed out
+// unflagged (a slow app, a full max_inflight); another member takes the queue over without
+// A being told (each member rebalances from its own view). A must fence what it holds within
+// a few contendEvery, so the gate does not push those unflagged copies after the taker's,
+// and hand out what follows flagged. Without the watch A noticed only when it handed out
+// the next message, which a full gate never asks for: a silent duplicate in the CI's fleet
+// kill test.
+func TestContentionFencesHeldDeliveries(t *testing.T) {
+	env(t)
+	topic := fmt.Sprintf("e2e-contend-%d", time.Now().UnixNano()%1e9)
+	createTopic(t, topic, 1)
+	ms := msgs("c", 3, "")
+	produce(t, newProducer(t), topic, ms...)
+	cfg := sourceConfig(t, topic, "concurrent", "topic")
+	a := open(t, cfg, "")
+	var held []*adapters.Delivery
+	for range 3 {
+		d := read(t, a, 30*time.Second)
+		if d.Redelivered {
+			t.Fatalf("%s flagged before any takeover", d.ID)
+		}
+		held = append(held, d)
+	}
+	for _, d := range held {
+		if d.IsFenced() {
+			t.Fatalf("%s fenced before any takeover", d.ID)
+		}
+	}
+
+	// B takes the queue over in its own view: its first reservation, above A's.
+	b := newSource(cfg, "", options{log: testLogger(t)})
+	b.salt = 7
+	mq := primitive.MessageQueue{Topic: topic, BrokerName: "broker-a", QueueId: int(held[0].Partition)}
+	sb := &queueState{mq: mq, fence: make(chan struct{}), epoch: make(chan struct{}), dropped: make(chan struct{}), inherited: -1,
+		main: true, acquired: time.Now(), inheritDone: make(chan struct{})}
+	if _, err := b.reserve(sb, &primitive.MessageExt{Message: primitive.Message{Topic: topic, Queue: &mq}, QueueOffset: held[0].Offset}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*contendEvery, "A to fence the deliveries it held", func() bool {
+		for _, d := range held {
+			if !d.IsFenced() {
+				return false
+			}
+		}
+		return true
+	})
+	for _, d := range held {
+		d.Settle(adapters.ErrNotDone)
+	}
+	// Deliveries admitted before the takeover (waiting for Read) carry the closed epoch;
+	// what A admits after it carries a fresh one and the flag.
+	produce(t, newProducer(t), topic, msgs("later", 3, "")...)
+	for {
+		d := read(t, a, 30*time.Second)
+		t.Logf("read %s offset %d fenced %t redelivered %t count %d", d.ID, d.Offset, d.IsFenced(), d.Redelivered, d.DeliveryCount)
+		if d.IsFenced() {
+			if d.Redelivered {
+				t.Errorf("%s: fenced although admitted (flagged) after the takeover", d.ID)
+			}
+			d.Settle(adapters.ErrNotDone)
+			continue
+		}
+		if !d.Redelivered {
+			t.Errorf("%s handed out unfenced after the takeover without the flag", d.ID)
+		}
+		d.Settle(nil)
+		break
+	}
+	closeSource(t, a)
 }

@@ -310,7 +310,10 @@ func (s *Source) run(ctx context.Context) error {
 			return nil
 		}
 	}
+	watched := make(chan struct{})
+	go func() { defer close(watched); s.watchContention(ctx) }()
 	s.health(ctx)
+	<-watched
 	return nil
 }
 
