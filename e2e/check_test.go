@@ -136,7 +136,7 @@ func check(produced []message, pushes []push, concurrent []string, checkOrder, c
 					r.FlaggedDups++
 				} else {
 					r.SilentDups++
-					problem("silent duplicate: %s pushed again (attempt %d, push #%d by %s) after a 2xx, without ce-redelivered; before: %s", p.ID, p.Attempt, p.Seq, p.From, history[p.ID])
+					problem("silent duplicate: %s pushed again (attempt %d, push #%d by %s at %s from p%s@%s) after a 2xx, without ce-redelivered; before: %s", p.ID, p.Attempt, p.Seq, p.From, p.At.Format("15:04:05.000000"), p.Partition, p.Offset, history[p.ID])
 				}
 			}
 			if seen[p.ID] && !p.Redelivered {
@@ -145,7 +145,7 @@ func check(produced []message, pushes []push, concurrent []string, checkOrder, c
 			}
 		}
 		seen[p.ID] = true
-		history[p.ID] += fmt.Sprintf("[#%d by %s at %s: attempt %d redelivered=%v status %d orphan=%v] ", p.Seq, p.From, p.At.Format("15:04:05.000000"), p.Attempt, p.Redelivered, p.Status, p.Orphan)
+		history[p.ID] += fmt.Sprintf("[#%d by %s at %s from p%s@%s: attempt %d redelivered=%v status %d orphan=%v] ", p.Seq, p.From, p.At.Format("15:04:05.000000"), p.Partition, p.Offset, p.Attempt, p.Redelivered, p.Status, p.Orphan)
 		if p.Status >= 200 && p.Status < 300 {
 			if _, done := firstOK[p.ID]; !done {
 				firstOK[p.ID] = p.Seq
