@@ -53,10 +53,14 @@ func TestRocketMQE2EFleetRolling(t *testing.T) {
 }
 
 // TestRocketMQE2EFleetScale: one replica, scaled to three under load and back to one
-// (SIGTERM): queues move twice while messages flow.
+// (SIGTERM): queues move twice while messages flow. Two replicas that join at once may both
+// take one queue over (each from its own view of the group) and push what the leaving owner
+// released at the same moment (overlapAllowed: both copies flagged; seen once in a CI
+// rehearsal, 33 IDs, 1 of 8 runs that day; the shared store allows no overlap).
 func TestRocketMQE2EFleetScale(t *testing.T) {
 	r := newRocketE2E(t, "fleetscale", 4, "concurrent")
-	runFleet(t, r, fleetScenario{label: "scale 1→3→1", messages: 2000, keys: 64, appDelay: 5 * time.Millisecond, scale: true, quiet: rocketQuiet})
+	runFleet(t, r, fleetScenario{label: "scale 1→3→1", messages: 2000, keys: 64, appDelay: 5 * time.Millisecond, scale: true, quiet: rocketQuiet,
+		overlapAllowed: true})
 }
 
 // TestRocketMQE2EFleetSharedStore: the kill -9 scenario with one Redis dedup store shared by
