@@ -292,6 +292,14 @@ func (s *Source) claimRetry(gained []*queueState) {
 	}
 }
 
+// takenOver reports whether the reservation h (read from the broker) is another member's:
+// a release mark of an earlier owner that keeps the highest reservation changes nothing; any
+// other change from what this source last saw is another member's reservation. st.mu held.
+func (st *queueState) takenOver(h int64) bool {
+	cur := decodeMark(h)
+	return cur > st.seen || (cur != st.seen && h&markBits == 0)
+}
+
 // decodeMark returns the reserved offset of a reservation group offset (-1: none = 0).
 func decodeMark(h int64) int64 {
 	if h < 0 {
@@ -399,9 +407,7 @@ func (s *Source) reserve(st *queueState, m *primitive.MessageExt) (redelivered b
 			return false, err
 		}
 		st.checked = time.Now()
-		// A release mark of an earlier owner that keeps the highest reservation changes
-		// nothing; any other change is another member's reservation.
-		if cur := decodeMark(h); cur > st.seen || (cur != st.seen && h&markBits == 0) {
+		if cur := decodeMark(h); st.takenOver(h) {
 			s.log.Warn("rocketmq: another consumer took this queue over; what this one still hands out of it is flagged redelivered",
 				"queue", mqString(st.mq), "ours", st.seen, "theirs", cur)
 			st.contended = true
@@ -603,7 +609,7 @@ func (s *Source) contendedNow(st *queueState) bool {
 			return false
 		}
 		st.checked = time.Now()
-		if cur := decodeMark(h); cur > st.seen || (cur != st.seen && h&markBits == 0) {
+		if cur := decodeMark(h); st.takenOver(h) {
 			s.log.Warn("rocketmq: another consumer took this queue over; what this one handed out of it unflagged is not pushed, the rest is flagged redelivered",
 				"queue", mqString(st.mq), "ours", st.seen, "theirs", cur)
 			st.contended = true
