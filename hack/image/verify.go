@@ -183,7 +183,9 @@ func verifyImage(img v1.Image, plat v1.Platform, want Promise) error {
 	if err != nil {
 		return err
 	}
-	for dst, owner := range want.Copies {
+	// Sorted, so that a report naming several files reads the same on every run.
+	for _, dst := range slices.Sorted(maps.Keys(want.Copies)) {
+		owner := want.Copies[dst]
 		f, ok := files[strings.TrimPrefix(dst, "/")]
 		if !ok {
 			errs = append(errs, fmt.Errorf("%s (COPY in the Dockerfile) is not in the image", dst))
