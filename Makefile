@@ -99,6 +99,7 @@ test-e2e: build
 bench:
 	$(GO) run ./bench -runs 3 -scenario partition
 	$(GO) run ./bench -runs 3 -scenario key
+	$(GO) run ./bench -runs 3 -scenario tracing
 	$(GO) run ./bench -runs 3 -scenario idle
 	$(GO) run ./bench -runs 3 -scenario held
 	$(GO) run ./bench -runs 3 -scenario fleet
