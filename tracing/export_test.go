@@ -132,3 +132,40 @@ func TestExporterMatchesSDK(t *testing.T) {
 		t.Errorf("after Shutdown: %v, %d uploads; want nothing sent", err, len(ours.got)-2)
 	}
 }
+
+// TestExporterLengthsOfAnySize: the lengths reserved ahead (a span's, a ScopeSpans') are
+// right whether the message is shorter or longer than they fit: spans from a few bytes to
+// past 16 KiB, and a batch past 2 MiB, encode as the SDK's exporter encodes them.
+func TestExporterLengthsOfAnySize(t *testing.T) {
+	start := time.Unix(1700000000, 0)
+	var stubs tracetest.SpanStubs
+	for i, n := range []int{0, 50, 100, 130, 16300, 16400, 20000, 1 << 20, 1<<20 + 100} {
+		sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: trace.TraceID{1}, SpanID: trace.SpanID{byte(i + 1)}, TraceFlags: trace.FlagsSampled})
+		s := tracetest.SpanStub{Name: "s", SpanContext: sc, StartTime: start, EndTime: start, InstrumentationScope: instrumentation.Scope{Name: "x"}}
+		if n > 0 {
+			s.Attributes = []attribute.KeyValue{attribute.String("v", strings.Repeat("z", n))}
+		}
+		stubs = append(stubs, s)
+	}
+	spans := stubs.Snapshots()
+	for _, batch := range [][]sdktrace.ReadOnlySpan{spans[:1], spans[:2], spans[:4], spans[:7], spans} {
+		var sdk, ours captureClient
+		sdkExp, err := otlptrace.New(context.Background(), &sdk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ourExp, err := NewExporter(context.Background(), &ours)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sdkExp.ExportSpans(context.Background(), batch); err != nil {
+			t.Fatal(err)
+		}
+		if err := ourExp.ExportSpans(context.Background(), batch); err != nil {
+			t.Fatal(err)
+		}
+		if len(ours.got) != 1 || len(sdk.got) != 1 || !proto.Equal(ours.got[0], sdk.got[0]) {
+			t.Errorf("%d spans: ours differ from the SDK's (%d and %d ResourceSpans)", len(batch), len(ours.got), len(sdk.got))
+		}
+	}
+}
