@@ -91,19 +91,25 @@ func testSpans(t *testing.T) []sdktrace.ReadOnlySpan {
 	return stubs.Snapshots()
 }
 
+// exporters returns the SDK's OTLP exporter sending to sdk and ours (NewExporter) to ours.
+func exporters(t *testing.T, sdk, ours *captureClient) (sdkExp, ourExp sdktrace.SpanExporter) {
+	t.Helper()
+	sdkExp, err := otlptrace.New(context.Background(), sdk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ourExp, err = NewExporter(context.Background(), ours); err != nil {
+		t.Fatal(err)
+	}
+	return sdkExp, ourExp
+}
+
 // TestExporterMatchesSDK: what NewExporter sends decodes to exactly what the SDK's OTLP
 // exporter sends for the same spans (its ResourceSpans in any order).
 func TestExporterMatchesSDK(t *testing.T) {
 	spans := testSpans(t)
 	var sdk, ours captureClient
-	sdkExp, err := otlptrace.New(context.Background(), &sdk)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ourExp, err := NewExporter(context.Background(), &ours)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sdkExp, ourExp := exporters(t, &sdk, &ours)
 	for range 2 { // the second batch reuses the buffer and the cached resources and scopes
 		sdk.got, ours.got = nil, nil
 		if err := sdkExp.ExportSpans(context.Background(), spans); err != nil {
@@ -150,14 +156,7 @@ func TestExporterLengthsOfAnySize(t *testing.T) {
 	spans := stubs.Snapshots()
 	for _, batch := range [][]sdktrace.ReadOnlySpan{spans[:1], spans[:2], spans[:4], spans[:7], spans} {
 		var sdk, ours captureClient
-		sdkExp, err := otlptrace.New(context.Background(), &sdk)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ourExp, err := NewExporter(context.Background(), &ours)
-		if err != nil {
-			t.Fatal(err)
-		}
+		sdkExp, ourExp := exporters(t, &sdk, &ours)
 		if err := sdkExp.ExportSpans(context.Background(), batch); err != nil {
 			t.Fatal(err)
 		}
