@@ -126,10 +126,12 @@ func (s *Source) allocate(group, clientID string, mqAll []*primitive.MessageQueu
 		// the client reported the revoked queues removed (holdVerdicts).
 		unhold := s.holdVerdicts()
 		removed := watchRemovals(s.group, revoked)
+		held := time.Now()
 		defer func() {
 			go func() {
-				awaitRemovals(removed, removalWait)
+				all := awaitRemovals(removed, removalWait)
 				unhold()
+				s.log.Debug("rocketmq: verdicts held during a rebalance released", "took", time.Since(held), "removal_reported", all)
 			}()
 		}()
 		names := make([]string, len(revoked))
@@ -274,16 +276,18 @@ func clientRemovedQueue(group, mq string) {
 	}
 }
 
-// awaitRemovals waits until every channel of chs is closed, at most d in all; channels
-// still open are unregistered.
-func awaitRemovals(chs []chan struct{}, d time.Duration) {
+// awaitRemovals waits until every channel of chs is closed, at most d in all, and reports
+// whether all were; channels still open are unregistered.
+func awaitRemovals(chs []chan struct{}, d time.Duration) (all bool) {
 	deadline := time.NewTimer(d)
 	defer deadline.Stop()
+	all = true
 wait:
 	for _, ch := range chs {
 		select {
 		case <-ch:
 		case <-deadline.C:
+			all = false
 			break wait
 		}
 	}
@@ -297,6 +301,7 @@ wait:
 			removalWatchers[k] = list
 		}
 	}
+	return all
 }
 
 // memoryOffsets returns the client's offsets in memory (nil without a client: unit tests).
