@@ -71,6 +71,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -164,18 +165,32 @@ func parseApps(list string, keys int) ([]appProfile, error) {
 	return out, nil
 }
 
-// calibrate returns how many 1 KiB SHA-256 rounds take about d on this machine.
+// calibrate returns how many 1 KiB SHA-256 rounds take about d of CPU time on this
+// machine. It counts the CPU time of its own thread, not the wall time, so a machine busy
+// with other work at that moment does not shrink the work (by wall time, a load of 10 on
+// two cores made it 18 rounds instead of ~140).
 func calibrate(d time.Duration) int {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	var buf [1024]byte
-	rounds, start := 0, time.Now()
-	for time.Since(start) < 50*time.Millisecond {
+	rounds, start := 0, threadCPU()
+	for threadCPU()-start < 50*time.Millisecond {
 		for range 100 {
 			sum := sha256.Sum256(buf[:])
 			buf[0] ^= sum[0]
 		}
 		rounds += 100
 	}
-	return max(1, int(float64(rounds)*float64(d)/float64(time.Since(start))))
+	return max(1, int(float64(rounds)*float64(d)/float64(threadCPU()-start)))
+}
+
+// threadCPU is the CPU time the calling OS thread has used (CLOCK_THREAD_CPUTIME_ID).
+func threadCPU() time.Duration {
+	var ts syscall.Timespec
+	if _, _, errno := syscall.Syscall(syscall.SYS_CLOCK_GETTIME, 3, uintptr(unsafe.Pointer(&ts)), 0); errno != 0 {
+		panic("clock_gettime(CLOCK_THREAD_CPUTIME_ID): " + errno.Error())
+	}
+	return time.Duration(ts.Nano())
 }
 
 func (a appProfile) String() string {
@@ -293,6 +308,7 @@ type result struct {
 	cpuUs    float64 // consumer CPU (user+sys) per message, microseconds
 	benchUs  float64 // this process's CPU per message while the consumer ran: broker + app
 	order    int     // per-key order violations seen by the app
+	sleptMs  float64 // the app's mean time in its delay per push (time.Sleep overshoots on a busy machine)
 }
 
 const loopName = "hand-written loop"
@@ -445,8 +461,8 @@ func bench(sc scenario, apps []appProfile, runs, messages int, only, profile str
 				if err != nil {
 					return fmt.Errorf("%s, %s run %d: %w", app, c.name, r+1, err)
 				}
-				fmt.Printf("  run %d %-34s %9.0f msg/s  p50 %7.1f ms  p99 %7.1f ms  RSS %5.1f MB  CPU %6.1f µs/msg (broker+app %5.1f)  order violations %d\n",
-					r+1, c.name, res.rate, ms(res.p50), ms(res.p99), res.rssMB, res.cpuUs, res.benchUs, res.order)
+				fmt.Printf("  run %d %-34s %9.0f msg/s  p50 %7.1f ms  p99 %7.1f ms  RSS %5.1f MB  CPU %6.1f µs/msg (broker+app %5.1f)  order violations %d%s\n",
+					r+1, c.name, res.rate, ms(res.p50), ms(res.p99), res.rssMB, res.cpuUs, res.benchUs, res.order, sleptNote(res.sleptMs))
 				results[i] = append(results[i], res)
 			}
 		}
@@ -472,6 +488,14 @@ func bench(sc scenario, apps []appProfile, runs, messages int, only, profile str
 				cpu, rateRatio, cpuRatio, order)
 			fmt.Println(line)
 			summary = append(summary, fmt.Sprintf("%-8s %s", app.name, line))
+		}
+		if sc.keys > 0 && withLoop {
+			// What 64 pushes at once can deliver at the app's real latency: time.Sleep
+			// overshoots on a busy machine, and the loop pushes one at a time, so its
+			// own time per push shows the app's.
+			slept := median(results[0], func(r result) float64 { return r.sleptMs })
+			fmt.Printf("ceiling: max_inflight 64 / the app's time per push (%.2f ms slept, median of the loop's runs) = %.0f msg/s; the loop's time per message %.2f ms\n",
+				slept, 64/slept*1000, 1000/baseRate)
 		}
 	}
 	if len(apps) > 1 {
@@ -550,6 +574,11 @@ func runOnce(sc scenario, app appProfile, c contender, bin string, n int, dir, p
 	res.rssMB = rss
 	res.cpuUs = (cpuEnd - a.firstCPU()).Seconds() * 1e6 / float64(n)
 	res.benchUs = (cpuSeconds(os.Getpid()) - benchCPU) * 1e6 / float64(n)
+	if app.delay > 0 {
+		a.mu.Lock()
+		res.sleptMs = float64(a.slept.Load()) / 1e6 / float64(max(a.pushes, 1))
+		a.mu.Unlock()
+	}
 	if os.Getenv("BENCH_DEBUG") != "" {
 		fmt.Println(logs.String())
 		if strings.HasPrefix(c.name, "mqsidecar") {
@@ -686,6 +715,14 @@ func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		a.mu.Unlock()
 	}
 	w.WriteHeader(http.StatusOK)
+}
+
+// sleptNote describes the app's actual delay per push ("" for an app that does not sleep).
+func sleptNote(ms float64) string {
+	if ms == 0 {
+		return ""
+	}
+	return fmt.Sprintf("  app slept %.2f ms/push", ms)
 }
 
 // firstCPU is the consumer's CPU time when the first push arrived.
