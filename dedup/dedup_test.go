@@ -269,6 +269,37 @@ func TestUpdate(t *testing.T) {
 	}
 }
 
+// TestUpdateOfANewIDSearchesOnce: the mark of an ID the store does not know (the common
+// case, once per message) looks the key up once per slice and writes it; the lookup found it
+// in no slice, so the count is kept without looking again (a bbolt search less per message).
+func TestUpdateOfANewIDSearchesOnce(t *testing.T) {
+	s := openT(t, filepath.Join(t.TempDir(), "dedup.db"), Options{TTL: time.Hour})
+	mustPut(t, s, "warm", Entry{State: Completed}) // opens the slice
+	cursors := func(f func()) int64 {
+		count := func() int64 { st := s.db.Stats(); return st.TxStats.GetCursorCount() }
+		before := count()
+		f()
+		return count() - before
+	}
+	put := cursors(func() { mustPut(t, s, "p", Entry{State: InFlight}) })
+	upd := cursors(func() {
+		done := make(chan error, 1)
+		s.Update("u", func(Entry) (Entry, bool) { return Entry{State: InFlight, Attempts: 1}, true },
+			func(_ Entry, err error) { done <- err })
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	})
+	// A Put of a new key looks once (is it counted?) and writes; so does the Update.
+	if upd > put {
+		t.Fatalf("an Update of a new ID used %d bbolt cursors, a Put %d", upd, put)
+	}
+	mustPut(t, s, "u", Entry{State: Completed})
+	if st := s.Stats(); st.Entries != 3 {
+		t.Fatalf("%d entries, want 3", st.Entries)
+	}
+}
+
 func TestInvalid(t *testing.T) {
 	s := openT(t, filepath.Join(t.TempDir(), "d.db"), Options{})
 	for name, tc := range map[string]struct {

@@ -434,11 +434,17 @@ func (s *Store) apply(tx *bolt.Tx, now int64, batch []request, ts *txState) erro
 		n := len(arena)
 		arena = appendEntry(arena, r.e, now)
 		val := arena[n:len(arena):len(arena)]
-		if known == nil || *known != cur.name {
-			if cur.b.Get(key) == nil {
-				cur.count++
-				ts.added++
-			}
+		switch {
+		case known != nil && *known == cur.name:
+			// Counted already: the slice taking the write holds the key.
+		case known == nil && r.f != nil:
+			// The lookup searched every slice, the one taking the write included (or it
+			// is new): the key is in none, so there is no need to look again.
+			cur.count++
+			ts.added++
+		case cur.b.Get(key) == nil:
+			cur.count++
+			ts.added++
 		}
 		if err := cur.b.Put(key, val); err != nil {
 			return fmt.Errorf("put %q: %w", r.id, err)
