@@ -55,7 +55,8 @@
 // BENCH_CONSUMER_ENV="K=V ..." adds environment to the consumer process (GODEBUG=gctrace=1,
 // GOGC=..., MQSIDECAR_CPUPROFILE=file; in the fleet scenario each replica writes
 // file.<store>.run<N>.replica<I>); BENCH_SIDECAR_BIN=path runs that binary instead of
-// building ./cmd/mqsidecar.
+// building ./cmd/mqsidecar; BENCH_BASELINE_BIN=path adds that build (e.g. main's) as a
+// contender of its own, mqsidecar@baseline, alternating with this one in every run.
 package main
 
 import (
@@ -333,27 +334,22 @@ func contenders(only string, orderings ...string) ([]contender, error) {
 	cs := []contender{{name: loopName, short: "loop", cmd: func(_ string, brokers, appURL, _ string) *exec.Cmd {
 		return exec.Command(self, "-mode", "baseline", "-brokers", brokers, "-app", appURL)
 	}}}
+	// BENCH_BASELINE_BIN: another build of the sidecar (e.g. main's) runs beside this one,
+	// alternating within each run, so a change is measured against what it changes in the
+	// same minutes of a shared machine.
+	builds := []struct{ name, short, bin string }{{"mqsidecar", "sidecar", ""}}
+	if b := os.Getenv("BENCH_BASELINE_BIN"); b != "" {
+		builds = append([]struct{ name, short, bin string }{{"mqsidecar@baseline", "baseline", b}}, builds...)
+	}
 	for _, ordering := range orderings {
-		cs = append(cs, contender{name: "mqsidecar (ordering: " + ordering + ")", short: "sidecar-" + ordering, cmd: func(bin, brokers, appURL, rdir string) *exec.Cmd {
-			admin := `""`
-			if os.Getenv("BENCH_DEBUG") != "" {
-				admin = debugAdmin // BENCH_DEBUG prints the sidecar's metrics after each run
-			}
-			cfg := fmt.Sprintf(`source:
-  kind: kafka
-  kafka: {brokers: [%s], group: bench, topics: [%s], message_id: "header:message-id", commit_interval: %v}
-app: {url: %q}
-delivery: {ordering: %s, max_inflight: 64}
-dedup: {enabled: true, path: %q}
-admin: {listen: %s}
-log: {level: warn}
-`, brokers, topic, commitInterval, appURL, ordering, filepath.Join(rdir, "dedup.db"), admin)
-			path := filepath.Join(rdir, "config.yaml")
-			if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-				panic(err)
-			}
-			return exec.Command(bin, "run", "--config", path)
-		}})
+		for _, b := range builds {
+			cs = append(cs, contender{name: b.name + " (ordering: " + ordering + ")", short: b.short + "-" + ordering, cmd: func(bin, brokers, appURL, rdir string) *exec.Cmd {
+				if b.bin != "" {
+					bin = b.bin
+				}
+				return sidecarCmd(bin, ordering, brokers, appURL, rdir)
+			}})
+		}
 	}
 	if only != "" {
 		cs = slices.DeleteFunc(cs, func(c contender) bool { return !strings.Contains(c.name, only) })
@@ -362,6 +358,28 @@ log: {level: warn}
 		}
 	}
 	return cs, nil
+}
+
+// sidecarCmd writes the run's configuration into rdir and returns the sidecar's command.
+func sidecarCmd(bin, ordering, brokers, appURL, rdir string) *exec.Cmd {
+	admin := `""`
+	if os.Getenv("BENCH_DEBUG") != "" {
+		admin = debugAdmin // BENCH_DEBUG prints the sidecar's metrics after each run
+	}
+	cfg := fmt.Sprintf(`source:
+  kind: kafka
+  kafka: {brokers: [%s], group: bench, topics: [%s], message_id: "header:message-id", commit_interval: %v}
+app: {url: %q}
+delivery: {ordering: %s, max_inflight: 64}
+dedup: {enabled: true, path: %q}
+admin: {listen: %s}
+log: {level: warn}
+`, brokers, topic, commitInterval, appURL, ordering, filepath.Join(rdir, "dedup.db"), admin)
+	path := filepath.Join(rdir, "config.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		panic(err)
+	}
+	return exec.Command(bin, "run", "--config", path)
 }
 
 // consumerEnv returns the consumer's environment: BENCH_CONSUMER_ENV, and the CPU profile
