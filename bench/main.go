@@ -310,6 +310,10 @@ type result struct {
 	benchUs  float64 // this process's CPU per message while the consumer ran: broker + app
 	order    int     // per-key order violations seen by the app
 	sleptMs  float64 // the app's mean time in its delay per push (time.Sleep overshoots on a busy machine)
+	// switches are the consumer's context switches per message (its threads' voluntary and
+	// involuntary ones): how often it sleeps and is woken, which costs CPU in the kernel
+	// and the Go scheduler and depends less on the machine's load than CPU time does.
+	switches float64
 }
 
 const loopName = "hand-written loop"
@@ -479,8 +483,8 @@ func bench(sc scenario, apps []appProfile, runs, messages int, only, profile str
 				if err != nil {
 					return fmt.Errorf("%s, %s run %d: %w", app, c.name, r+1, err)
 				}
-				fmt.Printf("  run %d %-34s %9.0f msg/s  p50 %7.1f ms  p99 %7.1f ms  RSS %5.1f MB  CPU %6.1f µs/msg (broker+app %5.1f)  order violations %d%s\n",
-					r+1, c.name, res.rate, ms(res.p50), ms(res.p99), res.rssMB, res.cpuUs, res.benchUs, res.order, sleptNote(res.sleptMs))
+				fmt.Printf("  run %d %-34s %9.0f msg/s  p50 %7.1f ms  p99 %7.1f ms  RSS %5.1f MB  CPU %6.1f µs/msg (broker+app %5.1f)  %4.2f context switches/msg  order violations %d%s\n",
+					r+1, c.name, res.rate, ms(res.p50), ms(res.p99), res.rssMB, res.cpuUs, res.benchUs, res.switches, res.order, sleptNote(res.sleptMs))
 				results[i] = append(results[i], res)
 			}
 		}
@@ -587,11 +591,12 @@ func runOnce(sc scenario, app appProfile, c contender, bin string, n int, dir, p
 		}
 		time.Sleep(3 * time.Millisecond)
 	}
-	cpuEnd := processCPU(cmd.Process.Pid)
+	cpuEnd, switchesEnd := processCPU(cmd.Process.Pid), contextSwitches(cmd.Process.Pid)
 	res := a.result(n)
 	res.rssMB = rss
 	res.cpuUs = (cpuEnd - a.firstCPU()).Seconds() * 1e6 / float64(n)
 	res.benchUs = (cpuSeconds(os.Getpid()) - benchCPU) * 1e6 / float64(n)
+	res.switches = float64(switchesEnd-a.switchesAtFirst) / float64(n)
 	if app.delay > 0 {
 		a.mu.Lock()
 		res.sleptMs = float64(a.slept.Load()) / 1e6 / float64(max(a.pushes, 1))
@@ -679,8 +684,9 @@ type app struct {
 	pid  atomic.Int64 // the consumer's process
 	// cpuAtFirst is the consumer's CPU time when the first push arrived (read through
 	// firstCPU).
-	cpuAtFirst time.Duration
-	firstOnce  sync.Once
+	cpuAtFirst      time.Duration
+	switchesAtFirst int64 // the consumer's context switches then
+	firstOnce       sync.Once
 }
 
 func newApp(ends []int64, profile appProfile) *app {
@@ -696,6 +702,7 @@ func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	a.firstOnce.Do(func() {
 		if pid := a.pid.Load(); pid > 0 {
 			a.cpuAtFirst = processCPU(int(pid))
+			a.switchesAtFirst = contextSwitches(int(pid))
 		}
 	})
 	_, _ = io.Copy(io.Discard, r.Body)
@@ -881,6 +888,29 @@ func processCPU(pid int) time.Duration {
 		return time.Duration(ts.Nano())
 	}
 	return time.Duration(cpuSeconds(pid) * float64(time.Second))
+}
+
+// contextSwitches sums the voluntary and involuntary context switches of pid's threads
+// (/proc/<pid>/task/*/status); 0 when unavailable.
+func contextSwitches(pid int) int64 {
+	tasks, _ := filepath.Glob("/proc/" + strconv.Itoa(pid) + "/task/*/status")
+	var n int64
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "voluntary_ctxt_switches:"); ok {
+				k, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				n += k
+			} else if v, ok := strings.CutPrefix(line, "nonvoluntary_ctxt_switches:"); ok {
+				k, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				n += k
+			}
+		}
+	}
+	return n
 }
 
 // startProfile writes a CPU profile of this process to path until the returned function is
