@@ -62,7 +62,7 @@ func TestPublisherWritesWhatTheConsumerReads(t *testing.T) {
 	// The consuming side's reading of the record, with message_id: header:ce-id.
 	cfg := testConfig(c.ListenAddrs(), "orders")
 	cfg.MessageID = "header:" + IDHeader
-	d := (&Source{cfg: cfg}).delivery(fs.Records()[0], "")
+	d := (&Source{cfg: cfg}).delivery(fs.Records()[0], &partState{})
 	if d.ID != "key-1" || string(d.Payload) != `{"a":1}` || d.Key != "cust-7" || d.ContentType != "application/json" {
 		t.Fatalf("consumed %+v", d)
 	}
