@@ -211,9 +211,13 @@ func (p *Publisher) Publish(ctx context.Context, m adapters.OutMessage) (adapter
 	part, off := r.Partition, r.Offset
 	return adapters.Receipt{
 		Broker: "kafka", Topic: m.Topic, ID: m.ID, Partition: &part, Offset: &off,
-		Durability: []string{"acks=all", "idempotent"},
+		Durability: publishDurability[:len(publishDurability):len(publishDurability)],
 	}, nil
 }
+
+// publishDurability is every receipt's Durability, shared (read only; the full slice
+// expression makes an append copy it).
+var publishDurability = []string{"acks=all", "idempotent"}
 
 // checkTopic asks the brokers once whether topic exists, before its first publish: the
 // producer would otherwise wait for it through several metadata refreshes (seconds each)
