@@ -110,7 +110,10 @@ func publishBench(runs, messages int, kafkaAddr, only, profile string) error {
 				res[c.name] = append(res[c.name], r)
 			}
 		}
-		base := medianOf(res[pubContenders[0].name], func(r pubResult) float64 { return r.rate })
+		base := 0.0 // no ratios when -only left the loop out
+		if rs := res[pubContenders[0].name]; len(rs) > 0 {
+			base = medianOf(rs, func(r pubResult) float64 { return r.rate })
+		}
 		fmt.Printf("summary on %s (medians of %d runs; ratio = publishes/s over the loop's):\n", b, runs)
 		for _, c := range pubContenders {
 			rs := res[c.name]
