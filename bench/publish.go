@@ -38,9 +38,10 @@ import (
 // publishes/s, p50 and p99 latency per publish, medians of the runs, and ratios to the loop.
 // The sidecar's own CPU per publish (its process CPU clock over the measured publishes,
 // warm-up excluded) is reported beside, as it is less sensitive to other load than the rate.
-// BENCH_SIDECAR_BASE_BIN=path adds the two sidecar contenders again running that binary
-// ("@base"), alternating with the others, to compare two builds in one run; -cpuprofile
-// PREFIX writes each sidecar run's CPU profile to PREFIX-publish-<contender>-run<N>.pprof.
+// BENCH_BASELINE_BIN=path adds the two sidecar contenders again running that binary
+// ("@baseline", as the other scenarios do), alternating with the others, to compare two
+// builds in one run; -cpuprofile PREFIX writes each sidecar run's CPU profile to
+// PREFIX-publish-<broker>-<contender>-run<N>.pprof.
 // Dapr's publish API is not measured: no Dapr binary is installed here.
 
 const (
@@ -70,7 +71,7 @@ type pubContender struct {
 func pubContendersFor(baseBin string) []pubContender {
 	cs := []pubContender{{name: "franz-go loop", loop: true}, {name: "sidecar"}, {name: "sidecar+key", key: true}}
 	if baseBin != "" {
-		cs = append(cs, pubContender{name: "sidecar@base", bin: baseBin}, pubContender{name: "sidecar+key@base", key: true, bin: baseBin})
+		cs = append(cs, pubContender{name: "sidecar@baseline", bin: baseBin}, pubContender{name: "sidecar+key@baseline", key: true, bin: baseBin})
 	}
 	return cs
 }
@@ -85,7 +86,7 @@ func publishBench(runs, messages int, kafkaAddr, only, profile string) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	pubContenders := pubContendersFor(os.Getenv("BENCH_SIDECAR_BASE_BIN"))
+	pubContenders := pubContendersFor(os.Getenv("BENCH_BASELINE_BIN"))
 	brokers := []string{"kfake"}
 	if kafkaAddr != "" {
 		brokers = append(brokers, kafkaAddr)
