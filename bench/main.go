@@ -231,7 +231,7 @@ func main() {
 		return
 	}
 	if *scen == "publish" {
-		if err := publishBench(*runs, *messages, *pubFlags.kafka, *only); err != nil {
+		if err := publishBench(*runs, *messages, *pubFlags.kafka, *only, *profile); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			os.Exit(1)
 		}
