@@ -60,7 +60,8 @@
 // BENCH_CONSUMER_ENV="K=V ..." adds environment to the consumer process (GODEBUG=gctrace=1,
 // GOGC=..., MQSIDECAR_CPUPROFILE=file; in the fleet scenario each replica writes
 // file.<store>.run<N>.replica<I>); BENCH_SIDECAR_BIN=path runs that binary instead of
-// building ./cmd/mqsidecar.
+// building ./cmd/mqsidecar; BENCH_BASELINE_BIN=path adds that build (e.g. main's) as a
+// contender of its own, mqsidecar@baseline, alternating with this one in every run.
 package main
 
 import (
@@ -76,6 +77,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -173,18 +175,32 @@ func parseApps(list string, keys int) ([]appProfile, error) {
 	return out, nil
 }
 
-// calibrate returns how many 1 KiB SHA-256 rounds take about d on this machine.
+// calibrate returns how many 1 KiB SHA-256 rounds take about d of CPU time on this
+// machine. It counts the CPU time of its own thread, not the wall time, so a machine busy
+// with other work at that moment does not shrink the work (by wall time, a load of 10 on
+// two cores made it 18 rounds instead of ~140).
 func calibrate(d time.Duration) int {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	var buf [1024]byte
-	rounds, start := 0, time.Now()
-	for time.Since(start) < 50*time.Millisecond {
+	rounds, start := 0, threadCPU()
+	for threadCPU()-start < 50*time.Millisecond {
 		for range 100 {
 			sum := sha256.Sum256(buf[:])
 			buf[0] ^= sum[0]
 		}
 		rounds += 100
 	}
-	return max(1, int(float64(rounds)*float64(d)/float64(time.Since(start))))
+	return max(1, int(float64(rounds)*float64(d)/float64(threadCPU()-start)))
+}
+
+// threadCPU is the CPU time the calling OS thread has used (CLOCK_THREAD_CPUTIME_ID).
+func threadCPU() time.Duration {
+	var ts syscall.Timespec
+	if _, _, errno := syscall.Syscall(syscall.SYS_CLOCK_GETTIME, 3, uintptr(unsafe.Pointer(&ts)), 0); errno != 0 {
+		panic("clock_gettime(CLOCK_THREAD_CPUTIME_ID): " + errno.Error())
+	}
+	return time.Duration(ts.Nano())
 }
 
 func (a appProfile) String() string {
@@ -224,7 +240,7 @@ func main() {
 		return
 	}
 	if *scen == "publish" {
-		if err := publishBench(*runs, *messages, *pubFlags.kafka, *only); err != nil {
+		if err := publishBench(*runs, *messages, *pubFlags.kafka, *only, *profile); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			os.Exit(1)
 		}
@@ -302,6 +318,11 @@ type result struct {
 	cpuUs    float64 // consumer CPU (user+sys) per message, microseconds
 	benchUs  float64 // this process's CPU per message while the consumer ran: broker + app
 	order    int     // per-key order violations seen by the app
+	sleptMs  float64 // the app's mean time in its delay per push (time.Sleep overshoots on a busy machine)
+	// switches are the consumer's context switches per message (its threads' voluntary and
+	// involuntary ones): how often it sleeps and is woken, which costs CPU in the kernel
+	// and the Go scheduler and depends less on the machine's load than CPU time does.
+	switches float64
 }
 
 const loopName = "hand-written loop"
@@ -330,8 +351,22 @@ func contenders(only string, orderings ...string) ([]contender, error) {
 	cs := []contender{{name: loopName, short: "loop", cmd: func(_ string, brokers, appURL, _ string) *exec.Cmd {
 		return exec.Command(self, "-mode", "baseline", "-brokers", brokers, "-app", appURL)
 	}}}
+	// BENCH_BASELINE_BIN: another build of the sidecar (e.g. main's) runs beside this one,
+	// alternating within each run, so a change is measured against what it changes in the
+	// same minutes of a shared machine.
+	builds := []struct{ name, short, bin string }{{"mqsidecar", "sidecar", ""}}
+	if b := os.Getenv("BENCH_BASELINE_BIN"); b != "" {
+		builds = append([]struct{ name, short, bin string }{{"mqsidecar@baseline", "baseline", b}}, builds...)
+	}
 	for _, ordering := range orderings {
-		cs = append(cs, sidecarContender("mqsidecar (ordering: "+ordering+")", "sidecar-"+ordering, ordering, ""))
+		for _, b := range builds {
+			cs = append(cs, contender{name: b.name + " (ordering: " + ordering + ")", short: b.short + "-" + ordering, cmd: func(bin, brokers, appURL, rdir string) *exec.Cmd {
+				if b.bin != "" {
+					bin = b.bin
+				}
+				return sidecarCmd(bin, ordering, brokers, appURL, rdir, "")
+			}})
+		}
 	}
 	return onlyContenders(cs, only)
 }
@@ -347,15 +382,22 @@ func onlyContenders(cs []contender, only string) ([]contender, error) {
 	return cs, nil
 }
 
-// sidecarContender is the sidecar with ordering and the configuration sections extra adds
-// (YAML, each line ending in a newline).
+// sidecarContender is this build of the sidecar with ordering and the configuration
+// sections extra adds (YAML, each line ending in a newline).
 func sidecarContender(name, short, ordering, extra string) contender {
 	return contender{name: name, short: short, cmd: func(bin, brokers, appURL, rdir string) *exec.Cmd {
-		admin := `""`
-		if os.Getenv("BENCH_DEBUG") != "" {
-			admin = debugAdmin // BENCH_DEBUG prints the sidecar's metrics after each run
-		}
-		cfg := fmt.Sprintf(`source:
+		return sidecarCmd(bin, ordering, brokers, appURL, rdir, extra)
+	}}
+}
+
+// sidecarCmd writes the run's configuration (with the sections extra adds) into rdir and
+// returns the sidecar's command.
+func sidecarCmd(bin, ordering, brokers, appURL, rdir, extra string) *exec.Cmd {
+	admin := `""`
+	if os.Getenv("BENCH_DEBUG") != "" {
+		admin = debugAdmin // BENCH_DEBUG prints the sidecar's metrics after each run
+	}
+	cfg := fmt.Sprintf(`source:
   kind: kafka
   kafka: {brokers: [%s], group: bench, topics: [%s], message_id: "header:message-id", commit_interval: %v}
 app: {url: %q}
@@ -364,12 +406,11 @@ dedup: {enabled: true, path: %q}
 admin: {listen: %s}
 log: {level: warn}
 `, brokers, topic, commitInterval, appURL, ordering, filepath.Join(rdir, "dedup.db"), admin) + extra
-		path := filepath.Join(rdir, "config.yaml")
-		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-			panic(err)
-		}
-		return exec.Command(bin, "run", "--config", path)
-	}}
+	path := filepath.Join(rdir, "config.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		panic(err)
+	}
+	return exec.Command(bin, "run", "--config", path)
 }
 
 // consumerEnv returns the consumer's environment: BENCH_CONSUMER_ENV, and the CPU profile
@@ -428,10 +469,11 @@ func startConsumer(c contender, bin, dir string, kafka *kfake.Cluster, app http.
 	cmd = c.cmd(bin, strings.Join(kafka.ListenAddrs(), ","), "http://"+ln.Addr().String()+"/", rdir)
 	logs = &bytes.Buffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
-	if env := consumerEnv(profile); env != nil {
-		cmd.Env = append(env, cmd.Env...) // what the contender sets wins
-	} else if cmd.Env != nil {
-		cmd.Env = append(os.Environ(), cmd.Env...)
+	if env := consumerEnv(profile); env != nil || c.env != nil {
+		if env == nil {
+			env = os.Environ()
+		}
+		cmd.Env = append(env, c.env...) // what the contender sets wins
 	}
 	if err := cmd.Start(); err != nil {
 		stopApp()
@@ -466,7 +508,8 @@ func bench(sc scenario, apps []appProfile, runs, messages int, only, profile str
 	// The ratios are to the first contender: the loop, or in the tracing scenario the
 	// sidecar with tracing off.
 	base := "the hand-written loop"
-	withBase := cs[0].name == loopName
+	withLoop := cs[0].name == loopName
+	withBase := withLoop
 	if sc.tracing {
 		base, withBase = "tracing off", len(cs) > 1 && cs[0].sink == nil
 	}
@@ -496,8 +539,8 @@ func bench(sc scenario, apps []appProfile, runs, messages int, only, profile str
 					}
 					spans = fmt.Sprintf("  spans %d (%.2f per message)", got, float64(got)/float64(n))
 				}
-				fmt.Printf("  run %d %-34s %9.0f msg/s  p50 %7.1f ms  p99 %7.1f ms  RSS %5.1f MB  CPU %6.1f µs/msg (broker+app %5.1f)  order violations %d%s\n",
-					r+1, c.name, res.rate, ms(res.p50), ms(res.p99), res.rssMB, res.cpuUs, res.benchUs, res.order, spans)
+				fmt.Printf("  run %d %-34s %9.0f msg/s  p50 %7.1f ms  p99 %7.1f ms  RSS %5.1f MB  CPU %6.1f µs/msg (broker+app %5.1f)  %4.2f context switches/msg  order violations %d%s%s\n",
+					r+1, c.name, res.rate, ms(res.p50), ms(res.p99), res.rssMB, res.cpuUs, res.benchUs, res.switches, res.order, sleptNote(res.sleptMs), spans)
 				results[i] = append(results[i], res)
 			}
 		}
@@ -523,6 +566,14 @@ func bench(sc scenario, apps []appProfile, runs, messages int, only, profile str
 				cpu, rateRatio, cpuRatio, order)
 			fmt.Println(line)
 			summary = append(summary, fmt.Sprintf("%-8s %s", app.name, line))
+		}
+		if sc.keys > 0 && withLoop {
+			// What 64 pushes at once can deliver at the app's real latency: time.Sleep
+			// overshoots on a busy machine, and the loop pushes one at a time, so its
+			// own time per push shows the app's.
+			slept := median(results[0], func(r result) float64 { return r.sleptMs })
+			fmt.Printf("ceiling: max_inflight 64 / the app's time per push (%.2f ms slept, median of the loop's runs) = %.0f msg/s; the loop's time per message %.2f ms\n",
+				slept, 64/slept*1000, 1000/baseRate)
 		}
 	}
 	if len(apps) > 1 {
@@ -596,11 +647,17 @@ func runOnce(sc scenario, app appProfile, c contender, bin string, n int, dir, p
 		}
 		time.Sleep(3 * time.Millisecond)
 	}
-	cpuEnd := processCPU(cmd.Process.Pid)
+	cpuEnd, switchesEnd := processCPU(cmd.Process.Pid), contextSwitches(cmd.Process.Pid)
 	res := a.result(n)
 	res.rssMB = rss
 	res.cpuUs = (cpuEnd - a.firstCPU()).Seconds() * 1e6 / float64(n)
 	res.benchUs = (cpuSeconds(os.Getpid()) - benchCPU) * 1e6 / float64(n)
+	res.switches = float64(switchesEnd-a.switchesAtFirst) / float64(n)
+	if app.delay > 0 {
+		a.mu.Lock()
+		res.sleptMs = float64(a.slept.Load()) / 1e6 / float64(max(a.pushes, 1))
+		a.mu.Unlock()
+	}
 	if os.Getenv("BENCH_DEBUG") != "" {
 		fmt.Println(logs.String())
 		if strings.HasPrefix(c.name, "mqsidecar") {
@@ -683,8 +740,9 @@ type app struct {
 	pid  atomic.Int64 // the consumer's process
 	// cpuAtFirst is the consumer's CPU time when the first push arrived (read through
 	// firstCPU).
-	cpuAtFirst time.Duration
-	firstOnce  sync.Once
+	cpuAtFirst      time.Duration
+	switchesAtFirst int64 // the consumer's context switches then
+	firstOnce       sync.Once
 }
 
 func newApp(ends []int64, profile appProfile) *app {
@@ -700,6 +758,7 @@ func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	a.firstOnce.Do(func() {
 		if pid := a.pid.Load(); pid > 0 {
 			a.cpuAtFirst = processCPU(int(pid))
+			a.switchesAtFirst = contextSwitches(int(pid))
 		}
 	})
 	_, _ = io.Copy(io.Discard, r.Body)
@@ -737,6 +796,14 @@ func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		a.mu.Unlock()
 	}
 	w.WriteHeader(http.StatusOK)
+}
+
+// sleptNote describes the app's actual delay per push ("" for an app that does not sleep).
+func sleptNote(ms float64) string {
+	if ms == 0 {
+		return ""
+	}
+	return fmt.Sprintf("  app slept %.2f ms/push", ms)
 }
 
 // firstCPU is the consumer's CPU time when the first push arrived.
@@ -877,6 +944,29 @@ func processCPU(pid int) time.Duration {
 		return time.Duration(ts.Nano())
 	}
 	return time.Duration(cpuSeconds(pid) * float64(time.Second))
+}
+
+// contextSwitches sums the voluntary and involuntary context switches of pid's threads
+// (/proc/<pid>/task/*/status); 0 when unavailable.
+func contextSwitches(pid int) int64 {
+	tasks, _ := filepath.Glob("/proc/" + strconv.Itoa(pid) + "/task/*/status")
+	var n int64
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "voluntary_ctxt_switches:"); ok {
+				k, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				n += k
+			} else if v, ok := strings.CutPrefix(line, "nonvoluntary_ctxt_switches:"); ok {
+				k, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				n += k
+			}
+		}
+	}
+	return n
 }
 
 // startProfile writes a CPU profile of this process to path until the returned function is

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -35,6 +36,12 @@ import (
 // broker is kfake (in this process) and, with -kafka host:port or MQSIDECAR_E2E_KAFKA, a
 // real Kafka too (a fresh topic of 8 partitions, replication factor 1, per run). Reported:
 // publishes/s, p50 and p99 latency per publish, medians of the runs, and ratios to the loop.
+// The sidecar's own CPU per publish (its process CPU clock over the measured publishes,
+// warm-up excluded) is reported beside, as it is less sensitive to other load than the rate.
+// BENCH_BASELINE_BIN=path adds the two sidecar contenders again running that binary
+// ("@baseline", as the other scenarios do), alternating with the others, to compare two
+// builds in one run; -cpuprofile PREFIX writes each sidecar run's CPU profile to
+// PREFIX-publish-<broker>-<contender>-run<N>.pprof.
 // Dapr's publish API is not measured: no Dapr binary is installed here.
 
 const (
@@ -48,18 +55,29 @@ type pubResult struct {
 	rate     float64 // publishes/s
 	p50, p99 time.Duration
 	errors   int
+	cpuUs    float64 // the sidecar's CPU per publish, µs (0 for the loop)
+	benchUs  float64 // the bench process's CPU per publish, µs: the clients (or the loop) and kfake
 }
 
 type pubContender struct {
 	name string
 	key  bool // sidecar: send an Idempotency-Key
 	loop bool
+	bin  string // sidecar: this binary instead of the bench's ("" = the bench's)
 }
 
-var pubContenders = []pubContender{{name: "franz-go loop", loop: true}, {name: "sidecar"}, {name: "sidecar+key", key: true}}
+// pubContendersFor returns the contenders: the loop, the sidecar without and with a key,
+// and the same two on baseBin when it is set.
+func pubContendersFor(baseBin string) []pubContender {
+	cs := []pubContender{{name: "franz-go loop", loop: true}, {name: "sidecar"}, {name: "sidecar+key", key: true}}
+	if baseBin != "" {
+		cs = append(cs, pubContender{name: "sidecar@baseline", bin: baseBin}, pubContender{name: "sidecar+key@baseline", key: true, bin: baseBin})
+	}
+	return cs
+}
 
 // publishBench runs -scenario publish.
-func publishBench(runs, messages int, kafkaAddr, only string) error {
+func publishBench(runs, messages int, kafkaAddr, only, profile string) error {
 	if messages == 0 {
 		messages = 20000
 	}
@@ -68,6 +86,7 @@ func publishBench(runs, messages int, kafkaAddr, only string) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
+	pubContenders := pubContendersFor(os.Getenv("BENCH_BASELINE_BIN"))
 	brokers := []string{"kfake"}
 	if kafkaAddr != "" {
 		brokers = append(brokers, kafkaAddr)
@@ -80,15 +99,22 @@ func publishBench(runs, messages int, kafkaAddr, only string) error {
 				if only != "" && !strings.Contains(c.name, only) {
 					continue
 				}
-				r, err := publishOnce(c, b, bin, dir, messages, run)
+				prof := ""
+				if profile != "" && !c.loop {
+					prof = fmt.Sprintf("%s-publish-%s-%s-run%d.pprof", profile, pubBrokerName(b), strings.NewReplacer("+", "-", "@", "-").Replace(c.name), run)
+				}
+				r, err := publishOnce(c, b, cmp.Or(c.bin, bin), dir, messages, run, prof)
 				if err != nil {
 					return fmt.Errorf("%s run %d on %s: %w", c.name, run, b, err)
 				}
-				fmt.Printf("  run %d %-14s %8.0f publishes/s  p50 %7s  p99 %7s  errors %d\n", run, c.name, r.rate, r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), r.errors)
+				fmt.Printf("  run %d %-16s %8.0f publishes/s  p50 %7s  p99 %7s  errors %d%s\n", run, c.name, r.rate, r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), r.errors, cpuNote(r.benchUs, r.cpuUs))
 				res[c.name] = append(res[c.name], r)
 			}
 		}
-		base := medianOf(res[pubContenders[0].name], func(r pubResult) float64 { return r.rate })
+		base := 0.0 // no ratios when -only left the loop out
+		if rs := res[pubContenders[0].name]; len(rs) > 0 {
+			base = medianOf(rs, func(r pubResult) float64 { return r.rate })
+		}
 		fmt.Printf("summary on %s (medians of %d runs; ratio = publishes/s over the loop's):\n", b, runs)
 		for _, c := range pubContenders {
 			rs := res[c.name]
@@ -100,16 +126,35 @@ func publishBench(runs, messages int, kafkaAddr, only string) error {
 			if base > 0 {
 				ratio = fmt.Sprintf("%.2f", rate/base)
 			}
-			fmt.Printf("  %-14s %8.0f publishes/s (ratio %s)  p50 %7s  p99 %7s\n", c.name, rate, ratio,
+			fmt.Printf("  %-16s %8.0f publishes/s (ratio %s)  p50 %7s  p99 %7s%s\n", c.name, rate, ratio,
 				time.Duration(medianOf(rs, func(r pubResult) float64 { return float64(r.p50) })).Round(10*time.Microsecond),
-				time.Duration(medianOf(rs, func(r pubResult) float64 { return float64(r.p99) })).Round(10*time.Microsecond))
+				time.Duration(medianOf(rs, func(r pubResult) float64 { return float64(r.p99) })).Round(10*time.Microsecond),
+				cpuNote(medianOf(rs, func(r pubResult) float64 { return r.benchUs }), medianOf(rs, func(r pubResult) float64 { return r.cpuUs })))
 		}
 	}
 	return nil
 }
 
-// publishOnce is one run of c on broker ("kfake" or a real Kafka's address).
-func publishOnce(c pubContender, broker, bin, dir string, n, run int) (pubResult, error) {
+// cpuNote prints the CPU per publish of the bench process and the sidecar (none for the loop).
+func cpuNote(benchUs, us float64) string {
+	s := fmt.Sprintf("  CPU/publish: bench %.0f µs", benchUs)
+	if us == 0 {
+		return s
+	}
+	return s + fmt.Sprintf(", sidecar %.0f µs", us)
+}
+
+// pubBrokerName is broker for a file name: "kfake" or "kafka".
+func pubBrokerName(broker string) string {
+	if broker == "kfake" {
+		return broker
+	}
+	return "kafka"
+}
+
+// publishOnce is one run of c on broker ("kfake" or a real Kafka's address); profile
+// names the sidecar's CPU profile ("" = none).
+func publishOnce(c pubContender, broker, bin, dir string, n, run int, profile string) (pubResult, error) {
 	var addrs []string
 	topic := pubTopic
 	if broker == "kfake" {
@@ -138,7 +183,7 @@ func publishOnce(c pubContender, broker, bin, dir string, n, run int) (pubResult
 			return cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: payload}).FirstErr()
 		})
 	}
-	listen, stop, err := startPublishSidecar(bin, dir, addrs)
+	listen, pid, stop, err := startPublishSidecar(bin, dir, addrs, profile)
 	if err != nil {
 		return pubResult{}, err
 	}
@@ -169,12 +214,17 @@ func publishOnce(c pubContender, broker, bin, dir string, n, run int) (pubResult
 	if _, err := drive(pubClients*20, func(ctx context.Context, i int) error { return post(ctx, -1-i) }); err != nil {
 		return pubResult{}, fmt.Errorf("warm-up: %w", err)
 	}
-	return drive(n, post)
+	cpu0 := processCPU(pid)
+	r, err := drive(n, post)
+	r.cpuUs = float64(processCPU(pid)-cpu0) / float64(time.Microsecond) / float64(n)
+	return r, err
 }
 
-// drive runs n publishes from pubClients goroutines and measures them.
+// drive runs n publishes from pubClients goroutines and measures them, with the bench
+// process's CPU.
 func drive(n int, publish func(ctx context.Context, i int) error) (pubResult, error) {
 	ctx := context.Background()
+	cpu0 := processCPU(os.Getpid())
 	var next atomic.Int64
 	var errs atomic.Int64
 	var firstErr atomic.Pointer[error]
@@ -200,6 +250,7 @@ func drive(n int, publish func(ctx context.Context, i int) error) (pubResult, er
 	}
 	wg.Wait()
 	took := time.Since(start)
+	benchUs := float64(processCPU(os.Getpid())-cpu0) / float64(time.Microsecond) / float64(n)
 	all := slices.Concat(lat...)
 	if len(all) == 0 {
 		if e := firstErr.Load(); e != nil {
@@ -211,30 +262,31 @@ func drive(n int, publish func(ctx context.Context, i int) error) (pubResult, er
 	return pubResult{
 		rate: float64(len(all)) / took.Seconds(),
 		p50:  all[len(all)/2], p99: all[len(all)*99/100],
-		errors: int(errs.Load()),
+		errors: int(errs.Load()), benchUs: benchUs,
 	}, nil
 }
 
 // startPublishSidecar starts the binary with the publish endpoint on a free port, the
-// Kafka source on the empty pubConsumed topic, and waits until the endpoint accepts.
-func startPublishSidecar(bin, dir string, brokers []string) (listen string, stop func(), err error) {
+// Kafka source on the empty pubConsumed topic, and waits until the endpoint accepts; pid is
+// the sidecar's process, profile its CPU profile ("" = none).
+func startPublishSidecar(bin, dir string, brokers []string, profile string) (listen string, pid int, stop func(), err error) {
 	app := &http.Server{Handler: http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})}
 	aln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	go func() { _ = app.Serve(aln) }()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		app.Close()
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	listen = ln.Addr().String()
 	ln.Close()
 	rdir, err := os.MkdirTemp(dir, "run-")
 	if err != nil {
 		app.Close()
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	cfg := fmt.Sprintf(`source:
   kind: kafka
@@ -248,15 +300,15 @@ publish: {listen: %q}
 	path := filepath.Join(rdir, "config.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		app.Close()
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	cmd := exec.Command(bin, "run", "--config", path)
-	cmd.Env = consumerEnv("") // BENCH_CONSUMER_ENV, e.g. MQSIDECAR_CPUPROFILE=file
+	cmd.Env = consumerEnv(profile) // BENCH_CONSUMER_ENV, e.g. GODEBUG=gctrace=1
 	var logs bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		app.Close()
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	stop = func() {
 		_ = cmd.Process.Signal(os.Interrupt)
@@ -266,11 +318,11 @@ publish: {listen: %q}
 	for deadline := time.Now().Add(30 * time.Second); ; {
 		if c, err := net.Dial("tcp", listen); err == nil {
 			c.Close()
-			return listen, stop, nil
+			return listen, cmd.Process.Pid, stop, nil
 		}
 		if time.Now().After(deadline) {
 			stop()
-			return "", nil, fmt.Errorf("the publish endpoint did not listen within 30s:\n%s", logs.String())
+			return "", 0, nil, fmt.Errorf("the publish endpoint did not listen within 30s:\n%s", logs.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -254,6 +254,7 @@ type Store struct {
 	// recSweep guards recSweepAt, where the next sweep of expired records starts (records.go).
 	recSweep   sync.Mutex
 	recSweepAt []byte
+	recs       recQueue // SwapRecord's group commit (records.go)
 
 	// Owned by the writer goroutine (and by Open before it starts).
 	slices       []slice // oldest first
@@ -334,7 +335,6 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, err
 	}
 	s.db = db
-	db.MaxBatchDelay = recordsBatchDelay // SwapRecord's commits (records.go)
 	if err := s.load(); err != nil {
 		_ = db.Close()
 		return nil, err

@@ -269,6 +269,84 @@ func TestUpdate(t *testing.T) {
 	}
 }
 
+// TestUpdateOfANewIDSearchesOnce: the mark of an ID the store does not know (the common
+// case, once per message) looks the key up once per slice and writes it; the lookup found it
+// in no slice, so the count is kept without looking again (a bbolt search less per message).
+func TestUpdateOfANewIDSearchesOnce(t *testing.T) {
+	s := openT(t, filepath.Join(t.TempDir(), "dedup.db"), Options{TTL: time.Hour})
+	mustPut(t, s, "warm", Entry{State: Completed}) // opens the slice
+	cursors := func(f func()) int64 {
+		count := func() int64 { st := s.db.Stats(); return st.TxStats.GetCursorCount() }
+		before := count()
+		f()
+		return count() - before
+	}
+	put := cursors(func() { mustPut(t, s, "p", Entry{State: InFlight}) })
+	upd := cursors(func() {
+		done := make(chan error, 1)
+		s.Update("u", func(Entry) (Entry, bool) { return Entry{State: InFlight, Attempts: 1}, true },
+			func(_ Entry, err error) { done <- err })
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	})
+	// A Put of a new key looks once (is it counted?) and writes; so does the Update.
+	if upd > put {
+		t.Fatalf("an Update of a new ID used %d bbolt cursors, a Put %d", upd, put)
+	}
+	mustPut(t, s, "u", Entry{State: Completed})
+	if st := s.Stats(); st.Entries != 3 {
+		t.Fatalf("%d entries, want 3", st.Entries)
+	}
+}
+
+// TestLookupsReuseOneCursor: the writer's lookups in a slice share one bbolt cursor per
+// transaction (bbolt's Get makes a cursor, and grows its stack, each time): a commit of 100
+// marks of new IDs opens about one cursor per write, not two — and still sees every write
+// made before it in the same commit.
+func TestLookupsReuseOneCursor(t *testing.T) {
+	s := openT(t, filepath.Join(t.TempDir(), "dedup.db"), Options{TTL: time.Hour, MaxLinger: time.Hour, MaxBatch: 1000})
+	warm := make(chan error, 1)
+	s.Put("warm", Entry{State: Completed}, func(err error) { warm <- err }) // opens the slice
+	s.Flush()
+	if err := <-warm; err != nil {
+		t.Fatal(err)
+	}
+	count := func() int64 { st := s.db.Stats(); return st.TxStats.GetCursorCount() }
+	before := count()
+	const n = 100
+	priors := make(chan Entry, 2*n)
+	mark := func(prior Entry) (Entry, bool) { return Entry{State: InFlight, Attempts: prior.Attempts + 1}, true }
+	for i := range n {
+		s.Update(fmt.Sprint("id-", i), mark, func(p Entry, err error) {
+			if err != nil {
+				t.Error(err)
+			}
+			priors <- p
+		})
+	}
+	for i := range n { // the same IDs again, in the same commit: each sees the first mark
+		s.Update(fmt.Sprint("id-", i), mark, func(p Entry, err error) { priors <- p })
+	}
+	s.Flush()
+	seen := 0
+	for range 2 * n {
+		if p := <-priors; p.State == InFlight && p.Attempts == 1 {
+			seen++
+		}
+	}
+	if seen != n {
+		t.Fatalf("%d of the second marks saw the first, want %d", seen, n)
+	}
+	// Each write's own Put opens a cursor; the lookups share one.
+	if c := count() - before; c > 2*n+20 {
+		t.Fatalf("%d bbolt cursors for %d writes and their lookups, want about one per write", c, 2*n)
+	}
+	if st := s.Stats(); st.Entries != n+1 {
+		t.Fatalf("%d entries, want %d", st.Entries, n+1)
+	}
+}
+
 func TestInvalid(t *testing.T) {
 	s := openT(t, filepath.Join(t.TempDir(), "d.db"), Options{})
 	for name, tc := range map[string]struct {

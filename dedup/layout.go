@@ -56,6 +56,7 @@ type slice struct {
 	last  int64 // newest Updated written (unix nanos); the slice expires at last+TTL
 
 	b     *bolt.Bucket // valid only inside the current write transaction
+	c     *bolt.Cursor // b's cursor for the writer's lookups (get), valid as b is
 	dirty bool         // count/last changed in the current transaction
 }
 

@@ -1,6 +1,7 @@
 package dedup
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"log/slog"
@@ -308,7 +309,7 @@ func (s *Store) tryCommit(batch []request, flush bool, began time.Time) error {
 	}
 	took := time.Since(began)
 	for i := range ts.slices {
-		ts.slices[i].b = nil
+		ts.slices[i].b, ts.slices[i].c = nil, nil
 	}
 	s.slices, s.nextSeq = ts.slices, ts.nextSeq
 	s.publishSlices()
@@ -416,7 +417,7 @@ func (s *Store) apply(tx *bolt.Tx, now int64, batch []request, ts *txState) erro
 				if err != nil {
 					return err
 				}
-				if b.Get(key) != nil {
+				if sl.get(key) != nil {
 					if err := b.Delete(key); err != nil {
 						return fmt.Errorf("delete %q: %w", r.id, err)
 					}
@@ -434,11 +435,17 @@ func (s *Store) apply(tx *bolt.Tx, now int64, batch []request, ts *txState) erro
 		n := len(arena)
 		arena = appendEntry(arena, r.e, now)
 		val := arena[n:len(arena):len(arena)]
-		if known == nil || *known != cur.name {
-			if cur.b.Get(key) == nil {
-				cur.count++
-				ts.added++
-			}
+		switch {
+		case known != nil && *known == cur.name:
+			// Counted already: the slice taking the write holds the key.
+		case known == nil && r.f != nil:
+			// The lookup searched every slice, the one taking the write included (or it
+			// is new): the key is in none, so there is no need to look again.
+			cur.count++
+			ts.added++
+		case cur.get(key) == nil:
+			cur.count++
+			ts.added++
 		}
 		if err := cur.b.Put(key, val); err != nil {
 			return fmt.Errorf("put %q: %w", r.id, err)
@@ -499,11 +506,10 @@ func (s *Store) apply(tx *bolt.Tx, now int64, batch []request, ts *txState) erro
 func (s *Store) lookup(ts *txState, key []byte, now int64, bucket func(*slice) (*bolt.Bucket, error)) (Entry, *[nameLen]byte, error) {
 	for i := len(ts.slices) - 1; i >= 0; i-- {
 		sl := &ts.slices[i]
-		b, err := bucket(sl)
-		if err != nil {
+		if _, err := bucket(sl); err != nil { // opens sl.b, where sl.get looks
 			return Entry{}, nil, err
 		}
-		v := b.Get(key)
+		v := sl.get(key)
 		if v == nil {
 			continue
 		}
@@ -518,6 +524,22 @@ func (s *Store) lookup(ts *txState, key []byte, now int64, bucket func(*slice) (
 		return e, &name, nil
 	}
 	return Entry{}, nil, nil
+}
+
+// get is sl.b.Get(key) inside the write transaction, through one cursor the slice keeps for
+// the transaction: bbolt's Get makes a new cursor and grows its stack for every lookup
+// (three allocations on a three-level tree), and the writer looks every ID it writes up in
+// every slice until it finds it — in all of them for a new ID. A cursor that seeks anew for
+// each lookup sees the transaction's writes as Get does.
+func (sl *slice) get(key []byte) []byte {
+	if sl.c == nil {
+		sl.c = sl.b.Cursor()
+	}
+	k, v := sl.c.Seek(key)
+	if !bytes.Equal(k, key) {
+		return nil // not there; v is nil for a nested bucket's key, as Get reports it
+	}
+	return v
 }
 
 // current returns the slice that takes writes at now, opening a new one when the newest is

@@ -94,9 +94,15 @@ func writeProblem(w http.ResponseWriter, status int, msg string) {
 	writeJSON(w, status, Problem{Status: status, Outcome: "unavailable", Error: msg})
 }
 
+// Header values shared by every answer (net/http only reads them).
+var (
+	jsonType  = []string{"application/json"}
+	trueValue = []string{"true"}
+)
+
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	b, _ := json.Marshal(v)
-	w.Header().Set("Content-Type", "application/json")
+	w.Header()["Content-Type"] = jsonType
 	w.WriteHeader(status)
 	_, _ = w.Write(append(b, '\n'))
 }

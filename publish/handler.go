@@ -30,12 +30,9 @@ func (s *Server) read(w http.ResponseWriter, r *http.Request, topic, rk string) 
 	if r.ContentLength > max {
 		return q, fmt.Errorf("%w: %d bytes, publish.max_message_bytes is %d", ErrTooLarge, r.ContentLength, max)
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, max))
+	body, err := readBody(w, r, max)
 	if err != nil {
-		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			return q, fmt.Errorf("%w: over publish.max_message_bytes (%d)", ErrTooLarge, max)
-		}
-		return q, errClientGone
+		return q, err
 	}
 	if topic == "" {
 		return q, fmt.Errorf("%w: the path names no topic", ErrBadRequest)
@@ -57,6 +54,28 @@ func (s *Server) read(w http.ResponseWriter, r *http.Request, topic, rk string) 
 		return q, fmt.Errorf("%w: the idempotency key has %d bytes, at most %d are allowed", ErrBadRequest, len(q.m.ID), MaxKeyLen)
 	}
 	return q, nil
+}
+
+// readBody reads the request's body, at most max bytes: a body of a declared length (at
+// most max, read checked it) into one buffer of that size, a chunked one growing as it
+// comes.
+func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error) {
+	if r.ContentLength >= 0 {
+		// net/http's body ends at Content-Length: a shorter body is an unexpected EOF.
+		body := make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, body); err != nil {
+			return nil, errClientGone
+		}
+		return body, nil
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, max))
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return nil, fmt.Errorf("%w: over publish.max_message_bytes (%d)", ErrTooLarge, max)
+		}
+		return nil, errClientGone
+	}
+	return body, nil
 }
 
 // publish sends q (or answers it from the idempotency record) within publish.timeout and
@@ -133,9 +152,10 @@ func (s *Server) publishNative(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, err, q.m.ID)
 		return
 	}
-	w.Header().Set(HeaderMessageID, rc.ID)
+	h := w.Header()
+	h[HeaderMessageID] = []string{rc.ID} // canonical names: no Set, no copy of the name
 	if replayed {
-		w.Header().Set(HeaderReplayed, "true")
+		h[HeaderReplayed] = trueValue
 	}
 	writeJSON(w, http.StatusOK, rc)
 }

@@ -43,6 +43,15 @@ var dropped = map[string]bool{
 // as it is; names in lower case, one message header per value, in the request's order of
 // names (sorted, as net/http keeps no order).
 func messageHeaders(h http.Header) []adapters.Header {
+	kept := 0
+	for name := range h {
+		if !dropped[name] {
+			kept++
+		}
+	}
+	if kept == 0 { // the common request: framing and negotiation only
+		return nil
+	}
 	var out []adapters.Header
 	for _, name := range slices.Sorted(maps.Keys(h)) {
 		if dropped[name] {

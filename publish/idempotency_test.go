@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"sync"
 	"testing"
 
@@ -151,5 +152,19 @@ func TestRabbitMQPathCarriesTheRoutingKey(t *testing.T) {
 	post(t, hs.URL+"/v1/publish/orders", "p", HeaderRoutingKey, "us.created")
 	if pub.sent[0].Topic != "orders" || pub.sent[0].RoutingKey != "eu.created" || pub.sent[1].Topic != "orders" || pub.sent[1].RoutingKey != "us.created" {
 		t.Fatalf("sent %+v", pub.sent)
+	}
+}
+
+// TestNewIDIsARandomUUIDv4: the ID of a message published without a key is a UUID of
+// version 4 and variant 10, in the canonical form, and a new one each time.
+func TestNewIDIsARandomUUIDv4(t *testing.T) {
+	re := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+	seen := map[string]bool{}
+	for range 1000 {
+		id := newID()
+		if !re.MatchString(id) || seen[id] {
+			t.Fatalf("newID %q (seen before: %v)", id, seen[id])
+		}
+		seen[id] = true
 	}
 }

@@ -2,6 +2,7 @@ package publish
 
 import (
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/mqsidecar/mqsidecar/adapters"
@@ -15,7 +16,16 @@ import (
 type serverMetrics struct {
 	total    *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	// handles caches the children of total (by topic and outcome) and of duration (by
+	// outcome, topic "\x00"), so that an answer costs no label hashing: label values
+	// are bounded as the series are.
+	handles sync.Map // handleKey → prometheus.Counter or prometheus.Observer
 }
+
+type handleKey struct{ topic, outcome string }
+
+// histogramTopic marks the duration's handles in serverMetrics.handles (no topic has it).
+const histogramTopic = "\x00"
 
 func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 	m := &serverMetrics{
@@ -48,8 +58,26 @@ func (m *serverMetrics) observe(topic string, err error, replayed bool, took tim
 	if errors.Is(err, adapters.ErrUnknownTopic) || errors.Is(err, ErrBadRequest) || errors.Is(err, ErrTooLarge) || errors.Is(err, errClientGone) {
 		topic = ""
 	}
-	m.total.WithLabelValues(topic, outcome).Inc()
+	m.counter(topic, outcome).Inc()
 	if took > 0 {
-		m.duration.WithLabelValues(outcome).Observe(took.Seconds())
+		m.observer(outcome).Observe(took.Seconds())
 	}
+}
+
+func (m *serverMetrics) counter(topic, outcome string) prometheus.Counter {
+	k := handleKey{topic, outcome}
+	if c, ok := m.handles.Load(k); ok {
+		return c.(prometheus.Counter)
+	}
+	c, _ := m.handles.LoadOrStore(k, m.total.WithLabelValues(topic, outcome))
+	return c.(prometheus.Counter)
+}
+
+func (m *serverMetrics) observer(outcome string) prometheus.Observer {
+	k := handleKey{histogramTopic, outcome}
+	if o, ok := m.handles.Load(k); ok {
+		return o.(prometheus.Observer)
+	}
+	o, _ := m.handles.LoadOrStore(k, m.duration.WithLabelValues(outcome))
+	return o.(prometheus.Observer)
 }

@@ -146,6 +146,7 @@ type pending struct {
 type partState struct {
 	tp       topicPartition
 	lane     string        // "topic/partition", the Delivery.Lane
+	source   string        // "kafka://topic", the Delivery.Source
 	buffered []*kgo.Record // polled, not yet handed out
 	bufBytes int64         // recordSize of buffered
 	inRR     bool          // listed in Source.rr
@@ -551,7 +552,7 @@ func (s *Source) next() (d *adapters.Delivery, held, starved bool, resume map[st
 		ps.nextSeq++
 		ps.pending = append(ps.pending, pending{offset: r.Offset, epoch: r.LeaderEpoch})
 		ps.handedOut = r.Offset
-		d := s.delivery(r, ps.lane)
+		d := s.delivery(r, ps)
 		d.Redelivered = r.Offset < ps.inherited
 		d.Fenced = ps.fenced
 		d.Ack = func(err error) { s.settled(ps, seq, err) }
@@ -576,27 +577,41 @@ func (s *Source) reservedFor(ps *partState, offset int64) bool {
 	return offset < ps.reserved
 }
 
-func (s *Source) delivery(r *kgo.Record, lane string) *adapters.Delivery {
+// delivery makes the Delivery of r, a record of ps. Strings the record's fields share are
+// converted once (every message pays for each allocation, and for the collections they
+// cause): the ID is the very string of its header's value, or of the key.
+func (s *Source) delivery(r *kgo.Record, ps *partState) *adapters.Delivery {
 	d := &adapters.Delivery{
 		Payload:        r.Value,
-		Source:         "kafka://" + r.Topic,
+		Source:         ps.source,
 		Time:           r.Timestamp,
 		Key:            string(r.Key),
-		Lane:           lane,
+		Lane:           ps.lane,
 		HasCoordinates: true,
 		Partition:      r.Partition,
 		Offset:         r.Offset,
 	}
+	idHeader, byHeader := strings.CutPrefix(s.cfg.MessageID, "header:")
 	if len(r.Headers) > 0 {
 		d.Headers = make([]adapters.Header, 0, len(r.Headers))
 		for _, h := range r.Headers {
-			d.Headers = append(d.Headers, adapters.Header{Key: h.Key, Value: string(h.Value)})
+			v := string(h.Value)
+			d.Headers = append(d.Headers, adapters.Header{Key: h.Key, Value: v})
 			if strings.EqualFold(h.Key, "content-type") {
-				d.ContentType = string(h.Value)
+				d.ContentType = v
+			}
+			if byHeader && d.ID == "" && h.Key == idHeader {
+				d.ID = v // the first such header with a value, as messageID takes it
 			}
 		}
 	}
-	d.ID = messageID(s.cfg.MessageID, r)
+	switch {
+	case d.ID != "":
+	case s.cfg.MessageID == "key" && d.Key != "":
+		d.ID = d.Key
+	default:
+		d.ID = messageID(s.cfg.MessageID, r)
+	}
 	return d
 }
 
@@ -655,7 +670,7 @@ func (s *Source) assigned(_ context.Context, cl *kgo.Client, assigned map[string
 	for topic, parts := range assigned {
 		for _, p := range parts {
 			tp := topicPartition{topic, p}
-			s.parts[tp] = &partState{tp: tp, lane: topic + "/" + strconv.FormatInt(int64(p), 10),
+			s.parts[tp] = &partState{tp: tp, lane: topic + "/" + strconv.FormatInt(int64(p), 10), source: "kafka://" + topic,
 				commit: kgo.EpochOffset{Epoch: -1, Offset: -1}, fenced: make(chan struct{}),
 				base: -1, reserved: -1, inherited: -1, handedOut: -1}
 			n++

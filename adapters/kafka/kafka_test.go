@@ -49,6 +49,42 @@ func TestMessageIDRules(t *testing.T) {
 	}
 }
 
+// TestDeliveryIDFollowsTheRules: the Delivery carries the ID messageID gives for each rule,
+// taken from the header or key string it already holds.
+func TestDeliveryIDFollowsTheRules(t *testing.T) {
+	r := &kgo.Record{Topic: "t", Partition: 2, Offset: 7, Key: []byte("k"), Headers: []kgo.RecordHeader{
+		{Key: "id", Value: nil}, {Key: "Content-Type", Value: []byte("text/plain")}, {Key: "id", Value: []byte("h2")}, {Key: "id", Value: []byte("h3")}}}
+	noKey := &kgo.Record{Topic: "t", Offset: 1}
+	ps := &partState{lane: "t/2", source: "kafka://t"}
+	for _, rec := range []*kgo.Record{r, noKey} {
+		for _, rule := range []string{"", "key", "header:id", "header:other", "header:Content-Type"} {
+			s := &Source{cfg: Settings{MessageID: rule}}
+			d := s.delivery(rec, ps)
+			if want := messageID(rule, rec); d.ID != want {
+				t.Errorf("rule %q, record %v: ID %q, want %q", rule, rec.Headers, d.ID, want)
+			}
+		}
+	}
+	d := (&Source{cfg: Settings{MessageID: "header:id"}}).delivery(r, ps)
+	if d.ID != "h2" || d.ContentType != "text/plain" || d.Source != "kafka://t" || d.Lane != "t/2" || d.Key != "k" || len(d.Headers) != 4 {
+		t.Fatalf("delivery %+v", d)
+	}
+}
+
+// TestDeliveryAllocations: a record with a key, an ID header and a content type costs the
+// Delivery, its headers and the strings it holds once each (the source, the ID and the
+// content type were allocated again per message).
+func TestDeliveryAllocations(t *testing.T) {
+	r := &kgo.Record{Topic: "orders", Key: []byte("customer-7"), Value: []byte("{}"), Headers: []kgo.RecordHeader{
+		{Key: "message-id", Value: []byte("m-1")}, {Key: "content-type", Value: []byte("application/json")}}}
+	s := &Source{cfg: Settings{MessageID: "header:message-id"}}
+	ps := &partState{lane: "orders/0", source: "kafka://orders"}
+	// The Delivery, the key, the headers slice and the two header values.
+	if n := testing.AllocsPerRun(100, func() { _ = s.delivery(r, ps) }); n > 5 {
+		t.Fatalf("%v allocations per delivery, want at most 5", n)
+	}
+}
+
 // committed returns the group's committed offset for topic partition 0..n-1.
 func committed(t *testing.T, brokers []string, group, topic string) map[int32]int64 {
 	t.Helper()

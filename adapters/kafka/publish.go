@@ -29,7 +29,9 @@ const IDHeader = "ce-id"
 // source's brokers and credentials, with acks=all and the idempotent producer (franz-go's
 // defaults, stated in producerOpts as for dead letters), unlimited retries within a record
 // delivery timeout of publish.timeout. Publish returns after the partition leader
-// answered that every in-sync replica has the record.
+// answered that every in-sync replica has the record. Concurrent publishes share produce
+// requests: while one is unanswered, the records that arrive are held and then leave
+// together (waves); a lone publish leaves at once.
 //
 // Broker down: Run pings the brokers every second (at once after a failed connection);
 // while no broker answers, Publish fails at once with ErrUnavailable and the reason,
@@ -42,6 +44,7 @@ type Publisher struct {
 	log  *slog.Logger
 	life lifecycle.Loop
 
+	waves     waves                 // concurrent publishes share produce requests
 	known     sync.Map              // topics the brokers reported to exist (checkTopic)
 	writes    atomic.Uint64         // produce requests written to a broker
 	down      atomic.Pointer[error] // nil = a broker answered the last ping (or none yet)
@@ -83,10 +86,10 @@ func NewPublisher(cfg Settings, timeout time.Duration, opts ...PublisherOption) 
 		kgo.SeedBrokers(cfg.Brokers...),
 		kgo.ClientID(cfg.ClientID),
 		kgo.RecordDeliveryTimeout(timeout),
-		// Every publish waits for its record: lingering (franz-go's default, 10 ms) would
-		// add to each one's latency; records that arrive while a request is in flight
-		// still share the next one.
-		kgo.ProducerLinger(0),
+		// Records linger until the waves release them (waves); the linger bounds the
+		// wait of a record the waves did not release (one whose topic's partitions were
+		// not known yet when it was produced).
+		kgo.ProducerLinger(waveLinger),
 		kgo.ProducerBatchMaxBytes(16 << 20),
 		kgo.WithHooks(publishHooks{p}),
 		kgo.WithLogger(kgoLogger{p.log}),
@@ -96,7 +99,93 @@ func NewPublisher(cfg Settings, timeout time.Duration, opts ...PublisherOption) 
 		return nil, err
 	}
 	p.cl = cl
+	p.waves.release = func() {
+		// Flush with a context already done stops the lingers of every partition (the
+		// sinks then drain what they hold) and returns without waiting.
+		_ = cl.Flush(doneCtx)
+	}
 	return p, nil
+}
+
+// doneCtx is a context that is already done.
+var doneCtx = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
+
+// waveLinger bounds how long a record lingers in the client when no wave releases it.
+const waveLinger = 5 * time.Millisecond
+
+// waves make concurrent publishes share produce requests without making a lone publish
+// wait. Records linger in the client until released: a record produced while no released
+// record is unanswered is released at once (with any held ones); one produced while
+// released records are unanswered is held, and the held records are all released when
+// the last released one is answered. So one wave is in flight at a time, and the records
+// that arrive meanwhile leave together in the next produce request instead of one request
+// each (franz-go sends up to five per broker at once with linger 0: 16 concurrent
+// publishes made ~0.46 requests per publish on kfake, ~50 µs of CPU each).
+type waves struct {
+	mu      sync.Mutex
+	wave    uint64 // the last wave released: records of waves up to it were released
+	sending int    // released records not answered yet
+	held    int    // records of wave+1, not released yet
+	release func() // stops the client's lingers (NewPublisher)
+}
+
+// waveRec is one record's place in the waves, guarded by waves.mu.
+type waveRec struct {
+	wave     uint64
+	counted  bool // produced counted it (in sending or held)
+	finished bool // its promise ran
+}
+
+// produced counts r once the client holds it, and releases the wave when none is in
+// flight.
+func (g *waves) produced(r *waveRec) {
+	g.mu.Lock()
+	if r.finished { // answered already (failed before it was buffered, say)
+		g.mu.Unlock()
+		return
+	}
+	r.counted = true
+	if g.sending > 0 {
+		g.held++
+		r.wave = g.wave + 1
+		g.mu.Unlock()
+		return
+	}
+	g.wave++
+	r.wave = g.wave
+	g.sending += g.held + 1
+	g.held = 0
+	g.mu.Unlock()
+	g.release()
+}
+
+// finished uncounts r when its promise runs, and releases the held records when it was
+// the last released one unanswered.
+func (g *waves) finished(r *waveRec) {
+	g.mu.Lock()
+	r.finished = true
+	if !r.counted {
+		g.mu.Unlock()
+		return
+	}
+	if r.wave <= g.wave {
+		g.sending--
+	} else {
+		g.held--
+	}
+	next := g.sending == 0 && g.held > 0
+	if next {
+		g.wave++
+		g.sending, g.held = g.held, 0
+	}
+	g.mu.Unlock()
+	if next {
+		go g.release() // not on the client's promise goroutine
+	}
 }
 
 // publishHooks count produce writes and notice failed connections.
@@ -190,7 +279,12 @@ func (p *Publisher) Publish(ctx context.Context, m adapters.OutMessage) (adapter
 		err error
 	}
 	done := make(chan result, 1)
-	p.cl.Produce(ctx, rec, func(r *kgo.Record, err error) { done <- result{r, err} })
+	var w waveRec
+	p.cl.Produce(ctx, rec, func(r *kgo.Record, err error) {
+		p.waves.finished(&w)
+		done <- result{r, err}
+	})
+	p.waves.produced(&w)
 	var res result
 	select {
 	case res = <-done:
@@ -211,9 +305,13 @@ func (p *Publisher) Publish(ctx context.Context, m adapters.OutMessage) (adapter
 	part, off := r.Partition, r.Offset
 	return adapters.Receipt{
 		Broker: "kafka", Topic: m.Topic, ID: m.ID, Partition: &part, Offset: &off,
-		Durability: []string{"acks=all", "idempotent"},
+		Durability: publishDurability[:len(publishDurability):len(publishDurability)],
 	}, nil
 }
+
+// publishDurability is every receipt's Durability, shared (read only; the full slice
+// expression makes an append copy it).
+var publishDurability = []string{"acks=all", "idempotent"}
 
 // checkTopic asks the brokers once whether topic exists, before its first publish: the
 // producer would otherwise wait for it through several metadata refreshes (seconds each)

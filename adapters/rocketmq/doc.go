@@ -155,8 +155,15 @@
 // other queue's offset is forgotten, and a queue that gets no further message is never
 // persisted again, not even at Shutdown. The adapter wraps the allocation strategy (the
 // client's default, AllocateByAveragely, unchanged) to see revocations and persists every
-// queue's offset just before the client drops one. Second, every pull request carries the
-// client's offset of its queue and the broker saves it (PullMessageRequestHeader
+// queue's offset just before the client drops one. An offset the client records after that
+// persist and before the deletion is lost the same way (the client records a callback's
+// verdict just after it returns): while a rebalance revokes queues, the verdicts of the
+// queues kept stay in their callbacks until the client reports (in its log) that it removed
+// the revoked ones, at most 1 s, and the persist comes last, verdictGrace after the last
+// verdict went back. Before, a queue kept whose last messages completed in that window (the
+// group's retry queue after a burst of retry copies) kept an older saved offset, and a fleet
+// stopped cleanly left completed messages to the next sidecar. Second, every pull request
+// carries the client's offset of its queue and the broker saves it (PullMessageRequestHeader
 // commitOffset, sysFlag FLAG_COMMIT_OFFSET), so a new owner that read a queue's offset a
 // moment before the previous owner's last persist arrived writes the stale offset back
 // with each pull. Hence the handover, kept in the reservation (below) as two marks: the

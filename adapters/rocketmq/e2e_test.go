@@ -245,9 +245,18 @@ func sourceConfig(t *testing.T, topic, mode, dlMode string) Settings {
 
 func open(t *testing.T, cfg Settings, dl string) *Source {
 	t.Helper()
+	return openWith(t, cfg, dl, nil)
+}
+
+// openWith is open with before applied to the Source before it runs (nil: nothing).
+func openWith(t *testing.T, cfg Settings, dl string, before func(*Source)) *Source {
+	t.Helper()
 	s, err := New(cfg, dl, WithLogger(testLogger(t)), WithMaxInflight(16))
 	if err != nil {
 		t.Fatalf("New: %v", err)
+	}
+	if before != nil {
+		before(s)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

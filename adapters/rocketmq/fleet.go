@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -117,19 +118,27 @@ func (s *Source) allocate(group, clientID string, mqAll []*primitive.MessageQueu
 	s.alloc[topic] = next
 	s.qmu.Unlock()
 	if len(revoked) > 0 {
+		// The client's bug, see "Offsets in a fleet" in the package doc: right after this
+		// returns, the client persists only the dropped queues and deletes every other
+		// queue's offset from memory. Every queue's offset is persisted just before
+		// returning; an offset the client records between that persist and the deletion
+		// would be lost, so the verdicts of the queues kept stay with the callbacks until
+		// the client reported the revoked queues removed (holdVerdicts).
+		unhold := s.holdVerdicts()
+		removed := watchRemovals(s.group, revoked)
+		held := time.Now()
+		defer func() {
+			go func() {
+				all := awaitRemovals(removed, removalWait)
+				unhold()
+				s.log.Debug("rocketmq: verdicts held during a rebalance released", "took", time.Since(held), "removal_reported", all)
+			}()
+		}()
 		names := make([]string, len(revoked))
 		for i, st := range revoked {
 			names[i] = mqString(st.mq)
 		}
 		s.log.Info("rocketmq queues revoked", "queues", names, "keeps", len(res))
-		// The client's bug, see "Offsets in a fleet" in the package doc: right after this
-		// the client persists only the dropped queue and deletes every other queue's offset
-		// from memory. Persist them all first.
-		if p, ok := s.consumer.(interface{ PersistConsumerOffset() error }); ok {
-			if err := p.PersistConsumerOffset(); err != nil {
-				s.log.Warn("rocketmq: persisting offsets before a rebalance failed", "error", err)
-			}
-		}
 		mem := s.memoryOffsets()
 		for _, st := range revoked {
 			if s.handOver(st, mem) {
@@ -143,10 +152,156 @@ func (s *Source) allocate(group, clientID string, mqAll []*primitive.MessageQueu
 		s.awaitRelease(gained)
 	}
 	s.claimRetry(gained)
+	if len(revoked) > 0 {
+		// Verdicts handed back just before the hold are recorded by the client just after;
+		// wait for those (as Close does), then persist what the client holds.
+		s.settleVerdicts()
+		if p, ok := s.consumer.(interface{ PersistConsumerOffset() error }); ok {
+			if err := p.PersistConsumerOffset(); err != nil {
+				s.log.Warn("rocketmq: persisting offsets before a rebalance failed", "error", err)
+			}
+		}
+	}
 	for _, st := range revoked {
 		close(st.dropped)
 	}
 	return res
+}
+
+// holdVerdicts keeps the verdicts of the queues not being revoked with their callbacks
+// (passVerdict) until the returned function is called; holds nest.
+func (s *Source) holdVerdicts() (unhold func()) {
+	s.vmu.Lock()
+	if s.vholds == 0 {
+		s.vopen = make(chan struct{})
+	}
+	s.vholds++
+	s.vmu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.vmu.Lock()
+			defer s.vmu.Unlock()
+			if s.vholds--; s.vholds == 0 {
+				close(s.vopen)
+			}
+		})
+	}
+}
+
+// passVerdict runs as a callback returns its verdict for msgs, which the client records as
+// the queue's offset right after: while a rebalance holds verdicts (see allocate) it waits,
+// unless msgs' queue is being revoked (the client persists that queue's offset itself
+// before it drops it) or the consumer was shut down (it records nothing more).
+func (s *Source) passVerdict(msgs []*primitive.MessageExt) {
+	if s.revokedAll(msgs) {
+		return
+	}
+	s.vmu.Lock()
+	open := s.vopen
+	s.vmu.Unlock()
+	select {
+	case <-open:
+	case <-s.released:
+	}
+	s.lastVerdict.Store(time.Now().UnixNano())
+}
+
+// revokedAll reports whether the queue of every message of msgs is no longer allocated to
+// this source.
+func (s *Source) revokedAll(msgs []*primitive.MessageExt) bool {
+	for _, m := range msgs {
+		st, fence := s.queueOf(m)
+		if fence == nil || (st != nil && !isClosed(st.fence)) {
+			return false
+		}
+	}
+	return len(msgs) > 0
+}
+
+// settleVerdicts waits until verdictGrace passed since the last verdict of a queue kept went
+// back to the client: the client records it just after, and offers no way to observe that.
+// A "not done" verdict is recorded only after its send-back (up to 3 s); one recorded after
+// the rebalance's persist is lost from memory: the message comes again (its retry copy is
+// stored), never a loss.
+func (s *Source) settleVerdicts() {
+	if last := s.lastVerdict.Load(); last != 0 {
+		if d := verdictGrace - time.Since(time.Unix(0, last)); d > 0 {
+			time.Sleep(d) // the client's recording of the last verdicts
+		}
+	}
+}
+
+// removalWait bounds a verdict hold when the client's report that it removed a revoked
+// queue is not seen (a client whose log line changed).
+const removalWait = time.Second
+
+// removalWatchers: the client reports (log line "remove unnecessary mq when
+// updateProcessQueueTable", see rlog.go) each queue it removed at a rebalance, just after
+// the offset-store call that deleted the other queues' offsets; a revoking allocation
+// waits for those reports before it lets verdicts through again. Keyed by group and the
+// client's queue string; two Sources of one group in a process (tests) share the reports.
+var (
+	removalMu       sync.Mutex
+	removalWatchers = map[string][]chan struct{}{}
+)
+
+func removalKey(group, mq string) string { return group + "\x00" + mq }
+
+// watchRemovals registers a channel per queue of revoked, closed once the client reports it
+// removed.
+func watchRemovals(group string, revoked []*queueState) []chan struct{} {
+	removalMu.Lock()
+	defer removalMu.Unlock()
+	out := make([]chan struct{}, len(revoked))
+	for i, st := range revoked {
+		ch := make(chan struct{})
+		k := removalKey(group, st.mq.String())
+		removalWatchers[k] = append(removalWatchers[k], ch)
+		out[i] = ch
+	}
+	return out
+}
+
+// clientRemovedQueue is the log bridge's call for the client's report that it removed mq
+// (its String form) of group.
+func clientRemovedQueue(group, mq string) {
+	k := removalKey(group, mq)
+	removalMu.Lock()
+	chs := removalWatchers[k]
+	delete(removalWatchers, k)
+	removalMu.Unlock()
+	for _, ch := range chs {
+		close(ch)
+	}
+}
+
+// awaitRemovals waits until every channel of chs is closed, at most d in all, and reports
+// whether all were; channels still open are unregistered.
+func awaitRemovals(chs []chan struct{}, d time.Duration) (all bool) {
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	all = true
+wait:
+	for _, ch := range chs {
+		select {
+		case <-ch:
+		case <-deadline.C:
+			all = false
+			break wait
+		}
+	}
+	removalMu.Lock()
+	defer removalMu.Unlock()
+	for k, list := range removalWatchers {
+		list = slices.DeleteFunc(list, func(c chan struct{}) bool { return slices.Contains(chs, c) })
+		if len(list) == 0 {
+			delete(removalWatchers, k)
+		} else {
+			removalWatchers[k] = list
+		}
+	}
+	return all
 }
 
 // memoryOffsets returns the client's offsets in memory (nil without a client: unit tests).

@@ -343,3 +343,69 @@ func TestContentionFencesHeldDeliveries(t *testing.T) {
 	}
 	closeSource(t, a)
 }
+
+// TestFleetOffsetsRecordedDuringRebalance: the offset a member records for a queue it keeps
+// while a rebalance revokes others survives the client's offset-store bug. A rebalance
+// that revokes queues makes the client forget every other queue's offset in memory just
+// after the strategy returns; the adapter persists them all first, but a verdict the client
+// recorded after that persist was gone, and a queue that got no further message kept its
+// older offset for good: in the CI's rolling fleet test with the shared store, completed
+// retry copies came back to the next sidecar. Here A keeps queue 2 while B's join revokes
+// queues 0 and 1 and hands it queue 3, whose earlier owner left no handover mark, so A's
+// rebalance waits handoverWait; A completes its held deliveries of queue 2 meanwhile, then
+// stops cleanly: queue 2's saved offset must reach its end.
+func TestFleetOffsetsRecordedDuringRebalance(t *testing.T) {
+	_, broker := env(t)
+	topic := fmt.Sprintf("fleet-rec-%d", time.Now().UnixNano()%1e9)
+	createTopic(t, topic, 6)
+	cfg := sourceConfig(t, topic, "concurrent", "topic")
+	member := func(instance string, noReservations bool) *Source {
+		c := cfg
+		c.InstanceName = topic + "-" + instance // client IDs sort by it: b, a, c → [a b c]
+		return openWith(t, c, "", func(s *Source) { s.hwmOff.Store(noReservations) })
+	}
+	a := member("b", false)
+	// C never reserves nor marks (as with a broker that refuses the reservation group), so
+	// the reservation written below for queue 3 stays unreleased.
+	c := member("c", true)
+	waitUntil(t, 20*time.Second, "A and C to share the queues", func() bool { return allocated(a, topic) == 3 && allocated(c, topic) == 3 })
+
+	ms := keyed("r", 36)
+	produce(t, newProducer(t), topic, ms...)
+	_, maxOff := savedOffsets(t, topic, cfg.Group, 6)
+	if maxOff[2] == 0 {
+		t.Fatalf("no message landed on queue 2 (%v)", maxOff)
+	}
+	var held []*adapters.Delivery
+	for range maxOff[0] + maxOff[1] + maxOff[2] {
+		d := read(t, a, 30*time.Second)
+		if d.Partition == 2 {
+			held = append(held, d)
+			continue
+		}
+		d.Settle(nil)
+	}
+	for range maxOff[3] + maxOff[4] + maxOff[5] {
+		read(t, c, 30*time.Second).Settle(nil)
+	}
+	// A member killed with -9 had reserved queue 3: no handover mark.
+	q3 := primitive.MessageQueue{Topic: topic, BrokerName: "broker-a", QueueId: 3}
+	if err := commitOffset(broker, cfg.Group+hwmGroupSuffix, q3, 5, primitive.Credentials{}); err != nil {
+		t.Fatal(err)
+	}
+
+	b := member("a", false) // [B A C]: A keeps 2, loses 0 and 1 to B, gains 3 from C
+	waitUntil(t, 20*time.Second, "A's rebalance to start", func() bool { return allocated(a, topic) == 2 })
+	for _, d := range held {
+		d.Settle(nil) // while A's rebalance waits for queue 3's handover
+	}
+	time.Sleep(handoverWait + removalWait) // the rebalance ends
+	closeSource(t, a)
+	saved, _ := savedOffsets(t, topic, cfg.Group, 6)
+	if saved[2] != maxOff[2] {
+		t.Errorf("queue 2: saved offset %d after A stopped cleanly, want %d: %d deliveries completed during the rebalance were recorded by the client and forgotten",
+			saved[2], maxOff[2], len(held))
+	}
+	closeSource(t, b)
+	closeSource(t, c)
+}

@@ -18,20 +18,7 @@ import (
 // returned (the client drops the queue right after); a delivery of a kept queue is not
 // fenced; a message of a queue no longer allocated is not handed out at all.
 func TestFencing(t *testing.T) {
-	s := bridgeSource("concurrent", "topic")
-	defer s.Close(context.Background())
-	s.hwmOff.Store(true)
-	q0 := &primitive.MessageQueue{Topic: "orders", BrokerName: "broker-a", QueueId: 0}
-	q1 := &primitive.MessageQueue{Topic: "orders", BrokerName: "broker-a", QueueId: 1}
-	all := []*primitive.MessageQueue{q0, q1}
-	if got := s.allocate("g", "a", all, []string{"a"}); len(got) != 2 {
-		t.Fatalf("alone: allocated %d queues, want 2", len(got))
-	}
-	msgOn := func(q *primitive.MessageQueue, id string) *primitive.MessageExt {
-		m := testMsg(map[string]string{"UNIQ_KEY": id}, "x")
-		m.Queue = q
-		return m
-	}
+	s, q0, q1, all := twoQueues(t)
 	kept, lost := call(s, msgOn(q0, "kept")), call(s, msgOn(q1, "lost"))
 	var dKept, dLost *adapters.Delivery
 	for range 2 {
@@ -81,10 +68,68 @@ func TestFencing(t *testing.T) {
 	}
 }
 
+// twoQueues returns a bridge Source (no broker, reservations off) to which both queues of
+// all were allocated, alone in its group as member "a".
+func twoQueues(t *testing.T) (s *Source, q0, q1 *primitive.MessageQueue, all []*primitive.MessageQueue) {
+	t.Helper()
+	s = bridgeSource("concurrent", "topic")
+	t.Cleanup(func() { _ = s.Close(context.Background()) })
+	s.hwmOff.Store(true)
+	q0 = &primitive.MessageQueue{Topic: "orders", BrokerName: "broker-a", QueueId: 0}
+	q1 = &primitive.MessageQueue{Topic: "orders", BrokerName: "broker-a", QueueId: 1}
+	all = []*primitive.MessageQueue{q0, q1}
+	if got := s.allocate("g", "a", all, []string{"a"}); len(got) != 2 {
+		t.Fatalf("alone: allocated %d queues, want 2", len(got))
+	}
+	return s, q0, q1, all
+}
+
+// msgOn returns a message with UNIQ_KEY id on queue q.
+func msgOn(q *primitive.MessageQueue, id string) *primitive.MessageExt {
+	m := testMsg(map[string]string{"UNIQ_KEY": id}, "x")
+	m.Queue = q
+	return m
+}
+
 func TestDecodeMark(t *testing.T) {
 	for _, tc := range []struct{ h, want int64 }{{-1, 0}, {0, 0}, {640, 640}, {640 | releasedMark, 640}, {640 | savedMark, 640}, {640 | markBits, 640}} {
 		if got := decodeMark(tc.h); got != tc.want {
 			t.Errorf("decodeMark(%d) = %d, want %d", tc.h, got, tc.want)
 		}
+	}
+}
+
+// TestVerdictsHeldDuringRevocation: while a rebalance revokes a queue, the verdict of a
+// delivery of a kept queue stays in its callback (the client would record its offset at
+// once, and forget it when it drops the revoked queue just after the strategy returned)
+// until the client reports the revoked queue removed; the verdict of a revoked queue's
+// delivery goes back at once (the client persists that queue's offset itself).
+func TestVerdictsHeldDuringRevocation(t *testing.T) {
+	s, q0, q1, all := twoQueues(t)
+	kept, lost := call(s, msgOn(q0, "kept")), call(s, msgOn(q1, "lost"))
+	ds := map[string]*adapters.Delivery{}
+	for range 2 {
+		d := readOne(t, s)
+		ds[d.ID] = d
+	}
+	s.allocate("g", "a", all, []string{"a", "b"}) // q1 goes to "b"
+
+	ds["lost"].Settle(nil)
+	if v := wait(t, lost); v.res != consumer.ConsumeSuccess {
+		t.Errorf("revoked queue, done → %v, want ConsumeSuccess", v.res)
+	}
+	ds["kept"].Settle(nil)
+	select {
+	case v := <-kept:
+		t.Fatalf("the kept queue's verdict (%v) went back before the client removed the revoked queue", v.res)
+	case <-time.After(removalWait / 4):
+	}
+	start := time.Now()
+	logBridge{}.Info(queueRemovedLog, map[string]interface{}{"consumerGroup": s.group, "MessageQueue": q1.String()})
+	if v := wait(t, kept); v.res != consumer.ConsumeSuccess {
+		t.Errorf("kept queue, done → %v, want ConsumeSuccess", v.res)
+	}
+	if took := time.Since(start); took > removalWait/2 {
+		t.Errorf("the kept queue's verdict went back %s after the client's report, want at once", took)
 	}
 }

@@ -81,8 +81,17 @@ func (logBridge) Debug(msg string, fields map[string]interface{}) {
 // Info lines of the client are internal state (rebalances, route updates, shutdown
 // steps): debug for us.
 func (logBridge) Info(msg string, fields map[string]interface{}) {
+	if msg == queueRemovedLog {
+		group, _ := fields[rlog.LogKeyConsumerGroup].(string)
+		mq, _ := fields[rlog.LogKeyMessageQueue].(string)
+		clientRemovedQueue(group, mq)
+	}
 	logTo(slog.LevelDebug, msg, fields)
 }
+
+// queueRemovedLog is the client's info line right after a rebalance removed a revoked queue
+// (consumer.go, updateProcessQueueTable), which ends a verdict hold (fleet.go).
+const queueRemovedLog = "remove unnecessary mq when updateProcessQueueTable"
 
 func (logBridge) Warning(msg string, fields map[string]interface{}) {
 	if pullFailures[msg] {

@@ -186,6 +186,13 @@ type Source struct {
 	memOffsets func() map[primitive.MessageQueue]int64 // the client's offsets in memory; nil in unit tests
 	hwmOff     atomic.Bool                             // the broker refused the reservation group
 	creds      primitive.Credentials
+
+	// Verdict holds (fleet.go, holdVerdicts): vopen is closed while vholds is 0 (guarded by
+	// vmu); lastVerdict is when a verdict last went back to the client (UnixNano).
+	vmu         sync.Mutex
+	vholds      int
+	vopen       chan struct{}
+	lastVerdict atomic.Int64
 }
 
 // inflight is one handed-out message awaiting settlement.
@@ -438,6 +445,8 @@ func newSource(cfg Settings, deadLetterTarget string, o options) *Source {
 		pending:   make(map[*adapters.Delivery]*inflight),
 		dlqMarks:  make(map[string]time.Time),
 
+		vopen: closedFence,
+
 		alloc:    make(map[string]map[primitive.MessageQueue]*queueState),
 		addrs:    make(map[string]string),
 		hwmGroup: cfg.Group + hwmGroupSuffix,
@@ -543,6 +552,8 @@ func (s *Source) consume(ctx context.Context, msgs ...*primitive.MessageExt) (co
 		return s.notDone(ctx), nil
 	}
 	defer s.leave()
+	// Runs before leave: the verdict goes back to the client once no rebalance holds it.
+	defer s.passVerdict(msgs)
 	if !s.orderly {
 		// Keeps the client's expiry sweep from sending a message back to the retry topic
 		// while the gate is still working on it (see clientConsumeTimeout).
