@@ -95,10 +95,11 @@ test-e2e: build
 
 ## bench: throughput, latency, RSS and CPU per message (medians of several runs, beside the
 ## hand-written loop) for each app profile, CPU while idle and while every lane is held, the
-## fleet (docs/performance.md). -cpuprofile PREFIX keeps a CPU profile of every run.
+## fleet, tracing on vs off (docs/performance.md). -cpuprofile PREFIX keeps a CPU profile of every run.
 bench:
 	$(GO) run ./bench -runs 3 -scenario partition
 	$(GO) run ./bench -runs 3 -scenario key
+	$(GO) run ./bench -runs 3 -scenario tracing
 	$(GO) run ./bench -runs 3 -scenario idle
 	$(GO) run ./bench -runs 3 -scenario held
 	$(GO) run ./bench -runs 3 -scenario fleet

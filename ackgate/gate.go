@@ -633,8 +633,8 @@ func (g *Gate) process(it *item) {
 		}
 		it.pushes++
 		attempt := it.baseAttempt + it.pushes
-		ctx, span := g.startPush(g.hardCtx, it)
-		res := g.pusher.Push(ctx, it.d, attempt, it.redelivered || it.pushes > 1)
+		spanCtx, span := g.startPush(g.hardCtx, it)
+		res := g.pusher.pushIn(g.hardCtx, spanCtx, it.d, attempt, it.redelivered || it.pushes > 1)
 		<-g.pushSlots
 		g.endPush(span, attempt, res)
 		it.mc.Delivery(res.Verdict.String(), res.Duration.Seconds())

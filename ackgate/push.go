@@ -108,13 +108,20 @@ func (p *Pusher) Close() {
 
 // Push posts d to the app and classifies the answer. attempt is ce-deliveryattempt.
 func (p *Pusher) Push(ctx context.Context, d *adapters.Delivery, attempt int, redelivered bool) Result {
+	return p.pushIn(ctx, ctx, d, attempt, redelivered)
+}
+
+// pushIn is Push whose traceparent (with TraceContext) is the span in spanCtx, while ctx
+// alone cancels: the connection keeps watching the one context all of the gate's pushes
+// share (appclient registers a watch per new context), whatever their spans.
+func (p *Pusher) pushIn(ctx, spanCtx context.Context, d *adapters.Delivery, attempt int, redelivered bool) Result {
 	start := time.Now()
-	res := p.push(ctx, d, attempt, redelivered)
+	res := p.push(ctx, spanCtx, d, attempt, redelivered)
 	res.Duration = time.Since(start)
 	return res
 }
 
-func (p *Pusher) push(ctx context.Context, d *adapters.Delivery, attempt int, redelivered bool) Result {
+func (p *Pusher) push(ctx, spanCtx context.Context, d *adapters.Delivery, attempt int, redelivered bool) Result {
 	if p.err != nil {
 		return Result{Verdict: Permanent, Err: p.err}
 	}
@@ -122,7 +129,7 @@ func (p *Pusher) push(ctx context.Context, d *adapters.Delivery, attempt int, re
 		return Result{Verdict: Permanent, Err: fmt.Errorf("payload of %d bytes exceeds delivery.max_message_bytes (%d)", len(d.Payload), p.opts.MaxMessageBytes)}
 	}
 	resp, err := p.pool.Do(ctx, time.Now().Add(p.opts.Timeout), func(w *bufio.Writer) {
-		p.writeHeaders(ctx, w, d, attempt, redelivered)
+		p.writeHeaders(spanCtx, w, d, attempt, redelivered)
 	}, d.Payload, p.opts.MaxResponseBytes)
 	if err != nil {
 		return Result{Verdict: Retry, Err: err}

@@ -15,6 +15,7 @@ import (
 	"context"
 	"strconv"
 	"strings"
+	"sync"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -125,13 +126,15 @@ func (g *Gate) startDelivery(it *item) {
 }
 
 // startPush begins the span of one push; the push carries the returned context's span as
-// its traceparent. Off, it returns ctx and a nil span.
+// its traceparent. That context is the one Start made, under the delivery's, and is for
+// that alone: the push is cancelled by the gate's own (a context per push would cost the
+// connection a new cancellation watch each time, and an allocation). Off, it returns ctx
+// and a nil span.
 func (g *Gate) startPush(ctx context.Context, it *item) (context.Context, trace.Span) {
 	if g.tracer == nil {
 		return ctx, nil
 	}
-	_, span := g.tracer.t.Start(it.trace.ctx, "POST", clientKind...)
-	return trace.ContextWithSpan(ctx, span), span
+	return g.tracer.t.Start(it.trace.ctx, "POST", clientKind...)
 }
 
 // endPush ends a push span with its attributes and the app's answer.
@@ -143,8 +146,8 @@ func (g *Gate) endPush(span trace.Span, attempt int, res Result) {
 		span.End() // sampled out: its attributes would be dropped
 		return
 	}
-	attrs := make([]attribute.KeyValue, 0, 6)
-	attrs = append(attrs, semconv.HTTPRequestMethodPost, g.tracer.appURL, AttrAttempt.Int(attempt))
+	buf := getAttrs()
+	attrs := append(*buf, semconv.HTTPRequestMethodPost, g.tracer.appURL, AttrAttempt.Int(attempt))
 	if res.Status != 0 {
 		attrs = append(attrs, semconv.HTTPResponseStatusCode(res.Status))
 	}
@@ -157,6 +160,7 @@ func (g *Gate) endPush(span trace.Span, attempt int, res Result) {
 		span.SetStatus(codes.Error, errText(res.Err))
 	}
 	span.SetAttributes(attrs...)
+	putAttrs(buf, attrs)
 	span.End()
 }
 
@@ -172,8 +176,8 @@ func (g *Gate) endDelivery(it *item, err error) {
 	}
 	d := it.d
 	src := g.tracer.source(d.Source)
-	attrs := make([]attribute.KeyValue, 0, 11+len(g.tracer.attrs))
-	attrs = append(attrs, src.attrs...)
+	buf := getAttrs()
+	attrs := append(*buf, src.attrs...)
 	attrs = append(attrs, semconv.MessagingMessageID(d.ID))
 	attrs = append(attrs, g.tracer.attrs...)
 	if d.HasCoordinates {
@@ -205,7 +209,24 @@ func (g *Gate) endDelivery(it *item, err error) {
 		span.SetStatus(codes.Error, "not delivered: "+outcome)
 	}
 	span.SetAttributes(attrs...)
+	putAttrs(buf, attrs)
 	span.End()
+}
+
+// attrPool holds the slices the attributes of a span are gathered in before the one
+// SetAttributes call, which copies them into the span's own (the SDK's recordingSpan
+// keeps none of the caller's slice): one per span would be an allocation, and garbage, of
+// up to a kilobyte per message.
+var attrPool = sync.Pool{New: func() any { s := make([]attribute.KeyValue, 0, 16); return &s }}
+
+func getAttrs() *[]attribute.KeyValue { return attrPool.Get().(*[]attribute.KeyValue) }
+
+// putAttrs returns attrs, the slice gathered from buf's, to the pool as buf, emptied: it
+// must not keep a message's ID alive.
+func putAttrs(buf *[]attribute.KeyValue, attrs []attribute.KeyValue) {
+	clear(attrs)
+	*buf = attrs[:0]
+	attrPool.Put(buf)
 }
 
 // String is the AttrOutcome value of a completion.

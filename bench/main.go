@@ -43,10 +43,15 @@
 // that one partition can use) beside 1, 2 and 4 sidecars in one share group
 // (source.kafka.mode: share); unique messages answered per second, 6000 messages by default.
 //
+// The tracing scenario (-scenario tracing, see tracing.go) is the partition scenario's
+// sidecar with tracing off and on (100% sampling, exporting over OTLP/HTTP to a receiver in
+// the bench that discards the spans), alternating, for the instant app and the 0.2 ms app;
+// its ratios are tracing on over off.
+//
 // The publish scenario (-scenario publish, see publish.go) measures the publish endpoint
 // beside a hand-written franz-go producer loop, on kfake and a real Kafka (-kafka).
 //
-// Usage: go run ./bench [-runs 5] [-messages N] [-scenario partition|key|none|idle|held|fleet|share|publish] [-apps instant,200us,1ms,5ms,cpu] [-only NAME] [-cpuprofile PREFIX] [-app-delays 0,200us]
+// Usage: go run ./bench [-runs 5] [-messages N] [-scenario partition|key|none|tracing|idle|held|fleet|share|publish] [-apps instant,200us,1ms,5ms,cpu] [-only NAME] [-cpuprofile PREFIX] [-app-delays 0,200us]
 //
 // Investigation aids: -cpuprofile PREFIX writes a CPU profile of every consumer run, the
 // loop's too (PREFIX-<scenario>[-<app>]-<contender>-run<N>.pprof, and the sidecar's
@@ -98,6 +103,7 @@ type scenario struct {
 	ordering string
 	apps     string // default app profiles (see parseApps)
 	keys     int
+	tracing  bool // the sidecar without and with tracing, no loop (tracing.go)
 }
 
 var scenarios = map[string]scenario{
@@ -108,6 +114,9 @@ var scenarios = map[string]scenario{
 	"key": {name: "key", ordering: "key", apps: "5ms", keys: 200},
 	// For investigations: the instant app without ordering constraints.
 	"none": {name: "none", ordering: "none", apps: "instant"},
+	// Issue 18: the partition scenario's sidecar with tracing off and on (100% sampling,
+	// exporting to a receiver in the bench); ratios on/off (tracing.go).
+	"tracing": {name: "tracing", ordering: "partition", apps: "instant,200us", tracing: true},
 }
 
 // appProfile is how the bench's app answers each push.
@@ -208,9 +217,9 @@ func main() {
 	mode := flag.String("mode", "", "internal: baseline (run the hand-written loop)")
 	runs := flag.Int("runs", 5, "runs per contender; medians are reported")
 	messages := flag.Int("messages", 0, "messages per run (default 50000; 10000 for -scenario key, whose baseline does 200 msg/s; 30000 for -scenario fleet)")
-	scen := flag.String("scenario", "partition", "partition | key | none | fleet | share | publish | idle | held")
+	scen := flag.String("scenario", "partition", "partition | key | none | tracing | fleet | share | publish | idle | held")
 	appDelays := flag.String("app-delays", "0,200us", "-scenario fleet: the app profiles, comma-separated push latencies (0 = the instant app)")
-	apps := flag.String("apps", "", "the app profiles, comma-separated: instant, a latency (200us, 1ms, 5ms), cpu[:100us] (default: partition all five, key 5ms, none instant)")
+	apps := flag.String("apps", "", "the app profiles, comma-separated: instant, a latency (200us, 1ms, 5ms), cpu[:100us] (default: partition all five, key 5ms, none instant, tracing instant,200us)")
 	window := flag.Duration("window", 5*time.Second, "-scenario idle and held: how long CPU is measured, once the consumer is settled (these two use the sidecar's default commit_interval, 1s, unless -commit-interval is given)")
 	flag.DurationVar(&commitInterval, "commit-interval", commitInterval, "the sidecar's source.kafka.commit_interval (its default is 1s)")
 	profile := flag.String("cpuprofile", "", "write a CPU profile of each consumer run to PREFIX-<scenario>[-<app>]-<contender>-run<N>.pprof (MQSIDECAR_CPUPROFILE)")
@@ -325,6 +334,10 @@ type contender struct {
 	name  string
 	short string // in file names
 	cmd   func(bin, brokers, appURL, dir string) *exec.Cmd
+	// env is added to the consumer's environment.
+	env []string
+	// sink receives the contender's spans (the tracing scenario's tracing-on sidecar).
+	sink *otlpSink
 }
 
 // contenders returns the hand-written loop and the sidecar with each ordering, each
@@ -351,10 +364,15 @@ func contenders(only string, orderings ...string) ([]contender, error) {
 				if b.bin != "" {
 					bin = b.bin
 				}
-				return sidecarCmd(bin, ordering, brokers, appURL, rdir)
+				return sidecarCmd(bin, ordering, brokers, appURL, rdir, "")
 			}})
 		}
 	}
+	return onlyContenders(cs, only)
+}
+
+// onlyContenders keeps the contenders whose name contains only, when set (-only).
+func onlyContenders(cs []contender, only string) ([]contender, error) {
 	if only != "" {
 		cs = slices.DeleteFunc(cs, func(c contender) bool { return !strings.Contains(c.name, only) })
 		if len(cs) == 0 {
@@ -364,8 +382,17 @@ func contenders(only string, orderings ...string) ([]contender, error) {
 	return cs, nil
 }
 
-// sidecarCmd writes the run's configuration into rdir and returns the sidecar's command.
-func sidecarCmd(bin, ordering, brokers, appURL, rdir string) *exec.Cmd {
+// sidecarContender is this build of the sidecar with ordering and the configuration
+// sections extra adds (YAML, each line ending in a newline).
+func sidecarContender(name, short, ordering, extra string) contender {
+	return contender{name: name, short: short, cmd: func(bin, brokers, appURL, rdir string) *exec.Cmd {
+		return sidecarCmd(bin, ordering, brokers, appURL, rdir, extra)
+	}}
+}
+
+// sidecarCmd writes the run's configuration (with the sections extra adds) into rdir and
+// returns the sidecar's command.
+func sidecarCmd(bin, ordering, brokers, appURL, rdir, extra string) *exec.Cmd {
 	admin := `""`
 	if os.Getenv("BENCH_DEBUG") != "" {
 		admin = debugAdmin // BENCH_DEBUG prints the sidecar's metrics after each run
@@ -378,7 +405,7 @@ delivery: {ordering: %s, max_inflight: 64}
 dedup: {enabled: true, path: %q}
 admin: {listen: %s}
 log: {level: warn}
-`, brokers, topic, commitInterval, appURL, ordering, filepath.Join(rdir, "dedup.db"), admin)
+`, brokers, topic, commitInterval, appURL, ordering, filepath.Join(rdir, "dedup.db"), admin) + extra
 	path := filepath.Join(rdir, "config.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		panic(err)
@@ -442,7 +469,12 @@ func startConsumer(c contender, bin, dir string, kafka *kfake.Cluster, app http.
 	cmd = c.cmd(bin, strings.Join(kafka.ListenAddrs(), ","), "http://"+ln.Addr().String()+"/", rdir)
 	logs = &bytes.Buffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
-	cmd.Env = consumerEnv(profile)
+	if env := consumerEnv(profile); env != nil || c.env != nil {
+		if env == nil {
+			env = os.Environ()
+		}
+		cmd.Env = append(env, c.env...) // what the contender sets wins
+	}
 	if err := cmd.Start(); err != nil {
 		stopApp()
 		return nil, nil, nil, err
@@ -460,11 +492,27 @@ func bench(sc scenario, apps []appProfile, runs, messages int, only, profile str
 	if sc.name == "key" {
 		orderings = []string{"key", "partition", "none"}
 	}
-	cs, err := contenders(only, orderings...)
+	var cs []contender
+	if sc.tracing {
+		var stop func()
+		cs, stop, err = tracingContenders(only)
+		if stop != nil {
+			defer stop()
+		}
+	} else {
+		cs, err = contenders(only, orderings...)
+	}
 	if err != nil {
 		return err
 	}
+	// The ratios are to the first contender: the loop, or in the tracing scenario the
+	// sidecar with tracing off.
+	base := "the hand-written loop"
 	withLoop := cs[0].name == loopName
+	withBase := withLoop
+	if sc.tracing {
+		base, withBase = "tracing off", len(cs) > 1 && cs[0].sink == nil
+	}
 
 	fmt.Printf("mqsidecar bench, scenario %q: messages of ~100 B (16 KiB producer batches), %d partitions, dedup on, max_inflight 64, commit every %v; %d runs each, alternating; medians\n",
 		sc.name, partitions, commitInterval, runs)
@@ -483,8 +531,16 @@ func bench(sc scenario, apps []appProfile, runs, messages int, only, profile str
 				if err != nil {
 					return fmt.Errorf("%s, %s run %d: %w", app, c.name, r+1, err)
 				}
-				fmt.Printf("  run %d %-34s %9.0f msg/s  p50 %7.1f ms  p99 %7.1f ms  RSS %5.1f MB  CPU %6.1f µs/msg (broker+app %5.1f)  %4.2f context switches/msg  order violations %d%s\n",
-					r+1, c.name, res.rate, ms(res.p50), ms(res.p99), res.rssMB, res.cpuUs, res.benchUs, res.switches, res.order, sleptNote(res.sleptMs))
+				spans := ""
+				if c.sink != nil { // the sidecar has stopped and flushed: all its spans are in
+					got, errs := c.sink.take()
+					if len(errs) > 0 {
+						return fmt.Errorf("%s, %s run %d: the span receiver refused exports: %v", app, c.name, r+1, errs)
+					}
+					spans = fmt.Sprintf("  spans %d (%.2f per message)", got, float64(got)/float64(n))
+				}
+				fmt.Printf("  run %d %-34s %9.0f msg/s  p50 %7.1f ms  p99 %7.1f ms  RSS %5.1f MB  CPU %6.1f µs/msg (broker+app %5.1f)  %4.2f context switches/msg  order violations %d%s%s\n",
+					r+1, c.name, res.rate, ms(res.p50), ms(res.p99), res.rssMB, res.cpuUs, res.benchUs, res.switches, res.order, sleptNote(res.sleptMs), spans)
 				results[i] = append(results[i], res)
 			}
 		}
@@ -495,7 +551,7 @@ func bench(sc scenario, apps []appProfile, runs, messages int, only, profile str
 			rate := median(results[i], func(r result) float64 { return r.rate })
 			cpu := median(results[i], func(r result) float64 { return r.cpuUs })
 			rateRatio, cpuRatio := "-", "-"
-			if withLoop {
+			if withBase {
 				rateRatio = fmt.Sprintf("%.2fx", rate/baseRate)
 				cpuRatio = fmt.Sprintf("%.2fx", cpu/baseCPU)
 			}
@@ -521,7 +577,7 @@ func bench(sc scenario, apps []appProfile, runs, messages int, only, profile str
 		}
 	}
 	if len(apps) > 1 {
-		fmt.Printf("\nsummary, scenario %q (medians of %d runs; ratios to the hand-written loop of the same profile; order = violations in all runs):\n", sc.name, runs)
+		fmt.Printf("\nsummary, scenario %q (medians of %d runs; ratios to %s of the same profile; order = violations in all runs):\n", sc.name, runs, base)
 		fmt.Printf("  %-8s %-34s %10s %10s %10s %12s %11s %9s %9s %7s\n", "app", "", "msg/s", "p50 ms", "p99 ms", "peak RSS MB", "CPU µs/msg", "msg/s vs", "CPU vs", "order")
 		for _, l := range summary {
 			fmt.Println("  " + l)

@@ -91,19 +91,25 @@ func testSpans(t *testing.T) []sdktrace.ReadOnlySpan {
 	return stubs.Snapshots()
 }
 
+// exporters returns the SDK's OTLP exporter sending to sdk and ours (NewExporter) to ours.
+func exporters(t *testing.T, sdk, ours *captureClient) (sdkExp, ourExp sdktrace.SpanExporter) {
+	t.Helper()
+	sdkExp, err := otlptrace.New(context.Background(), sdk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ourExp, err = NewExporter(context.Background(), ours); err != nil {
+		t.Fatal(err)
+	}
+	return sdkExp, ourExp
+}
+
 // TestExporterMatchesSDK: what NewExporter sends decodes to exactly what the SDK's OTLP
 // exporter sends for the same spans (its ResourceSpans in any order).
 func TestExporterMatchesSDK(t *testing.T) {
 	spans := testSpans(t)
 	var sdk, ours captureClient
-	sdkExp, err := otlptrace.New(context.Background(), &sdk)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ourExp, err := NewExporter(context.Background(), &ours)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sdkExp, ourExp := exporters(t, &sdk, &ours)
 	for range 2 { // the second batch reuses the buffer and the cached resources and scopes
 		sdk.got, ours.got = nil, nil
 		if err := sdkExp.ExportSpans(context.Background(), spans); err != nil {
@@ -130,5 +136,35 @@ func TestExporterMatchesSDK(t *testing.T) {
 	}
 	if err := ourExp.ExportSpans(context.Background(), spans); err != nil || len(ours.got) != 2 {
 		t.Errorf("after Shutdown: %v, %d uploads; want nothing sent", err, len(ours.got)-2)
+	}
+}
+
+// TestExporterLengthsOfAnySize: the lengths reserved ahead (a span's, a ScopeSpans') are
+// right whether the message is shorter or longer than they fit: spans from a few bytes to
+// past 16 KiB, and a batch past 2 MiB, encode as the SDK's exporter encodes them.
+func TestExporterLengthsOfAnySize(t *testing.T) {
+	start := time.Unix(1700000000, 0)
+	var stubs tracetest.SpanStubs
+	for i, n := range []int{0, 50, 100, 130, 16300, 16400, 20000, 1 << 20, 1<<20 + 100} {
+		sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: trace.TraceID{1}, SpanID: trace.SpanID{byte(i + 1)}, TraceFlags: trace.FlagsSampled})
+		s := tracetest.SpanStub{Name: "s", SpanContext: sc, StartTime: start, EndTime: start, InstrumentationScope: instrumentation.Scope{Name: "x"}}
+		if n > 0 {
+			s.Attributes = []attribute.KeyValue{attribute.String("v", strings.Repeat("z", n))}
+		}
+		stubs = append(stubs, s)
+	}
+	spans := stubs.Snapshots()
+	for _, batch := range [][]sdktrace.ReadOnlySpan{spans[:1], spans[:2], spans[:4], spans[:7], spans} {
+		var sdk, ours captureClient
+		sdkExp, ourExp := exporters(t, &sdk, &ours)
+		if err := sdkExp.ExportSpans(context.Background(), batch); err != nil {
+			t.Fatal(err)
+		}
+		if err := ourExp.ExportSpans(context.Background(), batch); err != nil {
+			t.Fatal(err)
+		}
+		if len(ours.got) != 1 || len(sdk.got) != 1 || !proto.Equal(ours.got[0], sdk.got[0]) {
+			t.Errorf("%d spans: ours differ from the SDK's (%d and %d ResourceSpans)", len(batch), len(ours.got), len(sdk.got))
+		}
 	}
 }
