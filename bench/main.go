@@ -473,7 +473,8 @@ func startConsumer(c contender, bin, dir string, kafka *kfake.Cluster, app http.
 		if env == nil {
 			env = os.Environ()
 		}
-		cmd.Env = append(env, c.env...) // what the contender sets wins
+		env = append(env, c.env...) // what the contender sets wins
+		cmd.Env = env
 	}
 	if err := cmd.Start(); err != nil {
 		stopApp()
