@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -597,8 +598,11 @@ func TestKafkaE2ECrashDuringRetries(t *testing.T) {
 
 // TestKafkaE2EKeyBeatsPartition: one partition, an app that takes 5 ms per push, 50 keys,
 // 2000 messages; the same topic consumed twice by fresh groups, with ordering: key and with
-// ordering: partition. Key mode must be at least 5 times faster, both with zero per-key
-// order violations.
+// ordering: partition. Both with zero per-key order violations; key mode must push
+// different keys at once (at least 8 pushes on the wire together) and partition mode one at
+// a time. The rates are logged, not asserted: how much faster key mode is depends on the
+// machine's load (15x on a quiet box, 4.6x at load 15); `go run ./bench -scenario key`
+// measures it.
 func TestKafkaE2EKeyBeatsPartition(t *testing.T) {
 	t0 := time.Now()
 	k := newKafkaE2E(t, "keyvspart", 1)
@@ -614,6 +618,7 @@ func TestKafkaE2EKeyBeatsPartition(t *testing.T) {
 		took time.Duration
 		rate float64
 		r    report
+		peak int // most pushes on the wire at once
 	}
 	run := func(mode string) result {
 		group := fmt.Sprintf("%s-%s", k.topic, mode)
@@ -642,7 +647,7 @@ func TestKafkaE2EKeyBeatsPartition(t *testing.T) {
 		}
 		took := last.Sub(first)
 		r := check(msgs, asPushes(pushes, nil), conc, true, true)
-		return result{mode: mode, took: took, rate: float64(n) / took.Seconds(), r: r}
+		return result{mode: mode, took: took, rate: float64(n) / took.Seconds(), r: r, peak: peakOnWire(pushes)}
 	}
 	key := run("key")
 	part := run("partition")
@@ -653,13 +658,44 @@ func TestKafkaE2EKeyBeatsPartition(t *testing.T) {
 			took: res.took, notes: fmt.Sprintf("%.0f msg/s (first push to last answer)", res.rate)})
 	}
 	printDeliveryTable(t, rows...)
-	t.Logf("key mode %.0f msg/s, partition mode %.0f msg/s: %.1fx; whole test %s", key.rate, part.rate, ratio, time.Since(t0).Round(100*time.Millisecond))
+	t.Logf("key mode %.0f msg/s (%d pushes at once at most), partition mode %.0f msg/s (%d): %.1fx; whole test %s",
+		key.rate, key.peak, part.rate, part.peak, ratio, time.Since(t0).Round(100*time.Millisecond))
 	fmt.Fprintf(os.Stdout, "key mode %.0f msg/s, partition mode %.0f msg/s: %.1fx\n", key.rate, part.rate, ratio)
 	key.r.requireClean(t)
 	part.r.requireClean(t)
-	if ratio < 5 {
-		t.Errorf("ordering: key is only %.1fx faster than ordering: partition (%.0f vs %.0f msg/s), want at least 5x", ratio, key.rate, part.rate)
+	if key.peak < 8 {
+		t.Errorf("ordering: key had at most %d pushes on the wire at once (50 keys, max_inflight 64), want at least 8", key.peak)
 	}
+	if part.peak != 1 {
+		t.Errorf("ordering: partition had %d pushes of one partition on the wire at once, want 1", part.peak)
+	}
+}
+
+// peakOnWire returns the most pushes the app was working on at once (from their arrival
+// to their answer).
+func peakOnWire(pushes []scriptPush) int {
+	type edge struct {
+		at    time.Time
+		delta int
+	}
+	edges := make([]edge, 0, 2*len(pushes))
+	for _, p := range pushes {
+		if !p.Done.IsZero() { // not answered (the connection closed): not counted
+			edges = append(edges, edge{p.At, 1}, edge{p.Done, -1})
+		}
+	}
+	slices.SortFunc(edges, func(a, b edge) int {
+		if c := a.at.Compare(b.at); c != 0 {
+			return c
+		}
+		return a.delta - b.delta // an answer before an arrival at the same instant
+	})
+	peak, n := 0, 0
+	for _, e := range edges {
+		n += e.delta
+		peak = max(peak, n)
+	}
+	return peak
 }
 
 // TestKafkaE2EDaprAnswers: the app answers 200 with Dapr bodies. IDs ≡ 0 mod 5 get
