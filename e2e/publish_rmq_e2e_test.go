@@ -165,27 +165,8 @@ func withPublish(yaml, addr string) string {
 
 func TestRabbitMQE2EPublishBrokerChaos(t *testing.T) {
 	r := newRabbitE2E(t, "publish")
-	ch, err := r.channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ex := r.queue + "-x"
-	if err := ch.ExchangeDeclare(ex, "direct", true, false, false, false, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := ch.QueueBind(r.queue, "k", ex, false, nil); err != nil {
-		t.Fatal(err)
-	}
-	lonely := r.queue + "-nobody"
-	if err := ch.ExchangeDeclare(lonely, "direct", true, false, false, false, nil); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if ch, err := r.channel(); err == nil {
-			_ = ch.ExchangeDelete(ex, false, false)
-			_ = ch.ExchangeDelete(lonely, false, false)
-		}
-	})
+	ex := r.exchange(t, r.queue+"-x", "k")
+	lonely := r.exchange(t, r.queue+"-nobody", "") // no queue bound
 	app := newRecApp(t, 0, 0)
 	yaml, env := r.sidecarYAML(app.url(), filepath.Join(t.TempDir(), "dedup.db"))
 	addr := freeAddr(t)

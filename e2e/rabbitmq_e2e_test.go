@@ -53,6 +53,30 @@ func newRabbitE2E(t *testing.T, name string) *rabbitEnv {
 	return r
 }
 
+// exchange declares a durable direct exchange name, bound to the test's queue with bindKey
+// (none when bindKey is empty), and deletes it when the test ends.
+func (r *rabbitEnv) exchange(t *testing.T, name, bindKey string) string {
+	t.Helper()
+	ch, err := r.channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.ExchangeDeclare(name, "direct", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if bindKey != "" {
+		if err := ch.QueueBind(r.queue, bindKey, name, false, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		if ch, err := r.channel(); err == nil {
+			_ = ch.ExchangeDelete(name, false, false)
+		}
+	})
+	return name
+}
+
 // channel returns the publishing channel (confirm mode), dialling again after a broker
 // restart closed the old connection.
 func (r *rabbitEnv) channel() (*amqp.Channel, error) {

@@ -43,22 +43,7 @@ func TestRocketMQE2ETransactions(t *testing.T) {
 // bound to the sidecar's queue.
 func TestRabbitMQE2ETransactions(t *testing.T) {
 	r := newRabbitE2E(t, "txn")
-	ch, err := r.channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ex := r.queue + "-x"
-	if err := ch.ExchangeDeclare(ex, "direct", true, false, false, false, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := ch.QueueBind(r.queue, "k", ex, false, nil); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if ch, err := r.channel(); err == nil {
-			_ = ch.ExchangeDelete(ex, false, false)
-		}
-	})
+	ex := r.exchange(t, r.queue+"-x", "k")
 	app := newRecApp(t, 0, 0)
 	yaml, env := r.sidecarYAML(app.url(), filepath.Join(t.TempDir(), "dedup.db"))
 	listen := freeAddr(t)
