@@ -579,7 +579,8 @@ func (s *Source) reservedFor(ps *partState, offset int64) bool {
 
 // delivery makes the Delivery of r, a record of ps. Strings the record's fields share are
 // converted once (every message pays for each allocation, and for the collections they
-// cause): the ID is the very string of its header's value, or of the key.
+// cause): the source per partition, and the ID is the very string of its header's value,
+// or of the key.
 func (s *Source) delivery(r *kgo.Record, ps *partState) *adapters.Delivery {
 	d := &adapters.Delivery{
 		Payload:        r.Value,
@@ -591,43 +592,42 @@ func (s *Source) delivery(r *kgo.Record, ps *partState) *adapters.Delivery {
 		Partition:      r.Partition,
 		Offset:         r.Offset,
 	}
-	idHeader, byHeader := strings.CutPrefix(s.cfg.MessageID, "header:")
-	if len(r.Headers) > 0 {
-		d.Headers = make([]adapters.Header, 0, len(r.Headers))
-		for _, h := range r.Headers {
-			v := string(h.Value)
-			d.Headers = append(d.Headers, adapters.Header{Key: h.Key, Value: v})
-			if strings.EqualFold(h.Key, "content-type") {
-				d.ContentType = v
-			}
-			if byHeader && d.ID == "" && h.Key == idHeader {
-				d.ID = v // the first such header with a value, as messageID takes it
-			}
-		}
-	}
-	switch {
-	case d.ID != "":
-	case s.cfg.MessageID == "key" && d.Key != "":
-		d.ID = d.Key
-	default:
-		d.ID = messageID(s.cfg.MessageID, r)
-	}
+	d.Headers, d.ContentType = convertHeaders(r)
+	d.ID = messageID(s.cfg.MessageID, r, d)
 	return d
 }
 
-// messageID applies the configured rule, falling back to the record's coordinates (which
-// still dedup redeliveries, though not producer duplicates).
-func messageID(rule string, r *kgo.Record) string {
+// convertHeaders returns r's headers as the Delivery carries them, each value converted
+// once, and the value of the (last) content-type header.
+func convertHeaders(r *kgo.Record) (hs []adapters.Header, contentType string) {
+	if len(r.Headers) == 0 {
+		return nil, ""
+	}
+	hs = make([]adapters.Header, 0, len(r.Headers))
+	for _, h := range r.Headers {
+		v := string(h.Value)
+		hs = append(hs, adapters.Header{Key: h.Key, Value: v})
+		if strings.EqualFold(h.Key, "content-type") {
+			contentType = v
+		}
+	}
+	return hs, contentType
+}
+
+// messageID applies the configured rule to d, the Delivery of r (its Key and Headers
+// already converted: the ID shares their strings), falling back to the record's
+// coordinates (which still dedup redeliveries, though not producer duplicates).
+func messageID(rule string, r *kgo.Record, d *adapters.Delivery) string {
 	switch {
 	case rule == "key":
-		if len(r.Key) > 0 {
-			return string(r.Key)
+		if d.Key != "" {
+			return d.Key
 		}
 	case strings.HasPrefix(rule, "header:"):
 		name := strings.TrimPrefix(rule, "header:")
-		for _, h := range r.Headers {
-			if h.Key == name && len(h.Value) > 0 {
-				return string(h.Value)
+		for _, h := range d.Headers {
+			if h.Key == name && h.Value != "" {
+				return h.Value
 			}
 		}
 	}

@@ -39,28 +39,33 @@ func TestConformanceKfake(t *testing.T) {
 
 func TestMessageIDRules(t *testing.T) {
 	r := &kgo.Record{Topic: "t", Partition: 2, Offset: 7, Key: []byte("k"), Headers: []kgo.RecordHeader{{Key: "id", Value: []byte("h1")}}}
+	ps := &partState{lane: "t/2", source: "kafka://t"}
 	for rule, want := range map[string]string{"": "t/2/7", "key": "k", "header:id": "h1", "header:other": "t/2/7"} {
-		if got := messageID(rule, r); got != want {
+		if got := (&Source{cfg: Settings{MessageID: rule}}).delivery(r, ps).ID; got != want {
 			t.Errorf("rule %q: %q, want %q", rule, got, want)
 		}
 	}
-	if got := messageID("key", &kgo.Record{Topic: "t", Offset: 1}); got != "t/0/1" {
+	if got := (&Source{cfg: Settings{MessageID: "key"}}).delivery(&kgo.Record{Topic: "t", Offset: 1}, ps).ID; got != "t/0/1" {
 		t.Errorf("empty key falls back to coordinates, got %q", got)
 	}
 }
 
-// TestDeliveryIDFollowsTheRules: the Delivery carries the ID messageID gives for each rule,
-// taken from the header or key string it already holds.
+// TestDeliveryIDFollowsTheRules: the Delivery carries the ID of each rule — the first
+// header of the name with a value, the key, else the coordinates — taken from the header or
+// key string it already holds.
 func TestDeliveryIDFollowsTheRules(t *testing.T) {
 	r := &kgo.Record{Topic: "t", Partition: 2, Offset: 7, Key: []byte("k"), Headers: []kgo.RecordHeader{
 		{Key: "id", Value: nil}, {Key: "Content-Type", Value: []byte("text/plain")}, {Key: "id", Value: []byte("h2")}, {Key: "id", Value: []byte("h3")}}}
 	noKey := &kgo.Record{Topic: "t", Offset: 1}
 	ps := &partState{lane: "t/2", source: "kafka://t"}
-	for _, rec := range []*kgo.Record{r, noKey} {
-		for _, rule := range []string{"", "key", "header:id", "header:other", "header:Content-Type"} {
+	wants := map[*kgo.Record]map[string]string{
+		r:     {"": "t/2/7", "key": "k", "header:id": "h2", "header:other": "t/2/7", "header:Content-Type": "text/plain"},
+		noKey: {"": "t/0/1", "key": "t/0/1", "header:id": "t/0/1", "header:other": "t/0/1", "header:Content-Type": "t/0/1"},
+	}
+	for rec, byRule := range wants {
+		for rule, want := range byRule {
 			s := &Source{cfg: Settings{MessageID: rule}}
-			d := s.delivery(rec, ps)
-			if want := messageID(rule, rec); d.ID != want {
+			if d := s.delivery(rec, ps); d.ID != want {
 				t.Errorf("rule %q, record %v: ID %q, want %q", rule, rec.Headers, d.ID, want)
 			}
 		}

@@ -391,13 +391,8 @@ func (s *ShareSource) poll(ctx context.Context) error {
 			d.DeliveryCount = n - 1
 			d.Redelivered = true
 		}
-		for _, h := range r.Headers {
-			d.Headers = append(d.Headers, adapters.Header{Key: h.Key, Value: string(h.Value)})
-			if strings.EqualFold(h.Key, "content-type") {
-				d.ContentType = string(h.Value)
-			}
-		}
-		d.ID = messageID(s.cfg.MessageID, r)
+		d.Headers, d.ContentType = convertHeaders(r)
+		d.ID = messageID(s.cfg.MessageID, r, d)
 		d.Ack = func(err error) { s.settled(sr, err) }
 		sr.d = d
 		batch = append(batch, sr)
