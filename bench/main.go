@@ -214,7 +214,7 @@ func (a appProfile) String() string {
 }
 
 func main() {
-	mode := flag.String("mode", "", "internal: baseline (run the hand-written loop)")
+	mode := flag.String("mode", "", "internal: baseline (run the hand-written loop), bound (the 64-at-once pusher)")
 	runs := flag.Int("runs", 5, "runs per contender; medians are reported")
 	messages := flag.Int("messages", 0, "messages per run (default 50000; 10000 for -scenario key, whose baseline does 200 msg/s; 30000 for -scenario fleet)")
 	scen := flag.String("scenario", "partition", "partition | key | none | tracing | fleet | share | publish | idle | held")
@@ -229,9 +229,13 @@ func main() {
 	brokers := flag.String("brokers", "", "internal")
 	appURL := flag.String("app", "", "internal")
 	flag.Parse()
-	if *mode == "baseline" {
+	if *mode == "baseline" || *mode == "bound" {
 		stop := startProfile(os.Getenv("MQSIDECAR_CPUPROFILE"))
-		err := baseline(strings.Split(*brokers, ","), *appURL)
+		consume := baseline
+		if *mode == "bound" {
+			consume = func(brokers []string, appURL string) error { return bound(brokers, appURL, *messages) }
+		}
+		err := consume(strings.Split(*brokers, ","), *appURL)
 		stop()
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "baseline:", err)
@@ -506,6 +510,9 @@ func bench(sc scenario, apps []appProfile, runs, messages int, only, profile str
 	if err != nil {
 		return err
 	}
+	if sc.keys > 0 && only == "" {
+		cs = slices.Insert(cs, 1, boundContender())
+	}
 	// The ratios are to the first contender: the loop, or in the tracing scenario the
 	// sidecar with tracing off.
 	base := "the hand-written loop"
@@ -525,6 +532,7 @@ func bench(sc scenario, apps []appProfile, runs, messages int, only, profile str
 			n = messages
 		}
 		fmt.Printf("\n%s, %d messages:\n", app, n)
+		boundMessages = n
 		results := make([][]result, len(cs))
 		for r := 0; r < runs; r++ {
 			for i, c := range cs {
@@ -575,6 +583,17 @@ func bench(sc scenario, apps []appProfile, runs, messages int, only, profile str
 			slept := median(results[0], func(r result) float64 { return r.sleptMs })
 			fmt.Printf("ceiling: max_inflight 64 / the app's time per push (%.2f ms slept, median of the loop's runs) = %.0f msg/s; the loop's time per message %.2f ms\n",
 				slept, 64/slept*1000, 1000/baseRate)
+			if i := slices.IndexFunc(cs, func(c contender) bool { return c.name == boundName }); i >= 0 {
+				b := median(results[i], func(r result) float64 { return r.rate })
+				fmt.Printf("bound: %.0f msg/s, 64 plain HTTP clients pushing from memory to the same app (%.2f ms per push, %.2f ms of it slept);", b, 64/b*1000,
+					median(results[i], func(r result) float64 { return r.sleptMs }))
+				for j, c := range cs {
+					if strings.HasPrefix(c.name, "mqsidecar") {
+						fmt.Printf(" %s %.2fx of it;", c.name, median(results[j], func(r result) float64 { return r.rate })/b)
+					}
+				}
+				fmt.Println()
+			}
 		}
 	}
 	if len(apps) > 1 {
@@ -897,6 +916,80 @@ func baseline(brokers []string, appURL string) error {
 			}
 		}
 	}
+}
+
+// boundName is the contender that shows what any consumer with 64 pushes in flight can
+// reach on this machine against the bench's app (bound).
+const boundName = "bound: 64 pushes at once"
+
+func boundContender() contender {
+	self, err := os.Executable()
+	if err != nil {
+		panic(err)
+	}
+	return contender{name: boundName, short: "bound", cmd: func(_ string, brokers, appURL, _ string) *exec.Cmd {
+		return exec.Command(self, "-mode", "bound", "-brokers", brokers, "-app", appURL, "-messages", strconv.Itoa(boundMessages))
+	}}
+}
+
+// boundMessages is the messages the bound contender reads before it pushes (bench sets it per
+// app profile, before starting the contender).
+var boundMessages int
+
+// bound reads all n records first, then pushes them from memory with 64 plain net/http
+// clients at once, in no order and with nothing stored, and commits them at the end: the
+// most 64 pushes in flight deliver with this app on this machine, whatever the consumer.
+func bound(brokers []string, appURL string, n int) error {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumerGroup("bench"), kgo.ConsumeTopics(topic),
+		kgo.DisableAutoCommit(), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	var recs []*kgo.Record
+	for len(recs) < n {
+		fs := cl.PollFetches(ctx)
+		if fs.IsClientClosed() || ctx.Err() != nil {
+			return nil
+		}
+		var ferr error
+		fs.EachError(func(_ string, _ int32, err error) { ferr = err })
+		if ferr != nil {
+			return ferr
+		}
+		recs = append(recs, fs.Records()...)
+	}
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	work := make(chan *kgo.Record)
+	var wg sync.WaitGroup
+	for range 64 {
+		wg.Go(func() {
+			for r := range work {
+				for ctx.Err() == nil {
+					req, _ := http.NewRequest(http.MethodPost, appURL, bytes.NewReader(r.Value))
+					req.Header.Set("ce-partition", strconv.Itoa(int(r.Partition)))
+					req.Header.Set("ce-offset", strconv.FormatInt(r.Offset, 10))
+					resp, err := hc.Do(req)
+					if err == nil {
+						_, _ = io.Copy(io.Discard, resp.Body)
+						resp.Body.Close()
+						if resp.StatusCode/100 == 2 {
+							break
+						}
+					}
+					time.Sleep(100 * time.Millisecond)
+				}
+			}
+		})
+	}
+	for _, r := range recs {
+		work <- r
+	}
+	close(work)
+	wg.Wait()
+	return cl.CommitRecords(ctx, recs...)
 }
 
 const debugAdmin = "127.0.0.1:19464"
