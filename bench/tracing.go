@@ -16,6 +16,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"sync"
 	"sync/atomic"
 
@@ -29,11 +31,21 @@ func tracingContenders(only string) (cs []contender, stop func(), err error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	on := sidecarContender("mqsidecar, tracing on (100%)", "sidecar-tracing", "partition",
-		fmt.Sprintf("tracing: {enabled: true, endpoint: %q}\n", sink.url))
+	tracingOn := fmt.Sprintf("tracing: {enabled: true, endpoint: %q}\n", sink.url)
+	on := sidecarContender("mqsidecar, tracing on (100%)", "sidecar-tracing", "partition", tracingOn)
 	on.env = []string{"OTEL_TRACES_SAMPLER=always_on"}
 	on.sink = sink
-	cs, err = onlyContenders([]contender{sidecarContender("mqsidecar, tracing off", "sidecar-off", "partition", ""), on}, only)
+	cs = []contender{sidecarContender("mqsidecar, tracing off", "sidecar-off", "partition", ""), on}
+	// BENCH_BASELINE_BIN: another build with tracing on, alternating with this one (a change
+	// to tracing measured against main in the same minutes).
+	if b := os.Getenv("BENCH_BASELINE_BIN"); b != "" {
+		base := contender{name: "mqsidecar@baseline, tracing on", short: "baseline-tracing", env: on.env, sink: sink,
+			cmd: func(_, brokers, appURL, rdir string) *exec.Cmd {
+				return sidecarCmd(b, "partition", brokers, appURL, rdir, tracingOn)
+			}}
+		cs = append(cs, base)
+	}
+	cs, err = onlyContenders(cs, only)
 	if err != nil {
 		sink.close()
 		return nil, nil, err
