@@ -115,8 +115,9 @@ var scenarios = map[string]scenario{
 	// For investigations: the instant app without ordering constraints.
 	"none": {name: "none", ordering: "none", apps: "instant"},
 	// Issue 18: the partition scenario's sidecar with tracing off and on (100% sampling,
-	// exporting to a receiver in the bench); ratios on/off (tracing.go).
-	"tracing": {name: "tracing", ordering: "partition", apps: "instant,200us", tracing: true},
+	// exporting to a receiver in the bench), for each of its app profiles; ratios on/off
+	// (tracing.go).
+	"tracing": {name: "tracing", ordering: "partition", apps: "instant,200us,1ms,5ms,cpu", tracing: true},
 }
 
 // appProfile is how the bench's app answers each push.
@@ -219,7 +220,7 @@ func main() {
 	messages := flag.Int("messages", 0, "messages per run (default 50000; 10000 for -scenario key, whose baseline does 200 msg/s; 30000 for -scenario fleet)")
 	scen := flag.String("scenario", "partition", "partition | key | none | tracing | fleet | share | publish | idle | held")
 	appDelays := flag.String("app-delays", "0,200us", "-scenario fleet: the app profiles, comma-separated push latencies (0 = the instant app)")
-	apps := flag.String("apps", "", "the app profiles, comma-separated: instant, a latency (200us, 1ms, 5ms), cpu[:100us] (default: partition all five, key 5ms, none instant, tracing instant,200us)")
+	apps := flag.String("apps", "", "the app profiles, comma-separated: instant, a latency (200us, 1ms, 5ms), cpu[:100us] (default: partition and tracing all five, key 5ms, none instant)")
 	window := flag.Duration("window", 5*time.Second, "-scenario idle and held: how long CPU is measured, once the consumer is settled (these two use the sidecar's default commit_interval, 1s, unless -commit-interval is given)")
 	flag.DurationVar(&commitInterval, "commit-interval", commitInterval, "the sidecar's source.kafka.commit_interval (its default is 1s)")
 	profile := flag.String("cpuprofile", "", "write a CPU profile of each consumer run to PREFIX-<scenario>[-<app>]-<contender>-run<N>.pprof (MQSIDECAR_CPUPROFILE)")
