@@ -893,23 +893,7 @@ func baseline(brokers []string, appURL string) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			for {
-				req, _ := http.NewRequest(http.MethodPost, appURL, bytes.NewReader(r.Value))
-				req.Header.Set("ce-partition", strconv.Itoa(int(r.Partition)))
-				req.Header.Set("ce-offset", strconv.FormatInt(r.Offset, 10))
-				if len(r.Key) > 0 {
-					req.Header.Set("ce-partitionkey", string(r.Key))
-				}
-				resp, err := hc.Do(req)
-				if err == nil {
-					_, _ = io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					if resp.StatusCode/100 == 2 {
-						break
-					}
-				}
-				time.Sleep(100 * time.Millisecond)
-			}
+			pushUntilDone(ctx, hc, appURL, r, true)
 		}
 		if len(recs) > 0 {
 			if err := cl.CommitRecords(ctx, recs...); err != nil {
@@ -968,20 +952,7 @@ func bound(brokers []string, appURL string, n int) error {
 	for range 64 {
 		wg.Go(func() {
 			for r := range work {
-				for ctx.Err() == nil {
-					req, _ := http.NewRequest(http.MethodPost, appURL, bytes.NewReader(r.Value))
-					req.Header.Set("ce-partition", strconv.Itoa(int(r.Partition)))
-					req.Header.Set("ce-offset", strconv.FormatInt(r.Offset, 10))
-					resp, err := hc.Do(req)
-					if err == nil {
-						_, _ = io.Copy(io.Discard, resp.Body)
-						resp.Body.Close()
-						if resp.StatusCode/100 == 2 {
-							break
-						}
-					}
-					time.Sleep(100 * time.Millisecond)
-				}
+				pushUntilDone(ctx, hc, appURL, r, false) // no key: pushed in no order
 			}
 		})
 	}
@@ -991,6 +962,28 @@ func bound(brokers []string, appURL string, n int) error {
 	close(work)
 	wg.Wait()
 	return cl.CommitRecords(ctx, recs...)
+}
+
+// pushUntilDone POSTs r to the app, with its partition and offset (and its key, for the
+// app's order check, when withKey), until the app answers 2xx or ctx ends.
+func pushUntilDone(ctx context.Context, hc *http.Client, appURL string, r *kgo.Record, withKey bool) {
+	for ctx.Err() == nil {
+		req, _ := http.NewRequest(http.MethodPost, appURL, bytes.NewReader(r.Value))
+		req.Header.Set("ce-partition", strconv.Itoa(int(r.Partition)))
+		req.Header.Set("ce-offset", strconv.FormatInt(r.Offset, 10))
+		if withKey && len(r.Key) > 0 {
+			req.Header.Set("ce-partitionkey", string(r.Key))
+		}
+		resp, err := hc.Do(req)
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode/100 == 2 {
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 const debugAdmin = "127.0.0.1:19464"
