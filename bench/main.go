@@ -869,8 +869,7 @@ func (a *app) result(n int) result {
 // record in order, commit the batch synchronously, repeat. An interrupt stops it between
 // two pushes (so that its CPU profile, if any, is written).
 func baseline(brokers []string, appURL string) error {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumerGroup("bench"), kgo.ConsumeTopics(topic),
-		kgo.DisableAutoCommit(), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	cl, err := groupConsumer(brokers)
 	if err != nil {
 		return err
 	}
@@ -879,16 +878,10 @@ func baseline(brokers []string, appURL string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	for {
-		fs := cl.PollRecords(ctx, 500)
-		if fs.IsClientClosed() || ctx.Err() != nil {
-			return nil
+		recs, done, err := poll(ctx, cl, 500)
+		if done || err != nil {
+			return err
 		}
-		var ferr error
-		fs.EachError(func(_ string, _ int32, err error) { ferr = err })
-		if ferr != nil {
-			return ferr
-		}
-		recs := fs.Records()
 		for _, r := range recs {
 			if ctx.Err() != nil {
 				return nil
@@ -925,8 +918,7 @@ var boundMessages int
 // clients at once, in no order and with nothing stored, and commits them at the end: the
 // most 64 pushes in flight deliver with this app on this machine, whatever the consumer.
 func bound(brokers []string, appURL string, n int) error {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumerGroup("bench"), kgo.ConsumeTopics(topic),
-		kgo.DisableAutoCommit(), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	cl, err := groupConsumer(brokers)
 	if err != nil {
 		return err
 	}
@@ -935,16 +927,11 @@ func bound(brokers []string, appURL string, n int) error {
 	defer stop()
 	var recs []*kgo.Record
 	for len(recs) < n {
-		fs := cl.PollFetches(ctx)
-		if fs.IsClientClosed() || ctx.Err() != nil {
-			return nil
+		more, done, err := poll(ctx, cl, 0)
+		if done || err != nil {
+			return err
 		}
-		var ferr error
-		fs.EachError(func(_ string, _ int32, err error) { ferr = err })
-		if ferr != nil {
-			return ferr
-		}
-		recs = append(recs, fs.Records()...)
+		recs = append(recs, more...)
 	}
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	work := make(chan *kgo.Record)
@@ -962,6 +949,27 @@ func bound(brokers []string, appURL string, n int) error {
 	close(work)
 	wg.Wait()
 	return cl.CommitRecords(ctx, recs...)
+}
+
+// groupConsumer joins the bench's consumer group on the bench topic from its start; it
+// commits only what its caller commits.
+func groupConsumer(brokers []string) (*kgo.Client, error) {
+	return kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumerGroup("bench"), kgo.ConsumeTopics(topic),
+		kgo.DisableAutoCommit(), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+}
+
+// poll returns the records of one poll (at most most; most <= 0: a fetch's worth), the
+// first fetch error, or done when ctx ended or cl was closed.
+func poll(ctx context.Context, cl *kgo.Client, most int) (recs []*kgo.Record, done bool, err error) {
+	fs := cl.PollRecords(ctx, most)
+	if fs.IsClientClosed() || ctx.Err() != nil {
+		return nil, true, nil
+	}
+	fs.EachError(func(_ string, _ int32, e error) { err = e })
+	if err != nil {
+		return nil, false, err
+	}
+	return fs.Records(), false, nil
 }
 
 // pushUntilDone POSTs r to the app, with its partition and offset (and its key, for the
