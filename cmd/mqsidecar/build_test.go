@@ -132,11 +132,13 @@ var (
 	buildOnce sync.Once
 	builtBin  string
 	buildErr  error
-	buildOut  []byte
+	// buildOut is the build's output: the linker's reachability graph (-dumpdep), or why
+	// the build failed.
+	buildOut []byte
 )
 
-// productionBinary builds cmd/mqsidecar the way make build does (the production tags), once
-// per test run.
+// productionBinary builds cmd/mqsidecar the way make build does (static, the production
+// tags), once per test run, keeping the linker's reachability graph (linkerGraph).
 func productionBinary(t *testing.T) string {
 	t.Helper()
 	if testing.Short() {
@@ -153,12 +155,23 @@ func productionBinary(t *testing.T) string {
 			return
 		}
 		builtBin = filepath.Join(dir, "mqsidecar")
-		buildOut, buildErr = exec.Command(goTool, "build", "-tags", strings.Join(productionTags, ","), "-o", builtBin, ".").CombinedOutput()
+		// -dumpdep prints the linker's reachability graph, "caller -> callee" per line, and
+		// marks a callee that calls reflect's method lookup with " <ReflectMethod>".
+		cmd := exec.Command(goTool, "build", "-tags", strings.Join(productionTags, ","), "-ldflags=-dumpdep", "-o", builtBin, ".")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		buildOut, buildErr = cmd.CombinedOutput()
 	})
 	if buildErr != nil {
-		t.Fatalf("go build -tags %s: %v\n%s", strings.Join(productionTags, ","), buildErr, buildOut)
+		t.Fatalf("go build -tags %s: %v\n%s", strings.Join(productionTags, ","), buildErr, buildOut[:min(len(buildOut), 2000)])
 	}
 	return builtBin
+}
+
+// linkerGraph is the linker's reachability graph of productionBinary's build.
+func linkerGraph(t *testing.T) string {
+	t.Helper()
+	productionBinary(t)
+	return string(buildOut)
 }
 
 func TestMain(m *testing.M) {
@@ -198,25 +211,9 @@ func TestNodemoBinary(t *testing.T) {
 // 24), mapped from the page cache as the process touched it: ~3 MB more peak RSS in
 // `make bench`. The failure names the chain of calls from main that reaches it.
 func TestBinaryKeepsDeadCodeElimination(t *testing.T) {
-	if testing.Short() {
-		t.Skip("links the binary")
-	}
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		t.Skip("no go command:", err)
-	}
-	// -dumpdep prints the linker's reachability graph, "caller -> callee" per line, and
-	// marks a callee that calls reflect's method lookup with " <ReflectMethod>".
-	cmd := exec.Command(goTool, "build", "-tags", strings.Join(productionTags, ","), "-ldflags=-dumpdep", "-o", os.DevNull, ".")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	var graph bytes.Buffer
-	cmd.Stderr = &graph
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("go build -ldflags=-dumpdep: %v\n%s", err, graph.Bytes()[:min(graph.Len(), 2000)])
-	}
 	callers := map[string][]string{}
 	var marked []string
-	for _, line := range strings.Split(graph.String(), "\n") {
+	for _, line := range strings.Split(linkerGraph(t), "\n") {
 		from, to, ok := strings.Cut(line, " -> ")
 		if !ok {
 			continue
