@@ -100,20 +100,20 @@ func Version(stamped string) string {
 // (reflect's MethodByName is then reachable): 11 MB of binary, most of it resident
 // (cmd/mqsidecar TestBinaryKeepsDeadCodeElimination).
 func AddVersion(root *cobra.Command, stamped string) {
-	name := root.Name()
-	show := root.Flags().BoolP("version", "v", false, "version for "+name)
+	version := VersionCommand(root.Name(), stamped)
+	show := root.Flags().BoolP("version", "v", false, "version for "+root.Name())
 	runE := root.RunE
 	root.RunE = func(cmd *cobra.Command, args []string) error {
 		switch {
 		case *show:
-			_, err := fmt.Fprintln(cmd.OutOrStdout(), name, Version(stamped))
-			return err
+			version.Run(cmd, nil) // the subcommand's line, written to root's output
+			return nil
 		case runE != nil:
 			return runE(cmd, args)
 		}
 		return cmd.Help() // what cobra does for a root that runs nothing
 	}
-	root.AddCommand(VersionCommand(name, stamped))
+	root.AddCommand(version)
 }
 
 // VersionCommand is the `version` subcommand: it prints "<name> <version>".
