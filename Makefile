@@ -96,7 +96,8 @@ test-e2e: build
 
 ## bench: throughput, latency, RSS and CPU per message (medians of several runs, beside the
 ## hand-written loop) for each app profile, CPU while idle and while every lane is held, the
-## fleet, tracing on vs off (docs/performance.md). -cpuprofile PREFIX keeps a CPU profile of every run.
+## fleet, tracing on vs off, publishing beside Dapr's publish API (hack/daprd.sh builds a daprd
+## once; docs/performance.md). -cpuprofile PREFIX keeps a CPU profile of every run.
 bench:
 	$(GO) run ./bench -runs 3 -scenario partition
 	$(GO) run ./bench -runs 3 -scenario key
@@ -106,7 +107,7 @@ bench:
 	$(GO) run ./bench -runs 3 -scenario fleet
 	$(GO) run ./bench -runs 3 -scenario share
 	$(GO) run ./bench -runs 3 -scenario bytes
-	$(GO) run ./bench -runs 3 -scenario publish
+	daprd=$$(hack/daprd.sh) && BENCH_DAPRD=$$daprd $(GO) run ./bench -runs 3 -scenario publish
 	$(GO) test ./ackgate/ -run '^$$' -bench '^BenchmarkPushClient$$' -benchtime 20000x -count 5
 	$(GO) test ./ackgate/ -run '^$$' -bench '^BenchmarkGateTracing$$' -benchtime 20000x -count 5
 

@@ -7,13 +7,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,23 +26,35 @@ import (
 
 // -scenario publish: the publish endpoint's throughput and latency. 16 concurrent clients
 // publish 1 KiB payloads, each waiting for its answer before the next (as an app's request
-// handlers do), through three contenders on the same broker, alternating runs:
+// handlers do), through these contenders on the same broker, alternating runs:
 //   - loop: a hand-written franz-go producer in this process, 16 goroutines calling
 //     ProduceSync (acks=all, idempotent: franz-go's defaults, as the sidecar's publisher);
 //   - sidecar: POST /v1/publish/{topic} to the built binary, without a key (nothing stored);
 //   - sidecar+key: the same with an Idempotency-Key per message (its claim and its receipt
-//     written to the bbolt store, fsynced, before the answer).
-// A publish counts when it was answered: ProduceSync returned nil, or the endpoint 200. The
-// broker is kfake (in this process) and, with -kafka host:port or MQSIDECAR_E2E_KAFKA, a
-// real Kafka too (a fresh topic of 8 partitions, replication factor 1, per run). Reported:
-// publishes/s, p50 and p99 latency per publish, medians of the runs, and ratios to the loop.
-// The sidecar's own CPU per publish (its process CPU clock over the measured publishes,
-// warm-up excluded) is reported beside, as it is less sensitive to other load than the rate.
+//     written to the bbolt store, fsynced, before the answer);
+//   - "sidecar net/http": the sidecar without a key again, the requests sent by Go's
+//     net/http client instead of the lean one (clients.go): what a Go app's client costs;
+//   - dapr, when BENCH_DAPRD names a daprd (make bench builds one with hack/daprd.sh): Dapr's
+//     publish API, POST /v1.0/publish/{pubsub}/{topic}?metadata.rawPayload=true, its Kafka
+//     pub/sub component on the same brokers (Sarama's SyncProducer: acks=all, five retries,
+//     not idempotent, Dapr's settings). rawPayload makes it send the body as it is, as
+//     mqsidecar does, instead of wrapping it in a CloudEvent. Dapr has no idempotency key,
+//     so it has no keyed contender.
+//
+// The HTTP requests are sent by a lean keep-alive HTTP/1.1 client (clients.go) unless said
+// otherwise, so that the two cores go to the sidecar and the broker rather than to the load
+// generator. A publish counts when it was answered: ProduceSync returned nil, or the
+// endpoint 200 (Dapr: 204). The broker is kfake (in this process) and, with -kafka host:port
+// or MQSIDECAR_E2E_KAFKA, a real Kafka too (a fresh topic of 8 partitions, replication
+// factor 1, per run). Reported: publishes/s, p50 and p99 latency per publish, medians of the
+// runs, and ratios to the loop. The CPU per publish of the bench process (the clients and
+// kfake, or the loop and kfake) and of the sidecar (or daprd) by their processes' CPU
+// clocks over the measured publishes, warm-up excluded, is printed beside: it moves much
+// less with other load than the rate does.
 // BENCH_BASELINE_BIN=path adds the two sidecar contenders again running that binary
 // ("@baseline", as the other scenarios do), alternating with the others, to compare two
 // builds in one run; -cpuprofile PREFIX writes each sidecar run's CPU profile to
 // PREFIX-publish-<broker>-<contender>-run<N>.pprof.
-// Dapr's publish API is not measured: no Dapr binary is installed here.
 
 const (
 	pubClients  = 16
@@ -63,15 +75,22 @@ type pubContender struct {
 	name string
 	key  bool // sidecar: send an Idempotency-Key
 	loop bool
-	bin  string // sidecar: this binary instead of the bench's ("" = the bench's)
+	dapr bool // Dapr's publish API on bin (BENCH_DAPRD)
+	// netHTTP: the requests are sent by Go's net/http client instead of the lean one.
+	netHTTP bool
+	bin     string // sidecar: this binary instead of the bench's ("" = the bench's)
 }
 
 // pubContendersFor returns the contenders: the loop, the sidecar without and with a key,
-// and the same two on baseBin when it is set.
-func pubContendersFor(baseBin string) []pubContender {
-	cs := []pubContender{{name: "franz-go loop", loop: true}, {name: "sidecar"}, {name: "sidecar+key", key: true}}
+// the same two on baseBin when it is set, and Dapr on daprd when it is set.
+func pubContendersFor(baseBin, daprd string) []pubContender {
+	cs := []pubContender{{name: "franz-go loop", loop: true}, {name: "sidecar"}, {name: "sidecar+key", key: true},
+		{name: "sidecar net/http", netHTTP: true}}
 	if baseBin != "" {
 		cs = append(cs, pubContender{name: "sidecar@baseline", bin: baseBin}, pubContender{name: "sidecar+key@baseline", key: true, bin: baseBin})
+	}
+	if daprd != "" {
+		cs = append(cs, pubContender{name: "dapr", dapr: true, bin: daprd})
 	}
 	return cs
 }
@@ -86,7 +105,15 @@ func publishBench(runs, messages int, kafkaAddr, only, profile string) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	pubContenders := pubContendersFor(os.Getenv("BENCH_BASELINE_BIN"))
+	daprd := os.Getenv("BENCH_DAPRD")
+	if daprd != "" {
+		if _, err := os.Stat(daprd); err != nil {
+			return fmt.Errorf("BENCH_DAPRD: %w", err)
+		}
+	} else {
+		fmt.Println("Dapr's publish API is not measured: BENCH_DAPRD names no daprd (hack/daprd.sh builds one)")
+	}
+	pubContenders := pubContendersFor(os.Getenv("BENCH_BASELINE_BIN"), daprd)
 	brokers := []string{"kfake"}
 	if kafkaAddr != "" {
 		brokers = append(brokers, kafkaAddr)
@@ -101,7 +128,7 @@ func publishBench(runs, messages int, kafkaAddr, only, profile string) error {
 				}
 				prof := ""
 				if profile != "" && !c.loop {
-					prof = fmt.Sprintf("%s-publish-%s-%s-run%d.pprof", profile, pubBrokerName(b), strings.NewReplacer("+", "-", "@", "-").Replace(c.name), run)
+					prof = fmt.Sprintf("%s-publish-%s-%s-run%d.pprof", profile, pubBrokerName(b), strings.NewReplacer("+", "-", "@", "-", " ", "-", "/", "-").Replace(c.name), run)
 				}
 				r, err := publishOnce(c, b, cmp.Or(c.bin, bin), dir, messages, run, prof)
 				if err != nil {
@@ -183,30 +210,34 @@ func publishOnce(c pubContender, broker, bin, dir string, n, run int, profile st
 			return cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: payload}).FirstErr()
 		})
 	}
-	listen, pid, stop, err := startPublishSidecar(bin, dir, addrs, profile)
+	start, want := startPublishSidecar, http.StatusOK
+	if c.dapr {
+		start, want = startDapr, http.StatusNoContent
+	}
+	url, pid, stop, err := start(bin, dir, addrs, topic, profile)
 	if err != nil {
 		return pubResult{}, err
 	}
 	defer stop()
-	url := "http://" + listen + "/v1/publish/" + topic
-	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: pubClients, MaxConnsPerHost: pubClients}}
+	send, err := newLeanClient(url, pubClients)
+	if err != nil {
+		return pubResult{}, err
+	}
+	if c.netHTTP {
+		send = netHTTPClient(url)
+	}
 	prefix := fmt.Sprintf("r%d-%d-", run, time.Now().UnixNano())
 	post := func(ctx context.Context, i int) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(payload))
-		if err != nil {
-			return err
-		}
+		key := ""
 		if c.key {
-			req.Header.Set("Idempotency-Key", fmt.Sprintf("%s%d", prefix, i))
+			key = prefix + strconv.Itoa(i)
 		}
-		resp, err := hc.Do(req)
+		status, err := send(ctx, payload, key)
 		if err != nil {
 			return err
 		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("answered %d", resp.StatusCode)
+		if status != want {
+			return fmt.Errorf("answered %d", status)
 		}
 		return nil
 	}
@@ -267,65 +298,126 @@ func drive(n int, publish func(ctx context.Context, i int) error) (pubResult, er
 }
 
 // startPublishSidecar starts the binary with the publish endpoint on a free port, the
-// Kafka source on the empty pubConsumed topic, and waits until the endpoint accepts; pid is
-// the sidecar's process, profile its CPU profile ("" = none).
-func startPublishSidecar(bin, dir string, brokers []string, profile string) (listen string, pid int, stop func(), err error) {
+// Kafka source on the empty pubConsumed topic, and waits until the endpoint accepts; url is
+// where topic is published, pid the sidecar's process, profile its CPU profile ("" = none).
+func startPublishSidecar(bin, dir string, brokers []string, topic, profile string) (url string, pid int, stop func(), err error) {
 	app := &http.Server{Handler: http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})}
 	aln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", 0, nil, err
 	}
 	go func() { _ = app.Serve(aln) }()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := freePorts(1)
 	if err != nil {
 		app.Close()
 		return "", 0, nil, err
 	}
-	listen = ln.Addr().String()
-	ln.Close()
-	rdir, err := os.MkdirTemp(dir, "run-")
-	if err != nil {
-		app.Close()
-		return "", 0, nil, err
-	}
+	listen := fmt.Sprintf("127.0.0.1:%d", ports[0])
 	cfg := fmt.Sprintf(`source:
   kind: kafka
   kafka: {brokers: [%s], group: bench-publish, topics: [%s], message_id: "header:ce-id"}
 app: {url: "http://%s/"}
-dedup: {enabled: true, path: %q}
+dedup: {enabled: true, path: "{dir}/dedup.db"}
 admin: {listen: ""}
 log: {level: warn}
 publish: {listen: %q}
-`, strings.Join(brokers, ","), pubConsumed, aln.Addr(), filepath.Join(rdir, "dedup.db"), listen)
-	path := filepath.Join(rdir, "config.yaml")
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+`, strings.Join(brokers, ","), pubConsumed, aln.Addr(), listen)
+	pid, stopSidecar, err := startServer(dir, "config.yaml", cfg, listen, func(_, path string) *exec.Cmd {
+		cmd := exec.Command(bin, "run", "--config", path)
+		cmd.Env = consumerEnv(profile) // BENCH_CONSUMER_ENV, e.g. GODEBUG=gctrace=1
+		return cmd
+	})
+	if err != nil {
 		app.Close()
 		return "", 0, nil, err
 	}
-	cmd := exec.Command(bin, "run", "--config", path)
-	cmd.Env = consumerEnv(profile) // BENCH_CONSUMER_ENV, e.g. GODEBUG=gctrace=1
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		app.Close()
+	return "http://" + listen + "/v1/publish/" + topic, pid, func() { stopSidecar(); app.Close() }, nil
+}
+
+// startDapr starts daprd (bin) with its Kafka pub/sub component on brokers, no app, and
+// waits until its HTTP API accepts; url is Dapr's publish API for topic, with the payload
+// sent raw. Dapr takes no CPU profile here (profile is ignored).
+func startDapr(bin, dir string, brokers []string, topic, _ string) (url string, pid int, stop func(), err error) {
+	ports, err := freePorts(4)
+	if err != nil {
 		return "", 0, nil, err
+	}
+	component := fmt.Sprintf(`apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: bench}
+spec:
+  type: pubsub.kafka
+  version: v1
+  metadata:
+  - {name: brokers, value: %q}
+  - {name: authType, value: none}
+  - {name: disableTls, value: "true"}
+`, strings.Join(brokers, ","))
+	listen := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	pid, stop, err = startServer(dir, "components/kafka.yaml", component, listen, func(rdir, _ string) *exec.Cmd {
+		return exec.Command(bin, "--app-id", "bench", "--log-level", "warn",
+			"--dapr-listen-addresses", "127.0.0.1", "--dapr-http-port", strconv.Itoa(ports[0]),
+			"--dapr-grpc-port", strconv.Itoa(ports[1]), "--dapr-internal-grpc-port", strconv.Itoa(ports[2]),
+			"--metrics-port", strconv.Itoa(ports[3]), "--enable-metrics=false",
+			"--resources-path", filepath.Join(rdir, "components"))
+	})
+	if err != nil {
+		return "", 0, nil, err
+	}
+	return "http://" + listen + "/v1.0/publish/bench/" + topic + "?metadata.rawPayload=true", pid, stop, nil
+}
+
+// startServer writes file (its path relative to a new directory under dir; "{dir}" in body
+// is that directory) and starts the command that cmd returns for them, then waits until
+// listen accepts a connection (30s at most). stop interrupts the process and waits for it.
+func startServer(dir, file, body, listen string, cmd func(rdir, path string) *exec.Cmd) (pid int, stop func(), err error) {
+	rdir, err := os.MkdirTemp(dir, "run-")
+	if err != nil {
+		return 0, nil, err
+	}
+	path := filepath.Join(rdir, file)
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return 0, nil, err
+	}
+	if err := os.WriteFile(path, []byte(strings.ReplaceAll(body, "{dir}", rdir)), 0o600); err != nil {
+		return 0, nil, err
+	}
+	c := cmd(rdir, path)
+	c.Dir = rdir
+	var logs bytes.Buffer
+	c.Stdout, c.Stderr = &logs, &logs
+	if err := c.Start(); err != nil {
+		return 0, nil, err
 	}
 	stop = func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		_ = cmd.Wait()
-		app.Close()
+		_ = c.Process.Signal(os.Interrupt)
+		_ = c.Wait()
 	}
 	for deadline := time.Now().Add(30 * time.Second); ; {
-		if c, err := net.Dial("tcp", listen); err == nil {
-			c.Close()
-			return listen, cmd.Process.Pid, stop, nil
+		if conn, err := net.Dial("tcp", listen); err == nil {
+			conn.Close()
+			return c.Process.Pid, stop, nil
 		}
 		if time.Now().After(deadline) {
 			stop()
-			return "", 0, nil, fmt.Errorf("the publish endpoint did not listen within 30s:\n%s", logs.String())
+			return 0, nil, fmt.Errorf("%s did not listen on %s within 30s:\n%s", filepath.Base(c.Path), listen, logs.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// freePorts returns n loopback ports that were free a moment ago.
+func freePorts(n int) ([]int, error) {
+	ports := make([]int, 0, n)
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer ln.Close() // held until all are picked, so that none repeats
+		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
 }
 
 func createTopics(brokers []string, topics ...string) error {

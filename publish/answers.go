@@ -103,6 +103,10 @@ var (
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	b, _ := json.Marshal(v)
 	w.Header()["Content-Type"] = jsonType
-	w.WriteHeader(status)
+	if status != http.StatusOK {
+		// Write sends 200 itself; a WriteHeader after Header makes net/http copy the
+		// header map (its snapshot of what WriteHeader wrote), once per answer.
+		w.WriteHeader(status)
+	}
 	_, _ = w.Write(append(b, '\n'))
 }
