@@ -1083,6 +1083,36 @@ func startProfile(path string) (stop func()) {
 }
 
 // cpuSeconds reads utime+stime of pid from /proc (clock ticks of 1/100 s on Linux).
+// boxTicks reads the machine's CPU time in clock ticks from /proc/stat: all of it, and the
+// part stolen by the hypervisor for other guests (0, 0 when unavailable).
+func boxTicks() (total, steal int64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, 0
+	}
+	for i, v := range f[1:9] { // user nice system idle iowait irq softirq steal
+		n, _ := strconv.ParseInt(v, 10, 64)
+		total += n
+		if i == 7 {
+			steal = n
+		}
+	}
+	return total, steal
+}
+
+// stealShare is the share of the machine's CPU time stolen between two boxTicks readings.
+func stealShare(total0, steal0, total1, steal1 int64) float64 {
+	if total1 <= total0 {
+		return 0
+	}
+	return float64(steal1-steal0) / float64(total1-total0)
+}
+
 func cpuSeconds(pid int) float64 {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {

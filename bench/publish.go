@@ -50,7 +50,9 @@ import (
 // runs, and ratios to the loop. The CPU per publish of the bench process (the clients and
 // kfake, or the loop and kfake) and of the sidecar (or daprd) by their processes' CPU
 // clocks over the measured publishes, warm-up excluded, is printed beside: it moves much
-// less with other load than the rate does.
+// less with other load than the rate does. So is the share of the machine's CPU time that
+// the hypervisor stole for other guests during each run (/proc/stat): on a shared VM a run
+// with much steal falls behind whatever it measures.
 // BENCH_BASELINE_BIN=path adds the two sidecar contenders again running that binary
 // ("@baseline", as the other scenarios do), alternating with the others, to compare two
 // builds in one run; -cpuprofile PREFIX writes each sidecar run's CPU profile to
@@ -69,6 +71,9 @@ type pubResult struct {
 	errors   int
 	cpuUs    float64 // the sidecar's CPU per publish, µs (0 for the loop)
 	benchUs  float64 // the bench process's CPU per publish, µs: the clients (or the loop) and kfake
+	// steal: the share of the machine's CPU time the hypervisor gave other guests during
+	// the run; on a shared VM it explains most of the runs that fall behind.
+	steal float64
 }
 
 type pubContender struct {
@@ -134,7 +139,7 @@ func publishBench(runs, messages int, kafkaAddr, only, profile string) error {
 				if err != nil {
 					return fmt.Errorf("%s run %d on %s: %w", c.name, run, b, err)
 				}
-				fmt.Printf("  run %d %-16s %8.0f publishes/s  p50 %7s  p99 %7s  errors %d%s\n", run, c.name, r.rate, r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), r.errors, cpuNote(r.benchUs, r.cpuUs))
+				fmt.Printf("  run %d %-16s %8.0f publishes/s  p50 %7s  p99 %7s  errors %d%s  steal %.0f%%\n", run, c.name, r.rate, r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), r.errors, cpuNote(r.benchUs, r.cpuUs), 100*r.steal)
 				res[c.name] = append(res[c.name], r)
 			}
 		}
@@ -153,10 +158,11 @@ func publishBench(runs, messages int, kafkaAddr, only, profile string) error {
 			if base > 0 {
 				ratio = fmt.Sprintf("%.2f", rate/base)
 			}
-			fmt.Printf("  %-16s %8.0f publishes/s (ratio %s)  p50 %7s  p99 %7s%s\n", c.name, rate, ratio,
+			fmt.Printf("  %-16s %8.0f publishes/s (ratio %s)  p50 %7s  p99 %7s%s  steal %.0f%%\n", c.name, rate, ratio,
 				time.Duration(medianOf(rs, func(r pubResult) float64 { return float64(r.p50) })).Round(10*time.Microsecond),
 				time.Duration(medianOf(rs, func(r pubResult) float64 { return float64(r.p99) })).Round(10*time.Microsecond),
-				cpuNote(medianOf(rs, func(r pubResult) float64 { return r.benchUs }), medianOf(rs, func(r pubResult) float64 { return r.cpuUs })))
+				cpuNote(medianOf(rs, func(r pubResult) float64 { return r.benchUs }), medianOf(rs, func(r pubResult) float64 { return r.cpuUs })),
+				100*medianOf(rs, func(r pubResult) float64 { return r.steal }))
 		}
 	}
 	return nil
@@ -256,6 +262,7 @@ func publishOnce(c pubContender, broker, bin, dir string, n, run int, profile st
 func drive(n int, publish func(ctx context.Context, i int) error) (pubResult, error) {
 	ctx := context.Background()
 	cpu0 := processCPU(os.Getpid())
+	total0, steal0 := boxTicks()
 	var next atomic.Int64
 	var errs atomic.Int64
 	var firstErr atomic.Pointer[error]
@@ -282,6 +289,7 @@ func drive(n int, publish func(ctx context.Context, i int) error) (pubResult, er
 	wg.Wait()
 	took := time.Since(start)
 	benchUs := float64(processCPU(os.Getpid())-cpu0) / float64(time.Microsecond) / float64(n)
+	total1, steal1 := boxTicks()
 	all := slices.Concat(lat...)
 	if len(all) == 0 {
 		if e := firstErr.Load(); e != nil {
@@ -293,7 +301,7 @@ func drive(n int, publish func(ctx context.Context, i int) error) (pubResult, er
 	return pubResult{
 		rate: float64(len(all)) / took.Seconds(),
 		p50:  all[len(all)/2], p99: all[len(all)*99/100],
-		errors: int(errs.Load()), benchUs: benchUs,
+		errors: int(errs.Load()), benchUs: benchUs, steal: stealShare(total0, steal0, total1, steal1),
 	}, nil
 }
 
