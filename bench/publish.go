@@ -41,8 +41,8 @@ import (
 //     mqsidecar does, instead of wrapping it in a CloudEvent. Dapr has no idempotency key,
 //     so it has no keyed contender.
 //
-// The HTTP requests are sent by a lean keep-alive HTTP/1.1 client (clients.go) unless said
-// otherwise, so that the two cores go to the sidecar and the broker rather than to the load
+// The HTTP requests are sent by a lean keep-alive HTTP/1.1 client, the sidecar's own push
+// client (internal/appclient, clients.go), unless said otherwise, so that the two cores go to the sidecar and the broker rather than to the load
 // generator. A publish counts when it was answered: ProduceSync returned nil, or the
 // endpoint 200 (Dapr: 204). The broker is kfake (in this process) and, with -kafka host:port
 // or MQSIDECAR_E2E_KAFKA, a real Kafka too (a fresh topic of 8 partitions, replication
@@ -87,7 +87,8 @@ type pubContender struct {
 }
 
 // pubContendersFor returns the contenders: the loop, the sidecar without and with a key,
-// the same two on baseBin when it is set, and Dapr on daprd when it is set.
+// the sidecar with net/http's clients, the first two sidecar ones on baseBin when it is
+// set, and Dapr on daprd when it is set.
 func pubContendersFor(baseBin, daprd string) []pubContender {
 	cs := []pubContender{{name: "franz-go loop", loop: true}, {name: "sidecar"}, {name: "sidecar+key", key: true},
 		{name: "sidecar net/http", netHTTP: true}}
