@@ -91,8 +91,8 @@ func TestStealShare(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		return // /proc/stat is Linux's
 	}
-	total, steal := boxTicks()
+	total, steal := boxCPU()
 	if total <= 0 || steal < 0 || steal > total {
-		t.Fatalf("boxTicks = %d, %d; want a total above 0 and steal within it", total, steal)
+		t.Fatalf("boxCPU = %v, %v; want a total above 0 and steal within it", total, steal)
 	}
 }

@@ -88,6 +88,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/prometheus/procfs"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -1082,37 +1083,30 @@ func startProfile(path string) (stop func()) {
 	return func() { pprof.StopCPUProfile(); f.Close() }
 }
 
-// cpuSeconds reads utime+stime of pid from /proc (clock ticks of 1/100 s on Linux).
-// boxTicks reads the machine's CPU time in clock ticks from /proc/stat: all of it, and the
-// part stolen by the hypervisor for other guests (0, 0 when unavailable).
-func boxTicks() (total, steal int64) {
-	b, err := os.ReadFile("/proc/stat")
+// boxCPU reads the machine's CPU time in seconds from /proc/stat (procfs): all of it, and
+// the part stolen by the hypervisor for other guests (0, 0 when unavailable).
+func boxCPU() (total, steal float64) {
+	fs, err := procfs.NewDefaultFS()
 	if err != nil {
 		return 0, 0
 	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	f := strings.Fields(line)
-	if len(f) < 9 || f[0] != "cpu" {
+	st, err := fs.Stat()
+	if err != nil {
 		return 0, 0
 	}
-	for i, v := range f[1:9] { // user nice system idle iowait irq softirq steal
-		n, _ := strconv.ParseInt(v, 10, 64)
-		total += n
-		if i == 7 {
-			steal = n
-		}
-	}
-	return total, steal
+	c := st.CPUTotal
+	return c.User + c.Nice + c.System + c.Idle + c.Iowait + c.IRQ + c.SoftIRQ + c.Steal, c.Steal
 }
 
-// stealShare is the share of the machine's CPU time stolen between two boxTicks readings.
-func stealShare(total0, steal0, total1, steal1 int64) float64 {
+// stealShare is the share of the machine's CPU time stolen between two boxCPU readings.
+func stealShare(total0, steal0, total1, steal1 float64) float64 {
 	if total1 <= total0 {
 		return 0
 	}
-	return float64(steal1-steal0) / float64(total1-total0)
+	return (steal1 - steal0) / (total1 - total0)
 }
 
+// cpuSeconds reads utime+stime of pid from /proc (clock ticks of 1/100 s on Linux).
 func cpuSeconds(pid int) float64 {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {

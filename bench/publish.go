@@ -263,7 +263,7 @@ func publishOnce(c pubContender, broker, bin, dir string, n, run int, profile st
 func drive(n int, publish func(ctx context.Context, i int) error) (pubResult, error) {
 	ctx := context.Background()
 	cpu0 := processCPU(os.Getpid())
-	total0, steal0 := boxTicks()
+	total0, steal0 := boxCPU()
 	var next atomic.Int64
 	var errs atomic.Int64
 	var firstErr atomic.Pointer[error]
@@ -290,7 +290,7 @@ func drive(n int, publish func(ctx context.Context, i int) error) (pubResult, er
 	wg.Wait()
 	took := time.Since(start)
 	benchUs := float64(processCPU(os.Getpid())-cpu0) / float64(time.Microsecond) / float64(n)
-	total1, steal1 := boxTicks()
+	total1, steal1 := boxCPU()
 	all := slices.Concat(lat...)
 	if len(all) == 0 {
 		if e := firstErr.Load(); e != nil {
