@@ -460,12 +460,11 @@ func startRedis(dir string) (*redisServer, error) {
 		return nil, errors.New("the fleet scenario needs a Redis: redis-server is not on PATH; install it (sudo apt-get install redis-server) " +
 			"or start the harness one (e2e/harness/redis.sh start; eval \"$(e2e/harness/redis.sh env)\") and run again with MQSIDECAR_E2E_REDIS set")
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := freePorts(1)
 	if err != nil {
 		return nil, err
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	port := ports[0]
 	data := filepath.Join(dir, "redis")
 	if err := os.MkdirAll(data, 0o700); err != nil {
 		return nil, err

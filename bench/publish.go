@@ -226,12 +226,11 @@ func publishOnce(c pubContender, broker, bin, dir string, n, run int, profile st
 		return pubResult{}, err
 	}
 	defer stop()
-	send, err := newLeanClient(url, pubClients)
-	if err != nil {
-		return pubResult{}, err
-	}
-	if c.netHTTP {
-		send = netHTTPClient(url)
+	send := netHTTPClient(url)
+	if !c.netHTTP {
+		if send, err = newLeanClient(url, pubClients); err != nil {
+			return pubResult{}, err
+		}
 	}
 	prefix := fmt.Sprintf("r%d-%d-", run, time.Now().UnixNano())
 	post := func(ctx context.Context, i int) error {
@@ -395,6 +394,7 @@ func startServer(dir, file, body, listen string, cmd func(rdir, path string) *ex
 	c.Dir = rdir
 	var logs bytes.Buffer
 	c.Stdout, c.Stderr = &logs, &logs
+	dieWithParent(c) // never outlive the bench
 	if err := c.Start(); err != nil {
 		return 0, nil, err
 	}
@@ -409,7 +409,7 @@ func startServer(dir, file, body, listen string, cmd func(rdir, path string) *ex
 		}
 		if time.Now().After(deadline) {
 			stop()
-			return 0, nil, fmt.Errorf("%s did not listen on %s within 30s:\n%s", filepath.Base(c.Path), listen, logs.String())
+			return 0, nil, fmt.Errorf("%s did not listen on %s within 30s:\n%s", filepath.Base(c.Path), listen, tail(logs.String()))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
