@@ -61,8 +61,11 @@ type queueState struct {
 	// contentionFenced is set once the epoch was closed for a contention (guarded by mu).
 	contentionFenced bool
 	// dropped is closed when the allocation that revoked the queue returns to the client,
-	// which drops the queue right after: a verdict returned later is discarded.
+	// which drops the queue right after: a verdict returned later is discarded. removed
+	// (set before dropped is closed) is closed when the client reports it removed the
+	// queue, just after it marked it dropped (watchRemovals).
 	dropped chan struct{}
+	removed chan struct{}
 	// acquired is when the queue was allocated; inheritDone is closed once the messages
 	// below inherited may be pushed (the earlier owner released it, or inheritHold passed).
 	acquired    time.Time
@@ -113,6 +116,7 @@ func (s *Source) allocate(group, clientID string, mqAll []*primitive.MessageQueu
 			close(st.fence)
 			close(st.epoch)
 			revoked = append(revoked, st)
+			s.leaving[mq] = st
 		}
 	}
 	s.alloc[topic] = next
@@ -126,6 +130,9 @@ func (s *Source) allocate(group, clientID string, mqAll []*primitive.MessageQueu
 		// the client reported the revoked queues removed (holdVerdicts).
 		unhold := s.holdVerdicts()
 		removed := watchRemovals(s.group, revoked)
+		for i, st := range revoked {
+			st.removed = removed[i]
+		}
 		held := time.Now()
 		defer func() {
 			go func() {
@@ -162,9 +169,14 @@ func (s *Source) allocate(group, clientID string, mqAll []*primitive.MessageQueu
 			}
 		}
 	}
+	s.qmu.Lock()
 	for _, st := range revoked {
 		close(st.dropped)
+		if s.leaving[st.mq] == st {
+			delete(s.leaving, st.mq)
+		}
 	}
+	s.qmu.Unlock()
 	return res
 }
 
@@ -501,8 +513,9 @@ func (s *Source) pendingOf(mq primitive.MessageQueue) int {
 	return n
 }
 
-// queueOf returns the state of m's queue, closedFence's state (nil, fenced) when the queue is
-// not allocated to this source (revoked), or nil, nil when allocations are unknown (no
+// queueOf returns the state of m's queue and the Fenced channel of its deliveries: for a
+// queue no longer allocated to this source, closedFence and the state it had while the
+// client has not dropped it yet (else nil); nil, nil when allocations are unknown (no
 // rebalance yet: unit tests with a fake consumer).
 func (s *Source) queueOf(m *primitive.MessageExt) (*queueState, <-chan struct{}) {
 	if m.Queue == nil {
@@ -516,7 +529,7 @@ func (s *Source) queueOf(m *primitive.MessageExt) (*queueState, <-chan struct{})
 	}
 	st := alloc[*m.Queue]
 	if st == nil {
-		return nil, closedFence
+		return s.leaving[*m.Queue], closedFence
 	}
 	return st, st.epoch
 }
@@ -628,7 +641,9 @@ func (s *Source) admit(inf *inflight) bool {
 	st, fence := s.queueOf(m)
 	d.Fenced = fence
 	inf.st = st
-	if st == nil {
+	if st == nil || fence == closedFence {
+		// Unknown allocations: handed out; a revoked queue: not, and the caller's "not done"
+		// waits for the client to drop the queue (awaitDrop).
 		return fence == nil
 	}
 	for attempt := 1; ; attempt++ {
@@ -692,15 +707,28 @@ func (s *Source) brokerAddr(mq primitive.MessageQueue) (string, error) {
 }
 
 // awaitDrop waits, for a delivery of a revoked queue that is not done, until the client
-// drops the queue (see queueState.dropped): a "not done" verdict returned before would make
+// dropped the queue (see queueState.dropped and removed; its report of the removal, at most
+// removalWait after the strategy returned): a "not done" verdict returned before would make
 // the client send the message back to the retry topic, a copy beside the one the queue's
 // next owner reads.
 func (s *Source) awaitDrop(inf *inflight) {
-	if inf.st == nil || !isClosed(inf.st.fence) {
+	st := inf.st
+	if st == nil || !isClosed(st.fence) {
 		return
 	}
 	select {
-	case <-inf.st.dropped:
+	case <-st.dropped:
+	case <-s.released:
+		return
+	}
+	if st.removed == nil {
+		return
+	}
+	t := time.NewTimer(removalWait)
+	defer t.Stop()
+	select {
+	case <-st.removed:
+	case <-t.C:
 	case <-s.released:
 	}
 }

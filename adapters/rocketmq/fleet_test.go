@@ -3,6 +3,7 @@ package rocketmq
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -66,6 +67,75 @@ func TestFencing(t *testing.T) {
 	if d, err := s.Read(ctx); err == nil {
 		t.Errorf("Read handed out %s of a revoked queue", d.ID)
 	}
+}
+
+// TestRevokedQueueWaitsForDrop: a callback for a message of a queue the running rebalance
+// revoked starts before the client dropped the queue (the allocation strategy has not
+// returned yet). The message is not handed out, and its "not done" verdict waits until the
+// client dropped the queue (it reports the removal just after the strategy returned).
+// Before, the client sent it back to the retry topic at once; that copy, pushed by the
+// retry queue's owner, came beside the original that the queue's next owner read and could
+// not know was pushed (the kill -9 fleet test: 86 IDs without ce-redelivered).
+func TestRevokedQueueWaitsForDrop(t *testing.T) {
+	s, _, q1, all := twoQueues(t)
+	pc := &persistGate{entered: make(chan struct{}), release: make(chan struct{})}
+	s.consumer = pc
+	s.lastVerdict.Store(0)
+	returned := make(chan struct{})
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(func() { close(pc.release) }) }
+	t.Cleanup(func() { release(); <-returned }) // runs before twoQueues' Close
+	go func() {
+		defer close(returned)
+		s.allocate("g", "a", all, []string{"a", "b"}) // q1 goes to "b"
+	}()
+	select {
+	case <-pc.entered: // the strategy persists offsets before it returns
+	case <-time.After(5 * time.Second):
+		t.Fatal("the revoking allocation never persisted offsets")
+	}
+	late := call(s, msgOn(q1, "late"))
+	select {
+	case v := <-late:
+		t.Fatalf("verdict %v for the revoked queue's message before the client dropped the queue", v.res)
+	case <-time.After(200 * time.Millisecond):
+	}
+	release()
+	<-returned
+	// The client marks the queue dropped just after the strategy returned, and then reports
+	// that it removed it.
+	select {
+	case v := <-late:
+		t.Fatalf("verdict %v for the revoked queue's message before the client reported the queue removed", v.res)
+	case <-time.After(removalWait / 4):
+	}
+	logBridge{}.Info(queueRemovedLog, map[string]interface{}{"consumerGroup": s.group, "MessageQueue": q1.String()})
+	start := time.Now()
+	if v := wait(t, late); v.res != consumer.ConsumeRetryLater {
+		t.Errorf("message of a revoked queue → %v, want ConsumeRetryLater (discarded by the client)", v.res)
+	}
+	if took := time.Since(start); took > removalWait/2 {
+		t.Errorf("the verdict went back %s after the client's report, want at once", took)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if d, err := s.Read(ctx); err == nil {
+		t.Errorf("Read handed out %s of a revoked queue", d.ID)
+	}
+}
+
+// persistGate is a consumer whose PersistConsumerOffset, called by a revoking allocation
+// just before it returns, waits until release is closed.
+type persistGate struct {
+	fakeConsumer
+	entered, release chan struct{}
+	once             sync.Once
+}
+
+func (p *persistGate) PersistConsumerOffset() error {
+	p.once.Do(func() { close(p.entered) })
+	<-p.release
+	return nil
 }
 
 // twoQueues returns a bridge Source (no broker, reservations off) to which both queues of

@@ -179,7 +179,8 @@ type Source struct {
 	// reservation group.
 	qmu        sync.Mutex
 	alloc      map[string]map[primitive.MessageQueue]*queueState
-	addrs      map[string]string // broker name → master address (brokerAddr)
+	leaving    map[primitive.MessageQueue]*queueState // revoked, until the client dropped them (queueOf)
+	addrs      map[string]string                      // broker name → master address (brokerAddr)
 	hwmGroup   string
 	salt       int64                                   // added to each reservation, see newSource
 	group      string                                  // the consumer group as the broker knows it (with the namespace)
@@ -448,6 +449,7 @@ func newSource(cfg Settings, deadLetterTarget string, o options) *Source {
 		vopen: closedFence,
 
 		alloc:    make(map[string]map[primitive.MessageQueue]*queueState),
+		leaving:  make(map[primitive.MessageQueue]*queueState),
 		addrs:    make(map[string]string),
 		hwmGroup: cfg.Group + hwmGroupSuffix,
 		group:    cfg.Group,
