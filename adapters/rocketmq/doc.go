@@ -184,11 +184,12 @@
 // is closed at once: the ack gate starts no new push of them and lets pushes on the wire
 // finish; DeadLetter of a fenced delivery returns an error wrapping
 // adapters.ErrStaleDelivery. A "not done" verdict of such a delivery waits until the client
-// has dropped the queue (the strategy returned), so the client discards it instead of
-// sending a retry copy beside the message the next owner reads. So does the verdict of a
-// message of the revoked queue whose callback starts while the strategy still runs (it is
-// not handed out): its retry copy, pushed by the retry queue's owner, would reach the app
-// beside the original the next owner reads unflagged, as nothing of this owner reserved it.
+// has dropped the queue (its report that it removed the queue, at most 1 s after the
+// strategy returned), so the client discards it instead of sending a retry copy beside the
+// message the next owner reads. So does the verdict of a message of the revoked queue whose
+// callback starts while the strategy still runs (it is not handed out): its retry copy,
+// pushed by the retry queue's owner, would reach the app beside the original the next owner
+// reads unflagged, as nothing of this owner reserved it.
 //
 // Reservations: never silent, even without a shared store. A consumer offset is one number
 // per queue; RocketMQ 5.3 offers no metadata beside it (Kafka's commit metadata has no

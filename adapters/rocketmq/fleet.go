@@ -60,12 +60,10 @@ type queueState struct {
 	epoch chan struct{}
 	// contentionFenced is set once the epoch was closed for a contention (guarded by mu).
 	contentionFenced bool
-	// dropped is closed when the allocation that revoked the queue returns to the client,
-	// which drops the queue right after: a verdict returned later is discarded. removed
-	// (set before dropped is closed) is closed when the client reports it removed the
-	// queue, just after it marked it dropped (watchRemovals).
+	// dropped is closed once the client dropped the queue, after the allocation that revoked
+	// it returned: when the client reported the revoked queues removed (watchRemovals), at
+	// most removalWait after that return. A verdict returned later is discarded.
 	dropped chan struct{}
-	removed chan struct{}
 	// acquired is when the queue was allocated; inheritDone is closed once the messages
 	// below inherited may be pushed (the earlier owner released it, or inheritHold passed).
 	acquired    time.Time
@@ -130,13 +128,13 @@ func (s *Source) allocate(group, clientID string, mqAll []*primitive.MessageQueu
 		// the client reported the revoked queues removed (holdVerdicts).
 		unhold := s.holdVerdicts()
 		removed := watchRemovals(s.group, revoked)
-		for i, st := range revoked {
-			st.removed = removed[i]
-		}
 		held := time.Now()
 		defer func() {
 			go func() {
 				all := awaitRemovals(removed, removalWait)
+				for _, st := range revoked {
+					close(st.dropped)
+				}
 				unhold()
 				s.log.Debug("rocketmq: verdicts held during a rebalance released", "took", time.Since(held), "removal_reported", all)
 			}()
@@ -171,7 +169,6 @@ func (s *Source) allocate(group, clientID string, mqAll []*primitive.MessageQueu
 	}
 	s.qmu.Lock()
 	for _, st := range revoked {
-		close(st.dropped)
 		if s.leaving[st.mq] == st {
 			delete(s.leaving, st.mq)
 		}
@@ -707,28 +704,15 @@ func (s *Source) brokerAddr(mq primitive.MessageQueue) (string, error) {
 }
 
 // awaitDrop waits, for a delivery of a revoked queue that is not done, until the client
-// dropped the queue (see queueState.dropped and removed; its report of the removal, at most
-// removalWait after the strategy returned): a "not done" verdict returned before would make
+// dropped the queue (see queueState.dropped): a "not done" verdict returned before would make
 // the client send the message back to the retry topic, a copy beside the one the queue's
 // next owner reads.
 func (s *Source) awaitDrop(inf *inflight) {
-	st := inf.st
-	if st == nil || !isClosed(st.fence) {
+	if inf.st == nil || !isClosed(inf.st.fence) {
 		return
 	}
 	select {
-	case <-st.dropped:
-	case <-s.released:
-		return
-	}
-	if st.removed == nil {
-		return
-	}
-	t := time.NewTimer(removalWait)
-	defer t.Stop()
-	select {
-	case <-st.removed:
-	case <-t.C:
+	case <-inf.st.dropped:
 	case <-s.released:
 	}
 }
